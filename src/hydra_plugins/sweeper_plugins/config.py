@@ -1,0 +1,24 @@
+"""Config schemas of sweeper's Hydra plugins (light: read at plugin discovery)."""
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class PlanningSweeperConf:
+    _target_: str = "hydra_plugins.sweeper_plugins.planning_sweeper.PlanningSweeper"
+    # Jobs handed to the launcher at once (null: all); as in Hydra's basic sweeper.
+    max_batch_size: Optional[int] = None
+    # Sweep axes kept in config instead of on the command line: {key: "a,b,c"}.
+    params: Optional[Dict[str, str]] = None
+
+
+@dataclass
+class AccelerateLauncherConf:
+    _target_: str = "hydra_plugins.sweeper_plugins.accelerate_launcher.AccelerateLauncher"
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="sweeper", node=PlanningSweeperConf, provider="sweeper")
+ConfigStore.instance().store(group="hydra/launcher", name="accelerate", node=AccelerateLauncherConf, provider="sweeper")

@@ -1,0 +1,104 @@
+"""The command line: `python -m sweeper [-m] key=value ...`.
+
+    python -m sweeper model=tiny                        # one run into outputs/runs/<name>/
+    python -m sweeper -m model=tiny guidance=5,7.5,10   # a sweep into outputs/sweeps/<name>/
+    python -m sweeper --help                            # every key and config group
+
+`render_job` is the plain task function; our sweeper and launcher plugins
+recognise it and plan all jobs of a sweep together, other Hydra launchers
+call it once per job.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import hydra
+from omegaconf import DictConfig
+
+from sweeper.plan import PlanError
+
+
+def config_dir() -> str:
+    """conf/ as shipped in the wheel (sweeper/conf), else the source checkout's top-level conf/."""
+    packaged = Path(__file__).resolve().parent / "conf"
+    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
+
+
+def render_job(cfg: DictConfig) -> dict[str, Any]:
+    """One Hydra job: render its images into the run dir (single run) or the sweep dir."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from sweeper import manifest, run
+    from sweeper.hydra_jobs import job_from_config
+
+    hydra_cfg = HydraConfig.get()
+    single = hydra_cfg.mode == RunMode.RUN
+    out_dir = Path(hydra_cfg.runtime.output_dir if single else hydra_cfg.sweep.dir)
+    job = job_from_config(cfg, 0 if single else hydra_cfg.job.num, hydra_cfg.overrides.task)
+    prepared = run.prepare([job], out_dir)
+    if not single:  # another launcher runs us job by job; the single run announced in the callback
+        run.announce(prepared, out_dir)
+        if prepared.dry_run:
+            return {"rendered": 0, "failed": 0}
+    summary = run.execute(prepared, out_dir)
+    if single:
+        manifest.merge(out_dir)
+        exit_if_failed(out_dir)
+    return {"rendered": summary.rendered, "failed": len(summary.failed)}
+
+
+def exit_if_failed(out_dir: Path) -> None:
+    """Exit 1 with a summary if images of `out_dir` failed; their rows say why."""
+    from sweeper import manifest
+
+    failed = manifest.failed(out_dir)
+    if failed:
+        fail(
+            f"{len(failed)} image(s) failed (first: {failed[0][1]}); their rows in {Path(out_dir) / manifest.MANIFEST} "
+            "have status=error; run the same command again to retry only those",
+            code=1,
+        )
+
+
+_hydra_main = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(render_job)
+
+
+def main() -> None:
+    """Run Hydra; a mistake the user can fix ends in one line on stderr and exit code 2."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
+    try:
+        _hydra_main()
+    except PlanError as error:
+        fail(str(error))
+    except MissingConfigException as error:
+        if show_traceback:
+            raise
+        fail(_missing_option(error))
+    except (HydraException, OmegaConfBaseException) as error:
+        if show_traceback:
+            raise
+        fail(" ".join(line.strip() for line in str(error).splitlines() if line.strip()))
+
+
+def _missing_option(error) -> str:
+    missing = (error.missing_cfg_file or "").rsplit("/", 1)
+    if len(missing) == 2 and error.options:
+        group, value = missing
+        return f"invalid {group}={value}: no such option; allowed: {', '.join(sorted(error.options))}"
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """End the program with one line on stderr. SystemExit, because Hydra turns
+    exceptions from callbacks into warnings and from jobs into return values."""
+    print(f"sweeper: error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(code)

@@ -1,0 +1,86 @@
+"""Hydra callback: names the output dir, checks single runs, merges the manifest.
+
+Registered in conf/config.yaml (`hydra.callbacks.sweeper`), so it works with
+any launcher: basic, joblib, submitit, ray, or ours.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+# Overrides that change neither which images a sweep holds nor their pixels:
+# left out of the default name, so adding them still resumes the same dir.
+_NOT_IN_NAME = ("dry_run", "batch_size")
+_MAX_NAME = 80
+
+
+def default_name(task_overrides: Sequence[str]) -> str:
+    """A dir name made from the command's overrides: the same command, the same dir.
+
+    A swept key is named without its values (`model=tiny_guidance` for
+    `model=tiny guidance=5,7.5`), so adding values to a sweep resumes its dir
+    and renders only the new images.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    kept = []
+    for override in OverridesParser.create().parse_overrides(list(task_overrides)):
+        key = override.get_key_element().lstrip("+~")
+        if key in _NOT_IN_NAME:
+            continue
+        kept.append(key if override.is_sweep_override() else override.input_line)
+    text = "_".join(kept) or "default"
+    name = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("._-") or "default"
+    if len(name) > _MAX_NAME:
+        name = f"{name[:60]}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:10]}"
+    return name
+
+
+def _name_output_dir(config: DictConfig, key: str) -> None:
+    """Fill `${name}` in hydra.<key>.dir when the user gave no name (key: run or sweep)."""
+    raw_dir = OmegaConf.to_container(config.hydra[key], resolve=False)["dir"]
+    if config.get("name") is not None or "${name}" not in str(raw_dir):
+        return
+    task_overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
+    resolved = str(raw_dir).replace("${name}", default_name(task_overrides))
+    with read_write(config.hydra), open_dict(config.hydra):
+        config.hydra[key].dir = resolved
+        # Jobs are composed again from these overrides: they must land in the same dir.
+        config.hydra.overrides.hydra.append(f"hydra.{key}.dir='{resolved}'")
+
+
+class SweeperCallback(Callback):
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from sweeper import run
+        from sweeper.hydra_jobs import job_from_config
+
+        from sweeper.app import fail
+        from sweeper.plan import PlanError
+
+        _name_output_dir(config, "run")
+        out_dir = Path(config.hydra.run.dir)
+        try:
+            prepared = run.prepare([job_from_config(config, 0, config.hydra.overrides.task)], out_dir)
+        except PlanError as error:
+            fail(str(error))  # before Hydra makes the run dir: no files left
+        run.announce(prepared, out_dir)
+        if prepared.dry_run:
+            raise SystemExit(0)  # before Hydra makes the run dir: a dry run leaves no files
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _name_output_dir(config, "sweep")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from sweeper import manifest
+        from sweeper.app import exit_if_failed
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if sweep_dir.is_dir():
+            manifest.merge(sweep_dir)
+            exit_if_failed(sweep_dir)

@@ -1,0 +1,42 @@
+"""Can a model be had? Checked before anything loads.
+
+Tiny models are built here; local directories must hold a diffusers model;
+hub ids must be in the local Hugging Face cache or the hub must answer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sweeper.plan import PlanError
+from sweeper.tiny import TINY_MODELS
+
+OFFLINE_HINT = "download it first (huggingface-cli download), or use model=tiny to try sweeper offline"
+
+
+def check_available(key: str, model_id: str, revision: str | None) -> None:
+    """Raise PlanError (one line, naming `key`) unless `model_id` can be loaded."""
+    if model_id in TINY_MODELS:
+        return
+    path = Path(model_id).expanduser()
+    if path.exists():
+        if not (path / "model_index.json").is_file():
+            raise PlanError(f"invalid {key}={model_id!r}: not a diffusers model directory (no model_index.json)")
+        return
+    if model_id.startswith(("/", ".", "~")) or model_id.count("/") != 1:
+        raise PlanError(f"invalid {key}={model_id!r}: no such directory, and not a hub id of the form org/name")
+
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(model_id, "model_index.json", revision=revision), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise PlanError(f"{key}={model_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set (offline): {OFFLINE_HINT}")
+    try:
+        model_info(model_id, revision=revision, timeout=10)
+    except Exception as error:  # any failure to reach or read the hub means we cannot load it
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise PlanError(
+            f"{key}={model_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
+            f"(offline? {reason[:120]}): {OFFLINE_HINT}"
+        ) from None

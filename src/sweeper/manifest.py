@@ -1,0 +1,166 @@
+"""Manifest: one Parquet row per image, kept crash-safe and resumable.
+
+Rows are written as part files (temp, fsync, rename) per batch and rank under
+`<dir>/.manifest-parts/`, and merged into `<dir>/manifest.parquet` at the
+end of a run or multirun, whatever launcher ran the jobs. An image is done
+when its row says `ok` and its file exists; a re-run skips exactly those.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sweeper.store import write_atomic
+
+MANIFEST = "manifest.parquet"
+PARTS_DIR = ".manifest-parts"
+
+_PAIR = pa.list_(pa.int64())
+SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("path", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("model", pa.string()),
+        ("refiner", pa.string()),
+        ("refiner_split", pa.float64()),
+        ("refiner_mode", pa.string()),
+        ("scheduler", pa.string()),
+        ("prompt", pa.string()),
+        ("negative_prompt", pa.string()),
+        ("prompt_2", pa.string()),
+        ("negative_prompt_2", pa.string()),
+        ("prompt_file", pa.string()),
+        ("seed", pa.int64()),
+        ("guidance", pa.float64()),
+        ("steps", pa.int64()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("original_size", _PAIR),
+        ("target_size", _PAIR),
+        ("crops_coords_top_left", _PAIR),
+        ("negative_original_size", _PAIR),
+        ("negative_target_size", _PAIR),
+        ("negative_crops_coords_top_left", _PAIR),
+        ("mode", pa.string()),
+        ("job_num", pa.int64()),
+        ("overrides", pa.string()),
+        ("model_id", pa.string()),
+        ("model_revision", pa.string()),
+        ("refiner_id", pa.string()),
+        ("dtype", pa.string()),
+        ("device", pa.string()),
+        ("rank", pa.int64()),
+        ("world_size", pa.int64()),
+        ("batch_size", pa.int64()),
+        ("batch_index", pa.int64()),
+        ("seconds", pa.float64()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("finished_at", pa.timestamp("us", tz="UTC")),
+        ("host", pa.string()),
+        ("sweeper", pa.string()),
+        ("diffusers", pa.string()),
+        ("torch", pa.string()),
+    ]
+)
+SPEC_COLUMNS = [name for name in SCHEMA.names if name not in {"image_id", "path", "status", "error", "device", "rank", "world_size", "batch_size", "batch_index", "seconds", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch"}]
+
+
+def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> dict[str, Any]:
+    """One manifest row: the spec's columns, where the image is, how it went."""
+    values = {name: getattr(spec, name) for name in SPEC_COLUMNS}
+    for name, value in values.items():
+        if isinstance(value, tuple):
+            values[name] = list(value)
+    return {"image_id": spec.image_id, "path": path, "status": status, "error": error, **values, **run_facts}
+
+
+def write_part(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
+    """Write rows as a new part file, atomically; merge() folds it in later."""
+    table = pa.Table.from_pylist(rows, schema=SCHEMA)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    path = Path(out_dir) / PARTS_DIR / f"part-{uuid.uuid4().hex}.parquet"
+    write_atomic(path, buffer.getvalue())
+    return path
+
+
+def _part_files(out_dir: Path) -> list[Path]:
+    return sorted((Path(out_dir) / PARTS_DIR).glob("part-*.parquet"))
+
+
+def read(out_dir: Path) -> pa.Table:
+    """Every image of the dir once: the manifest and unmerged parts, best row per image."""
+    tables = []
+    for path in [Path(out_dir) / MANIFEST, *_part_files(out_dir)]:
+        if path.exists():
+            tables.append(pq.read_table(path).cast(SCHEMA))
+    if not tables:
+        return SCHEMA.empty_table()
+    return _best_row_per_image(pa.concat_tables(tables))
+
+
+def _best_row_per_image(table: pa.Table) -> pa.Table:
+    # Prefer an ok row over an error row, then the latest.
+    ids = table.column("image_id").to_pylist()
+    ok = [status == "ok" for status in table.column("status").to_pylist()]
+    finished = table.column("finished_at").to_pylist()
+    best: dict[str, int] = {}
+    for index, image_id in enumerate(ids):
+        current = best.get(image_id)
+        if current is None or (ok[index], finished[index]) >= (ok[current], finished[current]):
+            best[image_id] = index
+    kept = table.take(sorted(best.values()))
+    # Parts arrive in any order: list images by job, then in the order they were rendered.
+    return kept.sort_by([("job_num", "ascending"), ("started_at", "ascending"), ("batch_index", "ascending")])
+
+
+def merge(out_dir: Path) -> Path | None:
+    """Fold part files into manifest.parquet (atomic), then drop the merged parts."""
+    out_dir = Path(out_dir)
+    parts = _part_files(out_dir)
+    if not parts and (out_dir / MANIFEST).exists():
+        return out_dir / MANIFEST
+    table = read(out_dir)
+    if table.num_rows == 0:
+        return None
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    write_atomic(out_dir / MANIFEST, buffer.getvalue())
+    for part in parts:
+        part.unlink(missing_ok=True)
+    if parts:
+        try:
+            (out_dir / PARTS_DIR).rmdir()
+        except OSError:  # another rank wrote a part meanwhile; the next merge takes it
+            pass
+    return out_dir / MANIFEST
+
+
+def done_ids(out_dir: Path) -> set[str]:
+    """Images already rendered: an `ok` row and the file on disk."""
+    table = read(out_dir)
+    out_dir = Path(out_dir)
+    return {
+        image_id
+        for image_id, status, path in zip(*(table.column(name).to_pylist() for name in ("image_id", "status", "path")))
+        if status == "ok" and (out_dir / path).is_file()
+    }
+
+
+def failed(out_dir: Path) -> list[tuple[str, str]]:
+    """(image_id, error) of every image whose best row is an error."""
+    table = read(out_dir)
+    return [
+        (image_id, error)
+        for image_id, status, error in zip(*(table.column(name).to_pylist() for name in ("image_id", "status", "error")))
+        if status != "ok"
+    ]
+

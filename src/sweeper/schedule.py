@@ -1,0 +1,113 @@
+"""Schedule: image specs -> batches -> the share of each rank.
+
+Images that can share a forward pass (same model, refiner, scheduler, steps,
+size, guidance, size conditioning, dtype) are batched across jobs. Batches
+are ordered so that the costly switches happen least often: model outermost,
+then refiner, then scheduler. Ranks take batches by estimated cost (largest
+first onto the least loaded rank); the assignment is deterministic, so every
+rank computes the same one on its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from sweeper.plan import ImageSpec
+from sweeper.tiny import TINY_MODELS
+
+# Per-image fields: they may differ inside one batch.
+PER_IMAGE = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "seed")
+# VAE decode of an image costs about 1.55 UNet forwards of it (10.5 vs 6.76 TFLOP for SDXL).
+DECODE_FORWARDS = 1.55
+# Rough seconds per cost unit (pixel x UNet forward) for the estimate printed before a sweep.
+SECONDS_PER_UNIT = {
+    ("tiny", "cpu"): 6e-7,
+    ("tiny", "cuda"): 1e-7,
+    ("tiny", "mps"): 3e-7,
+    ("full", "cpu"): 3e-6,
+    ("full", "cuda"): 3e-8,
+    ("full", "mps"): 3e-7,
+}
+
+
+@dataclass(frozen=True)
+class Batch:
+    specs: tuple[ImageSpec, ...]
+
+    @property
+    def cost(self) -> float:
+        return sum(cost(spec) for spec in self.specs)
+
+
+def cost(spec: ImageSpec) -> float:
+    """Estimated work for one image: pixels x UNet forwards (CFG doubles them), plus the decode."""
+    forwards = spec.steps * (2 if spec.uses_cfg else 1)
+    if spec.refiner_mode == "img2img":
+        forwards += spec.steps * (1 - spec.refiner_split) * (2 if spec.uses_cfg else 1)
+    return spec.width * spec.height * (forwards + DECODE_FORWARDS)
+
+
+def estimate_seconds(specs: Iterable[ImageSpec], seconds_per_unit: float | None = None) -> float:
+    """Seconds to render `specs` on one device; `seconds_per_unit` if measured, else the table."""
+    total = 0.0
+    for spec in specs:
+        rate = seconds_per_unit or SECONDS_PER_UNIT[("tiny" if spec.model_id in TINY_MODELS else "full", spec.device)]
+        total += cost(spec) * rate
+    return total
+
+
+def auto_batch_size(spec: ImageSpec) -> int:
+    """Images per forward when batch_size=auto: as many as a pixel budget allows, 1 to 16."""
+    budget = 2**23 if spec.device == "cuda" else 2**16
+    return max(1, min(16, budget // (spec.width * spec.height)))
+
+
+def _switch_levels(spec: ImageSpec) -> tuple[tuple, tuple, tuple]:
+    model = (spec.model_id, spec.model_revision, spec.family, spec.dtype, spec.device)
+    refiner = (spec.refiner_id, spec.refiner_revision)
+    scheduler = (spec.scheduler_class, spec.scheduler_kwargs)
+    return model, refiner, scheduler
+
+
+def batch_key(spec: ImageSpec) -> tuple:
+    """What must be equal for two images to share one pipeline call."""
+    shared = tuple(value for name, value in spec.render_fields().items() if name not in PER_IMAGE)
+    # A None prompt (diffusers' default) cannot sit in a list beside strings.
+    present = tuple(getattr(spec, name) is None for name in ("negative_prompt", "prompt_2", "negative_prompt_2"))
+    return shared + present + (spec.batch_size,)
+
+
+def make_batches(specs: Sequence[ImageSpec]) -> list[Batch]:
+    """Group specs that can share a forward, order groups by switch cost, chunk by batch size."""
+    groups: dict[tuple, list[ImageSpec]] = {}
+    for spec in specs:
+        groups.setdefault(batch_key(spec), []).append(spec)
+    first_seen: dict[tuple, int] = {}
+    for spec in specs:
+        model, refiner, scheduler = _switch_levels(spec)
+        for level in ((model,), (model, refiner), (model, refiner, scheduler)):
+            first_seen.setdefault(level, len(first_seen))
+
+    def order(group: list[ImageSpec]) -> tuple[int, int, int]:
+        model, refiner, scheduler = _switch_levels(group[0])
+        return first_seen[(model,)], first_seen[(model, refiner)], first_seen[(model, refiner, scheduler)]
+
+    batches = []
+    for group in sorted(groups.values(), key=order):
+        size = group[0].batch_size or auto_batch_size(group[0])
+        batches.extend(Batch(tuple(group[i : i + size])) for i in range(0, len(group), size))
+    return batches
+
+
+def shard(batches: Sequence[Batch], rank: int, world_size: int) -> list[Batch]:
+    """The batches of `rank`: balanced by cost, in schedule order, the same on every rank."""
+    if world_size == 1:
+        return list(batches)
+    loads = [0.0] * world_size
+    owner = {}
+    for index in sorted(range(len(batches)), key=lambda i: (-batches[i].cost, i)):
+        target = min(range(world_size), key=lambda r: (loads[r], r))
+        loads[target] += batches[index].cost
+        owner[index] = target
+    return [batch for index, batch in enumerate(batches) if owner[index] == rank]

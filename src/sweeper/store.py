@@ -1,0 +1,106 @@
+"""Store: PNGs that carry their own parameters, written off the render path.
+
+Each PNG gets a `parameters` text chunk in the format other SD tools read
+(AUTOMATIC1111, ComfyUI importers, civitai) and a `sweeper` chunk holding
+the full spec as JSON, enough to render it again. Files are written
+atomically (temp file, fsync, rename) by a small thread pool, so the device
+keeps rendering while PNGs are encoded; a finished image is never half a file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image, PngImagePlugin
+
+from sweeper.plan import ImageSpec
+
+IMAGES_DIR = "images"
+
+
+def image_path(spec: ImageSpec) -> str:
+    """Where an image lives, relative to the manifest: named by its content id."""
+    return f"{IMAGES_DIR}/{spec.image_id}.png"
+
+
+def parameters_text(spec: ImageSpec, versions: dict[str, str]) -> str:
+    """The A1111-style `parameters` text: prompt, negative prompt, then `Key: value` pairs."""
+    lines = [spec.prompt]
+    if spec.negative_prompt:
+        lines.append(f"Negative prompt: {spec.negative_prompt}")
+    pairs = [
+        ("Steps", spec.steps),
+        ("Sampler", spec.scheduler_label),
+        ("CFG scale", f"{spec.guidance:g}"),
+        ("Seed", spec.seed),
+        ("Size", f"{spec.width}x{spec.height}"),
+        ("Model", spec.model_id),
+    ]
+    if spec.model_revision:
+        pairs.append(("Model hash", spec.model_revision))
+    if spec.refiner_id:
+        pairs += [("Refiner", spec.refiner_id), ("Refiner switch at", f"{spec.refiner_split:g}")]
+    pairs.append(("Version", f"sweeper {versions.get('sweeper', '')}".strip()))
+    lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs))
+    return "\n".join(lines)
+
+
+def _quote(value: object) -> str:
+    text = str(value)
+    # A1111 quotes values that hold its own separators.
+    return json.dumps(text) if ("," in text or ":" in text) and " " in text else text
+
+
+def png_bytes(image: Image.Image, spec: ImageSpec, versions: dict[str, str]) -> bytes:
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("parameters", parameters_text(spec, versions))
+    info.add_itxt("sweeper", json.dumps({"image_id": spec.image_id, "spec": json.loads(spec.to_json()), "versions": versions}, ensure_ascii=False))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that `path` is either absent or whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class BackgroundWriter:
+    """Runs write tasks on a few threads; at most `max_pending` wait at once."""
+
+    def __init__(self, workers: int = 2, max_pending: int = 8) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sweeper-store")
+        self._pending: list[Future] = []
+        self._max_pending = max_pending
+
+    def submit(self, task: Callable[[], None]) -> None:
+        for future in [f for f in self._pending if f.done()]:
+            future.result()  # a failed write surfaces here, not only at the end
+            self._pending.remove(future)
+        while len(self._pending) >= self._max_pending:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(task))
+
+    def close(self) -> None:
+        """Wait for every write; re-raise the first failure."""
+        try:
+            for future in self._pending:
+                future.result()
+        finally:
+            self._pool.shutdown(wait=True)

@@ -1,0 +1,271 @@
+"""End to end through the real CLI: `python -m sweeper ...` in a subprocess."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import only_dir, run_cli
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+CONTRACT_COLUMNS = {
+    "model", "refiner", "refiner_split", "refiner_mode", "scheduler", "prompt", "negative_prompt", "prompt_2",
+    "negative_prompt_2", "seed", "guidance", "steps", "width", "height", "original_size", "target_size",
+    "crops_coords_top_left", "negative_original_size", "negative_target_size", "negative_crops_coords_top_left",
+    "mode", "batch_size", "image_id", "path", "status", "error", "job_num", "overrides", "model_id",
+    "model_revision", "refiner_id", "dtype", "device", "rank", "world_size", "batch_index", "seconds",
+    "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
+}
+
+
+def manifest_of(run_dir) -> pd.DataFrame:
+    return pd.read_parquet(run_dir / "manifest.parquet")
+
+
+def pixels(run_dir, row) -> np.ndarray:
+    return np.asarray(Image.open(run_dir / row["path"]).convert("RGB"), dtype=np.int16)
+
+
+def test_multirun_renders_one_job_per_value_into_one_sweep_dir(tmp_path, tiny_models):
+    result = run_cli("-m", "model=tiny", "guidance=5,7.5,10", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    df = manifest_of(sweep)
+    assert CONTRACT_COLUMNS <= set(df.columns)
+    assert len(df) == 3 and set(df.status) == {"ok"}
+    assert sorted(df.guidance) == [5.0, 7.5, 10.0]
+    assert sorted(df.job_num) == [0, 1, 2]
+    assert set(df.model) == {"tiny"} and set(df.scheduler) == {"euler"} and set(df.model_id) == {"tiny-sdxl"}
+    assert df.image_id.is_unique
+    assert (sweep / "multirun.yaml").is_file()
+    pngs = sorted(p.name for p in (sweep / "images").glob("*.png"))
+    assert pngs == sorted(f"{image_id}.png" for image_id in df.image_id)
+    for _, row in df.iterrows():
+        image = Image.open(sweep / row["path"])
+        assert image.size == (64, 64)
+        params = image.text["parameters"]
+        assert params.splitlines()[0] == row["prompt"]
+        assert f"CFG scale: {row['guidance']:g}" in params and "Sampler: Euler" in params and "Seed: 0" in params
+        embedded = json.loads(image.text["sweeper"])
+        assert embedded["image_id"] == row["image_id"] and embedded["spec"]["guidance"] == row["guidance"]
+    # One progress bar for the whole sweep, not one per job or pipeline call.
+    assert "3 images from 3 job(s)" in result.stderr
+    assert "3/3" in result.stderr and "/1 [" not in result.stderr and "it/s" not in result.stderr
+    assert not (sweep / ".manifest-parts").exists()
+
+
+def test_single_run_writes_the_same_layout_into_its_run_dir(tmp_path, tiny_models):
+    result = run_cli("model=tiny", "seed=[1,2]", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run_dir = only_dir(tmp_path / "outputs" / "runs")
+    df = manifest_of(run_dir)
+    assert sorted(df.seed) == [1, 2] and set(df.status) == {"ok"}
+    assert all((run_dir / path).is_file() for path in df.path)
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+
+def test_resume_renders_nothing_twice_and_only_new_values(tmp_path, tiny_models):
+    first = run_cli("-m", "model=tiny", "seed=0,1", "name=resume", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    sweep = tmp_path / "outputs" / "sweeps" / "resume"
+    before = {p.name: p.stat().st_mtime_ns for p in (sweep / "images").iterdir()}
+
+    again = run_cli("-m", "model=tiny", "seed=0,1", "name=resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "2 already done, 0 to render" in again.stderr and "nothing to render" in again.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in (sweep / "images").iterdir()} == before
+
+    more = run_cli("-m", "model=tiny", "seed=0,1,2", "name=resume", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr
+    assert "2 already done, 1 to render" in more.stderr
+    df = manifest_of(sweep)
+    assert sorted(df.seed) == [0, 1, 2] and df.image_id.is_unique
+    assert {p.name: p.stat().st_mtime_ns for p in (sweep / "images").iterdir() if p.name in before} == before
+    assert len(list((sweep / "images").iterdir())) == 3
+
+
+def test_same_command_resumes_its_default_dir(tmp_path, tiny_models):
+    args = ("-m", "model=tiny", "guidance=4,6")
+    assert run_cli(*args, cwd=tmp_path).returncode == 0
+    again = run_cli(*args, "dry_run=true", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "2 already done, 0 to render" in again.stderr
+    wider = run_cli("-m", "model=tiny", "guidance=4,6,8", cwd=tmp_path)
+    assert "2 already done, 1 to render" in wider.stderr
+    assert len(manifest_of(only_dir(tmp_path / "outputs" / "sweeps"))) == 3
+
+
+def test_refiner_ensemble_and_img2img(tmp_path, tiny_models):
+    result = run_cli(
+        "-m", "model=tiny", "refiner=tiny", "refiner.mode=ensemble,img2img", "refiner.split=0.5,0.75", "steps=4",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    df = manifest_of(sweep)
+    assert len(df) == 4 and set(df.status) == {"ok"}
+    assert set(df.refiner) == {"tiny"} and set(df.refiner_id) == {"tiny-sdxl-refiner"}
+    assert set(df.refiner_mode) == {"ensemble", "img2img"} and set(df.refiner_split) == {0.5, 0.75}
+    images = [pixels(sweep, row) for _, row in df.iterrows()]
+    assert len({image.tobytes() for image in images}) == 4, "split and mode must change the pixels"
+    params = Image.open(sweep / df.path[0]).text["parameters"]
+    assert "Refiner: tiny-sdxl-refiner" in params and "Refiner switch at:" in params
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["steps=0"], "steps=0"),
+        (["width=100"], "width=100"),
+        (["height=-8"], "height=-8"),
+        (["guidance=-1"], "guidance=-1"),
+        (["refiner=tiny", "refiner.split=1.5"], "refiner.split=1.5"),
+        (["refiner=tiny", "refiner.split=0"], "refiner.split=0"),
+        (["scheduler=bogus"], "scheduler=bogus"),
+        (["model=bogus"], "model=bogus"),
+        (["seed=abc"], "seed='abc'"),
+        (["seed=1.5"], "seed=1.5"),
+        (["prompt=[]"], "prompt=[]"),
+        (["model=sdxl"], "model=tiny"),
+        (["guidance=5,-2"], "guidance=-2"),
+    ],
+)
+def test_bad_input_is_refused_in_one_line_before_anything_loads(tmp_path, args, named):
+    for mode in (["-m"], []):
+        if "," in " ".join(args) and not mode:
+            continue
+        result = run_cli(*mode, "model=tiny", *args, cwd=tmp_path, timeout=60)
+        assert result.returncode == 2, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        assert lines[0].startswith("sweeper: error: ") and named in lines[0]
+        assert not (tmp_path / "outputs").exists(), "a refused sweep must leave no files"
+
+
+def test_offline_hub_model_says_offline_and_names_the_tiny_model(tmp_path):
+    result = run_cli("-m", "model=sdxl", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert "stabilityai/stable-diffusion-xl-base-1.0" in result.stderr and "offline" in result.stderr
+    assert "model=tiny" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_dry_run_prints_count_and_estimate_and_writes_nothing(tmp_path):
+    result = run_cli("-m", "model=tiny", "seed=range(0,8)", "guidance=3,5", "dry_run=true", cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "16 images from 16 job(s)" in result.stderr and "estimated" in result.stderr
+    assert "dry_run=true" in result.stderr
+    assert not (tmp_path / "outputs").exists()
+    single = run_cli("model=tiny", "seed=[1,2,3]", "dry_run=true", cwd=tmp_path, timeout=60)
+    assert single.returncode == 0 and "3 images from 1 job(s)" in single.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+LIGHT_CHECK = """
+import sys
+sys.argv = ["sweeper", *sys.argv[1:]]
+from sweeper.app import main
+code = 0
+try:
+    main()
+except SystemExit as exit:
+    code = exit.code
+print("heavy:", sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules), "code:", code)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-m", "model=tiny", "seed=range(0,100)", "dry_run=true"], ["-m", "model=tiny", "steps=0"]])
+def test_help_planning_and_validation_import_neither_torch_nor_diffusers(tmp_path, args):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", LIGHT_CHECK, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "heavy: []" in result.stdout, result.stdout + result.stderr
+
+
+def test_prompts_from_file_with_commas_and_non_ascii_and_every_key(tmp_path, tiny_models):
+    prompts = ["a fox, in snow", "café olé, 日本の庭", "plain"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts[:2]) + "\n\n" + prompts[2] + "\n", encoding="utf-8")
+    result = run_cli(
+        "-m", "model=tiny", "prompt_file=prompts.txt", "negative_prompt='blurry, dark'", "prompt_2=photo",
+        "original_size=[128,128]", "target_size=[64,64]", "crops_coords_top_left=[0,8]",
+        "negative_original_size=[32,32]", "negative_target_size=[64,64]", "negative_crops_coords_top_left=[8,0]",
+        "seed=7", "steps=2", "width=64", "height=72",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    df = manifest_of(sweep)
+    assert sorted(df.prompt) == sorted(prompts)
+    assert set(df.negative_prompt) == {"blurry, dark"} and set(df.prompt_2) == {"photo"}
+    assert all(list(v) == [128, 128] for v in df.original_size)
+    assert all(list(v) == [0, 8] for v in df.crops_coords_top_left)
+    assert all(list(v) == [8, 0] for v in df.negative_crops_coords_top_left)
+    assert set(df.height) == {72} and set(df.steps) == {2}
+    for _, row in df.iterrows():
+        image = Image.open(sweep / row["path"])
+        assert image.size == (64, 72)
+        assert image.text["parameters"].splitlines()[:2] == [row["prompt"], "Negative prompt: blurry, dark"]
+
+
+def test_size_conditioning_changes_pixels(tmp_path, tiny_models):
+    result = run_cli("-m", "model=tiny", "original_size=null,[256,256]", "name=cond", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = tmp_path / "outputs" / "sweeps" / "cond"
+    df = manifest_of(sweep)
+    assert len(df) == 2
+    a, b = (pixels(sweep, row) for _, row in df.iterrows())
+    assert not np.array_equal(a, b)
+
+
+def test_every_scheduler_renders_in_one_sweep(tmp_path, tiny_models):
+    names = "euler,euler_a,dpmpp_2m,dpmpp_2m_karras,dpmpp_sde_karras,ddim,pndm,lms,heun,unipc"
+    result = run_cli("-m", "model=tiny", f"scheduler={names}", "steps=3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    df = manifest_of(sweep)
+    assert sorted(df.scheduler) == sorted(names.split(",")) and set(df.status) == {"ok"}
+    labels = {Image.open(sweep / p).text["parameters"].splitlines()[-1].split("Sampler: ")[1].split(",")[0] for p in df.path}
+    assert labels == {"Euler", "Euler a", "DPM++ 2M", "DPM++ 2M Karras", "DPM++ SDE Karras", "DDIM", "PLMS", "LMS", "Heun", "UniPC"}
+    assert len({pixels(sweep, row).tobytes() for _, row in df.iterrows()}) >= 8
+
+
+def test_tiny_sd15_model(tmp_path, tiny_models):
+    result = run_cli("model=tiny-sd", "seed=[0,1]", "negative_prompt=ugly", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    df = manifest_of(only_dir(tmp_path / "outputs" / "runs"))
+    assert set(df.model_id) == {"tiny-sd"} and len(df) == 2 and set(df.status) == {"ok"}
+    refused = run_cli("model=tiny-sd", "prompt_2=x", cwd=tmp_path, timeout=60)
+    assert refused.returncode == 2 and "prompt_2" in refused.stderr
+
+
+def test_same_spec_same_pixels_in_any_sweep_and_order(tmp_path, tiny_models):
+    # Same batch composition (seed list [3, 4] in one job), different sweeps and job orders.
+    assert run_cli("-m", "model=tiny", "guidance=7,5", "seed=[3,4]", "name=a", cwd=tmp_path).returncode == 0
+    assert run_cli("-m", "model=tiny", "guidance=2,5,9", "seed=[3,4]", "name=b", "scheduler=euler", cwd=tmp_path).returncode == 0
+    a = manifest_of(tmp_path / "outputs/sweeps/a").set_index("image_id")
+    b = manifest_of(tmp_path / "outputs/sweeps/b").set_index("image_id")
+    shared = sorted(set(a.index) & set(b.index))
+    assert len(shared) == 2  # guidance 5, seeds 3 and 4
+    for image_id in shared:
+        assert np.array_equal(pixels(tmp_path / "outputs/sweeps/a", a.loc[image_id]), pixels(tmp_path / "outputs/sweeps/b", b.loc[image_id]))
+
+
+def test_batch_size_changes_pixels_by_at_most_two_levels(tmp_path, tiny_models):
+    seeds = "[0,1,2,3,4,5,6,7]"
+    assert run_cli("model=tiny", f"seed={seeds}", "batch_size=1", "name=one", cwd=tmp_path).returncode == 0
+    assert run_cli("model=tiny", f"seed={seeds}", "batch_size=8", "name=eight", cwd=tmp_path).returncode == 0
+    one = manifest_of(tmp_path / "outputs/runs/one").set_index("image_id")
+    eight = manifest_of(tmp_path / "outputs/runs/eight").set_index("image_id")
+    assert sorted(one.index) == sorted(eight.index), "batch size must not change image ids"
+    assert set(one.batch_size) == {1} and set(eight.batch_size) == {8} and sorted(eight.batch_index) == list(range(8))
+    worst = max(
+        np.abs(pixels(tmp_path / "outputs/runs/one", one.loc[i]) - pixels(tmp_path / "outputs/runs/eight", eight.loc[i])).max()
+        for i in one.index
+    )
+    assert worst <= 2
+    # Different seeds really are different images.
+    assert len({pixels(tmp_path / "outputs/runs/one", one.loc[i]).tobytes() for i in one.index}) == 8

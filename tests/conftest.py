@@ -29,15 +29,15 @@ def tiny_models(sweeper_env) -> dict[str, Path]:
     return {name: tiny_model_dir(name) for name in TINY_MODELS}
 
 
-def run_cli(*args: str, cwd: Path, module: str = "sweeper", timeout: int = 300) -> subprocess.CompletedProcess:
-    """`python -m sweeper ARGS` as a user runs it, in `cwd`."""
+def run_cli(*args: str, cwd: Path, module: str = "sweeper", timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m sweeper ARGS` as a user runs it, in `cwd`, with extra `env`."""
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
 
 

@@ -1,3 +1,4 @@
 from sweeper.app import main
 
-main()
+if __name__ == "__main__":  # spawned workers import this module too
+    main()

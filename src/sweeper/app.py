@@ -33,7 +33,7 @@ def render_job(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sweeper import manifest, run
+    from sweeper import distributed, launch, manifest, run
     from sweeper.hydra_jobs import job_from_config
 
     hydra_cfg = HydraConfig.get()
@@ -45,8 +45,8 @@ def render_job(cfg: DictConfig) -> dict[str, Any]:
         run.announce(prepared, out_dir)
         if prepared.dry_run:
             return {"rendered": 0, "failed": 0}
-    summary = run.execute(prepared, out_dir)
-    if single:
+    summary = launch.render(prepared, out_dir, processes=1)  # several ranks only under accelerate launch
+    if single and distributed.rank() == 0:
         manifest.merge(out_dir)
         exit_if_failed(out_dir)
     return {"rendered": summary.rendered, "failed": len(summary.failed)}
@@ -65,9 +65,6 @@ def exit_if_failed(out_dir: Path) -> None:
         )
 
 
-_hydra_main = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(render_job)
-
-
 def main() -> None:
     """Run Hydra; a mistake the user can fix ends in one line on stderr and exit code 2."""
     from hydra.errors import HydraException, MissingConfigException
@@ -75,8 +72,11 @@ def main() -> None:
 
     show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
+    # Decorated here, not at import: hydra.main sets Hydra's global version base,
+    # which would change other apps' defaults when our plugins import this module.
+    hydra_main = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(render_job)
     try:
-        _hydra_main()
+        hydra_main()
     except PlanError as error:
         fail(str(error))
     except MissingConfigException as error:

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 # Overrides that change neither which images a sweep holds nor their pixels:
 # left out of the default name, so adding them still resumes the same dir.
+# (hydra.* too: the launcher, its process count, logging.)
 _NOT_IN_NAME = ("dry_run", "batch_size")
 _MAX_NAME = 80
 
@@ -32,7 +33,7 @@ def default_name(task_overrides: Sequence[str]) -> str:
     kept = []
     for override in OverridesParser.create().parse_overrides(list(task_overrides)):
         key = override.get_key_element().lstrip("+~")
-        if key in _NOT_IN_NAME:
+        if key in _NOT_IN_NAME or key == "hydra" or key.startswith(("hydra.", "hydra/")):
             continue
         kept.append(key if override.is_sweep_override() else override.input_line)
     text = "_".join(kept) or "default"
@@ -48,39 +49,57 @@ def _name_output_dir(config: DictConfig, key: str) -> None:
     if config.get("name") is not None or "${name}" not in str(raw_dir):
         return
     task_overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
-    resolved = str(raw_dir).replace("${name}", default_name(task_overrides))
+    _set_output_dir(config, key, str(raw_dir).replace("${name}", default_name(task_overrides)))
+
+
+def _set_output_dir(config: DictConfig, key: str, value: str) -> None:
     with read_write(config.hydra), open_dict(config.hydra):
-        config.hydra[key].dir = resolved
+        config.hydra[key].dir = value
         # Jobs are composed again from these overrides: they must land in the same dir.
-        config.hydra.overrides.hydra.append(f"hydra.{key}.dir='{resolved}'")
+        config.hydra.overrides.hydra.append(f"hydra.{key}.dir='{value}'")
+
+
+def _agree_among_ranks(config: DictConfig, key: str) -> None:
+    """Under several ranks, rank 0's output dir and seed nonce for all.
+
+    Each rank would stamp its own ${now:...} (hydra #2070) and draw its own seeds for -1.
+    """
+    from sweeper import distributed, run
+
+    if distributed.launched():
+        out_dir, nonce = distributed.broadcast((str(config.hydra[key].dir), run.seed_nonce()))
+        _set_output_dir(config, key, out_dir)
+        run.set_seed_nonce(nonce)
 
 
 class SweeperCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from sweeper import run
-        from sweeper.hydra_jobs import job_from_config
-
+        from sweeper import distributed, run
         from sweeper.app import fail
+        from sweeper.hydra_jobs import job_from_config
         from sweeper.plan import PlanError
 
         _name_output_dir(config, "run")
+        _agree_among_ranks(config, "run")
         out_dir = Path(config.hydra.run.dir)
         try:
             prepared = run.prepare([job_from_config(config, 0, config.hydra.overrides.task)], out_dir)
         except PlanError as error:
             fail(str(error))  # before Hydra makes the run dir: no files left
-        run.announce(prepared, out_dir)
+        if distributed.rank() == 0:
+            run.announce(prepared, out_dir)
         if prepared.dry_run:
             raise SystemExit(0)  # before Hydra makes the run dir: a dry run leaves no files
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         _name_output_dir(config, "sweep")
+        _agree_among_ranks(config, "sweep")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from sweeper import manifest
+        from sweeper import distributed, manifest
         from sweeper.app import exit_if_failed
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir():
+        if sweep_dir.is_dir() and distributed.rank() == 0:
             manifest.merge(sweep_dir)
             exit_if_failed(sweep_dir)

@@ -17,9 +17,9 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Protocol, Sequence
 
-from sweeper import devices, hub, manifest, schedule
+from sweeper import devices, faults, hub, manifest, schedule
 from sweeper.plan import ImageSpec, Job, plan
 from sweeper.store import BackgroundWriter, image_path
 
@@ -47,6 +47,11 @@ class Prepared:
     @property
     def done(self) -> int:
         return len(self.specs) - len(self.todo)
+
+    def only(self, todo_ids: Sequence[str]) -> Prepared:
+        """The same plan with another view of what is still to do (rank 0's, under several ranks)."""
+        keep = set(todo_ids)
+        return Prepared(self.jobs, self.specs, [spec for spec in self.specs if spec.image_id in keep], self.dry_run)
 
 
 @dataclass
@@ -81,8 +86,12 @@ def announce(prepared: Prepared, out_dir: Path) -> None:
         print("sweeper: nothing to render: every image is already in the manifest", file=sys.stderr, flush=True)
 
 
-def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 1, device: str | None = None) -> Summary:
-    """Render this rank's share of what is not done; store PNGs and manifest parts."""
+def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 1, gpu: int = 0, progress: Progress | None = None) -> Summary:
+    """Render this rank's share of what is not done; store PNGs and manifest parts.
+
+    `gpu` is the CUDA device index of this rank when the specs ask for cuda.
+    `progress` counts images; by default a tqdm bar on rank 0.
+    """
     summary = Summary()
     batches = schedule.shard(schedule.make_batches(prepared.todo), rank, world_size)
     if not batches:
@@ -90,40 +99,30 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
 
     import diffusers
     import torch
-    from tqdm import tqdm
 
-    from sweeper import pipelines
+    from sweeper import __version__, pipelines
     from sweeper.render import render_batch
     from sweeper.store import png_bytes, write_atomic
 
     pipelines.check_scheduler_classes(prepared.todo)
     out_dir = Path(out_dir)
-    device = device or prepared.todo[0].device
-    from sweeper import __version__
-
-    facts = dict(
-        rank=rank,
-        world_size=world_size,
-        device=device,
-        host=socket.gethostname(),
-        sweeper=__version__,
-        diffusers=diffusers.__version__,
-        torch=torch.__version__,
-    )
     versions = {"sweeper": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
+    facts = dict(rank=rank, world_size=world_size, host=socket.gethostname(), **versions)
     writer = BackgroundWriter()
     total = sum(len(batch.specs) for batch in batches)
-    with tqdm(total=total, unit="img", desc="sweeper", disable=rank != 0, dynamic_ncols=True) as progress:
+    with progress or progress_bar(total, disable=rank != 0) as progress:
         for batch in batches:
+            device = f"cuda:{gpu}" if batch.specs[0].device == "cuda" else batch.specs[0].device
             started = dt.datetime.now(dt.timezone.utc)
             tic = time.perf_counter()
             try:
+                faults.before_render(batch.specs)
                 images, error = render_batch(batch, device), None
             except Exception as exc:  # one failing batch must not stop the sweep
                 images, error = None, f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
             seconds = (time.perf_counter() - tic) / len(batch.specs)
             finished = dt.datetime.now(dt.timezone.utc)
-            timing = dict(seconds=seconds, started_at=started, finished_at=finished, batch_size=len(batch.specs))
+            timing = dict(seconds=seconds, started_at=started, finished_at=finished, batch_size=len(batch.specs), device=device)
 
             def store(batch=batch, images=images, error=error, timing=timing) -> None:
                 rows = []
@@ -131,9 +130,11 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
                     path = image_path(spec)
                     if images is not None:
                         write_atomic(out_dir / path, png_bytes(images[index], spec, versions))
+                        faults.event("png")
                     status = "ok" if images is not None else "error"
                     rows.append(manifest.row(spec, path, status, error, batch_index=index, **timing, **facts))
                 manifest.write_part(out_dir, rows)
+                faults.event("part")
 
             writer.submit(store)
             if error is None:
@@ -144,3 +145,16 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
             progress.update(len(batch.specs))
     writer.close()
     return summary
+
+
+class Progress(Protocol):
+    def update(self, n: int) -> None: ...
+    def write(self, message: str) -> None: ...
+    def __enter__(self) -> Progress: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def progress_bar(total: int, disable: bool = False):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc="sweeper", disable=disable, dynamic_ncols=True)

@@ -19,6 +19,7 @@ from typing import Callable
 
 from PIL import Image, PngImagePlugin
 
+from sweeper import faults
 from sweeper.plan import ImageSpec
 
 IMAGES_DIR = "images"
@@ -75,6 +76,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        faults.event("temp")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -6,7 +6,6 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
-from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import OmegaConf, open_dict
 
@@ -26,25 +25,26 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
 
 
 def _render_all(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) -> list[JobReturn]:
-    """All jobs planned together; images batched across jobs."""
+    """All jobs planned together; images batched across jobs and shared among processes."""
+    from sweeper import launch as sweeper_launch
     from sweeper import run
-    from sweeper.hydra_jobs import compose_jobs
+    from sweeper.hydra_jobs import JobComposer
 
-    composed = compose_jobs(launcher.hydra_context.config_loader, launcher.config, job_overrides, initial_job_idx)
-    prepared = run.prepare([job for job, _ in composed], sweep_dir)
-    summary = run.execute(prepared, sweep_dir)
+    composer = JobComposer(launcher.hydra_context.config_loader, launcher.config)
+    jobs = composer.jobs(job_overrides, initial_job_idx)
+    prepared = run.prepare(jobs, sweep_dir)
+    summary = sweeper_launch.render(prepared, sweep_dir, sweeper_launch.num_processes(launcher.num_processes))
     failed = {image_id for image_id, _ in summary.failed}
     returns = []
-    for job, sweep_config in composed:
+    for job in jobs:
         job_ids = [spec.image_id for spec in prepared.specs if spec.job_num == job.num]
-        task_cfg = OmegaConf.masked_copy(sweep_config, [key for key in sweep_config if key != "hydra"])
         returns.append(
             JobReturn(
                 overrides=list(job.overrides),
-                cfg=task_cfg,
-                hydra_cfg=OmegaConf.create({"hydra": sweep_config.hydra}),
+                cfg=OmegaConf.create(job.config),
+                hydra_cfg=composer.hydra_config(job.overrides),
                 working_dir=str(sweep_dir),
-                task_name=sweep_config.hydra.job.name,
+                task_name=launcher.config.hydra.job.name,
                 status=JobStatus.COMPLETED,
                 _return_value={"images": len(job_ids), "failed": len(failed.intersection(job_ids))},
             )
@@ -54,12 +54,10 @@ def _render_all(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) 
 
 def _run_each(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:
     """Any other task: one job after another, as Hydra's basic launcher does."""
-    singleton_state = Singleton.get_state()
     returns = []
     for offset, overrides in enumerate(job_overrides):
         num = initial_job_idx + offset
         log.info(f"\t#{num} : {' '.join(filter_overrides(overrides))}")
-        Singleton.set_state(singleton_state)
         sweep_config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
         with open_dict(sweep_config):
             sweep_config.hydra.job.id = num

@@ -1,14 +1,16 @@
 """Hydra launcher `accelerate`: renders all jobs of a sweep together.
 
-For sweeper's own task it plans every job at once and batches images across
-jobs (one model load, one progress bar); any other task function runs job by
-job, as with Hydra's basic launcher. Heavy imports live in `_core.py`, so
+For sweeper's own task it plans every job at once, batches images across
+jobs (one model load, one progress bar) and shares the batches among the
+ranks of `accelerate launch` / torchrun, or among `num_processes` workers it
+spawns itself. Any other task function runs job by job, as with Hydra's
+basic launcher. Heavy imports live in `_core.py`, so
 plugin discovery stays fast.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
@@ -17,7 +19,8 @@ from omegaconf import DictConfig
 
 
 class AccelerateLauncher(Launcher):
-    def __init__(self) -> None:
+    def __init__(self, num_processes: Any = "auto") -> None:
+        self.num_processes = num_processes
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None

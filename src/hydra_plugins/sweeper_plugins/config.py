@@ -18,6 +18,9 @@ class PlanningSweeperConf:
 @dataclass
 class AccelerateLauncherConf:
     _target_: str = "hydra_plugins.sweeper_plugins.accelerate_launcher.AccelerateLauncher"
+    # Workers to spawn on this machine: `auto` = one per visible GPU (1 without one).
+    # Ignored under `accelerate launch` / torchrun, whose ranks do the work.
+    num_processes: Any = "auto"
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="sweeper", node=PlanningSweeperConf, provider="sweeper")

@@ -1,9 +1,11 @@
 """A sweeper with Hydra's basic `-m` syntax that checks every job first.
 
 Hydra's BasicSweeper creates the sweep dir before it composes the jobs, so a
-bad value leaves files behind. This one plans and checks every job of a
-sweeper task (the image count, the estimate, `dry_run`) and only then makes
-the sweep dir, saves multirun.yaml and launches.
+bad value leaves files behind, and it composes every job from scratch
+(~0.25 s each). This one composes fast (hydra_jobs.JobComposer), plans and
+checks every job of a sweeper task (the image count, the estimate,
+`dry_run`) and only then makes the sweep dir, saves multirun.yaml and
+launches.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
+
+from sweeper import distributed
 
 
 class PlanningSweeper(BasicSweeper):
@@ -40,7 +44,8 @@ class PlanningSweeper(BasicSweeper):
             self.validate_batch_is_legal(every_job)
 
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        if distributed.rank() == 0:
+            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         returns: List[Sequence[JobReturn]] = []
         initial_job_idx = 0
         for batch in self.overrides:
@@ -54,9 +59,10 @@ class PlanningSweeper(BasicSweeper):
     def _plan_says_stop(self, every_job: list, sweep_dir: Path) -> bool:
         """Plan and check all jobs (raises PlanError); True for a dry run."""
         from sweeper import run
-        from sweeper.hydra_jobs import compose_jobs
+        from sweeper.hydra_jobs import JobComposer
 
-        jobs = [job for job, _ in compose_jobs(self.hydra_context.config_loader, self.config, every_job)]
+        jobs = JobComposer(self.hydra_context.config_loader, self.config).jobs(every_job)
         prepared = run.prepare(jobs, sweep_dir)
-        run.announce(prepared, sweep_dir)
+        if distributed.rank() == 0:
+            run.announce(prepared, sweep_dir)
         return prepared.dry_run

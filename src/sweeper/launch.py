@@ -1,0 +1,117 @@
+"""Launch: who renders the prepared work.
+
+    this process                      plain `python -m sweeper`, one device
+    the ranks that already exist      `accelerate launch` / torchrun
+    N workers spawned here            `hydra.launcher.num_processes=N` (auto: one per GPU)
+
+Every rank or worker computes the same assignment of batches (schedule.shard),
+so nobody talks while rendering. Under `accelerate launch` rank 0's view of
+what is already done is broadcast first: a rank that looked at the sweep dir
+later could see rank 0's fresh images and take a different share.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sweeper import distributed, manifest, run, schedule
+from sweeper.devices import cuda_device_count
+from sweeper.plan import PlanError
+from sweeper.store import image_path
+
+
+def num_processes(value: Any) -> int:
+    """`auto`: one per visible GPU, 1 without one; else a positive int."""
+    if value == "auto":
+        return max(1, cuda_device_count())
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PlanError(f"invalid hydra.launcher.num_processes={value!r}: allowed: auto or an integer >= 1")
+    return value
+
+
+def render(prepared: run.Prepared, out_dir: Path, processes: int) -> run.Summary:
+    if distributed.launched():
+        return _render_as_rank(prepared, out_dir)
+    if processes == 1 or len(prepared.todo) <= 1:
+        return run.execute(prepared, out_dir)
+    return _spawn(prepared, out_dir, processes)
+
+
+def _render_as_rank(prepared: run.Prepared, out_dir: Path) -> run.Summary:
+    prepared = prepared.only(distributed.broadcast([spec.image_id for spec in prepared.todo]))
+    summary = run.execute(prepared, out_dir, distributed.rank(), distributed.world_size(), gpu=distributed.local_rank())
+    distributed.barrier()  # the manifest is merged after this: every rank's rows must be written
+    return summary
+
+
+def _spawn(prepared: run.Prepared, out_dir: Path, processes: int) -> run.Summary:
+    """Render with `processes` workers of this machine; one progress bar here."""
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    done = context.Value("i", 0)
+    results = context.Queue()
+    workers = [
+        context.Process(target=_worker, args=(prepared, out_dir, rank, processes, done, results), name=f"sweeper-rank-{rank}")
+        for rank in range(processes)
+    ]
+    for worker in workers:
+        worker.start()
+    summary = run.Summary()
+    with run.progress_bar(len(prepared.todo)) as bar:
+        while any(worker.is_alive() for worker in workers) or not results.empty():
+            while not results.empty():
+                part = results.get()
+                summary.rendered += part.rendered
+                summary.failed.extend(part.failed)
+            if done.value > bar.n:
+                bar.update(done.value - bar.n)
+            time.sleep(0.1)
+    for rank, worker in enumerate(workers):
+        worker.join()
+        if worker.exitcode != 0:
+            summary.failed.extend(_record_lost_share(prepared, out_dir, rank, processes, worker.exitcode))
+    return summary
+
+
+def _worker(prepared: run.Prepared, out_dir: Path, rank: int, world_size: int, done, results) -> None:
+    import torch
+
+    if prepared.todo[0].device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # share the cores, don't fight
+    summary = run.execute(prepared, out_dir, rank, world_size, gpu=rank, progress=_SharedCount(done))
+    results.put(summary)
+
+
+class _SharedCount:
+    """Progress of a spawned worker: a counter the parent's bar reads."""
+
+    def __init__(self, value) -> None:
+        self._value = value
+
+    def update(self, n: int) -> None:
+        with self._value.get_lock():
+            self._value.value += n
+
+    def write(self, message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _SharedCount:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _record_lost_share(prepared: run.Prepared, out_dir: Path, rank: int, world_size: int, exitcode: int) -> list[tuple[str, str]]:
+    """Error rows for the images of a worker that died, so the summary and a re-run know."""
+    error = f"worker rank {rank} died (exit code {exitcode}) before rendering this image"
+    written = set(manifest.read(out_dir).column("image_id").to_pylist())
+    lost = [spec for batch in schedule.shard(schedule.make_batches(prepared.todo), rank, world_size) for spec in batch.specs if spec.image_id not in written]
+    if lost:
+        rows = [manifest.row(spec, image_path(spec), "error", error, rank=rank, world_size=world_size, device=spec.device) for spec in lost]
+        manifest.write_part(out_dir, rows)
+    return [(spec.image_id, error) for spec in lost]

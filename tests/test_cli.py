@@ -42,6 +42,8 @@ def test_multirun_renders_one_job_per_value_into_one_sweep_dir(tmp_path, tiny_mo
     assert set(df.model) == {"tiny"} and set(df.scheduler) == {"euler"} and set(df.model_id) == {"tiny-sdxl"}
     assert df.image_id.is_unique
     assert (sweep / "multirun.yaml").is_file()
+    report = (sweep / "report.html").read_text(encoding="utf-8")  # every multirun ends with its report
+    assert all(f"images/{image_id}.png" in report for image_id in df.image_id)
     pngs = sorted(p.name for p in (sweep / "images").glob("*.png"))
     assert pngs == sorted(f"{image_id}.png" for image_id in df.image_id)
     for _, row in df.iterrows():
@@ -65,7 +67,7 @@ def test_single_run_writes_the_same_layout_into_its_run_dir(tmp_path, tiny_model
     df = manifest_of(run_dir)
     assert sorted(df.seed) == [1, 2] and set(df.status) == {"ok"}
     assert all((run_dir / path).is_file() for path in df.path)
-    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "report.html").is_file()
 
 
 def test_resume_renders_nothing_twice_and_only_new_values(tmp_path, tiny_models):

@@ -33,7 +33,7 @@ def render_job(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sweeper import distributed, launch, manifest, run
+    from sweeper import distributed, launch, run
     from sweeper.hydra_jobs import job_from_config
 
     hydra_cfg = HydraConfig.get()
@@ -47,9 +47,20 @@ def render_job(cfg: DictConfig) -> dict[str, Any]:
             return {"rendered": 0, "failed": 0}
     summary = launch.render(prepared, out_dir, processes=1)  # several ranks only under accelerate launch
     if single and distributed.rank() == 0:
-        manifest.merge(out_dir)
-        exit_if_failed(out_dir)
+        finish(out_dir)
     return {"rendered": summary.rendered, "failed": len(summary.failed)}
+
+
+def finish(out_dir: Path) -> None:
+    """After the last image: one manifest, the report, and exit 1 if images failed."""
+    from sweeper import manifest, report
+
+    manifest.merge(out_dir)
+    try:
+        print(f"sweeper: report: {report.write_report(out_dir)}", file=sys.stderr, flush=True)
+    except Exception as error:  # the images and the manifest are what matter; say it and go on
+        print(f"sweeper: warning: no report: {error}", file=sys.stderr, flush=True)
+    exit_if_failed(out_dir)
 
 
 def exit_if_failed(out_dir: Path) -> None:

@@ -1,4 +1,4 @@
-"""Hydra callback: names the output dir, checks single runs, merges the manifest.
+"""Hydra callback: names the output dir, checks single runs, merges the manifest, writes the report.
 
 Registered in conf/config.yaml (`hydra.callbacks.sweeper`), so it works with
 any launcher: basic, joblib, submitit, ray, or ours.
@@ -37,9 +37,10 @@ def default_name(task_overrides: Sequence[str]) -> str:
             continue
         kept.append(key if override.is_sweep_override() else override.input_line)
     text = "_".join(kept) or "default"
-    name = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("._-") or "default"
-    if len(name) > _MAX_NAME:
-        name = f"{name[:60]}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:10]}"
+    name = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("._-")
+    if name != text or len(name) > _MAX_NAME:
+        # Made safe or shortened: a hash of the original keeps distinct commands apart.
+        name = f"{name[:60]}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:10]}".lstrip("-")
     return name
 
 
@@ -96,10 +97,9 @@ class SweeperCallback(Callback):
         _agree_among_ranks(config, "sweep")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from sweeper import distributed, manifest
-        from sweeper.app import exit_if_failed
+        from sweeper import distributed
+        from sweeper.app import finish
 
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.is_dir() and distributed.rank() == 0:
-            manifest.merge(sweep_dir)
-            exit_if_failed(sweep_dir)
+            finish(sweep_dir)

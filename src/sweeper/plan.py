@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
@@ -177,7 +178,9 @@ def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0) -> list[Im
         overrides=" ".join(job.overrides),
         **sizes,
     )
-    seeds = _seeds(c, f"{seed_nonce}:{job.num}")
+    # Every job draws the same random seeds for -1 (by position), so a
+    # `guidance=3,5,7 seed=-1` sweep compares guidance on one seed, as A1111's X/Y plot does.
+    seeds = _seeds(c, str(seed_nonce))
     return [
         ImageSpec(
             prompt=prompt,
@@ -226,8 +229,8 @@ def _size(c: Mapping[str, Any], key: str) -> int:
 
 def _guidance(c: Mapping[str, Any]) -> float:
     value = c.get("guidance")
-    if not _is_number(value) or value < 0 or value != value:
-        raise _fail("guidance", value, "must be a number >= 0")
+    if not _is_number(value) or not 0 <= value < math.inf:
+        raise _fail("guidance", value, "must be a finite number >= 0")
     return float(value)
 
 
@@ -304,7 +307,8 @@ def _refiner(refiner: Any, family: str) -> dict[str, Any]:
 
 def _scheduler(scheduler: Any) -> dict[str, Any]:
     if not isinstance(scheduler, Mapping) or not isinstance(scheduler.get("class_name"), str):
-        raise _fail("scheduler.class_name", None, "each scheduler config needs the name of a diffusers scheduler class")
+        value = scheduler.get("class_name") if isinstance(scheduler, Mapping) else scheduler
+        raise _fail("scheduler.class_name", value, "each scheduler config needs the name of a diffusers scheduler class")
     kwargs = scheduler.get("kwargs") or {}
     if not isinstance(kwargs, Mapping):
         raise _fail("scheduler.kwargs", kwargs, "must be a mapping of scheduler config values")

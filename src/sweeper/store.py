@@ -55,7 +55,7 @@ def parameters_text(spec: ImageSpec, versions: dict[str, str]) -> str:
 def _quote(value: object) -> str:
     text = str(value)
     # A1111 quotes values that hold its own separators.
-    return json.dumps(text) if ("," in text or ":" in text) and " " in text else text
+    return json.dumps(text, ensure_ascii=False) if any(mark in text for mark in ",:\n") else text
 
 
 def png_bytes(image: Image.Image, spec: ImageSpec, versions: dict[str, str]) -> bytes:

@@ -1,0 +1,197 @@
+"""Labelled X/Y grid images (PNG) for sharing, tiled so no file is too big to open.
+
+Image viewers and chat apps choke on giant grids (20 x 20 SDXL images is
+400 Mpx); every file written here stays within `MAX_SIDE` pixels on a side and
+`MAX_PIXELS` in all: a grid that does not fit is cut into blocks of whole
+rows and columns, and the blocks are spread over `out-1.png`, `out-2.png`, ...
+Labels use Pillow's default font, so nothing outside Pillow is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+MAX_SIDE = 8192
+MAX_PIXELS = 64_000_000
+PAD = 6
+MAX_LABEL_LINES = 3
+INK = (20, 20, 20)
+PAPER = (255, 255, 255)
+NOTE_FILL = (250, 228, 228)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """What one grid cell shows: an image file, or a note when there is none to show."""
+
+    image: Path | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One titled grid: labels of its columns (x) and rows (y), cells keyed by (row, column)."""
+
+    title: str
+    x_labels: list[str]
+    y_labels: list[str]
+    cells: dict[tuple[int, int], Cell]
+
+
+@dataclass(frozen=True)
+class _Block:
+    grid: Grid
+    rows: range
+    cols: range
+    part: str
+
+
+class _Style:
+    """Font and the sizes derived from it and from the cell size."""
+
+    def __init__(self, cell: int) -> None:
+        self.cell = cell
+        self.font = ImageFont.load_default(size=max(12, cell // 16))
+        self.line = round(self.font.size * 1.3)
+
+    def width(self, text: str) -> float:
+        return self.font.getlength(text)
+
+    def left(self, grid: Grid) -> int:
+        if grid.y_labels == [""]:
+            return PAD
+        widest = max(self.width(label) for label in grid.y_labels)
+        return int(min(widest, max(2 * self.cell, 160))) + 2 * PAD
+
+    def header(self, grid: Grid) -> int:
+        lines = max(len(wrap(label, self, self.cell - PAD)) for label in grid.x_labels)
+        return lines * self.line + 2 * PAD
+
+    def title(self) -> int:
+        return self.line + 2 * PAD
+
+
+def wrap(text: str, style: _Style, width: float, max_lines: int = MAX_LABEL_LINES) -> list[str]:
+    """Greedy word wrap to `width` pixels; the last line ends in an ellipsis when text is left over."""
+    lines: list[str] = []
+    words = text.split()
+    while words and len(lines) < max_lines:
+        line = words.pop(0)
+        while words and style.width(f"{line} {words[0]}") <= width:
+            line = f"{line} {words.pop(0)}"
+        lines.append(line)
+    if not lines:
+        return [""]
+    if words or any(style.width(line) > width for line in lines):
+        lines[-1] = _ellipsize(lines[-1] + (" " if words else ""), style, width)
+    return [line if style.width(line) <= width else _ellipsize(line, style, width) for line in lines]
+
+
+def _ellipsize(text: str, style: _Style, width: float) -> str:
+    while text and style.width(text.rstrip() + "…") > width:
+        text = text[:-1]
+    return text.rstrip() + "…"
+
+
+def _blocks(grid: Grid, style: _Style, max_side: int, max_pixels: int) -> list[_Block]:
+    """Cut a grid into blocks of whole rows and columns that each fit in one file."""
+    left, top = style.left(grid), style.title() + style.header(grid)
+    cols = max(1, (max_side - left - PAD) // style.cell)
+    width = left + min(cols, len(grid.x_labels)) * style.cell + PAD
+    rows = max(1, (min(max_side, max_pixels // width) - top - PAD) // style.cell)
+    blocks = []
+    for row in range(0, len(grid.y_labels), rows):
+        for col in range(0, len(grid.x_labels), cols):
+            block_rows = range(row, min(row + rows, len(grid.y_labels)))
+            block_cols = range(col, min(col + cols, len(grid.x_labels)))
+            split = len(block_rows) < len(grid.y_labels) or len(block_cols) < len(grid.x_labels)
+            part = f" (rows {row + 1}-{block_rows[-1] + 1}, columns {col + 1}-{block_cols[-1] + 1})" if split else ""
+            blocks.append(_Block(grid, block_rows, block_cols, part))
+    return blocks
+
+
+def _size(block: _Block, style: _Style) -> tuple[int, int]:
+    width = style.left(block.grid) + len(block.cols) * style.cell + PAD
+    height = style.title() + style.header(block.grid) + len(block.rows) * style.cell + PAD
+    return width, height
+
+
+def _pages(blocks: list[_Block], style: _Style, max_side: int, max_pixels: int) -> list[list[_Block]]:
+    """Stack blocks top to bottom, starting a new file when the next would not fit."""
+    pages: list[list[_Block]] = []
+    width = height = 0
+    for block in blocks:
+        block_width, block_height = _size(block, style)
+        new_width, new_height = max(width, block_width), height + block_height
+        if pages and new_height <= max_side and new_width * new_height <= max_pixels:
+            pages[-1].append(block)
+            width, height = new_width, new_height
+        else:
+            pages.append([block])
+            width, height = block_width, block_height
+    return pages
+
+
+def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, cell: Cell | None, box: tuple[int, int], style: _Style) -> None:
+    x, y = box
+    if cell is None:
+        return
+    if cell.image is not None:
+        with Image.open(cell.image) as image:
+            image = image.convert("RGB")
+            image.thumbnail((style.cell, style.cell))
+            canvas.paste(image, (x + (style.cell - image.width) // 2, y + (style.cell - image.height) // 2))
+        return
+    draw.rectangle((x + 1, y + 1, x + style.cell - 2, y + style.cell - 2), fill=NOTE_FILL)
+    lines = wrap(cell.note, style, style.cell - 2 * PAD, max_lines=max(1, (style.cell - 2 * PAD) // style.line))
+    for n, line in enumerate(lines):
+        draw.text((x + PAD, y + PAD + n * style.line), line, font=style.font, fill=INK)
+
+
+def _draw_block(canvas: Image.Image, block: _Block, top: int, style: _Style) -> None:
+    draw = ImageDraw.Draw(canvas)
+    grid, cell = block.grid, style.cell
+    left = style.left(grid)
+    draw.text((PAD, top + PAD), grid.title + block.part, font=style.font, fill=INK)
+    header_top = top + style.title()
+    rows_top = header_top + style.header(grid)
+    for n, col in enumerate(block.cols):
+        for k, line in enumerate(wrap(grid.x_labels[col], style, cell - PAD)):
+            x = left + n * cell + (cell - style.width(line)) / 2
+            draw.text((x, header_top + PAD + k * style.line), line, font=style.font, fill=INK)
+    for m, row in enumerate(block.rows):
+        y = rows_top + m * cell
+        lines = wrap(grid.y_labels[row], style, left - 2 * PAD, max_lines=max(1, cell // style.line))
+        label_top = y + (cell - len(lines) * style.line) / 2
+        for k, line in enumerate(lines):
+            draw.text((PAD, label_top + k * style.line), line, font=style.font, fill=INK)
+        for n, col in enumerate(block.cols):
+            _draw_cell(canvas, draw, grid.cells.get((row, col)), (left + n * cell, y), style)
+
+
+def write_grid(grids: list[Grid], out: Path, cell: int, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS) -> list[Path]:
+    """Draw the grids as labelled PNG(s) with `cell`-pixel cells; returns the files written.
+
+    One file `out` when everything fits, else `out-1.png`, `out-2.png`, ...
+    """
+    out = Path(out)
+    style = _Style(cell)
+    blocks = [block for grid in grids for block in _blocks(grid, style, max_side, max_pixels)]
+    pages = _pages(blocks, style, max_side, max_pixels)
+    if len(pages) == 1:
+        paths = [out]
+    else:
+        paths = [out.with_name(f"{out.stem}-{n}{out.suffix or '.png'}") for n in range(1, len(pages) + 1)]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for page, path in zip(pages, paths):
+        sizes = [_size(block, style) for block in page]
+        canvas = Image.new("RGB", (max(w for w, _ in sizes), sum(h for _, h in sizes)), PAPER)
+        top = 0
+        for block, (_, height) in zip(page, sizes):
+            _draw_block(canvas, block, top, style)
+            top += height
+        canvas.save(path, format="PNG")
+    return paths

@@ -20,6 +20,8 @@ import hydra
 from omegaconf import DictConfig
 
 from sweeper.plan import PlanError
+from sweeper.run import StorageError
+from sweeper.store import DirBusy
 
 
 def config_dir() -> str:
@@ -88,8 +90,10 @@ def main() -> None:
     hydra_main = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(render_job)
     try:
         hydra_main()
-    except PlanError as error:
+    except (PlanError, DirBusy) as error:
         fail(str(error))
+    except StorageError as error:
+        fail(str(error), code=1)
     except MissingConfigException as error:
         if show_traceback:
             raise

@@ -47,7 +47,12 @@ def default_name(task_overrides: Sequence[str]) -> str:
 def _name_output_dir(config: DictConfig, key: str) -> None:
     """Fill `${name}` in hydra.<key>.dir when the user gave no name (key: run or sweep)."""
     raw_dir = OmegaConf.to_container(config.hydra[key], resolve=False)["dir"]
-    if config.get("name") is not None or "${name}" not in str(raw_dir):
+    name = config.get("name")
+    if name is not None and (not isinstance(name, str) or name in (".", "..") or not re.fullmatch(r"[^/\\\x00]+", name)):
+        from sweeper.app import fail
+
+        fail(f"invalid name={name!r}: must be one directory name, without / or ..")
+    if name is not None or "${name}" not in str(raw_dir):
         return
     task_overrides = OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
     _set_output_dir(config, key, str(raw_dir).replace("${name}", default_name(task_overrides)))

@@ -1,6 +1,9 @@
 """Fault injection for tests: one explicit hook, switched on by the environment.
 
     SWEEPER_FAULT=render:seed=3     rendering a batch that holds an image with seed 3 raises
+    SWEEPER_FAULT=oom:batch=2       rendering a batch of more than 2 images runs out of memory
+    SWEEPER_FAULT=nan:seed=3        the image with seed 3 comes out as NaN (the fp16 VAE trap)
+    SWEEPER_FAULT=enospc:write=2    the 2nd file write (PNG or manifest part) fails: no space left on device
     SWEEPER_FAULT=kill:png=2        the process SIGKILLs itself right after its 2nd PNG is stored
     SWEEPER_FAULT=kill:part=1       ... after its 1st manifest part file is stored
     SWEEPER_FAULT=kill:temp=1       ... after writing a temp file, before renaming it (a torn write)
@@ -10,10 +13,11 @@ Unset (the normal case) every check is one dict lookup.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from collections import Counter
-from typing import Iterable
+from typing import Sequence
 
 _events: Counter[str] = Counter()
 
@@ -31,16 +35,36 @@ class InjectedFault(RuntimeError):
     pass
 
 
-def before_render(specs: Iterable) -> None:
+def _matches(spec, fault: tuple[str, str, str]) -> bool:
+    return str(getattr(spec, fault[1], None)) == fault[2]
+
+
+def before_render(specs: Sequence) -> None:
     fault = _fault()
-    if fault and fault[0] == "render" and any(str(getattr(spec, fault[1], None)) == fault[2] for spec in specs):
+    if not fault:
+        return
+    if fault[0] == "render" and any(_matches(spec, fault) for spec in specs):
         raise InjectedFault(f"injected fault for {fault[1]}={fault[2]}")
+    if fault[0] == "oom" and len(specs) > int(fault[2]):
+        import torch
+
+        raise torch.OutOfMemoryError(f"injected: a batch of {len(specs)} does not fit")
+
+
+def after_render(specs: Sequence, arrays) -> None:
+    fault = _fault()
+    if fault and fault[0] == "nan":
+        for index, spec in enumerate(specs):
+            if _matches(spec, fault):
+                arrays[index][:] = float("nan")
 
 
 def event(name: str) -> None:
-    """Count an event (png, part, temp); die here if SWEEPER_FAULT says so."""
+    """Count an event (png, part, temp, write); die or fail here if SWEEPER_FAULT says so."""
     fault = _fault()
-    if fault and fault[0] == "kill" and fault[1] == name:
+    if fault and fault[0] in ("kill", "enospc") and fault[1] == name:
         _events[name] += 1
-        if _events[name] == int(fault[2]):
+        if _events[name] == int(fault[2]) and fault[0] == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
+        if _events[name] >= int(fault[2]) and fault[0] == "enospc":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

@@ -12,6 +12,7 @@ later could see rank 0's fresh images and take a different share.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 from sweeper import distributed, manifest, run, schedule
 from sweeper.devices import cuda_device_count
 from sweeper.plan import PlanError
-from sweeper.store import image_path
+from sweeper.store import DirBusy, exclusive, image_path, remove_stale_temps
 
 
 def num_processes(value: Any) -> int:
@@ -35,17 +36,31 @@ def num_processes(value: Any) -> int:
 
 
 def render(prepared: run.Prepared, out_dir: Path, processes: int) -> run.Summary:
+    """Render what is to do; raises DirBusy if another run is writing into `out_dir`."""
     if distributed.launched():
         return _render_as_rank(prepared, out_dir)
-    if processes == 1 or len(prepared.todo) <= 1:
-        return run.execute(prepared, out_dir)
-    return _spawn(prepared, out_dir, processes)
+    with exclusive(out_dir):
+        remove_stale_temps(out_dir)
+        if processes == 1 or len(prepared.todo) <= 1:
+            return run.execute(prepared, out_dir)
+        return _spawn(prepared, out_dir, processes)
 
 
 def _render_as_rank(prepared: run.Prepared, out_dir: Path) -> run.Summary:
-    prepared = prepared.only(distributed.broadcast([spec.image_id for spec in prepared.todo]))
-    summary = run.execute(prepared, out_dir, distributed.rank(), distributed.world_size(), gpu=distributed.local_rank())
-    distributed.barrier()  # the manifest is merged after this: every rank's rows must be written
+    with contextlib.ExitStack() as stack:
+        todo_ids, busy = None, None
+        if distributed.rank() == 0:
+            try:
+                stack.enter_context(exclusive(out_dir))
+                remove_stale_temps(out_dir)
+                todo_ids = [spec.image_id for spec in prepared.todo]
+            except DirBusy as error:
+                busy = str(error)
+        todo_ids, busy = distributed.broadcast((todo_ids, busy))
+        if busy:
+            raise DirBusy(busy)
+        summary = run.execute(prepared.only(todo_ids), out_dir, distributed.rank(), distributed.world_size(), gpu=distributed.local_rank())
+        distributed.barrier()  # the manifest is merged after this: every rank's rows must be written
     return summary
 
 

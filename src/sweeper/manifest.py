@@ -8,7 +8,10 @@ when its row says `ok` and its file exists; a re-run skips exactly those.
 
 from __future__ import annotations
 
+import datetime as dt
 import io
+import json
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sweeper.store import write_atomic
+from PIL import Image
+
+from sweeper.store import IMAGES_DIR, write_atomic
 
 MANIFEST = "manifest.parquet"
 PARTS_DIR = ".manifest-parts"
@@ -28,6 +33,7 @@ SCHEMA = pa.schema(
         ("path", pa.string()),
         ("status", pa.string()),
         ("error", pa.string()),
+        ("warning", pa.string()),
         ("model", pa.string()),
         ("refiner", pa.string()),
         ("refiner_split", pa.float64()),
@@ -70,7 +76,7 @@ SCHEMA = pa.schema(
         ("torch", pa.string()),
     ]
 )
-SPEC_COLUMNS = [name for name in SCHEMA.names if name not in {"image_id", "path", "status", "error", "device", "rank", "world_size", "batch_size", "batch_index", "seconds", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch"}]
+SPEC_COLUMNS = [name for name in SCHEMA.names if name not in {"image_id", "path", "status", "error", "warning", "device", "rank", "world_size", "batch_size", "batch_index", "seconds", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch"}]
 
 
 def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> dict[str, Any]:
@@ -97,14 +103,52 @@ def _part_files(out_dir: Path) -> list[Path]:
 
 
 def read(out_dir: Path) -> pa.Table:
-    """Every image of the dir once: the manifest and unmerged parts, best row per image."""
+    """Every image of the dir once, best row per image: the manifest, unmerged parts,
+    and rows rebuilt from PNGs that have none (killed before their part was written)."""
+    out_dir = Path(out_dir)
     tables = []
-    for path in [Path(out_dir) / MANIFEST, *_part_files(out_dir)]:
+    for path in [out_dir / MANIFEST, *_part_files(out_dir)]:
         if path.exists():
-            tables.append(pq.read_table(path).cast(SCHEMA))
-    if not tables:
-        return SCHEMA.empty_table()
-    return _best_row_per_image(pa.concat_tables(tables))
+            table = _read_table(path)
+            if table is not None:
+                tables.append(table)
+    table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
+    orphans = _rows_from_orphan_pngs(out_dir, set(table.column("image_id").to_pylist()))
+    if orphans:
+        table = pa.concat_tables([table, pa.Table.from_pylist(orphans, schema=SCHEMA)])
+    return _best_row_per_image(table) if table.num_rows else table
+
+
+def _read_table(path: Path) -> pa.Table | None:
+    """A manifest or part file in today's schema; None (and a warning) if it is damaged."""
+    try:
+        table = pq.ParquetFile(path).read()
+    except (pa.ArrowException, OSError) as error:
+        print(f"sweeper: warning: skipping damaged manifest file {path}: {error}", file=sys.stderr, flush=True)
+        return None
+    missing = [name for name in SCHEMA.names if name not in table.column_names]
+    for name in missing:  # written by an older sweeper
+        table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
+    return table.select(SCHEMA.names).cast(SCHEMA)
+
+
+def _rows_from_orphan_pngs(out_dir: Path, known: set[str]) -> list[dict[str, Any]]:
+    images = out_dir / IMAGES_DIR
+    if not images.is_dir():
+        return []
+    rows = []
+    for png in images.glob("*.png"):
+        if png.stem in known:
+            continue
+        try:
+            with Image.open(png) as image:
+                row = json.loads(image.text["sweeper"])["row"]
+        except (OSError, KeyError, ValueError):
+            continue  # not one of ours, or from before rows were embedded: it renders again
+        for name in ("started_at", "finished_at"):
+            row[name] = dt.datetime.fromisoformat(row[name]) if row.get(name) else None
+        rows.append({name: row.get(name) for name in SCHEMA.names})
+    return rows
 
 
 def _best_row_per_image(table: pa.Table) -> pa.Table:
@@ -123,11 +167,10 @@ def _best_row_per_image(table: pa.Table) -> pa.Table:
 
 
 def merge(out_dir: Path) -> Path | None:
-    """Fold part files into manifest.parquet (atomic), then drop the merged parts."""
+    """Fold part files (and orphan PNGs' rows) into manifest.parquet, atomically, then
+    drop the merged parts; damaged parts move to `.manifest-parts/damaged/` for a look."""
     out_dir = Path(out_dir)
     parts = _part_files(out_dir)
-    if not parts and (out_dir / MANIFEST).exists():
-        return out_dir / MANIFEST
     table = read(out_dir)
     if table.num_rows == 0:
         return None
@@ -135,11 +178,15 @@ def merge(out_dir: Path) -> Path | None:
     pq.write_table(table, buffer)
     write_atomic(out_dir / MANIFEST, buffer.getvalue())
     for part in parts:
-        part.unlink(missing_ok=True)
+        if _read_table(part) is None:
+            (part.parent / "damaged").mkdir(exist_ok=True)
+            part.rename(part.parent / "damaged" / part.name)
+        else:
+            part.unlink(missing_ok=True)
     if parts:
         try:
             (out_dir / PARTS_DIR).rmdir()
-        except OSError:  # another rank wrote a part meanwhile; the next merge takes it
+        except OSError:  # another rank wrote a part meanwhile, or damaged parts are kept
             pass
     return out_dir / MANIFEST
 

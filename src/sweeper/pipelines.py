@@ -10,6 +10,7 @@ the same `from_pretrained` as real ids.
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -92,3 +93,10 @@ def check_scheduler_classes(specs: list[ImageSpec]) -> None:
         scheduler_class = getattr(diffusers, class_name, None)
         if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)):
             raise PlanError(f"invalid scheduler.class_name={class_name!r}: not a diffusers scheduler class")
+
+
+def release_memory(device: str) -> None:
+    """Give back what a failed call left allocated, before a smaller retry."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()

@@ -29,6 +29,7 @@ DTYPES = ("auto", "float16", "bfloat16", "float32")
 SIZE_KEYS = ("original_size", "target_size", "negative_original_size", "negative_target_size")
 CROP_KEYS = ("crops_coords_top_left", "negative_crops_coords_top_left")
 SDXL_ONLY_KEYS = ("prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS)
+DEFAULT_MAX_IMAGES = 100_000
 SEED_LIMIT = 2**63  # int64 in the manifest (torch itself takes up to 2**64 - 1)
 RANDOM_SEED_LIMIT = 2**32  # what a seed of -1 draws from, as other SD tools do
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -130,13 +131,21 @@ def plan(jobs: Sequence[Job], auto_device: str = "cpu", seed_nonce: int = 0) -> 
     planning twice (or on every rank) gives the same random seeds.
     """
     specs: dict[str, ImageSpec] = {}
+    asked = 0
     for job in jobs:
-        for spec in plan_job(job, auto_device, seed_nonce):
+        job_specs = plan_job(job, auto_device, seed_nonce, budget=_max_images(job.config) - asked)
+        asked += len(job_specs)
+        for spec in job_specs:
             specs.setdefault(spec.image_id, spec)
     return list(specs.values())
 
 
-def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0) -> list[ImageSpec]:
+def _max_images(c: Mapping[str, Any]) -> int:
+    return _int(c, "max_images", minimum=1) if c.get("max_images") is not None else DEFAULT_MAX_IMAGES
+
+
+def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: int | None = None) -> list[ImageSpec]:
+    """The job's images: prompts x seeds. More than `budget` of them is refused (max_images)."""
     c = job.config
     model = _model(c.get("model"))
     family = model["family"]
@@ -181,6 +190,9 @@ def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0) -> list[Im
     # Every job draws the same random seeds for -1 (by position), so a
     # `guidance=3,5,7 seed=-1` sweep compares guidance on one seed, as A1111's X/Y plot does.
     seeds = _seeds(c, str(seed_nonce))
+    if budget is not None and len(prompts) * len(seeds) > budget:
+        limit = _max_images(c)
+        raise _fail("max_images", limit, f"the sweep asks for more than {limit} images; raise max_images to render them all")
     return [
         ImageSpec(
             prompt=prompt,

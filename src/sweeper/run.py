@@ -10,17 +10,19 @@ all go through these three steps.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import os
 import secrets
 import socket
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 from sweeper import devices, faults, hub, manifest, schedule
-from sweeper.plan import ImageSpec, Job, plan
+from sweeper.plan import ImageSpec, Job, PlanError, plan
 from sweeper.store import BackgroundWriter, image_path
 
 # Drawn once per process (and broadcast from rank 0 under several ranks):
@@ -62,6 +64,7 @@ class Summary:
 
 def prepare(jobs: Sequence[Job], out_dir: Path) -> Prepared:
     """Plan and check every job, and find what `out_dir` already holds. Raises PlanError."""
+    _check_writable(Path(out_dir))
     specs = plan(jobs, devices.auto_device(), _seed_nonce)
     for key, model_id, revision in sorted({("model.id", s.model_id, s.model_revision) for s in specs} | {("refiner.id", s.refiner_id, s.refiner_revision) for s in specs if s.refiner_id}):
         hub.check_available(key, model_id, revision)
@@ -69,6 +72,16 @@ def prepare(jobs: Sequence[Job], out_dir: Path) -> Prepared:
     todo = [spec for spec in specs if spec.image_id not in done]
     dry_run = any(bool(job.config.get("dry_run")) for job in jobs)
     return Prepared(jobs=len(jobs), specs=specs, todo=todo, dry_run=dry_run)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Refuse an output dir that cannot be made or written, before anything renders."""
+    existing = out_dir.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        reason = "is not a directory" if not existing.is_dir() else "is not writable"
+        raise PlanError(f"invalid output dir {out_dir}: {existing} {reason}")
 
 
 def announce(prepared: Prepared, out_dir: Path) -> None:
@@ -101,8 +114,6 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
     import torch
 
     from sweeper import __version__, pipelines
-    from sweeper.render import render_batch
-    from sweeper.store import png_bytes, write_atomic
 
     pipelines.check_scheduler_classes(prepared.todo)
     out_dir = Path(out_dir)
@@ -110,41 +121,107 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
     facts = dict(rank=rank, world_size=world_size, host=socket.gethostname(), **versions)
     writer = BackgroundWriter()
     total = sum(len(batch.specs) for batch in batches)
-    with progress or progress_bar(total, disable=rank != 0) as progress:
+    with progress or progress_bar(total, disable=rank != 0) as progress, _storage_errors(out_dir):
         for batch in batches:
             device = f"cuda:{gpu}" if batch.specs[0].device == "cuda" else batch.specs[0].device
-            started = dt.datetime.now(dt.timezone.utc)
-            tic = time.perf_counter()
-            try:
-                faults.before_render(batch.specs)
-                images, error = render_batch(batch, device), None
-            except Exception as exc:  # one failing batch must not stop the sweep
-                images, error = None, f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-            seconds = (time.perf_counter() - tic) / len(batch.specs)
-            finished = dt.datetime.now(dt.timezone.utc)
-            timing = dict(seconds=seconds, started_at=started, finished_at=finished, batch_size=len(batch.specs), device=device)
-
-            def store(batch=batch, images=images, error=error, timing=timing) -> None:
-                rows = []
-                for index, spec in enumerate(batch.specs):
-                    path = image_path(spec)
-                    if images is not None:
-                        write_atomic(out_dir / path, png_bytes(images[index], spec, versions))
-                        faults.event("png")
-                    status = "ok" if images is not None else "error"
-                    rows.append(manifest.row(spec, path, status, error, batch_index=index, **timing, **facts))
-                manifest.write_part(out_dir, rows)
-                faults.event("part")
-
-            writer.submit(store)
-            if error is None:
-                summary.rendered += len(batch.specs)
-            else:
-                summary.failed.extend((spec.image_id, error) for spec in batch.specs)
-                progress.write(f"sweeper: a batch of {len(batch.specs)} failed: {error}")
-            progress.update(len(batch.specs))
-    writer.close()
+            for done in _render_backing_off(batch, device, progress):
+                writer.submit(lambda done=done: _store(done, out_dir, versions, dict(facts, device=device)))
+                for spec, error in zip(done.batch.specs, done.errors):
+                    if error is None:
+                        summary.rendered += 1
+                    else:
+                        summary.failed.append((spec.image_id, error))
+                if done.batch_error:
+                    progress.write(f"sweeper: a batch of {len(done.batch.specs)} failed: {done.batch_error}")
+                progress.update(len(done.batch.specs))
+        writer.close()
     return summary
+
+
+class StorageError(RuntimeError):
+    """Writing into the output dir failed (full, gone, read-only): the sweep stops."""
+
+
+@contextlib.contextmanager
+def _storage_errors(out_dir: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as error:
+        raise StorageError(
+            f"cannot write into {out_dir}: {error.strerror or error}; what was stored so far is kept, "
+            "run the same command again once it is writable"
+        ) from error
+
+
+@dataclass
+class _Rendered:
+    """One pipeline call's outcome: an array per image, or the error of the whole call."""
+
+    batch: schedule.Batch
+    arrays: Any  # (N, H, W, 3) floats, or None when the call failed
+    batch_error: str | None
+    prompt_warnings: list[str | None]
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    seconds: float  # per image
+
+    @property
+    def errors(self) -> list[str | None]:
+        from sweeper.store import problem
+
+        if self.arrays is None:
+            return [self.batch_error] * len(self.batch.specs)
+        return [problem(array)[0] for array in self.arrays]
+
+
+def _render_backing_off(batch: schedule.Batch, device: str, progress: Progress) -> list[_Rendered]:
+    """Render a batch; out of memory, halve it and retry the halves, down to one image."""
+    import torch
+
+    from sweeper import pipelines
+    from sweeper.render import prompt_warnings, render_batch
+
+    started, tic = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+    try:
+        faults.before_render(batch.specs)
+        arrays, error = render_batch(batch, device), None
+        faults.after_render(batch.specs, arrays)
+        warnings = prompt_warnings(batch, device)
+    except torch.OutOfMemoryError as exc:
+        if len(batch.specs) > 1:
+            pipelines.release_memory(device)
+            half = len(batch.specs) // 2
+            progress.write(f"sweeper: out of memory with {len(batch.specs)} images per call; retrying with {half}")
+            halves = (schedule.Batch(batch.specs[:half]), schedule.Batch(batch.specs[half:]))
+            return [done for part in halves for done in _render_backing_off(part, device, progress)]
+        arrays, error, warnings = None, _one_line(exc), [None] * len(batch.specs)
+    except Exception as exc:  # one failing batch must not stop the sweep
+        arrays, error, warnings = None, _one_line(exc), [None] * len(batch.specs)
+    seconds = (time.perf_counter() - tic) / len(batch.specs)
+    return [_Rendered(batch, arrays, error, warnings, started, dt.datetime.now(dt.timezone.utc), seconds)]
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+
+
+def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any]) -> None:
+    """PNGs of the good images, then one manifest part for the call (on a writer thread)."""
+    from sweeper.store import png_bytes, problem, to_image, write_atomic
+
+    rows = []
+    timing = dict(seconds=done.seconds, started_at=done.started_at, finished_at=done.finished_at, batch_size=len(done.batch.specs))
+    for index, spec in enumerate(done.batch.specs):
+        path = image_path(spec)
+        error, warning = problem(done.arrays[index]) if done.arrays is not None else (done.batch_error, None)
+        warning = "; ".join(w for w in (warning, done.prompt_warnings[index]) if w) or None
+        row = manifest.row(spec, path, "ok" if error is None else "error", error, warning=warning, batch_index=index, **timing, **facts)
+        if error is None:
+            write_atomic(out_dir / path, png_bytes(to_image(done.arrays[index]), spec, versions, row))
+            faults.event("png")
+        rows.append(row)
+    manifest.write_part(out_dir, rows)
+    faults.event("part")
 
 
 class Progress(Protocol):
@@ -154,7 +231,14 @@ class Progress(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-def progress_bar(total: int, disable: bool = False):
+def progress_bar(total: int, disable: bool = False) -> Progress:
     from tqdm import tqdm
 
-    return tqdm(total=total, unit="img", desc="sweeper", disable=disable, dynamic_ncols=True)
+    class StderrBar(tqdm):
+        """tqdm writes its messages to stdout; ours belong beside the bar, on stderr."""
+
+        @classmethod
+        def write(cls, s: str, file=None, end: str = "\n", nolock: bool = False) -> None:
+            super().write(s, file=file or sys.stderr, end=end, nolock=nolock)
+
+    return StderrBar(total=total, unit="img", desc="sweeper", disable=disable, dynamic_ncols=True)

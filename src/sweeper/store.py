@@ -9,14 +9,16 @@ keeps rendering while PNGs are encoded; a finished image is never half a file.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
+import numpy as np
 from PIL import Image, PngImagePlugin
 
 from sweeper import faults
@@ -58,10 +60,34 @@ def _quote(value: object) -> str:
     return json.dumps(text, ensure_ascii=False) if any(mark in text for mark in ",:\n") else text
 
 
-def png_bytes(image: Image.Image, spec: ImageSpec, versions: dict[str, str]) -> bytes:
+LOCK_FILE = ".sweeper.lock"
+NAN_ERROR = "NaN in the output (in float16 the VAE can overflow: try dtype=bfloat16 or dtype=float32)"
+BLACK_WARNING = "all black"
+
+
+def to_image(array: np.ndarray) -> Image.Image:
+    """An RGB float array (0..1) as diffusers turns it into a PIL image."""
+    return Image.fromarray((array * 255).round().astype("uint8"))
+
+
+def problem(array: np.ndarray) -> tuple[str | None, str | None]:
+    """(error, warning) for one rendered image: NaN is an error, all black a warning."""
+    if np.isnan(array).any():
+        return NAN_ERROR, None
+    if (array * 255).round().max() == 0:
+        return None, BLACK_WARNING
+    return None, None
+
+
+def png_bytes(image: Image.Image, spec: ImageSpec, versions: dict[str, str], row: dict[str, Any] | None = None) -> bytes:
+    """The PNG with a `parameters` chunk (A1111's format) and a `sweeper` chunk: the spec as
+    JSON and the image's manifest row, so a lost manifest row can be rebuilt from the file."""
     info = PngImagePlugin.PngInfo()
     info.add_itxt("parameters", parameters_text(spec, versions))
-    info.add_itxt("sweeper", json.dumps({"image_id": spec.image_id, "spec": json.loads(spec.to_json()), "versions": versions}, ensure_ascii=False))
+    sweeper = {"image_id": spec.image_id, "spec": json.loads(spec.to_json()), "versions": versions}
+    if row is not None:
+        sweeper["row"] = row
+    info.add_itxt("sweeper", json.dumps(sweeper, ensure_ascii=False, default=str))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
@@ -73,6 +99,7 @@ def write_atomic(path: Path, data: bytes) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            faults.event("write")
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -106,3 +133,43 @@ class BackgroundWriter:
                 future.result()
         finally:
             self._pool.shutdown(wait=True)
+
+
+def remove_stale_temps(out_dir: Path) -> None:
+    """Temp files of writes that a kill interrupted; only call this holding the dir's lock."""
+    for folder in (Path(out_dir), Path(out_dir) / IMAGES_DIR, Path(out_dir) / ".manifest-parts"):
+        for temp in folder.glob(".*.tmp"):
+            temp.unlink(missing_ok=True)
+
+
+class DirBusy(RuntimeError):
+    """Another sweeper process is writing into the same output dir."""
+
+
+@contextlib.contextmanager
+def exclusive(out_dir: Path) -> Iterator[None]:
+    """Hold `<out_dir>/.sweeper.lock` while rendering; a second run into the dir is refused.
+
+    flock is released by the kernel when the holder dies, even by kill -9,
+    so a crashed run never leaves the dir locked.
+    """
+    import fcntl
+    import socket
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with open(Path(out_dir) / LOCK_FILE, "a+", encoding="utf-8") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise DirBusy(f"another sweeper run ({holder}) is writing into {out_dir}; wait for it to finish or pick another name=") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)

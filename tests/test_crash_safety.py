@@ -1,0 +1,159 @@
+"""Never lose a render: kill -9, failing batches, out of memory, bad output, a full
+disk, a busy dir, damaged manifest parts. Faults come from the explicit
+SWEEPER_FAULT hook (sweeper/faults.py), not from sleeps and luck."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from conftest import only_dir, run_cli
+from PIL import Image
+
+from sweeper import manifest, store
+
+SWEEP = ("-m", "model=tiny", "seed=0,1,2,3,4", "steps=2", "batch_size=2")
+
+
+def files_of(sweep) -> dict[str, int]:
+    """Every file under the sweep dir (lock and report aside) -> its mtime in ns."""
+    return {
+        str(path.relative_to(sweep)): path.stat().st_mtime_ns
+        for path in sweep.rglob("*")
+        if path.is_file() and path.name not in (".sweeper.lock", "report.html") and ".thumbs" not in path.parts
+    }
+
+
+def assert_whole(sweep, images: int) -> pd.DataFrame:
+    df = pd.read_parquet(sweep / "manifest.parquet")
+    assert len(df) == images and df.image_id.is_unique and set(df.status) == {"ok"}
+    for path in df.path:
+        with Image.open(sweep / path) as image:
+            image.load()  # a torn PNG fails here
+    assert sorted(p.name for p in (sweep / "images").iterdir()) == sorted(f"{i}.png" for i in df.image_id)
+    assert not list(sweep.rglob("*.tmp")) and not (sweep / ".manifest-parts").exists()
+    return df
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("point", ["temp=2", "png=3", "part=2"])
+def test_kill_9_then_the_same_command_finishes_without_loss_or_rework(tmp_path, tiny_models, point):
+    killed = run_cli(*SWEEP, cwd=tmp_path, env={"SWEEPER_FAULT": f"kill:{point}"})
+    assert killed.returncode == -9, killed.stderr
+    sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    before = files_of(sweep)
+    pngs_before = {name: mtime for name, mtime in before.items() if name.endswith(".png")}
+
+    again = run_cli(*SWEEP, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(pngs_before)} already done, {5 - len(pngs_before)} to render" in again.stderr
+    assert_whole(sweep, 5)
+    after = files_of(sweep)
+    assert all(after[name] == mtime for name, mtime in pngs_before.items()), "a finished image was written again"
+
+
+@pytest.mark.slow
+def test_out_of_memory_halves_the_batch_and_nan_output_is_an_error(tmp_path, tiny_models):
+    result = run_cli(
+        "-m", "model=tiny", "seed=0,1,2,3", "steps=2", "batch_size=4", "prompt='../../../escaped, /etc/passwd'",
+        cwd=tmp_path, env={"SWEEPER_FAULT": "oom:batch=1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "out of memory with 4 images per call; retrying with 2" in result.stderr
+    sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    df = assert_whole(sweep, 4)
+    assert set(df.batch_size) == {1}
+    # A path-like prompt names no file: everything stays inside the sweep dir.
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and sweep not in p.parents] == []
+
+    nan = run_cli("-m", "model=tiny", "seed=0,1,2,3,9", "steps=2", "batch_size=4", cwd=tmp_path, env={"SWEEPER_FAULT": "nan:seed=9"})
+    assert nan.returncode == 1
+    assert "1 image(s) failed (first: NaN in the output" in nan.stderr
+    sweep = next(d for d in (tmp_path / "outputs" / "sweeps").iterdir() if d != sweep)
+    df = pd.read_parquet(sweep / "manifest.parquet").set_index("seed")
+    assert df.loc[9, "status"] == "error" and "float16" in df.loc[9, "error"]
+    assert not (sweep / df.loc[9, "path"]).exists() and (df.drop(index=9).status == "ok").all()
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_with_one_line_and_keeps_what_was_stored(tmp_path, tiny_models):
+    full = run_cli(*SWEEP, cwd=tmp_path, env={"SWEEPER_FAULT": "enospc:write=3"})
+    assert full.returncode == 1
+    assert full.stderr.strip().splitlines()[-1].startswith("sweeper: error: cannot write into")
+    assert "No space left on device" in full.stderr and "Traceback" not in full.stderr
+    sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    kept = sorted(p.name for p in (sweep / "images").glob("*.png"))
+    assert len(kept) == 2
+
+    again = run_cli(*SWEEP, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "2 already done, 3 to render" in again.stderr
+    assert_whole(sweep, 5)
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_busy_dir_is_refused(tmp_path, tiny_models):
+    sweep = tmp_path / "busy"
+    with store.exclusive(sweep):
+        result = run_cli("-m", "model=tiny", "seed=0,1", "steps=2", f"hydra.sweep.dir={sweep}", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("sweeper: error: another sweeper run (pid ") and "is writing into" in lines[-1]
+    assert not (sweep / "images").exists()
+
+
+def spec(seed: int):
+    from sweeper.plan import Job, plan
+
+    config = {
+        "model": {"name": "tiny", "id": "tiny-sdxl", "family": "sdxl"}, "refiner": None,
+        "scheduler": {"name": "euler", "class_name": "EulerDiscreteScheduler", "label": "Euler", "kwargs": {}},
+        "prompt": "p", "seed": seed, "guidance": 5.0, "steps": 2, "width": 64, "height": 64, "mode": "txt2img",
+        "batch_size": None, "dtype": "auto", "device": "cpu",
+    }
+    return plan([Job(0, config, ())])[0]
+
+
+def test_a_damaged_part_is_reported_and_set_aside_and_the_rest_kept(tmp_path, capsys):
+    rows = [manifest.row(spec(seed), f"images/{spec(seed).image_id}.png", "error", "x", rank=0) for seed in range(3)]
+    good = manifest.write_part(tmp_path, rows[:2])
+    damaged = manifest.write_part(tmp_path, rows[2:])
+    damaged.write_bytes(damaged.read_bytes()[:40])  # torn by a crash of another tool, say
+    table = manifest.read(tmp_path)
+    assert sorted(table.column("seed").to_pylist()) == [0, 1]
+    assert f"skipping damaged manifest file {damaged}" in capsys.readouterr().err
+    manifest.merge(tmp_path)
+    assert pa.parquet.read_table(tmp_path / manifest.MANIFEST).num_rows == 2
+    assert not good.exists() and (damaged.parent / "damaged" / damaged.name).is_file()
+
+
+def test_a_damaged_manifest_is_rebuilt_from_the_pngs(tmp_path):
+    specs = [spec(seed) for seed in range(3)]
+    versions = {"sweeper": "t", "diffusers": "t", "torch": "t"}
+    for s in specs:
+        row = manifest.row(s, store.image_path(s), "ok", None, rank=0, batch_size=3, seconds=0.5)
+        store.write_atomic(tmp_path / store.image_path(s), store.png_bytes(Image.new("RGB", (8, 8)), s, versions, row))
+    (tmp_path / manifest.MANIFEST).write_bytes(b"PAR1 not really")
+    assert manifest.done_ids(tmp_path) == {s.image_id for s in specs}
+    manifest.merge(tmp_path)
+    df = pd.read_parquet(tmp_path / manifest.MANIFEST)
+    assert sorted(df.seed) == [0, 1, 2] and set(df.batch_size) == {3} and set(df.seconds) == {0.5}
+
+
+@pytest.mark.parametrize(
+    "pixels, error, warning",
+    [(np.full((4, 4, 3), 0.5), None, None), (np.zeros((4, 4, 3)), None, "all black"), (np.full((4, 4, 3), np.nan), store.NAN_ERROR, None)],
+)
+def test_bad_output_is_flagged(pixels, error, warning):
+    assert store.problem(pixels) == (error, warning)
+
+
+def test_stale_temp_files_of_a_killed_write_are_removed(tmp_path):
+    (tmp_path / "images").mkdir()
+    stale = tmp_path / "images" / ".abc.png.x1.tmp"
+    stale.write_bytes(b"half")
+    keep = tmp_path / "images" / "abc.png"
+    keep.write_bytes(b"whole")
+    store.remove_stale_temps(tmp_path)
+    assert not stale.exists() and keep.exists()

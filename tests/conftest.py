@@ -21,6 +21,17 @@ def sweeper_env(tmp_path_factory) -> Path:
     return cache
 
 
+@pytest.fixture(autouse=True)
+def hydra_version_base():
+    """Hydra keeps its version base in a process-wide singleton that compose and
+    hydra.main set; restore it so one test's Hydra defaults don't leak into the next."""
+    from hydra.version import VersionBase
+
+    saved = VersionBase.instance().getbase()
+    yield
+    VersionBase.instance().version_base = saved
+
+
 @pytest.fixture(scope="session")
 def tiny_models(sweeper_env) -> dict[str, Path]:
     """Build the three tiny models once per session (subprocesses find them in the cache)."""

@@ -37,7 +37,7 @@ def assert_whole(sweep, images: int) -> pd.DataFrame:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["temp=2", "png=3", "part=2"])
+@pytest.mark.parametrize("point", ["png=3", "part=2"])  # torn temp files: test_stale_temp_files_...
 def test_kill_9_then_the_same_command_finishes_without_loss_or_rework(tmp_path, tiny_models, point):
     killed = run_cli(*SWEEP, cwd=tmp_path, env={"SWEEPER_FAULT": f"kill:{point}"})
     assert killed.returncode == -9, killed.stderr
@@ -110,7 +110,7 @@ def spec(seed: int):
         "model": {"name": "tiny", "id": "tiny-sdxl", "family": "sdxl"}, "refiner": None,
         "scheduler": {"name": "euler", "class_name": "EulerDiscreteScheduler", "label": "Euler", "kwargs": {}},
         "prompt": "p", "seed": seed, "guidance": 5.0, "steps": 2, "width": 64, "height": 64, "mode": "txt2img",
-        "batch_size": None, "dtype": "auto", "device": "cpu",
+        "batch_size": "auto", "dtype": "auto", "device": "cpu",
     }
     return plan([Job(0, config, ())])[0]
 

@@ -3,9 +3,16 @@
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
-from pytest import mark
+from hydra.version import _UNSPECIFIED_, VersionBase
+from pytest import fixture, mark
 
 from hydra_plugins.sweeper_plugins.accelerate_launcher import AccelerateLauncher
+
+
+@fixture(autouse=True)
+def fresh_version_base():
+    """The suites expect Hydra's defaults of a fresh process (no version_base given)."""
+    VersionBase.instance().version_base = _UNSPECIFIED_
 
 
 def test_discovery() -> None:

@@ -134,6 +134,15 @@ def test_refiner_ensemble_and_img2img(tmp_path, tiny_models):
         (["prompt=[]"], "prompt=[]"),
         (["model=sdxl"], "model=tiny"),
         (["guidance=5,-2"], "guidance=-2"),
+        (["guidance=inf"], "guidance=Infinity"),
+        (["name=../../elsewhere"], "name='../../elsewhere'"),
+        (["seed=range(0,30)", "max_images=20"], "max_images=20"),
+        (["prompt_file=/no/such/prompts.txt"], "prompt_file='/no/such/prompts.txt': no such file"),
+        (["batch_size=0"], "batch_size=0"),
+        (["dtype=float8"], "dtype='float8'"),
+        (["device=tpu"], "device='tpu'"),
+        (["model=tiny-sd", "refiner=tiny"], "refiner"),
+        (["hydra.sweep.dir=/etc/hostname/sweep", "hydra.run.dir=/etc/hostname/run"], "/etc/hostname is not a directory"),
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_anything_loads(tmp_path, args, named):

@@ -56,7 +56,7 @@ def test_kill_9_then_the_same_command_finishes_without_loss_or_rework(tmp_path, 
 @pytest.mark.slow
 def test_out_of_memory_halves_the_batch_and_nan_output_is_an_error(tmp_path, tiny_models):
     result = run_cli(
-        "-m", "model=tiny", "seed=0,1,2,3", "steps=2", "batch_size=4", "prompt='../../../escaped, /etc/passwd'",
+        "-m", "model=tiny", "seed=0,1,2,3", "steps=2", "batch_size=4", "prompt='../../../escaped, /etc/passwd" + " and more" * 10 + "'",
         cwd=tmp_path, env={"SWEEPER_FAULT": "oom:batch=1"},
     )
     assert result.returncode == 0, result.stderr
@@ -64,6 +64,7 @@ def test_out_of_memory_halves_the_batch_and_nan_output_is_an_error(tmp_path, tin
     sweep = only_dir(tmp_path / "outputs" / "sweeps")
     df = assert_whole(sweep, 4)
     assert set(df.batch_size) == {1}
+    assert set(df.warning) == {"prompt truncated to 77 tokens"}  # the tiny tokenizer reads characters
     # A path-like prompt names no file: everything stays inside the sweep dir.
     assert [p for p in tmp_path.rglob("*") if p.is_file() and sweep not in p.parents] == []
 

@@ -121,6 +121,16 @@ def test_two_nodes_on_loopback_a_failing_job_and_a_retry(tmp_path, one_process):
 
 
 @pytest.mark.slow
+def test_hydras_basic_launcher_still_gives_one_manifest(tmp_path, tiny_models):
+    result = run_cli("-m", "model=tiny", "guidance=3,7", "seed=[0,1]", "steps=2", "hydra/launcher=basic", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    df = pd.read_parquet(sweep / "manifest.parquet")
+    assert len(df) == 4 and set(df.status) == {"ok"} and sorted(set(df.job_num)) == [0, 1]
+    assert not (sweep / ".manifest-parts").exists() and (sweep / "report.html").is_file()
+
+
+@pytest.mark.slow
 def test_planning_two_thousand_jobs_is_quick(tmp_path):
     result = run_cli("-m", "model=tiny", "seed=range(0,2000)", "guidance=5,7", "dry_run=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -1,0 +1,489 @@
+"""Benchmark: sweeper against the plain diffusers loop a user would write.
+
+The same images are rendered twice, each in a cold subprocess timed wall to
+wall (interpreter start, imports and model loading included):
+
+  loop     a temp script: import diffusers, `StableDiffusionXLPipeline.from_pretrained`
+           once, then for every (seed, guidance) one call with its own
+           `torch.Generator().manual_seed(seed)` and `image.save(...)`;
+  sweeper  `python -m sweeper -m model=tiny seed=range(0,S) guidance=a,b,.. steps=..
+           width=.. height=.. hydra.sweep.dir=<tmp>` (HF_HUB_OFFLINE=1).
+
+Then it checks that both hold the same set of images (count, and the pixels
+of every pair with the same seed and guidance: bit-identical with
+--batch-size 1, within 2 levels with batching), times `python -m sweeper
+--help` plus planning 100,000 images (dry_run), and prints one JSON line last.
+
+    python scripts/bench.py                              # tiny SDXL, CPU, 32 seeds x 8 guidance, 64x64, 4 steps
+    python scripts/bench.py --seeds 4 --guidance 5,7 --no-plan       # quicker
+    python scripts/bench.py --batch-size 1 --seeds 4     # bit-identical check
+    python scripts/bench.py --model sdxl-random --device cuda          # full-size SDXL, random weights, 1024x1024, 30 steps
+    python scripts/bench.py --model sdxl-random --device cpu --size 128 --steps 1 --seeds 1 --guidance 5   # smoke test
+
+`sdxl-random` is SDXL base built from its real configs with random weights
+(scripts/sdxl_random.py), saved once into the cache and loaded by both sides
+from that dir (`model=sdxl model.id=<dir>` for sweeper). Its JSON adds images/s
+and the fraction of the GPU's peak, at (6.76 x UNet forwards + 10.5) TFLOP per
+1024x1024 image (416 for 30 steps with CFG), scaled by pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"  # conf/config.yaml's prompt
+UNET_TFLOP_1024 = 6.76  # SDXL base UNet, one 1024x1024 forward (DESIGN.md section 4)
+VAE_DECODE_TFLOP_1024 = 10.5
+PLAN_IMAGES = 100_000
+
+# What a user writes: load once, one generator per image, save each PNG.
+LOOP_SCRIPT = r'''
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+from diffusers import StableDiffusionXLPipeline
+t_import = time.perf_counter()
+
+a = json.loads(sys.argv[1])
+pipe = StableDiffusionXLPipeline.from_pretrained(a["model_dir"], dtype=getattr(torch, a["dtype"]))
+pipe = pipe.to(a["device"])
+pipe.set_progress_bar_config(disable=True)
+t_load = time.perf_counter()
+
+render, save = [], []
+for seed in a["seeds"]:
+    for guidance in a["guidance"]:
+        tic = time.perf_counter()
+        image = pipe(
+            a["prompt"],
+            num_inference_steps=a["steps"],
+            guidance_scale=guidance,
+            width=a["size"],
+            height=a["size"],
+            generator=torch.Generator().manual_seed(seed),
+        ).images[0]
+        toc = time.perf_counter()
+        image.save(f"{a['out']}/seed{seed}_guidance{guidance:g}.png")
+        render.append(toc - tic)
+        save.append(time.perf_counter() - toc)
+t_end = time.perf_counter()
+print(json.dumps(dict(import_s=t_import - t0, load_s=t_load - t_import, loop_s=t_end - t_load, render_s=render, save_s=save)))
+'''
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["tiny", "sdxl-random"], default="tiny")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds 0..N-1 (default: 32 tiny; 24 sdxl-random = 3 batches of 8 on cuda, so a steady state follows the first)")
+    parser.add_argument("--guidance", default=None, help="comma-separated guidance values (default: 1.5,2,3,4,5,6,7,8 tiny; 5 sdxl-random)")
+    parser.add_argument("--steps", type=int, default=None, help="default: 4 tiny, 30 sdxl-random")
+    parser.add_argument("--size", type=int, default=None, help="width = height (default: 64 tiny, 1024 sdxl-random)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                        help="default: float32 on cpu; float16 tiny / bfloat16 sdxl-random on cuda")
+    parser.add_argument("--batch-size", default="auto", help="sweeper's batch_size (auto or an int; 1 gives bit-identical images)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT)
+    parser.add_argument("--peak-tflops", type=float, default=989.0, help="device peak for the fraction-of-peak figure (H100 dense bf16: 989)")
+    parser.add_argument("--plan-max-s", type=float, default=120,
+                        help="run the 100k-job multirun dry run only if 1000 jobs extrapolate to less than this")
+    parser.add_argument("--plan-all", action="store_true",
+                        help="also time the other ways to plan 100k images (100k-line prompt_file; experiment yaml with 100k seeds)")
+    parser.add_argument("--no-plan", action="store_true", help="skip the --help + 100k planning timings")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed import (and model file read) that warms the page cache first")
+    parser.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                        help="before each timed run wait up to S seconds for the machine to be idle (shared machines)")
+    parser.add_argument("--out", default=None, help="keep everything in this dir (default: a temp dir, removed afterwards)")
+    args = parser.parse_args(argv)
+    tiny = args.model == "tiny"
+    if args.seeds is None:
+        args.seeds = 32 if tiny else 24
+    if args.guidance is None:
+        args.guidance = "1.5,2,3,4,5,6,7,8" if tiny else "5"
+    if args.steps is None:
+        args.steps = 4 if tiny else 30
+    if args.size is None:
+        args.size = 64 if tiny else 1024
+    if args.dtype is None:
+        args.dtype = "float32" if args.device == "cpu" else ("float16" if tiny else "bfloat16")
+    args.guidance_values = [float(value) for value in args.guidance.split(",")]
+    return args
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def _busy_s() -> float:
+    """CPU seconds this machine has been busy since boot, all cores (Linux /proc/stat; 0 elsewhere)."""
+    try:
+        fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(max_wait_s: float, threshold: float = 0.15) -> float:
+    """Wait (up to max_wait_s) for a 2 s window in which the machine is < threshold busy; returns the seconds waited."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_wait_s:
+        before = _busy_s()
+        time.sleep(2)
+        if (_busy_s() - before) / (2 * (os.cpu_count() or 1)) < threshold:
+            break
+    return time.perf_counter() - start
+
+
+class Timed:
+    """A subprocess run wall to wall; its stdout/stderr pieces (split on \\r and \\n) stamped with arrival times."""
+
+    def __init__(self, cmd: list[str], cwd: Path, log_path: Path):
+        self.cmd = cmd
+        self.pieces: list[tuple[float, str, str]] = []  # (seconds since start, stream, text)
+        busy_before = _busy_s()
+        self.start = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        readers = [threading.Thread(target=self._read, args=(stream, name)) for stream, name in ((self.proc.stdout, "out"), (self.proc.stderr, "err"))]
+        for reader in readers:
+            reader.start()
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.wall_s = time.perf_counter() - self.start
+        self.returncode = self.proc.returncode = os.waitstatus_to_exitcode(status)
+        self.cpu_s = usage.ru_utime + usage.ru_stime  # CPU time of the child (less noisy than wall on a shared machine)
+        # CPU seconds the rest of the machine used meanwhile: > 0.1 x wall means the timing is contended.
+        self.other_cpu_s = max(0.0, _busy_s() - busy_before - self.cpu_s)
+        for reader in readers:
+            reader.join()
+        with open(log_path, "w") as handle:
+            handle.write("$ " + " ".join(cmd) + "\n")
+            handle.writelines(f"{t:9.3f} {stream} {text}\n" for t, stream, text in sorted(self.pieces))
+            handle.write(f"rc={self.returncode} wall_s={self.wall_s:.3f}\n")
+
+    def _read(self, stream, name: str) -> None:
+        # A piece is stamped when its first byte arrived (tqdm ends a line only with the next \r).
+        pending, pending_at = b"", 0.0
+        while chunk := os.read(stream.fileno(), 65536):
+            now = time.perf_counter() - self.start
+            if not pending:
+                pending_at = now
+            parts = re.split(rb"[\r\n]", pending + chunk)
+            stamps = [pending_at] + [now] * (len(parts) - 1)
+            pending, pending_at = parts.pop(), stamps.pop()
+            self.pieces.extend((t, name, part.decode(errors="replace")) for t, part in zip(stamps, parts) if part.strip())
+        if pending.strip():
+            self.pieces.append((pending_at, name, pending.decode(errors="replace")))
+
+    def text(self, stream: str) -> list[str]:
+        return [text for _, name, text in self.pieces if name == stream]
+
+    def first(self, stream: str, pattern: str) -> float | None:
+        regex = re.compile(pattern)
+        return next((t for t, name, text in self.pieces if name == stream and regex.search(text)), None)
+
+    def check(self, what: str) -> None:
+        if self.returncode != 0:
+            tail = "\n".join(text for _, _, text in self.pieces[-15:])
+            raise SystemExit(f"bench: {what} failed (rc={self.returncode}):\n{tail}")
+
+
+# --- the two runs ---------------------------------------------------------
+
+
+def run_loop(args, model_dir: Path, work: Path) -> dict:
+    out = work / "loop"
+    out.mkdir()
+    script = work / "loop_script.py"
+    script.write_text(LOOP_SCRIPT)
+    spec = dict(model_dir=str(model_dir), dtype=args.dtype, device=args.device, prompt=args.prompt, steps=args.steps,
+                size=args.size, seeds=list(range(args.seeds)), guidance=args.guidance_values, out=str(out))
+    log(f"loop: {args.seeds * len(args.guidance_values)} images, plain diffusers script in a cold subprocess")
+    run = Timed([sys.executable, str(script), json.dumps(spec)], work, work / "loop.log")
+    run.check("the diffusers loop")
+    inner = json.loads(run.text("out")[-1])
+    per_image = [r + s for r, s in zip(inner["render_s"], inner["save_s"])]
+    steady = per_image[1:] or per_image
+    return dict(
+        loop_s=run.wall_s,
+        loop_cpu_s=run.cpu_s,
+        loop_other_cpu_s=run.other_cpu_s,
+        loop_ms_per_image=1000 * statistics.fmean(steady),
+        loop_render_ms_per_image=1000 * statistics.fmean(inner["render_s"][1:] or inner["render_s"]),
+        loop_save_ms_per_image=1000 * statistics.fmean(inner["save_s"]),
+        loop_first_image_s=per_image[0],
+        loop_stages=dict(
+            start_and_import_s=inner["import_s"] + (run.wall_s - inner["import_s"] - inner["load_s"] - inner["loop_s"]),
+            load_s=inner["load_s"],
+            render_and_save_s=inner["loop_s"],
+        ),
+    )
+
+
+def sweeper_command(args, model_dir: Path, sweep_dir: Path) -> list[str]:
+    guidance = ",".join(f"{value:g}" for value in args.guidance_values)
+    model = ["model=tiny"] if args.model == "tiny" else ["model=sdxl", f"model.id={model_dir}", "model.name=sdxl-random"]
+    return [
+        sys.executable, "-m", "sweeper", "-m", *model,
+        f"seed=range(0,{args.seeds})", f"guidance={guidance}", f"steps={args.steps}",
+        f"width={args.size}", f"height={args.size}", f"device={args.device}", f"dtype={args.dtype}",
+        f"batch_size={args.batch_size}", f"prompt='{args.prompt}'", f"hydra.sweep.dir={sweep_dir}",
+    ]  # fmt: skip
+
+
+def run_sweeper(args, model_dir: Path, work: Path) -> tuple[dict, object]:
+    import pandas as pd
+
+    sweep_dir = work / "sweep"
+    cmd = sweeper_command(args, model_dir, sweep_dir)
+    log("sweeper: " + " ".join(cmd[1:]))
+    run = Timed(cmd, work, work / "sweeper.log")
+    run.check("the sweeper run")
+    table = pd.read_parquet(sweep_dir / "manifest.parquet")
+    ok = table[table.status == "ok"]
+    first_start = table.started_at.min()
+    later = ok[ok.started_at > first_start]
+    steady = later if len(later) else ok
+    first_batch = ok[ok.started_at == first_start]
+
+    # Where the wall time goes, from when lines reached stderr.
+    total = len(table)
+    announced = run.first("err", r"^sweeper: \d+ images from")
+    bar_start = run.first("err", r"^sweeper:\s+0%\|")
+    first_done = run.first("err", r"\|\s*[1-9]\d*/\d+ ")
+    last_done = run.first("err", rf"\|\s*{total}/{total} ")
+    stages = {}
+    if None not in (announced, bar_start, first_done, last_done):
+        stages = dict(
+            start_compose_plan_s=announced,  # interpreter, Hydra, our sweeper composing every job + planning
+            launcher_prepare_s=bar_start - announced,  # launcher composes every job again, plans again, imports torch/diffusers
+            load_and_first_batch_s=first_done - bar_start,
+            render_rest_s=last_done - first_done,
+            finish_s=run.wall_s - last_done,  # PNG writer drain, manifest merge, Hydra's multirun teardown
+        )
+    result = dict(
+        sweeper_s=run.wall_s,
+        sweeper_cpu_s=run.cpu_s,
+        sweeper_other_cpu_s=run.other_cpu_s,
+        sweeper_images=int(len(ok)),
+        sweeper_failed=int(len(table) - len(ok)),
+        sweeper_jobs=int(table.job_num.nunique()),
+        sweeper_ms_per_image=1000 * float(steady.seconds.mean()),
+        sweeper_first_batch_s=float(first_batch.seconds.sum()),
+        sweeper_batch_sizes=sorted(int(size) for size in table.batch_size.unique()),
+        sweeper_stages=stages,
+    )
+    return result, (sweep_dir, ok)
+
+
+def compare_pixels(work: Path, sweep_dir: Path, rows) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    diffs, identical, missing = [], 0, 0
+    for row in rows.itertuples():
+        loop_png = work / "loop" / f"seed{row.seed}_guidance{row.guidance:g}.png"
+        if not loop_png.exists():
+            missing += 1
+            continue
+        a = np.asarray(Image.open(loop_png).convert("RGB"), dtype=np.int16)
+        b = np.asarray(Image.open(sweep_dir / row.path).convert("RGB"), dtype=np.int16)
+        diff = int(np.abs(a - b).max()) if a.shape == b.shape else 255
+        diffs.append(diff)
+        identical += diff == 0
+    return dict(
+        compared_images=len(diffs),
+        identical_images=int(identical),
+        max_pixel_diff=max(diffs) if diffs else None,
+        unmatched_images=missing,
+    )
+
+
+# --- planning 100k images ---------------------------------------------------
+
+
+def plan_timings(args, work: Path) -> dict:
+    """`python -m sweeper --help`, then 100,000 images planned with dry_run=true, several ways.
+
+    multirun          `-m model=tiny seed=range(0,100000)`: 100k Hydra jobs of one image. Timed
+                      on 1000 jobs first; run in full only if that extrapolates to < --plan-max-s.
+    prompts_x_seeds   one job: prompt_file of 1000 lines x seed=[0,...,99] (a 100k-element seed
+                      list does not fit one argv string: Linux caps one at 128 KiB).
+    --plan-all adds   one job with a 100k-line prompt_file, and one with a 100k-seed list in an
+                      experiment yaml (hydra.searchpath=[file://dir] experiment=<name>).
+    cli_help_plan_s = help + multirun when run in full, else help + prompts_x_seeds.
+    """
+    plan_dir = work / "plan"
+    plan_dir.mkdir()
+    sweeper = [sys.executable, "-m", "sweeper"]
+    helped = Timed([*sweeper, "--help"], plan_dir, work / "help.log")
+    helped.check("sweeper --help")
+    variants: dict[str, float] = {}
+
+    probe_jobs = 1000
+    probe = _dry_run([*sweeper, "-m", "model=tiny", f"seed=range(0,{probe_jobs})", "dry_run=true", f"hydra.sweep.dir={plan_dir / 'm1k'}"],
+                     plan_dir, work / "plan_multirun_1k.log", f"multirun {probe_jobs} jobs", images=probe_jobs)
+    estimate = probe * PLAN_IMAGES / probe_jobs  # linear: an upper bound when start-up dominates
+    multirun_full = estimate <= args.plan_max_s
+    if multirun_full:
+        variants["multirun"] = _dry_run(
+            [*sweeper, "-m", "model=tiny", f"seed=range(0,{PLAN_IMAGES})", "dry_run=true", f"hydra.sweep.dir={plan_dir / 'm100k'}"],
+            plan_dir, work / "plan_multirun_100k.log", f"multirun {PLAN_IMAGES} jobs")
+    else:
+        log(f"multirun {PLAN_IMAGES} jobs: skipped, {probe:.1f} s for {probe_jobs} jobs extrapolates to {estimate:.0f} s (> --plan-max-s)")
+
+    prompts = plan_dir / "prompts_1000.txt"
+    prompts.write_text("".join(f"prompt number {i}, a photograph\n" for i in range(1000)))
+    seeds = "[" + ",".join(str(seed) for seed in range(100)) + "]"
+    variants["prompts_x_seeds"] = _dry_run(
+        [*sweeper, "model=tiny", f"prompt_file={prompts}", f"seed={seeds}", "dry_run=true", f"hydra.run.dir={plan_dir / 'run'}"],
+        plan_dir, work / "plan_100k.log", "one job: 1000-line prompt_file x 100 seeds")
+
+    if args.plan_all:
+        lines = plan_dir / "prompts_100k.txt"
+        lines.write_text("".join(f"prompt number {i}\n" for i in range(PLAN_IMAGES)))
+        variants["prompt_file_100k_lines"] = _dry_run(
+            [*sweeper, "model=tiny", f"prompt_file={lines}", "dry_run=true", f"hydra.run.dir={plan_dir / 'run2'}"],
+            plan_dir, work / "plan_100k_prompt_file.log", "one job: 100k-line prompt_file")
+        experiments = plan_dir / "conf" / "experiment"
+        experiments.mkdir(parents=True)
+        (experiments / "seeds100k.yaml").write_text("# @package _global_\nseed: [" + ",".join(map(str, range(PLAN_IMAGES))) + "]\n")
+        variants["experiment_yaml_seed_list"] = _dry_run(
+            [*sweeper, "model=tiny", f"hydra.searchpath=[file://{plan_dir / 'conf'}]", "experiment=seeds100k", "dry_run=true",
+             f"hydra.run.dir={plan_dir / 'run3'}"],
+            plan_dir, work / "plan_100k_experiment.log", "one job: experiment yaml with 100k seeds")
+
+    chosen = "multirun" if multirun_full else "prompts_x_seeds"
+    commands = {
+        "multirun": f"python -m sweeper -m model=tiny seed=range(0,{PLAN_IMAGES}) dry_run=true",
+        "prompts_x_seeds": "python -m sweeper model=tiny prompt_file=<1000 lines> seed=[0,...,99] dry_run=true",
+    }
+    return dict(
+        cli_help_s=helped.wall_s,
+        plan_100k_s=variants[chosen],
+        cli_help_plan_s=helped.wall_s + variants[chosen],
+        cli_help_plan_command=commands[chosen],
+        plan_100k_variants_s={name: round(value, 3) for name, value in variants.items()},
+        multirun_1k_jobs_s=probe,
+    )
+
+
+def _dry_run(command: list[str], cwd: Path, log_path: Path, what: str, images: int = PLAN_IMAGES) -> float:
+    run = Timed(command, cwd, log_path)
+    run.check(what)
+    said = "\n".join(run.text("err"))
+    if not re.search(rf"\b{images} images from", said):
+        raise SystemExit(f"bench: {what}: expected {images} images planned, sweeper said:\n{said[-2000:]}")
+    log(f"{what}: {run.wall_s:.2f} s (other load on the machine meanwhile: {run.other_cpu_s:.1f} CPU s)")
+    return run.wall_s
+
+
+# --- main ------------------------------------------------------------------
+
+
+def model_dir_for(args) -> Path:
+    if args.model == "tiny":
+        from sweeper.tiny import tiny_model_dir
+
+        return tiny_model_dir("tiny-sdxl")
+    sys.path.insert(0, str(HERE))
+    from sdxl_random import sdxl_random_dir
+
+    # Stored in half precision (7 GB instead of 14); a float32 run upcasts on load.
+    stored = args.dtype if args.dtype != "float32" else "bfloat16"
+    build_device = args.device if args.device != "cpu" else "cpu"
+    return sdxl_random_dir(build_device, stored, log=log)
+
+
+def warm_page_cache(model_dir: Path, work: Path) -> None:
+    """Untimed: read the Python packages and the weights once, so neither timed run pays the first disk read."""
+    subprocess.run([sys.executable, "-c", "import torch, diffusers, transformers, sweeper.app, pandas, pyarrow"],
+                   cwd=work, env=env(), check=True, capture_output=True)
+    for path in model_dir.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                while handle.read(1 << 24):
+                    pass
+
+
+def flop_figures(args, result: dict) -> dict:
+    cfg_factor = sum(2 if g > 1.0 else 1 for g in args.guidance_values) / len(args.guidance_values)
+    tflop = (UNET_TFLOP_1024 * args.steps * cfg_factor + VAE_DECODE_TFLOP_1024) * (args.size * args.size) / 1024**2
+    figures = dict(tflop_per_image=tflop, peak_tflops=args.peak_tflops)
+    for side in ("loop", "sweeper"):
+        per_s = 1000 / result[f"{side}_ms_per_image"]
+        figures[f"{side}_images_per_s"] = per_s
+        figures[f"{side}_wall_images_per_s"] = result["images"] / result[f"{side}_s"]
+        figures[f"{side}_peak_fraction"] = per_s * tflop / args.peak_tflops
+    return figures
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import diffusers
+    import torch
+
+    work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sweeper-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    if any(work.iterdir()):
+        raise SystemExit(f"bench: --out {work} is not empty")
+    try:
+        model_dir = model_dir_for(args)
+        if not args.no_warmup:
+            warm_page_cache(model_dir, work)
+        images = args.seeds * len(args.guidance_values)
+        result = dict(
+            model=args.model, device=args.device, dtype=args.dtype, images=images, seeds=args.seeds,
+            guidance=args.guidance_values, steps=args.steps, size=args.size, batch_size=args.batch_size,
+            torch=torch.__version__, diffusers=diffusers.__version__, cpus=os.cpu_count(),
+        )  # fmt: skip
+        wait_until_idle(args.wait_idle)
+        result.update(run_loop(args, model_dir, work))
+        log(f"loop: {result['loop_s']:.1f} s")
+        wait_until_idle(args.wait_idle)
+        swept, (sweep_dir, rows) = run_sweeper(args, model_dir, work)
+        result.update(swept)
+        log(f"sweeper: {result['sweeper_s']:.1f} s")
+        result["ratio"] = result["sweeper_s"] / result["loop_s"]
+        result["cpu_ratio"] = result["sweeper_cpu_s"] / result["loop_cpu_s"]
+        result["same_image_count"] = result["sweeper_images"] == images and result["sweeper_failed"] == 0
+        result.update(compare_pixels(work, sweep_dir, rows))
+        if args.model == "sdxl-random":
+            result.update(flop_figures(args, result))
+        if not args.no_plan:
+            wait_until_idle(args.wait_idle)
+            result.update(plan_timings(args, work))
+        result["load_average_1m"] = os.getloadavg()[0]  # other work on this machine skews wall times
+        if args.out:
+            result["out"] = str(work)
+    finally:
+        if not args.out:
+            shutil.rmtree(work, ignore_errors=True)
+    result = {key: round(value, 4) if isinstance(value, float) else value for key, value in result.items()}
+    for key in ("loop_stages", "sweeper_stages"):
+        if not isinstance(result.get(key), dict):
+            continue
+        result[key] = {name: round(value, 3) for name, value in result[key].items()}
+    print(json.dumps(result))
+    limit = 0 if args.batch_size == "1" else 2
+    good = result["same_image_count"] and result["max_pixel_diff"] is not None and result["max_pixel_diff"] <= limit
+    return 0 if good else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

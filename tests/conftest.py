@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -57,3 +58,69 @@ def only_dir(parent: Path) -> Path:
     children = [child for child in parent.iterdir() if child.is_dir()]
     assert len(children) == 1, children
     return children[0]
+
+
+# What `compose("config", overrides=["model=tiny"])` resolves to (plan is pure: a plain dict will do).
+BASE = {
+    "name": None,
+    "prompt": "a photograph of an astronaut riding a horse",
+    "prompt_file": None,
+    "negative_prompt": None,
+    "prompt_2": None,
+    "negative_prompt_2": None,
+    "seed": 0,
+    "guidance": 5.0,
+    "steps": 4,
+    "width": 64,
+    "height": 64,
+    "original_size": None,
+    "target_size": None,
+    "crops_coords_top_left": None,
+    "negative_original_size": None,
+    "negative_target_size": None,
+    "negative_crops_coords_top_left": None,
+    "mode": "txt2img",
+    "batch_size": "auto",
+    "dtype": "auto",
+    "device": "auto",
+    "dry_run": False,
+    "model": {"name": "tiny", "id": "tiny-sdxl", "revision": None, "family": "sdxl"},
+    "refiner": {"name": "none"},
+    "scheduler": {"name": "euler", "class_name": "EulerDiscreteScheduler", "label": "Euler", "kwargs": {}},
+}
+MODELS = {
+    "tiny": {"name": "tiny", "id": "tiny-sdxl", "revision": None, "family": "sdxl"},
+    "sdxl": {"name": "sdxl", "id": "stabilityai/stable-diffusion-xl-base-1.0", "revision": None, "family": "sdxl"},
+    "tiny-sd": {"name": "tiny-sd", "id": "tiny-sd", "revision": None, "family": "sd15"},
+}
+SCHEDULERS = {
+    "euler": {"name": "euler", "class_name": "EulerDiscreteScheduler", "label": "Euler", "kwargs": {}},
+    "ddim": {"name": "ddim", "class_name": "DDIMScheduler", "label": "DDIM", "kwargs": {}},
+    "dpmpp_2m": {"name": "dpmpp_2m", "class_name": "DPMSolverMultistepScheduler", "label": "DPM++ 2M", "kwargs": {}},
+    "dpmpp_2m_karras": {
+        "name": "dpmpp_2m_karras",
+        "class_name": "DPMSolverMultistepScheduler",
+        "label": "DPM++ 2M Karras",
+        "kwargs": {"use_karras_sigmas": True},
+    },
+    "dpmpp_sde_karras": {
+        "name": "dpmpp_sde_karras",
+        "class_name": "DPMSolverSDEScheduler",
+        "label": "DPM++ SDE Karras",
+        "kwargs": {"use_karras_sigmas": True},
+    },
+}
+REFINERS = {
+    "none": {"name": "none"},
+    "tiny": {"name": "tiny", "id": "tiny-sdxl-refiner", "revision": None, "split": 0.8, "mode": "ensemble"},
+}
+
+
+def plan_config(**changes) -> dict:
+    """A job config as Hydra composes it for model=tiny; model/scheduler/refiner by option name."""
+    out = copy.deepcopy(BASE)
+    for key, value in changes.items():
+        if key in ("model", "scheduler", "refiner") and isinstance(value, str):
+            value = copy.deepcopy({"model": MODELS, "scheduler": SCHEDULERS, "refiner": REFINERS}[key][value])
+        out[key] = value
+    return out

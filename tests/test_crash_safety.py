@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import only_dir, run_cli
+from conftest import only_dir, plan_config, run_cli
 from PIL import Image
 
 from sweeper import manifest, store
@@ -107,13 +107,7 @@ def test_a_second_run_into_a_busy_dir_is_refused(tmp_path, tiny_models):
 def spec(seed: int):
     from sweeper.plan import Job, plan
 
-    config = {
-        "model": {"name": "tiny", "id": "tiny-sdxl", "family": "sdxl"}, "refiner": None,
-        "scheduler": {"name": "euler", "class_name": "EulerDiscreteScheduler", "label": "Euler", "kwargs": {}},
-        "prompt": "p", "seed": seed, "guidance": 5.0, "steps": 2, "width": 64, "height": 64, "mode": "txt2img",
-        "batch_size": "auto", "dtype": "auto", "device": "cpu",
-    }
-    return plan([Job(0, config, ())])[0]
+    return plan([Job(0, plan_config(seed=seed, steps=2, device="cpu"))])[0]
 
 
 def test_a_damaged_part_is_reported_and_set_aside_and_the_rest_kept(tmp_path, capsys):

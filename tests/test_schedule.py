@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import itertools
 from collections import Counter
 
 import pytest
+
+from conftest import REFINERS, plan_config
 
 from sweeper.plan import ImageSpec, Job, plan
 from sweeper.schedule import (
@@ -19,65 +20,6 @@ from sweeper.schedule import (
     make_batches,
     shard,
 )
-
-# What `compose("config", overrides=["model=tiny"])` resolves to (plan is pure: a plain dict will do).
-BASE = {
-    "name": None,
-    "prompt": "a photograph of an astronaut riding a horse",
-    "prompt_file": None,
-    "negative_prompt": None,
-    "prompt_2": None,
-    "negative_prompt_2": None,
-    "seed": 0,
-    "guidance": 5.0,
-    "steps": 4,
-    "width": 64,
-    "height": 64,
-    "original_size": None,
-    "target_size": None,
-    "crops_coords_top_left": None,
-    "negative_original_size": None,
-    "negative_target_size": None,
-    "negative_crops_coords_top_left": None,
-    "mode": "txt2img",
-    "batch_size": "auto",
-    "dtype": "auto",
-    "device": "auto",
-    "dry_run": False,
-    "model": {"name": "tiny", "id": "tiny-sdxl", "revision": None, "family": "sdxl"},
-    "refiner": {"name": "none"},
-    "scheduler": {"name": "euler", "class_name": "EulerDiscreteScheduler", "label": "Euler", "kwargs": {}},
-}
-MODELS = {
-    "tiny": {"name": "tiny", "id": "tiny-sdxl", "revision": None, "family": "sdxl"},
-    "sdxl": {"name": "sdxl", "id": "stabilityai/stable-diffusion-xl-base-1.0", "revision": None, "family": "sdxl"},
-    "tiny-sd": {"name": "tiny-sd", "id": "tiny-sd", "revision": None, "family": "sd15"},
-}
-SCHEDULERS = {
-    "euler": {"name": "euler", "class_name": "EulerDiscreteScheduler", "label": "Euler", "kwargs": {}},
-    "ddim": {"name": "ddim", "class_name": "DDIMScheduler", "label": "DDIM", "kwargs": {}},
-    "dpmpp_2m": {"name": "dpmpp_2m", "class_name": "DPMSolverMultistepScheduler", "label": "DPM++ 2M", "kwargs": {}},
-    "dpmpp_2m_karras": {
-        "name": "dpmpp_2m_karras",
-        "class_name": "DPMSolverMultistepScheduler",
-        "label": "DPM++ 2M Karras",
-        "kwargs": {"use_karras_sigmas": True},
-    },
-}
-REFINERS = {
-    "none": {"name": "none"},
-    "tiny": {"name": "tiny", "id": "tiny-sdxl-refiner", "revision": None, "split": 0.8, "mode": "ensemble"},
-}
-
-
-def config(**changes) -> dict:
-    out = copy.deepcopy(BASE)
-    for key, value in changes.items():
-        if key in ("model", "scheduler", "refiner") and isinstance(value, str):
-            value = copy.deepcopy({"model": MODELS, "scheduler": SCHEDULERS, "refiner": REFINERS}[key][value])
-        out[key] = value
-    return out
-
 
 def specs_of(*configs: dict, auto_device: str = "cpu") -> list[ImageSpec]:
     return plan([Job(n, c) for n, c in enumerate(configs)], auto_device=auto_device)
@@ -104,14 +46,14 @@ def runs(values: list) -> int:
 
 def test_batches_never_mix_what_must_be_shared_and_hold_every_spec_once():
     configs = [
-        config(model=model, scheduler=scheduler, steps=steps, guidance=guidance, width=width,
+        plan_config(model=model, scheduler=scheduler, steps=steps, guidance=guidance, width=width,
                prompt=["a", "b"], seed=[0, 1, 2], negative_prompt=negative)
         for model, scheduler, steps, guidance, width, negative in itertools.product(
             ["tiny", "tiny-sd"], ["euler", "ddim", "dpmpp_2m_karras"], [2, 3], [1.0, 5.0], [64, 128], [None, "blurry"]
         )
     ]
-    configs += [config(original_size=[128, 128], seed=[0, 1]), config(crops_coords_top_left=[8, 8], seed=[0, 1])]
-    configs += [config(dtype="bfloat16", seed=[0, 1]), config(refiner="tiny", seed=[0, 1])]
+    configs += [plan_config(original_size=[128, 128], seed=[0, 1]), plan_config(crops_coords_top_left=[8, 8], seed=[0, 1])]
+    configs += [plan_config(dtype="bfloat16", seed=[0, 1]), plan_config(refiner="tiny", seed=[0, 1])]
     specs = specs_of(*configs)
     batches = make_batches(specs)
     assert Counter(s.image_id for b in batches for s in b.specs) == Counter(s.image_id for s in specs)
@@ -123,21 +65,21 @@ def test_batches_never_mix_what_must_be_shared_and_hold_every_spec_once():
 
 
 def test_compatible_specs_are_batched_across_jobs():
-    specs = specs_of(config(prompt="a", seed=[0, 1]), config(prompt="b", seed=[0, 1]), config(prompt="c", seed=5))
+    specs = specs_of(plan_config(prompt="a", seed=[0, 1]), plan_config(prompt="b", seed=[0, 1]), plan_config(prompt="c", seed=5))
     batches = make_batches(specs)
     assert [len(b.specs) for b in batches] == [5]
     assert [s.image_id for s in batches[0].specs] == [s.image_id for s in specs]  # planned order kept
 
 
 def test_different_asked_batch_sizes_are_never_mixed():
-    specs = specs_of(config(batch_size=2, seed=[0, 1, 2]), config(batch_size=3, seed=[3, 4, 5]))
+    specs = specs_of(plan_config(batch_size=2, seed=[0, 1, 2]), plan_config(batch_size=3, seed=[3, 4, 5]))
     batches = make_batches(specs)
     assert [(len(b.specs), {s.batch_size for s in b.specs}) for b in batches] == [(2, {2}), (1, {2}), (3, {3})]
 
 
 @pytest.mark.parametrize("batch_size, sizes", [(1, [1] * 10), (4, [4, 4, 2]), (10, [10]), (32, [10])])
 def test_explicit_batch_size_is_respected(batch_size, sizes):
-    specs = specs_of(config(batch_size=batch_size, seed=list(range(10))))
+    specs = specs_of(plan_config(batch_size=batch_size, seed=list(range(10))))
     batches = make_batches(specs)
     assert [len(b.specs) for b in batches] == sizes
     assert [s.seed for b in batches for s in b.specs] == list(range(10))
@@ -157,21 +99,21 @@ def test_explicit_batch_size_is_respected(batch_size, sizes):
     ],
 )
 def test_auto_batch_size(device, width, height, expected):
-    (spec,) = specs_of(config(width=width, height=height, device=device))
+    (spec,) = specs_of(plan_config(width=width, height=height, device=device))
     assert auto_batch_size(spec) == expected
 
 
 def test_auto_batch_size_chunks_a_group():
-    specs = specs_of(config(seed=list(range(20))))
+    specs = specs_of(plan_config(seed=list(range(20))))
     assert [len(b.specs) for b in make_batches(specs)] == [16, 4]
-    specs = specs_of(config(width=128, height=128, seed=list(range(10))))
+    specs = specs_of(plan_config(width=128, height=128, seed=list(range(10))))
     assert [len(b.specs) for b in make_batches(specs)] == [4, 4, 2]
 
 
 def test_model_switches_are_outermost_then_refiner_then_scheduler():
     # 2 models x 3 schedulers, interleaved in the input order (models alternate every job).
     configs = [
-        config(model=model, scheduler=scheduler, seed=[0, 1], steps=steps)
+        plan_config(model=model, scheduler=scheduler, seed=[0, 1], steps=steps)
         for scheduler, steps, model in itertools.product(["euler", "ddim", "dpmpp_2m"], [2, 3], ["tiny", "sdxl"])
     ]
     for c in configs:
@@ -192,7 +134,7 @@ def test_model_switches_are_outermost_then_refiner_then_scheduler():
 
 def test_refiner_switches_sit_between_model_and_scheduler():
     configs = [
-        config(refiner=refiner, scheduler=scheduler, seed=[0, 1])
+        plan_config(refiner=refiner, scheduler=scheduler, seed=[0, 1])
         for scheduler, refiner in itertools.product(["euler", "ddim", "dpmpp_2m_karras"], ["none", "tiny"])
     ]
     batches = make_batches(specs_of(*configs))
@@ -202,7 +144,7 @@ def test_refiner_switches_sit_between_model_and_scheduler():
 
 
 def test_dtype_and_device_count_as_a_model_switch():
-    configs = [config(dtype=dtype, scheduler=scheduler) for scheduler in ["euler", "ddim"] for dtype in ["float32", "bfloat16"]]
+    configs = [plan_config(dtype=dtype, scheduler=scheduler) for scheduler in ["euler", "ddim"] for dtype in ["float32", "bfloat16"]]
     batches = make_batches(specs_of(*configs))
     assert [(b.specs[0].dtype, b.specs[0].scheduler) for b in batches] == [
         ("float32", "euler"), ("float32", "ddim"), ("bfloat16", "euler"), ("bfloat16", "ddim")
@@ -210,7 +152,7 @@ def test_dtype_and_device_count_as_a_model_switch():
 
 
 def test_make_batches_is_deterministic_and_handles_nothing():
-    specs = specs_of(*[config(steps=s, seed=[0, 1, 2]) for s in (2, 3, 4)], config(model="tiny-sd"))
+    specs = specs_of(*[plan_config(steps=s, seed=[0, 1, 2]) for s in (2, 3, 4)], plan_config(model="tiny-sd"))
     assert make_batches(specs) == make_batches(list(specs))
     assert make_batches([]) == []
 
@@ -220,7 +162,7 @@ def test_make_batches_is_deterministic_and_handles_nothing():
 
 def uneven_batches() -> list[Batch]:
     configs = [
-        config(steps=steps, width=width, height=64, guidance=guidance, seed=list(range(seeds)), batch_size=3)
+        plan_config(steps=steps, width=width, height=64, guidance=guidance, seed=list(range(seeds)), batch_size=3)
         for steps, width, guidance, seeds in itertools.product([1, 4, 9], [64, 192], [1.0, 7.0], [1, 3, 7])
     ]
     batches = make_batches(specs_of(*configs))
@@ -253,7 +195,7 @@ def test_shard_balances_much_better_than_the_worst_batch():
 
 
 def test_shard_with_more_ranks_than_batches():
-    batches = make_batches(specs_of(config(steps=2), config(steps=3)))
+    batches = make_batches(specs_of(plan_config(steps=2), plan_config(steps=3)))
     shares = [shard(batches, rank, 4) for rank in range(4)]
     assert sorted(len(s) for s in shares) == [0, 0, 1, 1]
     assert {b.specs[0].steps for s in shares for b in s} == {2, 3}
@@ -269,31 +211,31 @@ def test_shard_of_one_rank_is_everything_in_order():
 
 
 def test_cost_is_pixels_times_forwards_plus_decode():
-    (cfg_spec,) = specs_of(config(steps=10, width=64, height=128, guidance=5.0))
-    (no_cfg,) = specs_of(config(steps=10, width=64, height=128, guidance=1.0))
+    (cfg_spec,) = specs_of(plan_config(steps=10, width=64, height=128, guidance=5.0))
+    (no_cfg,) = specs_of(plan_config(steps=10, width=64, height=128, guidance=1.0))
     assert cost(cfg_spec) == pytest.approx(64 * 128 * (10 * 2 + DECODE_FORWARDS))
     assert cost(no_cfg) == pytest.approx(64 * 128 * (10 + DECODE_FORWARDS))
     refiner = dict(REFINERS["tiny"], mode="img2img", split=0.75)
-    (img2img,) = specs_of(config(steps=8, refiner=refiner, guidance=5.0))
+    (img2img,) = specs_of(plan_config(steps=8, refiner=refiner, guidance=5.0))
     assert cost(img2img) == pytest.approx(64 * 64 * (8 * 2 + 8 * 0.25 * 2 + DECODE_FORWARDS))
-    batch = Batch(tuple(specs_of(config(seed=[0, 1, 2]))))
+    batch = Batch(tuple(specs_of(plan_config(seed=[0, 1, 2]))))
     assert batch.cost == pytest.approx(3 * cost(batch.specs[0]))
 
 
 def test_estimate_seconds_is_positive_and_monotone_in_steps():
-    estimates = [estimate_seconds(specs_of(config(steps=steps))) for steps in range(1, 60)]
+    estimates = [estimate_seconds(specs_of(plan_config(steps=steps))) for steps in range(1, 60)]
     assert all(e > 0 for e in estimates)
     assert all(a < b for a, b in zip(estimates, estimates[1:]))
     assert estimate_seconds([]) == 0
 
 
 def test_estimate_seconds_uses_the_table_or_a_measured_rate():
-    specs = specs_of(config(seed=[0, 1, 2, 3]))
+    specs = specs_of(plan_config(seed=[0, 1, 2, 3]))
     total_cost = sum(cost(s) for s in specs)
     assert estimate_seconds(specs) == pytest.approx(total_cost * SECONDS_PER_UNIT[("tiny", "cpu")])
     assert estimate_seconds(specs, seconds_per_unit=1e-3) == pytest.approx(total_cost * 1e-3)
-    (full,) = specs_of(config(model="sdxl", width=1024, height=1024, steps=30), auto_device="cuda")
+    (full,) = specs_of(plan_config(model="sdxl", width=1024, height=1024, steps=30), auto_device="cuda")
     assert estimate_seconds([full]) == pytest.approx(cost(full) * SECONDS_PER_UNIT[("full", "cuda")])
     # More images, more time; a bigger image, more time.
-    assert estimate_seconds(specs_of(config(seed=list(range(8))))) == pytest.approx(2 * estimate_seconds(specs))
-    assert estimate_seconds(specs_of(config(width=128))) > estimate_seconds(specs_of(config(width=64)))
+    assert estimate_seconds(specs_of(plan_config(seed=list(range(8))))) == pytest.approx(2 * estimate_seconds(specs))
+    assert estimate_seconds(specs_of(plan_config(width=128))) > estimate_seconds(specs_of(plan_config(width=64)))

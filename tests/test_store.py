@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import io
 import json
@@ -16,43 +15,22 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from conftest import plan_config
+
 from sweeper import manifest, store
 from sweeper.plan import ImageSpec, Job, plan
 from sweeper.store import BackgroundWriter, image_path, parameters_text, png_bytes, write_atomic
 
-BASE = {
-    "prompt": "a photograph of an astronaut riding a horse",
-    "prompt_file": None,
-    "negative_prompt": None,
-    "prompt_2": None,
-    "negative_prompt_2": None,
-    "seed": 0,
-    "guidance": 5.0,
-    "steps": 4,
-    "width": 64,
-    "height": 64,
-    "mode": "txt2img",
-    "batch_size": "auto",
-    "dtype": "auto",
-    "device": "auto",
-    "model": {"name": "tiny", "id": "tiny-sdxl", "revision": None, "family": "sdxl"},
-    "refiner": {"name": "none"},
-    "scheduler": {"name": "euler", "class_name": "EulerDiscreteScheduler", "label": "Euler", "kwargs": {}},
-}
 VERSIONS = {"sweeper": "0.1.0", "diffusers": "0.42.1", "torch": "2.13.0"}
 
 
 def spec_of(job_num: int = 0, **changes) -> ImageSpec:
-    config = copy.deepcopy(BASE)
-    config.update(changes)
-    (spec,) = plan([Job(job_num, config)])
+    (spec,) = plan([Job(job_num, plan_config(**changes))])
     return spec
 
 
 def specs_of(n: int, job_num: int = 0, **changes) -> list[ImageSpec]:
-    config = copy.deepcopy(BASE)
-    config.update(changes, seed=list(range(n)))
-    return plan([Job(job_num, config)])
+    return plan([Job(job_num, plan_config(**changes, seed=list(range(n))))])
 
 
 # AUTOMATIC1111's reader (modules/infotext_utils.py: parse_generation_parameters), reduced to the
@@ -102,7 +80,7 @@ def test_parameters_text_has_the_a1111_layout():
 def test_parameters_text_without_negative_prompt_has_two_lines():
     text = parameters_text(spec_of(guidance=5.0), VERSIONS)
     prompt, params = text.split("\n")
-    assert prompt == BASE["prompt"]
+    assert prompt == plan_config()["prompt"]
     assert "Negative prompt" not in text
     assert params.startswith("Steps: 4, Sampler: Euler, CFG scale: 5, Seed: 0, Size: 64x64, Model: tiny-sdxl")
 

@@ -160,18 +160,11 @@ class _Rendered:
     batch: schedule.Batch
     arrays: Any  # (N, H, W, 3) floats, or None when the call failed
     batch_error: str | None
-    prompt_warnings: list[str | None]
+    errors: list[str | None]  # per image: the call's error, or NaN in its output
+    warnings: list[str | None]  # per image: all black, a prompt cut at 77 tokens
     started_at: dt.datetime
     finished_at: dt.datetime
     seconds: float  # per image
-
-    @property
-    def errors(self) -> list[str | None]:
-        from sweeper.store import problem
-
-        if self.arrays is None:
-            return [self.batch_error] * len(self.batch.specs)
-        return [problem(array)[0] for array in self.arrays]
 
 
 def _render_backing_off(batch: schedule.Batch, device: str, progress: Progress) -> list[_Rendered]:
@@ -180,6 +173,7 @@ def _render_backing_off(batch: schedule.Batch, device: str, progress: Progress) 
 
     from sweeper import pipelines
     from sweeper.render import prompt_warnings, render_batch
+    from sweeper.store import problem
 
     started, tic = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     try:
@@ -198,7 +192,10 @@ def _render_backing_off(batch: schedule.Batch, device: str, progress: Progress) 
     except Exception as exc:  # one failing batch must not stop the sweep
         arrays, error, warnings = None, _one_line(exc), [None] * len(batch.specs)
     seconds = (time.perf_counter() - tic) / len(batch.specs)
-    return [_Rendered(batch, arrays, error, warnings, started, dt.datetime.now(dt.timezone.utc), seconds)]
+    problems = [(error, None)] * len(batch.specs) if arrays is None else [problem(array) for array in arrays]
+    errors = [image_error for image_error, _ in problems]
+    warnings = ["; ".join(w for w in (image_warning, prompt) if w) or None for (_, image_warning), prompt in zip(problems, warnings)]
+    return [_Rendered(batch, arrays, error, errors, warnings, started, dt.datetime.now(dt.timezone.utc), seconds)]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -207,15 +204,14 @@ def _one_line(exc: BaseException) -> str:
 
 def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any]) -> None:
     """PNGs of the good images, then one manifest part for the call (on a writer thread)."""
-    from sweeper.store import png_bytes, problem, to_image, write_atomic
+    from sweeper.store import png_bytes, to_image, write_atomic
 
     rows = []
     timing = dict(seconds=done.seconds, started_at=done.started_at, finished_at=done.finished_at, batch_size=len(done.batch.specs))
     for index, spec in enumerate(done.batch.specs):
         path = image_path(spec)
-        error, warning = problem(done.arrays[index]) if done.arrays is not None else (done.batch_error, None)
-        warning = "; ".join(w for w in (warning, done.prompt_warnings[index]) if w) or None
-        row = manifest.row(spec, path, "ok" if error is None else "error", error, warning=warning, batch_index=index, **timing, **facts)
+        error = done.errors[index]
+        row = manifest.row(spec, path, "ok" if error is None else "error", error, warning=done.warnings[index], batch_index=index, **timing, **facts)
         if error is None:
             write_atomic(out_dir / path, png_bytes(to_image(done.arrays[index]), spec, versions, row))
             faults.event("png")

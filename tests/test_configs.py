@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
@@ -43,28 +42,30 @@ def job_config(*overrides: str) -> dict:
 
 
 def sweep_job_configs(experiment: str) -> list[tuple[tuple[str, ...], dict]]:
-    """Every job of an experiment's sweep: its value overrides applied to the composed
-    experiment with Hydra's own override code (what composing each job gives, ~100x faster)."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    """Every job of an experiment's sweep, composed as our sweeper composes it
+    (sweeper.hydra_jobs.JobComposer: what composing each job gives, much faster)."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
 
+    from sweeper.hydra_jobs import JobComposer
+
+    job_overrides = experiment_jobs(experiment)
     with initialize_config_dir(str(CONF), version_base="1.3"):
-        base = compose("config", overrides=[f"experiment={experiment}"])
-    parser = OverridesParser.create()
-    out = []
-    for overrides in experiment_jobs(experiment):
-        cfg = copy.deepcopy(base)
-        ConfigLoaderImpl._apply_overrides_to_config(parser.parse_overrides(list(overrides)), cfg)
-        out.append((overrides, OmegaConf.to_container(cfg, resolve=True)))
-    return out
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration("config", overrides=[], run_mode=RunMode.MULTIRUN)
+        composer = JobComposer(loader, master)
+        return [(o, composer.task_container([f"experiment={experiment}", *o])) for o in job_overrides]
 
 
 @functools.lru_cache(maxsize=None)
 def experiment_jobs(experiment: str) -> tuple[tuple[str, ...], ...]:
-    """The overrides of every job of an experiment's sweep (hydra.sweeper.params), as Hydra expands them."""
+    """The overrides of every job of an experiment's sweep (hydra.sweeper.params and .zip), as our sweeper expands them."""
+    from hydra_plugins.sweeper_plugins.planning_sweeper import sweep_axes, zipped_jobs
+
     cfg = compose_config(f"experiment={experiment}", hydra=True)
     params = OmegaConf.to_container(cfg.hydra.sweeper.params or {}, resolve=True)
     parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
-    return tuple(tuple(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch)
+    return tuple(tuple(job) for job in zipped_jobs(sweep_axes(parsed), cfg.hydra.sweeper.zip or []))
 
 
 # The A1111 name of every sampler the design lists, as the PNG `Sampler:` field shows it.

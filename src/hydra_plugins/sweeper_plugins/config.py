@@ -1,7 +1,7 @@
 """Config schemas of sweeper's Hydra plugins (light: read at plugin discovery)."""
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -13,6 +13,9 @@ class PlanningSweeperConf:
     max_batch_size: Optional[int] = None
     # Sweep axes kept in config instead of on the command line: {key: "a,b,c"}.
     params: Optional[Dict[str, str]] = None
+    # Keys that vary together instead of crossing: [[scheduler, steps]] pairs the
+    # n-th scheduler with the n-th steps value; each group's sweeps must be equally long.
+    zip: Optional[List[List[str]]] = None
 
 
 @dataclass

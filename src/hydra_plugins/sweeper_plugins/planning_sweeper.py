@@ -5,24 +5,98 @@ bad value leaves files behind, and it composes every job from scratch
 (~0.25 s each). This one composes fast (hydra_jobs.JobComposer), plans and
 checks every job of a sweeper task (the image count, the estimate,
 `dry_run`) and only then makes the sweep dir, saves multirun.yaml and
-launches.
+launches. `zip` lets keys vary together instead of crossing (zipped_jobs).
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.core.utils import JobReturn
+from hydra.errors import HydraException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper import distributed
+from sweeper.plan import PlanError
+
+
+def sweep_axes(overrides: List[Override]) -> Dict[str, List[str]]:
+    """Each key's `key=value` overrides, keys in Hydra's order.
+
+    As BasicSweeper.split_arguments lists them before its cross product: a later override of a key wins.
+    """
+    axes: Dict[str, List[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            axes[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            axes[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise HydraException(f"{PlanningSweeper.__name__} does not support sweep type : {override.value_type.name}")
+    return axes
+
+
+def zipped_jobs(axes: Dict[str, List[str]], groups: Sequence[Sequence[str]]) -> List[List[str]]:
+    """The jobs' overrides: the cross product of `axes`, except that the keys of each
+    group advance together (the n-th value of one with the n-th of the others).
+
+    Jobs list their overrides in the order of `axes`, a group crossing the rest at the
+    place of its first key. Raises PlanError (one line) for a group naming a key that
+    is not in `axes` or twice, or whose sweeps differ in length.
+    """
+    keys = {key.lstrip("+~"): key for key in axes}  # a zip names `steps` for `+steps=...` too
+    position = {key: n for n, key in enumerate(axes)}
+    group_of: Dict[str, List[str]] = {}
+    for group in groups:
+        members: List[str] = []
+        for name in group:
+            if name not in keys:
+                raise PlanError(
+                    f"invalid hydra.sweeper.zip: {name!r} is neither an override on the command line "
+                    f"nor in hydra.sweeper.params; allowed: {', '.join(keys) or 'none'}"
+                )
+            if keys[name] in group_of or keys[name] in members:
+                raise PlanError(f"invalid hydra.sweeper.zip: {name!r} is named twice; a key is in one zip group at most")
+            members.append(keys[name])
+        lengths = {len(axes[key]) for key in members}
+        if len(lengths) > 1:
+            counts = ", ".join(f"{name}: {_values(len(axes[keys[name]]))}" for name in group)
+            hint = "; a single value is not repeated to fit: sweep it as often or leave it out of the zip"
+            raise PlanError(
+                f"invalid hydra.sweeper.zip: the keys of a zip group need sweeps of the same length ({counts})"
+                + (hint if 1 in lengths else "")
+            )
+        members.sort(key=position.__getitem__)
+        group_of.update(dict.fromkeys(members, members))
+    factors: List[List[Tuple[Tuple[int, str], ...]]] = []
+    for key in axes:
+        members = group_of.get(key, [key])
+        if key == members[0]:  # a group crosses the other keys where its first key stands
+            factors.append(list(zip(*([(position[member], value) for value in axes[member]] for member in members))))
+    return [[value for _, value in sorted(itertools.chain(*combo))] for combo in itertools.product(*factors)]
+
+
+def _values(count: int) -> str:
+    return f"{count} value" if count == 1 else f"{count} values"
 
 
 class PlanningSweeper(BasicSweeper):
+    def __init__(
+        self,
+        max_batch_size: Optional[int],
+        params: Optional[Dict[str, str]] = None,
+        zip: Optional[List[List[str]]] = None,
+    ) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.zip = [list(group) for group in zip or []]
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
         self.task_function = task_function
@@ -33,7 +107,10 @@ class PlanningSweeper(BasicSweeper):
         params_conf = self._parse_config()
         params_conf.extend(arguments)
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        self.overrides = self.split_arguments(parser.parse_overrides(params_conf), self.max_batch_size)
+        jobs = zipped_jobs(sweep_axes(parser.parse_overrides(params_conf)), self.zip)
+        self.overrides = (
+            [jobs] if self.max_batch_size is None else list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
+        )
         every_job = [job for batch in self.overrides for job in batch]
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
 

@@ -73,8 +73,8 @@ def test_the_refiner_reuses_the_bases_text_encoder_2_and_vae(fresh_cache):
 
 def test_sde_noise_is_per_image_so_batching_keeps_each_image(fresh_cache):
     specs = plan([job(0, "dpmpp_sde_karras", seed=[5, 6])])
-    together = render_batch(Batch(tuple(specs)), "cpu")
-    alone = np.stack([render_batch(Batch((spec,)), "cpu")[0] for spec in specs])
+    together = render_batch(Batch(tuple(specs)), "cpu").images
+    alone = np.stack([render_batch(Batch((spec,)), "cpu").images[0] for spec in specs])
     levels = np.abs(np.round(together * 255) - np.round(alone * 255))
     assert levels.max() <= 2
     assert np.abs(np.round(alone[0] * 255) - np.round(alone[1] * 255)).max() > 10  # and the seeds still differ

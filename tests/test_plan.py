@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from sweeper.app import config_dir
-from sweeper.plan import LABEL_FIELDS, SEED_LIMIT, ImageSpec, Job, PlanError, plan, plan_job
+from sweeper.plan import EXECUTION_FIELDS, LABEL_FIELDS, PER_IMAGE_FIELDS, SEED_LIMIT, ImageSpec, Job, PlanError, plan, plan_job
 from sweeper.tiny import RECIPE_VERSION
 
 PIXEL_FIELDS = {
@@ -23,8 +23,12 @@ PIXEL_FIELDS = {
     "scheduler_class", "scheduler_kwargs", "mode", "prompt", "negative_prompt", "prompt_2", "negative_prompt_2",
     "seed", "guidance", "steps", "width", "height", "original_size", "target_size", "crops_coords_top_left",
     "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "dtype", "device",
+    "strength", "init_image_sha", "mask_image_sha", "watermark", "safety_checker",
 }
-NON_PIXEL_FIELDS = {"model", "refiner", "scheduler", "scheduler_label", "prompt_file", "batch_size", "job_num", "overrides"}
+NON_PIXEL_FIELDS = {
+    "model", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template", "init_image", "mask_image",
+    "job_num", "overrides", *EXECUTION_FIELDS,
+}
 
 
 def _compose(*overrides: str) -> dict:
@@ -208,7 +212,8 @@ def test_random_seeds_differ_across_many_nonces(base):
 
 def test_render_fields_hold_the_pixel_fields_and_no_label(base):
     keys = set(one(base).render_fields())
-    assert PIXEL_FIELDS <= keys
+    assert keys == PIXEL_FIELDS
+    assert {f.name for f in dataclasses.fields(ImageSpec)} == PIXEL_FIELDS | NON_PIXEL_FIELDS
     assert not keys & NON_PIXEL_FIELDS
     assert set(LABEL_FIELDS) <= NON_PIXEL_FIELDS
 
@@ -219,9 +224,23 @@ def test_image_id_is_stable_across_calls_job_numbers_and_overrides(base):
     assert a.image_id == b.image_id == one(base).image_id
     assert a.image_id == ImageSpec.from_json(a.to_json()).image_id
     assert a.image_id == plan_job(Job(99, copy.deepcopy(base)))[0].image_id
-    # The id is the hash of the canonical JSON of the render fields (what resume relies on).
-    canonical = json.dumps(a.render_fields(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # The id hashes the canonical JSON of the shared render fields, then the row's, then the seed (what resume relies on).
+    fields = a.render_fields()
+    shared = {k: v for k, v in fields.items() if k not in PER_IMAGE_FIELDS}
+    canonical = json.dumps(shared, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    row = [fields[k] for k in PER_IMAGE_FIELDS if k != "seed"]
+    canonical += "\n" + json.dumps(row, separators=(",", ":"), ensure_ascii=False) + f"\n{a.seed}"
     assert a.image_id == hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:20]
+
+
+def test_fast_planned_specs_equal_specs_built_the_plain_way(base):
+    specs = plan([Job(3, with_(base, prompt=["a", "b"], negative_prompt=["x", "y"], seed=[1, 2]), ("seed=1,2",))])
+    for spec in specs:
+        plain = dataclasses.replace(spec)  # through __init__, id computed from scratch
+        assert "image_id" not in plain.__dict__
+        assert plain.__dict__ == {k: v for k, v in spec.__dict__.items() if k != "image_id"}
+        assert plain.image_id == spec.image_id
+    assert [(s.prompt, s.negative_prompt, s.seed) for s in specs] == [("a", "x", 1), ("a", "x", 2), ("b", "y", 1), ("b", "y", 2)]
 
 
 @pytest.mark.parametrize(
@@ -336,7 +355,7 @@ BAD_VALUES = [
     ({"guidance": math.nan}, "guidance=NaN"),
     ({"guidance": math.inf}, "guidance=Infinity"),  # inf x (cond - uncond) makes NaN latents
     ({"mode": "video"}, "mode='video'"),
-    ({"mode": "img2img"}, "mode='img2img'"),
+    ({"mode": "outpaint"}, "mode='outpaint'"),
     ({"seed": 1.5}, "seed=1.5"),
     ({"seed": "7"}, "seed='7'"),
     ({"seed": -2}, "seed=-2"),

@@ -56,6 +56,15 @@ SCHEMA = pa.schema(
         ("negative_target_size", _PAIR),
         ("negative_crops_coords_top_left", _PAIR),
         ("mode", pa.string()),
+        ("strength", pa.float64()),
+        ("init_image", pa.string()),
+        ("mask_image", pa.string()),
+        ("init_image_sha", pa.string()),
+        ("mask_image_sha", pa.string()),
+        ("prompt_template", pa.string()),
+        ("watermark", pa.bool_()),
+        ("safety_checker", pa.bool_()),
+        ("nsfw", pa.bool_()),
         ("job_num", pa.int64()),
         ("overrides", pa.string()),
         ("model_id", pa.string()),
@@ -67,6 +76,14 @@ SCHEMA = pa.schema(
         ("world_size", pa.int64()),
         ("batch_size", pa.int64()),
         ("batch_index", pa.int64()),
+        ("attention", pa.string()),
+        ("channels_last", pa.bool_()),
+        ("fuse_qkv", pa.bool_()),
+        ("compile", pa.string()),
+        ("vae_upcast", pa.bool_()),
+        ("offload", pa.string()),
+        ("vae_slicing", pa.bool_()),
+        ("vae_tiling", pa.bool_()),
         ("seconds", pa.float64()),
         ("started_at", pa.timestamp("us", tz="UTC")),
         ("finished_at", pa.timestamp("us", tz="UTC")),
@@ -76,7 +93,11 @@ SCHEMA = pa.schema(
         ("torch", pa.string()),
     ]
 )
-SPEC_COLUMNS = [name for name in SCHEMA.names if name not in {"image_id", "path", "status", "error", "warning", "device", "rank", "world_size", "batch_size", "batch_index", "seconds", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch"}]
+RUN_COLUMNS = {
+    "image_id", "path", "status", "error", "warning", "nsfw", "device", "rank", "world_size", "batch_size", "batch_index",
+    "seconds", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
+}
+SPEC_COLUMNS = [name for name in SCHEMA.names if name not in RUN_COLUMNS]
 
 
 def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> dict[str, Any]:

@@ -1,11 +1,13 @@
 """Pipelines: each model loaded once per process, then reused.
 
-One cache per process keyed by (model id, revision, dtype, device). The
-refiner reuses the base's `text_encoder_2` and `vae` objects. Schedulers are
-swapped with `from_config` on the pipeline's original scheduler config (so
-one scheduler's kwargs never leak into the next), never by reloading.
-Tiny model names resolve to the locally built dirs (tiny.py) and load through
-the same `from_pretrained` as real ids.
+One cache per process keyed by (model id, revision, dtype, device, options).
+img2img and inpaint pipelines are made from the loaded base with `from_pipe`
+(the same modules, no reload); the refiner reuses the base's `text_encoder_2`
+and `vae` objects. Schedulers are swapped with `from_config` on the
+pipeline's original scheduler config (so one scheduler's kwargs never leak
+into the next), never by reloading. Tiny model names resolve to the locally
+built dirs (tiny.py) and load through the same `from_pretrained` as real ids;
+a `.safetensors`/`.ckpt` file loads with `from_single_file`.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from sweeper.plan import ImageSpec
+from sweeper.plan import EXECUTION_FIELDS, ImageSpec
 from sweeper.tiny import TINY_MODELS, tiny_model_dir
 
 diffusers_logging.disable_progress_bar()
@@ -30,6 +32,13 @@ transformers_logging.set_verbosity_error()
 _PIPELINES: dict[tuple, Any] = {}
 _ORIGINAL_SCHEDULER_CONFIG: dict[int, Any] = {}
 BASE_CLASSES = {"sdxl": diffusers.StableDiffusionXLPipeline, "sd15": diffusers.StableDiffusionPipeline}
+MODE_CLASSES = {
+    ("sdxl", "img2img"): diffusers.StableDiffusionXLImg2ImgPipeline,
+    ("sdxl", "inpaint"): diffusers.StableDiffusionXLInpaintPipeline,
+    ("sd15", "img2img"): diffusers.StableDiffusionImg2ImgPipeline,
+    ("sd15", "inpaint"): diffusers.StableDiffusionInpaintPipeline,
+}
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
 def loaded_models() -> list[tuple]:
@@ -44,33 +53,92 @@ def source(model_id: str, revision: str | None) -> dict[str, Any]:
     return {"pretrained_model_name_or_path": model_id, "revision": revision}
 
 
+def is_single_file(model_id: str) -> bool:
+    return model_id.endswith(SINGLE_FILE_SUFFIXES)
+
+
+def _options(spec: ImageSpec) -> tuple:
+    """Everything besides the model that changes how a pipeline is built."""
+    return (spec.watermark, spec.safety_checker, *(getattr(spec, name) for name in EXECUTION_FIELDS if name != "batch_size"))
+
+
 def base_pipeline(spec: ImageSpec, device: str):
-    key = (spec.model_id, spec.model_revision, spec.dtype, device)
+    """The model's pipeline for the spec's mode (txt2img, img2img, inpaint)."""
+    key = (spec.model_id, spec.model_revision, spec.dtype, device, _options(spec))
     if key not in _PIPELINES:
         pipeline_class = BASE_CLASSES[spec.family]
-        pipe = pipeline_class.from_pretrained(**source(spec.model_id, spec.model_revision), dtype=getattr(torch, spec.dtype))
-        _PIPELINES[key] = _ready(pipe, device)
-    return _PIPELINES[key]
+        extra: dict[str, Any] = {"dtype": getattr(torch, spec.dtype)}
+        if spec.family == "sdxl":
+            extra["add_watermarker"] = spec.watermark
+        elif not spec.safety_checker:
+            extra.update(safety_checker=None, requires_safety_checker=False)
+        if is_single_file(spec.model_id):
+            pipe = pipeline_class.from_single_file(spec.model_id, **extra)
+        else:
+            pipe = pipeline_class.from_pretrained(**source(spec.model_id, spec.model_revision), **extra)
+        _PIPELINES[key] = _ready(pipe, spec, device)
+    if spec.mode == "txt2img":
+        return _PIPELINES[key]
+    mode_key = (*key, spec.mode)
+    if mode_key not in _PIPELINES:
+        base = _PIPELINES[key]
+        extra = {"add_watermarker": spec.watermark} if spec.family == "sdxl" else {}
+        pipe = MODE_CLASSES[(spec.family, spec.mode)].from_pipe(base, **extra)
+        _ORIGINAL_SCHEDULER_CONFIG[id(pipe)] = _ORIGINAL_SCHEDULER_CONFIG[id(base)]
+        if spec.offload != "none":  # from_pipe does not carry offload hooks over
+            _offload(pipe, spec, device)
+        _PIPELINES[mode_key] = pipe
+    return _PIPELINES[mode_key]
 
 
 def refiner_pipeline(spec: ImageSpec, base, device: str):
-    key = (spec.refiner_id, spec.refiner_revision, spec.dtype, device, "refiner-of", spec.model_id, spec.model_revision)
+    key = (spec.refiner_id, spec.refiner_revision, spec.dtype, device, _options(spec), "refiner-of", spec.model_id, spec.model_revision)
     if key not in _PIPELINES:
         pipe = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
             **source(spec.refiner_id, spec.refiner_revision),
             dtype=getattr(torch, spec.dtype),
             text_encoder_2=base.text_encoder_2,
             vae=base.vae,
+            add_watermarker=spec.watermark,
         )
-        _PIPELINES[key] = _ready(pipe, device)
+        _PIPELINES[key] = _ready(pipe, spec, device)
     return _PIPELINES[key]
 
 
-def _ready(pipe, device: str):
-    pipe.to(device)
+def _ready(pipe, spec: ImageSpec, device: str):
+    """Move to the device (or set up offload) and apply the spec's speed and memory options."""
+    if spec.offload == "none":
+        pipe.to(device)
+    else:
+        _offload(pipe, spec, device)
     pipe.set_progress_bar_config(disable=True)
     _ORIGINAL_SCHEDULER_CONFIG[id(pipe)] = pipe.scheduler.config
+    if spec.attention == "eager":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        pipe.unet.set_attn_processor(AttnProcessor())
+        pipe.vae.set_attn_processor(AttnProcessor())
+    if spec.fuse_qkv:
+        pipe.fuse_qkv_projections()
+    if spec.channels_last:
+        pipe.unet.to(memory_format=torch.channels_last)
+        pipe.vae.to(memory_format=torch.channels_last)
+    if spec.vae_upcast is not None:
+        pipe.vae.register_to_config(force_upcast=spec.vae_upcast)
+    if spec.vae_slicing:
+        pipe.vae.enable_slicing()
+    if spec.vae_tiling:
+        pipe.vae.enable_tiling()
+    if spec.compile is not None:
+        pipe.unet.compile(mode=spec.compile)
     return pipe
+
+
+def _offload(pipe, spec: ImageSpec, device: str) -> None:
+    if spec.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.enable_sequential_cpu_offload(device=device)
 
 
 def set_scheduler(pipe, spec: ImageSpec, noise_seeds: list[int]) -> None:

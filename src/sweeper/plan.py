@@ -5,8 +5,10 @@
 No torch here and nothing written: every job of a sweep is planned and
 checked before any model loads. A value a user can get wrong raises
 `PlanError` with one line naming the key, the value and what is allowed.
-A job renders prompts x seeds; each image is an `ImageSpec` whose `image_id`
-hashes everything that changes its pixels and nothing that does not.
+A job renders prompts x init images x seeds; each image is an `ImageSpec`
+whose `image_id` hashes everything that changes its pixels and nothing that
+does not. Planning 100k images takes well under a second: the fields a job's
+images share are hashed once (see `_specs_like`).
 """
 
 from __future__ import annotations
@@ -18,14 +20,18 @@ import re
 from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from sweeper.tiny import RECIPE_VERSION, TINY_MODELS
 
 FAMILIES = ("sdxl", "sd15")
 REFINER_MODES = ("ensemble", "img2img")
-MODES = ("txt2img",)
+MODES = ("txt2img", "img2img", "inpaint")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
+ATTENTION = ("sdpa", "eager")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+OFFLOAD = ("none", "model", "sequential")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SIZE_KEYS = ("original_size", "target_size", "negative_original_size", "negative_target_size")
 CROP_KEYS = ("crops_coords_top_left", "negative_crops_coords_top_left")
 SDXL_ONLY_KEYS = ("prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS)
@@ -49,7 +55,16 @@ class Job:
 
 
 # Fields that only label or locate an image: never part of its id.
-LABEL_FIELDS = ("model", "refiner", "scheduler", "scheduler_label", "prompt_file", "job_num", "overrides")
+LABEL_FIELDS = (
+    "model", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template",
+    "init_image", "mask_image", "job_num", "overrides",
+)
+# How an image is computed, not what it shows: not part of its id either, but
+# one value per sweep, and images only share a pipeline call when they agree.
+EXECUTION_FIELDS = ("batch_size", "attention", "channels_last", "fuse_qkv", "compile", "vae_upcast", "offload", "vae_slicing", "vae_tiling")
+# Id fields that may differ between the images of one pipeline call.
+_ROW_ID_FIELDS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "init_image_sha", "mask_image_sha")
+PER_IMAGE_FIELDS = (*_ROW_ID_FIELDS, "seed")
 
 
 @dataclass(frozen=True)
@@ -67,6 +82,9 @@ class ImageSpec:
     scheduler_class: str
     scheduler_kwargs: str  # canonical JSON, so the spec stays hashable
     mode: str
+    strength: float | None  # img2img and inpaint
+    init_image_sha: str | None  # the init image's content, so an edited file renders again
+    mask_image_sha: str | None
     prompt: str
     negative_prompt: str | None
     prompt_2: str | None
@@ -84,28 +102,37 @@ class ImageSpec:
     negative_crops_coords_top_left: tuple[int, int] | None
     dtype: str
     device: str  # the device type: cpu, cuda, mps
+    watermark: bool  # SDXL's invisible watermark
+    safety_checker: bool  # run the model's safety checker (flagged images come out black)
     # Labels and bookkeeping.
     model: str
     refiner: str
     scheduler: str
     scheduler_label: str
     prompt_file: str | None
-    batch_size: int | None  # as asked for; None = auto
+    prompt_template: str | None  # the dynamicprompts template the prompt was expanded from
+    init_image: str | None  # absolute paths
+    mask_image: str | None
     job_num: int
     overrides: str
+    # Execution.
+    batch_size: int | None  # as asked for; None = auto
+    attention: str
+    channels_last: bool
+    fuse_qkv: bool
+    compile: str | None  # a torch.compile mode, or None
+    vae_upcast: bool | None  # None: the VAE's own force_upcast
+    offload: str
+    vae_slicing: bool
+    vae_tiling: bool
 
     def render_fields(self) -> dict[str, Any]:
         """The fields that change the pixels, in canonical (JSON-ready) form."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name not in LABEL_FIELDS and f.name != "batch_size"
-        }
+        return {name: getattr(self, name) for name in ID_FIELDS}
 
     @cached_property
     def image_id(self) -> str:
-        canonical = json.dumps(self.render_fields(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:20]
+        return _image_id(_shared_hash(self), self)
 
     @property
     def uses_cfg(self) -> bool:
@@ -116,11 +143,85 @@ class ImageSpec:
 
     @classmethod
     def from_json(cls, text: str) -> ImageSpec:
-        data = json.loads(text)
+        """The spec of `to_json`; fields added since it was written get their defaults."""
+        data = {**DEFAULTS, **json.loads(text)}
         for key in (*SIZE_KEYS, *CROP_KEYS):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
+
+
+ID_FIELDS = tuple(f.name for f in fields(ImageSpec) if f.name not in LABEL_FIELDS and f.name not in EXECUTION_FIELDS)
+_SHARED_ID_FIELDS = tuple(name for name in ID_FIELDS if name not in PER_IMAGE_FIELDS)
+# What a spec written by an older sweeper lacks (from_json).
+DEFAULTS: dict[str, Any] = dict(
+    strength=None, init_image_sha=None, mask_image_sha=None, watermark=False, safety_checker=False,
+    prompt_template=None, init_image=None, mask_image=None, attention="sdpa", channels_last=False,
+    fuse_qkv=False, compile=None, vae_upcast=None, offload="none", vae_slicing=False, vae_tiling=False,
+)
+
+
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _canonical(value: Any) -> str:
+    return _CANONICAL.encode(value)
+
+
+def _shared_hash(spec: ImageSpec) -> Any:
+    """sha256 fed with the id fields that the images of a job share."""
+    return hashlib.sha256(_canonical({name: getattr(spec, name) for name in _SHARED_ID_FIELDS}).encode("utf-8"))
+
+
+def _row_hash(shared: Any, spec: ImageSpec) -> Any:
+    """... then with the prompts and images of one row (what a row's seeds share)."""
+    digest = shared.copy()
+    digest.update(b"\n" + _canonical([getattr(spec, name) for name in _ROW_ID_FIELDS]).encode("utf-8"))
+    return digest
+
+
+def _image_id(shared: Any, spec: ImageSpec) -> str:
+    return _seeded_id(_row_hash(shared, spec), spec.seed)
+
+
+def _seeded_id(row: Any, seed: int) -> str:
+    digest = row.copy()
+    digest.update(b"\n%d" % seed)
+    return digest.hexdigest()[:20]
+
+
+class _SpecMaker:
+    """Specs that differ from a template only in per-image fields and labels.
+
+    The fast path of planning: the dataclass __init__ sets ~50 fields one by
+    one and a full id hashes them all; here a spec is a dict merge, and its id
+    hashes only the seed on top of what its job and its row share. Equal to
+    `dataclasses.replace` (tested).
+    """
+
+    def __init__(self, template: ImageSpec) -> None:
+        self._shared = _shared_hash(template)
+        self._values = {f.name: getattr(template, f.name) for f in fields(ImageSpec)}
+
+    def row(self, seeds: Sequence[int], **changes: Any) -> list[ImageSpec]:
+        """One spec per seed, each with `changes` (the row's prompts, init image, labels)."""
+        values = {**self._values, **changes}
+        row = _row_hash(self._shared, _Fields(values))
+        specs = []
+        for seed in seeds:
+            spec = object.__new__(ImageSpec)
+            spec.__dict__.update(values)
+            spec.__dict__["seed"] = seed
+            spec.__dict__["image_id"] = _seeded_id(row, seed)
+            specs.append(spec)
+        return specs
+
+
+class _Fields:
+    """Attribute access to a dict of spec fields (for _row_hash before the specs exist)."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__ = values
 
 
 def plan(jobs: Sequence[Job], auto_device: str = "cpu", seed_nonce: int = 0) -> list[ImageSpec]:
@@ -132,12 +233,29 @@ def plan(jobs: Sequence[Job], auto_device: str = "cpu", seed_nonce: int = 0) -> 
     """
     specs: dict[str, ImageSpec] = {}
     asked = 0
+    firsts = []
     for job in jobs:
         job_specs = plan_job(job, auto_device, seed_nonce, budget=_max_images(job.config) - asked)
         asked += len(job_specs)
+        firsts.append(job_specs[0])
         for spec in job_specs:
             specs.setdefault(spec.image_id, spec)
+    _check_one_execution(firsts)
     return list(specs.values())
+
+
+def _check_one_execution(specs: Iterable[ImageSpec]) -> None:
+    """Execution options do not change what an image is, so one sweep has one value of each.
+    (A job's images share them: per-row prompt parameters cannot set them.)"""
+    seen: dict[str, Any] = {}
+    for spec in specs:
+        for name in EXECUTION_FIELDS[1:]:  # batch_size may vary: it is the scheduler's to obey
+            value = getattr(spec, name)
+            if seen.setdefault(name, value) != value:
+                raise PlanError(
+                    f"invalid {name}: the sweep sets it to both {_show(seen[name])} and {_show(value)}; "
+                    "speed and memory options do not change the images (not part of image_id), so compare them in separate sweeps"
+                )
 
 
 def _max_images(c: Mapping[str, Any]) -> int:
@@ -145,14 +263,39 @@ def _max_images(c: Mapping[str, Any]) -> int:
 
 
 def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: int | None = None) -> list[ImageSpec]:
-    """The job's images: prompts x seeds. More than `budget` of them is refused (max_images)."""
+    """The job's images: prompts x init images x seeds. More than `budget` is refused (max_images)."""
     c = job.config
+    rows, prompt_file = prompt_rows(c, limit=budget if budget is not None else _max_images(c))
+    texts = {key: _per_prompt(c, key, len(rows)) for key in PER_PROMPT_KEYS}
+    makers: dict[str, tuple[_SpecMaker, list[int], list[tuple]]] = {}
+    specs: list[ImageSpec] = []
+    for index, row in enumerate(rows):
+        key = _canonical(row.params) if row.params else ""
+        if key not in makers:
+            rc = {**c, **row.params} if row.params else c
+            template = _template(rc, job, prompt_file, auto_device)
+            # Every job draws the same random seeds for -1 (by position), so a `guidance=3,5,7
+            # seed=-1` sweep compares guidance on one seed, as A1111's X/Y plot does.
+            makers[key] = (_SpecMaker(template), _seeds(rc, str(seed_nonce)), _init_images(rc, template.mode))
+        maker, seeds, inits = makers[key]
+        if budget is not None and len(specs) + len(inits) * len(seeds) > budget:
+            limit = _max_images(c)
+            raise _fail("max_images", limit, f"the sweep asks for more than {limit} images; raise max_images to render them all")
+        prompt = {name: row.params.get(name, texts[name][index]) for name in PER_PROMPT_KEYS}
+        for init in inits:
+            specs.extend(maker.row(seeds, prompt=row.prompt, prompt_template=row.template, **prompt, **init))
+    return specs
+
+
+PER_PROMPT_KEYS = ("negative_prompt", "prompt_2", "negative_prompt_2")
+
+
+def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_device: str) -> ImageSpec:
+    """A job's settings as a spec, with placeholders for the per-image fields."""
     model = _model(c.get("model"))
     family = model["family"]
     refiner = _refiner(c.get("refiner"), family)
     scheduler = _scheduler(c.get("scheduler"))
-    prompts, prompt_file = _prompts(c)
-    per_prompt = {key: _per_prompt(c, key, len(prompts)) for key in ("negative_prompt", "prompt_2", "negative_prompt_2")}
     sizes = {key: _pair(c, key, minimum=1) for key in SIZE_KEYS}
     sizes.update({key: _pair(c, key, minimum=0) for key in CROP_KEYS})
     if family != "sdxl":
@@ -160,7 +303,10 @@ def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: in
             if c.get(key) is not None:
                 raise PlanError(f"{key} is only for SDXL models, but model={model['name']} is {family}")
     device = _device(c.get("device", "auto"), auto_device)
-    common = dict(
+    mode = _choice(c, "mode", MODES)
+    if mode != "txt2img" and refiner["id"] is not None:
+        raise PlanError(f"refiner={refiner['name']} works with mode=txt2img only; use refiner=none with mode={mode}")
+    return ImageSpec(
         model_id=model["id"],
         model_revision=model["revision"],
         family=family,
@@ -170,41 +316,44 @@ def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: in
         refiner_mode=refiner["mode"],
         scheduler_class=scheduler["class_name"],
         scheduler_kwargs=json.dumps(scheduler["kwargs"], sort_keys=True),
-        mode=_choice(c, "mode", MODES),
+        mode=mode,
+        strength=None if mode == "txt2img" else _strength(c),
+        init_image_sha=None,
+        mask_image_sha=None,
+        prompt="",
+        negative_prompt=None,
+        prompt_2=None,
+        negative_prompt_2=None,
+        seed=0,
         guidance=_guidance(c),
         steps=_int(c, "steps", minimum=1),
         width=_size(c, "width"),
         height=_size(c, "height"),
         dtype=_dtype(c.get("dtype", "auto"), device),
         device=device,
+        watermark=_watermark(c, family),
+        safety_checker=_safety_checker(c, family),
         model=model["name"],
         refiner=refiner["name"],
         scheduler=scheduler["name"],
         scheduler_label=scheduler["label"],
         prompt_file=prompt_file,
-        batch_size=_batch_size(c),
+        prompt_template=None,
+        init_image=None,
+        mask_image=None,
         job_num=job.num,
         overrides=" ".join(job.overrides),
+        batch_size=_batch_size(c),
+        attention=_choice(c, "attention", ATTENTION, default="sdpa"),
+        channels_last=_flag(c, "channels_last"),
+        fuse_qkv=_flag(c, "fuse_qkv"),
+        compile=_compile(c),
+        vae_upcast=_vae_upcast(c),
+        offload=_offload(c, device),
+        vae_slicing=_flag(c, "vae_slicing"),
+        vae_tiling=_flag(c, "vae_tiling"),
         **sizes,
     )
-    # Every job draws the same random seeds for -1 (by position), so a
-    # `guidance=3,5,7 seed=-1` sweep compares guidance on one seed, as A1111's X/Y plot does.
-    seeds = _seeds(c, str(seed_nonce))
-    if budget is not None and len(prompts) * len(seeds) > budget:
-        limit = _max_images(c)
-        raise _fail("max_images", limit, f"the sweep asks for more than {limit} images; raise max_images to render them all")
-    return [
-        ImageSpec(
-            prompt=prompt,
-            negative_prompt=per_prompt["negative_prompt"][i],
-            prompt_2=per_prompt["prompt_2"][i],
-            negative_prompt_2=per_prompt["negative_prompt_2"][i],
-            seed=seed,
-            **common,
-        )
-        for i, prompt in enumerate(prompts)
-        for seed in seeds
-    ]
 
 
 def _show(value: Any) -> str:
@@ -246,8 +395,8 @@ def _guidance(c: Mapping[str, Any]) -> float:
     return float(value)
 
 
-def _choice(c: Mapping[str, Any], key: str, allowed: Sequence[str]) -> str:
-    value = c.get(key)
+def _choice(c: Mapping[str, Any], key: str, allowed: Sequence[str], default: str | None = None) -> str:
+    value = c.get(key, default)
     if value not in allowed:
         raise _fail(key, value, f"allowed: {', '.join(allowed)}")
     return value
@@ -261,6 +410,122 @@ def _pair(c: Mapping[str, Any], key: str, minimum: int) -> tuple[int, int] | Non
         what = "[height, width]" if key in SIZE_KEYS else "[top, left]"
         raise _fail(key, value, f"must be null or {what}, two integers >= {minimum}")
     return (value[0], value[1])
+
+
+def _flag(c: Mapping[str, Any], key: str) -> bool:
+    value = c.get(key, False)
+    if not isinstance(value, bool):
+        raise _fail(key, value, "must be true or false")
+    return value
+
+
+def _strength(c: Mapping[str, Any]) -> float:
+    value = c.get("strength")
+    if not _is_number(value) or not 0 < value <= 1:
+        raise _fail("strength", value, "must be a number in (0, 1]: the fraction of the init image that is re-noised")
+    return float(value)
+
+
+def _watermark(c: Mapping[str, Any], family: str) -> bool:
+    value = _flag(c, "watermark")
+    if value and family != "sdxl":
+        raise _fail("watermark", value, "only SDXL pipelines have the invisible watermark")
+    if value:
+        import importlib.util
+
+        if importlib.util.find_spec("imwatermark") is None:
+            raise _fail("watermark", value, "needs the invisible-watermark package: pip install invisible-watermark")
+    return value
+
+
+def _safety_checker(c: Mapping[str, Any], family: str) -> bool:
+    value = c.get("safety_checker", "auto")
+    if value not in ("auto", True, False):
+        raise _fail("safety_checker", value, "allowed: auto (the model's own, if it has one), true, false")
+    if value is True and family != "sd15":
+        raise _fail("safety_checker", value, "only Stable Diffusion 1.x pipelines have a safety checker")
+    return family == "sd15" if value == "auto" else value
+
+
+def _compile(c: Mapping[str, Any]) -> str | None:
+    value = c.get("compile")
+    if value is False or value is None:
+        return None
+    if value is True:
+        return "default"
+    if value not in COMPILE_MODES:
+        raise _fail("compile", value, f"allowed: false, true, {', '.join(COMPILE_MODES)} (torch.compile modes)")
+    return value
+
+
+def _vae_upcast(c: Mapping[str, Any]) -> bool | None:
+    value = c.get("vae_upcast", "auto")
+    if value not in ("auto", True, False):
+        raise _fail("vae_upcast", value, "allowed: auto (the VAE's own force_upcast), true, false")
+    return None if value == "auto" else value
+
+
+def _offload(c: Mapping[str, Any], device: str) -> str:
+    value = _choice(c, "offload", OFFLOAD, default="none")
+    if value != "none" and device != "cuda":
+        raise _fail("offload", value, f"CPU offload moves models between the CPU and a GPU; it needs device=cuda, not {device}")
+    return value
+
+
+def _init_images(c: Mapping[str, Any], mode: str) -> list[dict[str, str | None]]:
+    """Per image: the init image and mask (paths and content hashes); one all-None entry for txt2img."""
+    init, mask = c.get("init_image"), c.get("mask_image")
+    if mode == "txt2img":
+        for key, value in (("init_image", init), ("mask_image", mask)):
+            if value is not None:
+                raise _fail(key, value, "only for mode=img2img or mode=inpaint")
+        return [dict(init_image=None, init_image_sha=None, mask_image=None, mask_image_sha=None)]
+    if init is None:
+        raise _fail("init_image", init, f"mode={mode} needs an image file or a folder of images")
+    if mode == "img2img" and mask is not None:
+        raise _fail("mask_image", mask, "only for mode=inpaint")
+    if mode == "inpaint" and mask is None:
+        raise _fail("mask_image", mask, "mode=inpaint needs a mask: an image file, or a folder of masks named like the init images")
+    inits = _image_files("init_image", init)
+    masks = {} if mask is None else {path.stem: path for path in _image_files("mask_image", mask)}
+    images = []
+    for path in inits:
+        if mask is None:
+            mask_path = None
+        elif Path(str(mask)).expanduser().is_file():
+            mask_path = next(iter(masks.values()))
+        elif path.stem in masks:
+            mask_path = masks[path.stem]
+        else:
+            raise _fail("mask_image", mask, f"no mask named {path.stem}.* for the init image {path}")
+        images.append(dict(
+            init_image=str(path), init_image_sha=file_sha(path),
+            mask_image=None if mask_path is None else str(mask_path),
+            mask_image_sha=None if mask_path is None else file_sha(mask_path),
+        ))
+    return images
+
+
+def _image_files(key: str, value: Any) -> list[Path]:
+    """An image file, or every image of a folder (sorted by name): absolute paths."""
+    if not isinstance(value, str) or not value:
+        raise _fail(key, value, "must be the path of an image file or of a folder of images")
+    path = Path(value).expanduser().absolute()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise _fail(key, value, f"the folder holds no image ({', '.join(IMAGE_SUFFIXES)})")
+        return files
+    if not path.is_file():
+        raise _fail(key, value, "no such file or folder")
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise _fail(key, value, f"not an image file ({', '.join(IMAGE_SUFFIXES)})")
+    return [path]
+
+
+def file_sha(path: Path) -> str:
+    """The content hash that stands for an init image or mask in the image id."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:20]
 
 
 def _batch_size(c: Mapping[str, Any]) -> int | None:
@@ -326,6 +591,18 @@ def _scheduler(scheduler: Any) -> dict[str, Any]:
         raise _fail("scheduler.kwargs", kwargs, "must be a mapping of scheduler config values")
     name = scheduler.get("name") or scheduler["class_name"]
     return {"name": name, "class_name": scheduler["class_name"], "kwargs": dict(kwargs), "label": scheduler.get("label") or name}
+
+
+@dataclass(frozen=True)
+class PromptRow:  # TEMP until prompts.py lands
+    prompt: str
+    template: str | None
+    params: Mapping[str, Any]
+
+
+def prompt_rows(c: Mapping[str, Any], limit: int) -> tuple[list[PromptRow], str | None]:  # TEMP
+    prompts, prompt_file = _prompts(c)
+    return [PromptRow(p, None, {}) for p in prompts], prompt_file
 
 
 def _prompts(c: Mapping[str, Any]) -> tuple[list[str], str | None]:

@@ -1,25 +1,42 @@
 """Render: one batch of specs -> one RGB float array per spec (0..1, NaN kept for the caller to see).
 
 One CPU `torch.Generator` per image, so an image's noise does not depend on
-the batch, the rank or the order it runs in. Same batch composition: bit
-identical pixels; across batch sizes: within a couple of levels (batched
-float math is not batch-invariant); `batch_size=1` replays exactly.
+the batch, the rank or the order it runs in. Each prompt is encoded once
+(per pipeline) and its embeddings reused by every batch that holds it; the
+text encoders then see the prompt alone, as in a plain one-image loop.
+Same batch composition: bit identical pixels; across batch sizes: within a
+couple of levels (batched float math is not batch-invariant); `batch_size=1`
+replays exactly.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from sweeper import pipelines
-from sweeper.plan import CROP_KEYS, SIZE_KEYS
+from sweeper.plan import CROP_KEYS, SIZE_KEYS, ImageSpec
 from sweeper.schedule import Batch
 
+# Prompt embeddings kept per process: SDXL's take ~0.6 MB per prompt in float16.
+EMBEDDING_CACHE_SIZE = 256
+_EMBEDDINGS: OrderedDict[tuple, tuple] = OrderedDict()
 
-def render_batch(batch: Batch, device: str) -> np.ndarray:
-    """(N, H, W, 3) floats in 0..1: diffusers' own post-processing, before its conversion to PIL."""
+
+@dataclass
+class Output:
+    images: np.ndarray  # (N, H, W, 3) floats in 0..1
+    nsfw: list[bool] | None  # the safety checker's verdict per image, when the pipeline ran one
+
+
+def render_batch(batch: Batch, device: str) -> Output:
+    """diffusers' own post-processing, before its conversion to PIL."""
     specs = batch.specs
     first = specs[0]
     seeds = [spec.seed for spec in specs]
@@ -35,36 +52,82 @@ def render_batch(batch: Batch, device: str) -> np.ndarray:
     # 2. One CPU generator per image.
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
-    # 3. The call's arguments: per-image prompts, shared settings.
-    kwargs: dict[str, Any] = dict(
-        prompt=[spec.prompt for spec in specs],
-        negative_prompt=_per_image(specs, "negative_prompt"),
-        num_inference_steps=first.steps,
-        guidance_scale=first.guidance,
-        generator=generators,
-    )
+    # 3. The call's arguments: per-image prompt embeddings and images, shared settings.
+    kwargs: dict[str, Any] = dict(num_inference_steps=first.steps, guidance_scale=first.guidance, generator=generators)
     if first.family == "sdxl":
-        kwargs["prompt_2"] = _per_image(specs, "prompt_2")
-        kwargs["negative_prompt_2"] = _per_image(specs, "negative_prompt_2")
         for key in (*SIZE_KEYS, *CROP_KEYS):
             if getattr(first, key) is not None:
                 kwargs[key] = getattr(first, key)
+    size = dict(width=first.width, height=first.height)
+    if first.mode != "txt2img":
+        kwargs.update(strength=first.strength, image=[_image(s.init_image, s.init_image_sha, size, "RGB") for s in specs])
+    if first.mode == "inpaint":
+        kwargs["mask_image"] = [_image(s.mask_image, s.mask_image_sha, size, "L") for s in specs]
+    if first.mode == "img2img":
+        size = {}  # img2img takes its size from the (resized) image
 
     # 4. Base: every step, or up to the refiner's split.
     if refiner is None:
-        return base(width=first.width, height=first.height, output_type="np", **kwargs).images
+        out = base(**size, output_type="np", **prompt_embeddings(base, specs, device), **kwargs)
+        return Output(out.images, _nsfw(out))
     if first.refiner_mode == "ensemble":
-        latents = base(width=first.width, height=first.height, denoising_end=first.refiner_split, output_type="latent", **kwargs).images
+        latents = base(**size, denoising_end=first.refiner_split, output_type="latent", **prompt_embeddings(base, specs, device), **kwargs).images
         # 5. Refiner takes the latents mid-denoising (ensemble of experts).
-        return refiner(image=latents, denoising_start=first.refiner_split, output_type="np", **kwargs).images
-    latents = base(width=first.width, height=first.height, output_type="latent", **kwargs).images
+        out = refiner(image=latents, denoising_start=first.refiner_split, output_type="np", **prompt_embeddings(refiner, specs, device), **kwargs)
+        return Output(out.images, None)
+    latents = base(**size, output_type="latent", **prompt_embeddings(base, specs, device), **kwargs).images
     # 5. Refiner re-noises the finished latents by 1 - split and denoises them again.
-    return refiner(image=latents, strength=1.0 - first.refiner_split, output_type="np", **kwargs).images
+    out = refiner(image=latents, strength=1.0 - first.refiner_split, output_type="np", **prompt_embeddings(refiner, specs, device), **kwargs)
+    return Output(out.images, None)
 
 
-def _per_image(specs, name: str) -> list[str] | None:
-    values = [getattr(spec, name) for spec in specs]
-    return None if values[0] is None else values
+def _nsfw(out) -> list[bool] | None:
+    flags = getattr(out, "nsfw_content_detected", None)
+    return None if flags is None else [bool(flag) for flag in flags]
+
+
+def prompt_embeddings(pipe, specs: tuple[ImageSpec, ...], device: str) -> dict[str, torch.Tensor]:
+    """The batch's prompt embeddings as the pipeline's keyword arguments, each prompt encoded once."""
+    cfg = specs[0].uses_cfg
+    per_image = [_encoded(pipe, spec, cfg, device) for spec in specs]
+    names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+    return {name: torch.cat([parts[i] for parts in per_image]) for i, name in enumerate(names) if per_image[0][i] is not None}
+
+
+def _encoded(pipe, spec: ImageSpec, cfg: bool, device: str) -> tuple:
+    """(embeds, negative, pooled, negative pooled) of one image's prompts; None where unused."""
+    key = (id(pipe), spec.prompt, spec.negative_prompt, spec.prompt_2, spec.negative_prompt_2, cfg)
+    if key in _EMBEDDINGS:
+        _EMBEDDINGS.move_to_end(key)
+        return _EMBEDDINGS[key]
+    with torch.no_grad():
+        if spec.family == "sdxl":
+            encoded = pipe.encode_prompt(
+                spec.prompt, spec.prompt_2, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+                negative_prompt=spec.negative_prompt, negative_prompt_2=spec.negative_prompt_2,
+            )
+        else:
+            embeds, negative = pipe.encode_prompt(spec.prompt, device, 1, cfg, negative_prompt=spec.negative_prompt)
+            encoded = (embeds, negative, None, None)
+    if not cfg:
+        encoded = (encoded[0], None, encoded[2], None)
+    _EMBEDDINGS[key] = encoded
+    if len(_EMBEDDINGS) > EMBEDDING_CACHE_SIZE:
+        _EMBEDDINGS.popitem(last=False)
+    return encoded
+
+
+def _image(path: str, sha: str, size: dict[str, int], mode: str) -> Image.Image:
+    """An init image or mask as planned, resized to the output size."""
+    from sweeper.plan import file_sha
+
+    if file_sha(Path(path)) != sha:
+        raise RuntimeError(f"{path} changed since the sweep was planned; run the command again to plan it anew")
+    with Image.open(path) as image:
+        image = image.convert(mode)
+    if image.size != (size["width"], size["height"]):
+        image = image.resize((size["width"], size["height"]), Image.LANCZOS)
+    return image
 
 
 def prompt_warnings(batch: Batch, device: str) -> list[str | None]:

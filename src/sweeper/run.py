@@ -159,12 +159,16 @@ class _Rendered:
 
     batch: schedule.Batch
     arrays: Any  # (N, H, W, 3) floats, or None when the call failed
+    nsfw: list[bool] | None  # the safety checker's verdicts, when one ran
     batch_error: str | None
     errors: list[str | None]  # per image: the call's error, or NaN in its output
     warnings: list[str | None]  # per image: all black, a prompt cut at 77 tokens
     started_at: dt.datetime
     finished_at: dt.datetime
     seconds: float  # per image
+
+
+SAFETY_WARNING = "flagged by the safety checker"
 
 
 def _render_backing_off(batch: schedule.Batch, device: str, progress: Progress) -> list[_Rendered]:
@@ -178,7 +182,8 @@ def _render_backing_off(batch: schedule.Batch, device: str, progress: Progress) 
     started, tic = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     try:
         faults.before_render(batch.specs)
-        arrays, error = render_batch(batch, device), None
+        output, error = render_batch(batch, device), None
+        arrays, nsfw = output.images, output.nsfw
         faults.after_render(batch.specs, arrays)
         warnings = prompt_warnings(batch, device)
     except torch.OutOfMemoryError as exc:
@@ -188,14 +193,15 @@ def _render_backing_off(batch: schedule.Batch, device: str, progress: Progress) 
             progress.write(f"sweeper: out of memory with {len(batch.specs)} images per call; retrying with {half}")
             halves = (schedule.Batch(batch.specs[:half]), schedule.Batch(batch.specs[half:]))
             return [done for part in halves for done in _render_backing_off(part, device, progress)]
-        arrays, error, warnings = None, _one_line(exc), [None] * len(batch.specs)
+        arrays, nsfw, error, warnings = None, None, _one_line(exc), [None] * len(batch.specs)
     except Exception as exc:  # one failing batch must not stop the sweep
-        arrays, error, warnings = None, _one_line(exc), [None] * len(batch.specs)
+        arrays, nsfw, error, warnings = None, None, _one_line(exc), [None] * len(batch.specs)
     seconds = (time.perf_counter() - tic) / len(batch.specs)
     problems = [(error, None)] * len(batch.specs) if arrays is None else [problem(array) for array in arrays]
     errors = [image_error for image_error, _ in problems]
-    warnings = ["; ".join(w for w in (image_warning, prompt) if w) or None for (_, image_warning), prompt in zip(problems, warnings)]
-    return [_Rendered(batch, arrays, error, errors, warnings, started, dt.datetime.now(dt.timezone.utc), seconds)]
+    flagged = [SAFETY_WARNING if verdict else None for verdict in nsfw or [False] * len(batch.specs)]
+    warnings = ["; ".join(w for w in found if w) or None for found in zip([w for _, w in problems], warnings, flagged)]
+    return [_Rendered(batch, arrays, nsfw, error, errors, warnings, started, dt.datetime.now(dt.timezone.utc), seconds)]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -211,7 +217,8 @@ def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict
     for index, spec in enumerate(done.batch.specs):
         path = image_path(spec)
         error = done.errors[index]
-        row = manifest.row(spec, path, "ok" if error is None else "error", error, warning=done.warnings[index], batch_index=index, **timing, **facts)
+        nsfw = None if done.nsfw is None else done.nsfw[index]
+        row = manifest.row(spec, path, "ok" if error is None else "error", error, warning=done.warnings[index], nsfw=nsfw, batch_index=index, **timing, **facts)
         if error is None:
             write_atomic(out_dir / path, png_bytes(to_image(done.arrays[index]), spec, versions, row))
             faults.event("png")

@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from sweeper.plan import ImageSpec
+from sweeper.plan import EXECUTION_FIELDS, ID_FIELDS, PER_IMAGE_FIELDS, ImageSpec
 from sweeper.tiny import TINY_MODELS
 
-# Per-image fields: they may differ inside one batch.
-PER_IMAGE = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "seed")
+_SHARED_FIELDS = tuple(name for name in ID_FIELDS if name not in PER_IMAGE_FIELDS) + EXECUTION_FIELDS
 # VAE decode of an image costs about 1.55 UNet forwards of it (10.5 vs 6.76 TFLOP for SDXL).
 DECODE_FORWARDS = 1.55
 # Rough seconds per cost unit (pixel x UNet forward) for the estimate printed before a sweep.
@@ -42,7 +41,8 @@ class Batch:
 
 def cost(spec: ImageSpec) -> float:
     """Estimated work for one image: pixels x UNet forwards (CFG doubles them), plus the decode."""
-    forwards = spec.steps * (2 if spec.uses_cfg else 1)
+    # img2img and inpaint skip the first 1 - strength of the steps.
+    forwards = (spec.steps if spec.strength is None else max(1, int(spec.steps * spec.strength))) * (2 if spec.uses_cfg else 1)
     if spec.refiner_mode == "img2img":
         forwards += spec.steps * (1 - spec.refiner_split) * (2 if spec.uses_cfg else 1)
     return spec.width * spec.height * (forwards + DECODE_FORWARDS)
@@ -72,10 +72,10 @@ def _switch_levels(spec: ImageSpec) -> tuple[tuple, tuple, tuple]:
 
 def batch_key(spec: ImageSpec) -> tuple:
     """What must be equal for two images to share one pipeline call."""
-    shared = tuple(value for name, value in spec.render_fields().items() if name not in PER_IMAGE)
+    shared = tuple(getattr(spec, name) for name in _SHARED_FIELDS)
     # A None prompt (diffusers' default) cannot sit in a list beside strings.
     present = tuple(getattr(spec, name) is None for name in ("negative_prompt", "prompt_2", "negative_prompt_2"))
-    return shared + present + (spec.batch_size,)
+    return shared + present
 
 
 def make_batches(specs: Sequence[ImageSpec]) -> list[Batch]:

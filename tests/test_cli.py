@@ -197,6 +197,16 @@ def test_help_planning_and_validation_import_neither_torch_nor_diffusers(tmp_pat
     assert "heavy: []" in result.stdout, result.stdout + result.stderr
 
 
+def test_help_lists_groups_and_the_config_the_overrides_compose(tmp_path):
+    result = run_cli("model=tiny-sd", "steps=7", "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "  scheduler: ddim, dpmpp_2m," in result.stdout and "  model: sd15, sdxl, tiny, tiny-sd" in result.stdout
+    assert "\nsteps: 7\n" in result.stdout and "\nwidth: 64\n" in result.stdout and "  id: tiny-sd\n" in result.stdout
+    assert not (tmp_path / "outputs").exists()
+    bad = run_cli("model=nope", "--help", cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["sweeper: error: invalid model=nope: no such option; allowed: sd15, sdxl, tiny, tiny-sd"]
+
+
 def test_prompts_from_file_with_commas_and_non_ascii_and_every_key(tmp_path, tiny_models):
     prompts = ["a fox, in snow", "café olé, 日本の庭", "plain"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts[:2]) + "\n\n" + prompts[2] + "\n", encoding="utf-8")

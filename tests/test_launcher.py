@@ -186,6 +186,16 @@ def test_fast_composition_composes_once_per_group_choice(hydra_loader, monkeypat
     assert composed[51].config["prompt"] == "p1" and composed[51].num == 51
 
 
+def test_fast_jobs_share_no_nested_value_they_change(hydra_loader):
+    from sweeper.hydra_jobs import JobComposer
+
+    loader, master = hydra_loader
+    composer = JobComposer(loader, master)
+    jobs = composer.jobs([["refiner=tiny", f"refiner.split={split}", "model.revision=r1"] for split in (0.5, 0.7)] + [["refiner=tiny"]])
+    assert [job.config["refiner"]["split"] for job in jobs] == [0.5, 0.7, 0.8]
+    assert [job.config["model"]["revision"] for job in jobs] == ["r1", "r1", None]
+
+
 def test_bad_override_in_a_fast_job_is_hydras_error(hydra_loader):
     from hydra.errors import ConfigCompositionException
 

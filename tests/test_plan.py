@@ -26,7 +26,7 @@ PIXEL_FIELDS = {
     "strength", "init_image_sha", "mask_image_sha", "watermark", "safety_checker",
 }
 NON_PIXEL_FIELDS = {
-    "model", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template", "init_image", "mask_image",
+    "model", "model_config", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template", "init_image", "mask_image",
     "job_num", "overrides", *EXECUTION_FIELDS,
 }
 
@@ -265,7 +265,7 @@ def test_fast_planned_specs_equal_specs_built_the_plain_way(base):
         {"dtype": "bfloat16"},
         {"device": "cuda"},
         {"model__id": "stabilityai/stable-diffusion-xl-base-1.0"},
-        {"model__revision": "v2"},
+        {"model__revision": "v3"},
         {"scheduler__class_name": "DDIMScheduler"},
         {"scheduler__kwargs": {"timestep_spacing": "trailing"}},
     ],

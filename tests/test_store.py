@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as dt
 import io
 import json
@@ -115,7 +117,7 @@ def test_a1111_reads_back_prompt_negative_and_every_value():
     ],
 )
 def test_a1111_reads_back_a_model_path_with_separators(model_id):
-    spec = spec_of(model={"name": "local", "id": model_id, "revision": None, "family": "sdxl"})
+    spec = dataclasses.replace(spec_of(), model="local", model_id=model_id)  # planning would want the file
     parsed = a1111_parse(parameters_text(spec, VERSIONS))
     assert parsed["Model"] == model_id
     assert parsed["Seed"] == "0" and parsed["Size"] == "64x64"

@@ -89,7 +89,11 @@ def main() -> None:
     # which would change other apps' defaults when our plugins import this module.
     hydra_main = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(render_job)
     try:
-        hydra_main()
+        if {"--help", "-h"} & set(sys.argv[1:]):
+            # Hydra's own --help lists every option of every Hydra group (~1.5 s); ours is quick.
+            print_help([arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")])
+        else:
+            hydra_main()
     except (PlanError, DirBusy) as error:
         fail(str(error))
     except StorageError as error:
@@ -102,6 +106,31 @@ def main() -> None:
         if show_traceback:
             raise
         fail(" ".join(line.strip() for line in str(error).splitlines() if line.strip()))
+
+
+def print_help(overrides: list[str]) -> None:
+    """Usage, the config groups and their options, and the composed config."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = Path(config_dir())
+    groups = "\n".join(
+        f"  {group.name}: {', '.join(sorted(option.stem for option in group.glob('*.yaml')))}"
+        for group in sorted(conf.iterdir())
+        if group.is_dir()
+    )
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        config = OmegaConf.to_yaml(compose(config_name="config", overrides=overrides))
+    print(
+        "sweeper: Stable Diffusion prompt sweeps from Hydra configs: PNGs, a Parquet manifest, a report.\n\n"
+        "    python -m sweeper model=tiny                         # one run -> outputs/runs/<name>/\n"
+        "    python -m sweeper -m model=tiny guidance=5,7.5,10    # a sweep -> outputs/sweeps/<name>/\n"
+        "    python -m sweeper.report outputs/sweeps/<name>       # rebuild or compare reports\n"
+        "    python -m sweeper.replay IMAGE.png                   # render an image again from its metadata\n\n"
+        f"Config groups (group=option):\n{groups}\n\n"
+        f"Config (any key=value; each key is explained in {conf / 'config.yaml'}):\n{config}\n"
+        "Hydra's own flags (--cfg job, --multirun, hydra.* keys): python -m sweeper --hydra-help"
+    )
 
 
 def _missing_option(error) -> str:

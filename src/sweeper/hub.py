@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sweeper.plan import PlanError
+from sweeper.plan import SINGLE_FILE_SUFFIXES, PlanError
 from sweeper.tiny import TINY_MODELS
 
 OFFLINE_HINT = "download it first (huggingface-cli download), or use model=tiny to try sweeper offline"
@@ -16,7 +16,7 @@ OFFLINE_HINT = "download it first (huggingface-cli download), or use model=tiny 
 
 def check_available(key: str, model_id: str, revision: str | None) -> None:
     """Raise PlanError (one line, naming `key`) unless `model_id` can be loaded."""
-    if model_id in TINY_MODELS:
+    if model_id in TINY_MODELS or model_id.endswith(SINGLE_FILE_SUFFIXES):  # plan checked the file
         return
     path = Path(model_id).expanduser()
     if path.exists():

@@ -10,7 +10,6 @@ anything else with Hydra's own override code. Both give what Hydra would.
 
 from __future__ import annotations
 
-import copy
 import re
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -61,7 +60,7 @@ class JobComposer:
         structural, changes = self._split(overrides)
         base = self._base(structural)
         if not base.interpolated:
-            container = copy.deepcopy(base.container)
+            container = dict(base.container)  # copied on write below: jobs share what they do not change
             if all(_set_plain(container, line, o) for line, o in changes):
                 return container
         from hydra._internal.config_loader_impl import ConfigLoaderImpl
@@ -112,7 +111,11 @@ class JobComposer:
 
 
 def _set_plain(container: dict[str, Any], line: str, override) -> bool:
-    """Apply `key=value` to an existing scalar as Hydra would; False if it needs Hydra's code."""
+    """Apply `key=value` to an existing scalar as Hydra would; False if it needs Hydra's code.
+
+    `container` is a shallow copy of a base shared by every job: the dicts on
+    the way to the key are copied before they change, nothing else is.
+    """
     if override is None:
         match = _NUMBER_OVERRIDE.match(line)
         key, value = match["key"], float(match["value"]) if match["fraction"] else int(match["value"])
@@ -127,8 +130,11 @@ def _set_plain(container: dict[str, Any], line: str, override) -> bool:
     *parents, leaf = key.split(".")
     node: Any = container
     for part in parents:
-        node = node.get(part) if isinstance(node, dict) else None
-    if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], (dict, list)):
+        child = node.get(part)
+        if not isinstance(child, dict):
+            return False
+        node[part] = node = dict(child)  # a copy, so the base and the other jobs keep theirs
+    if leaf not in node or isinstance(node[leaf], (dict, list)):
         return False
     node[leaf] = value
     return True

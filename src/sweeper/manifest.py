@@ -69,6 +69,7 @@ SCHEMA = pa.schema(
         ("overrides", pa.string()),
         ("model_id", pa.string()),
         ("model_revision", pa.string()),
+        ("model_config", pa.string()),
         ("refiner_id", pa.string()),
         ("dtype", pa.string()),
         ("device", pa.string()),

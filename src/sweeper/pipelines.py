@@ -21,7 +21,7 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from sweeper.plan import EXECUTION_FIELDS, ImageSpec
+from sweeper.plan import EXECUTION_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec
 from sweeper.tiny import TINY_MODELS, tiny_model_dir
 
 diffusers_logging.disable_progress_bar()
@@ -38,7 +38,6 @@ MODE_CLASSES = {
     ("sd15", "img2img"): diffusers.StableDiffusionImg2ImgPipeline,
     ("sd15", "inpaint"): diffusers.StableDiffusionInpaintPipeline,
 }
-SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
 def loaded_models() -> list[tuple]:
@@ -51,10 +50,6 @@ def source(model_id: str, revision: str | None) -> dict[str, Any]:
     if model_id in TINY_MODELS:
         return {"pretrained_model_name_or_path": str(tiny_model_dir(model_id))}
     return {"pretrained_model_name_or_path": model_id, "revision": revision}
-
-
-def is_single_file(model_id: str) -> bool:
-    return model_id.endswith(SINGLE_FILE_SUFFIXES)
 
 
 def _options(spec: ImageSpec) -> tuple:
@@ -72,8 +67,10 @@ def base_pipeline(spec: ImageSpec, device: str):
             extra["add_watermarker"] = spec.watermark
         elif not spec.safety_checker:
             extra.update(safety_checker=None, requires_safety_checker=False)
-        if is_single_file(spec.model_id):
-            pipe = pipeline_class.from_single_file(spec.model_id, **extra)
+        if spec.model_id.endswith(SINGLE_FILE_SUFFIXES):
+            config = source(spec.model_config, None)["pretrained_model_name_or_path"] if spec.model_config else None
+            pipe = pipeline_class.from_single_file(spec.model_id, config=config, **extra)
+            _check_loaded(pipe, spec.model_id)
         else:
             pipe = pipeline_class.from_pretrained(**source(spec.model_id, spec.model_revision), **extra)
         _PIPELINES[key] = _ready(pipe, spec, device)
@@ -89,6 +86,13 @@ def base_pipeline(spec: ImageSpec, device: str):
             _offload(pipe, spec, device)
         _PIPELINES[mode_key] = pipe
     return _PIPELINES[mode_key]
+
+
+def _check_loaded(pipe, path: str) -> None:
+    """from_single_file leaves weights it found no value for on the meta device, silently."""
+    for name, component in pipe.components.items():
+        if isinstance(component, torch.nn.Module) and any(p.is_meta for p in component.parameters()):
+            raise RuntimeError(f"{path}: the checkpoint holds no weights for the pipeline's {name} (does model.config match it?)")
 
 
 def refiner_pipeline(spec: ImageSpec, base, device: str):

@@ -22,6 +22,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from sweeper.prompts import prompt_rows
 from sweeper.tiny import RECIPE_VERSION, TINY_MODELS
 
 FAMILIES = ("sdxl", "sd15")
@@ -32,6 +33,7 @@ ATTENTION = ("sdpa", "eager")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OFFLOAD = ("none", "model", "sequential")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # loaded with from_single_file
 SIZE_KEYS = ("original_size", "target_size", "negative_original_size", "negative_target_size")
 CROP_KEYS = ("crops_coords_top_left", "negative_crops_coords_top_left")
 SDXL_ONLY_KEYS = ("prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS)
@@ -56,7 +58,7 @@ class Job:
 
 # Fields that only label or locate an image: never part of its id.
 LABEL_FIELDS = (
-    "model", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template",
+    "model", "model_config", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template",
     "init_image", "mask_image", "job_num", "overrides",
 )
 # How an image is computed, not what it shows: not part of its id either, but
@@ -73,7 +75,7 @@ class ImageSpec:
 
     # What the pixels depend on.
     model_id: str
-    model_revision: str | None
+    model_revision: str | None  # for a single-file checkpoint: its size and mtime, unless given
     family: str
     refiner_id: str | None
     refiner_revision: str | None
@@ -106,6 +108,7 @@ class ImageSpec:
     safety_checker: bool  # run the model's safety checker (flagged images come out black)
     # Labels and bookkeeping.
     model: str
+    model_config: str | None  # where a single-file checkpoint's component configs come from
     refiner: str
     scheduler: str
     scheduler_label: str
@@ -156,7 +159,7 @@ _SHARED_ID_FIELDS = tuple(name for name in ID_FIELDS if name not in PER_IMAGE_FI
 # What a spec written by an older sweeper lacks (from_json).
 DEFAULTS: dict[str, Any] = dict(
     strength=None, init_image_sha=None, mask_image_sha=None, watermark=False, safety_checker=False,
-    prompt_template=None, init_image=None, mask_image=None, attention="sdpa", channels_last=False,
+    model_config=None, prompt_template=None, init_image=None, mask_image=None, attention="sdpa", channels_last=False,
     fuse_qkv=False, compile=None, vae_upcast=None, offload="none", vae_slicing=False, vae_tiling=False,
 )
 
@@ -266,10 +269,11 @@ def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: in
     """The job's images: prompts x init images x seeds. More than `budget` is refused (max_images)."""
     c = job.config
     rows, prompt_file = prompt_rows(c, limit=budget if budget is not None else _max_images(c))
-    texts = {key: _per_prompt(c, key, len(rows)) for key in PER_PROMPT_KEYS}
+    # A list of negative prompts zips with the prompts as written, before templates expand.
+    texts = {key: _per_prompt(c, key, rows[-1].source + 1) for key in PER_PROMPT_KEYS}
     makers: dict[str, tuple[_SpecMaker, list[int], list[tuple]]] = {}
     specs: list[ImageSpec] = []
-    for index, row in enumerate(rows):
+    for row in rows:
         key = _canonical(row.params) if row.params else ""
         if key not in makers:
             rc = {**c, **row.params} if row.params else c
@@ -281,7 +285,7 @@ def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: in
         if budget is not None and len(specs) + len(inits) * len(seeds) > budget:
             limit = _max_images(c)
             raise _fail("max_images", limit, f"the sweep asks for more than {limit} images; raise max_images to render them all")
-        prompt = {name: row.params.get(name, texts[name][index]) for name in PER_PROMPT_KEYS}
+        prompt = {name: row.params.get(name, texts[name][row.source]) for name in PER_PROMPT_KEYS}
         for init in inits:
             specs.extend(maker.row(seeds, prompt=row.prompt, prompt_template=row.template, **prompt, **init))
     return specs
@@ -334,6 +338,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         watermark=_watermark(c, family),
         safety_checker=_safety_checker(c, family),
         model=model["name"],
+        model_config=model["config"],
         refiner=refiner["name"],
         scheduler=scheduler["name"],
         scheduler_label=scheduler["label"],
@@ -560,7 +565,17 @@ def _model(model: Any) -> dict[str, Any]:
     revision = model.get("revision")
     if model["id"] in TINY_MODELS and revision is None:
         revision = RECIPE_VERSION  # a new tiny recipe makes new images, never mixes with old ones
-    return {"name": model.get("name") or model["id"], "id": model["id"], "revision": revision, "family": family}
+    config = model.get("config")
+    if config is not None and not (isinstance(config, str) and config):
+        raise _fail("model.config", config, "must be null, or a diffusers model dir or hub id")
+    if model["id"].endswith(SINGLE_FILE_SUFFIXES):
+        path = Path(model["id"]).expanduser()
+        if not path.is_file():
+            raise _fail("model.id", model["id"], "no such checkpoint file")
+        if revision is None:  # a changed checkpoint makes new images; hashing gigabytes at every plan would not do
+            stat = path.stat()
+            revision = f"file:{stat.st_size}:{stat.st_mtime_ns}"
+    return {"name": model.get("name") or model["id"], "id": model["id"], "revision": revision, "family": family, "config": config}
 
 
 def _refiner(refiner: Any, family: str) -> dict[str, Any]:
@@ -591,37 +606,6 @@ def _scheduler(scheduler: Any) -> dict[str, Any]:
         raise _fail("scheduler.kwargs", kwargs, "must be a mapping of scheduler config values")
     name = scheduler.get("name") or scheduler["class_name"]
     return {"name": name, "class_name": scheduler["class_name"], "kwargs": dict(kwargs), "label": scheduler.get("label") or name}
-
-
-@dataclass(frozen=True)
-class PromptRow:  # TEMP until prompts.py lands
-    prompt: str
-    template: str | None
-    params: Mapping[str, Any]
-
-
-def prompt_rows(c: Mapping[str, Any], limit: int) -> tuple[list[PromptRow], str | None]:  # TEMP
-    prompts, prompt_file = _prompts(c)
-    return [PromptRow(p, None, {}) for p in prompts], prompt_file
-
-
-def _prompts(c: Mapping[str, Any]) -> tuple[list[str], str | None]:
-    prompt_file = c.get("prompt_file")
-    if prompt_file is not None:
-        path = Path(str(prompt_file)).expanduser()
-        if not path.is_file():
-            raise _fail("prompt_file", prompt_file, "no such file")
-        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        if not prompts:
-            raise _fail("prompt_file", prompt_file, "the file holds no prompt (one per line)")
-        return prompts, str(prompt_file)
-    value = c.get("prompt")
-    prompts = [value] if isinstance(value, str) else value
-    if not isinstance(prompts, (list, tuple)) or not all(isinstance(p, str) for p in prompts):
-        raise _fail("prompt", value, "must be a string or a list of strings")
-    if not prompts:
-        raise _fail("prompt", value, "needs at least one prompt")
-    return list(prompts), None
 
 
 def _per_prompt(c: Mapping[str, Any], key: str, count: int) -> list[str | None]:

@@ -66,7 +66,14 @@ def prepare(jobs: Sequence[Job], out_dir: Path) -> Prepared:
     """Plan and check every job, and find what `out_dir` already holds. Raises PlanError."""
     _check_writable(Path(out_dir))
     specs = plan(jobs, devices.auto_device(), _seed_nonce)
-    for key, model_id, revision in sorted({("model.id", s.model_id, s.model_revision) for s in specs} | {("refiner.id", s.refiner_id, s.refiner_revision) for s in specs if s.refiner_id}):
+    to_check = set()
+    for model_id, revision, refiner_id, refiner_revision, config in {(s.model_id, s.model_revision, s.refiner_id, s.refiner_revision, s.model_config) for s in specs}:
+        to_check.add(("model.id", model_id, revision))
+        if refiner_id:
+            to_check.add(("refiner.id", refiner_id, refiner_revision))
+        if config:
+            to_check.add(("model.config", config, None))
+    for key, model_id, revision in sorted(to_check, key=str):
         hub.check_available(key, model_id, revision)
     done = manifest.done_ids(out_dir) if Path(out_dir).is_dir() else set()
     todo = [spec for spec in specs if spec.image_id not in done]

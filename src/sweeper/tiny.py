@@ -18,7 +18,7 @@ from pathlib import Path
 # Bump when a recipe changes: it is part of every tiny image's id (as the
 # model revision) and of the cache path, so old renders are never mistaken
 # for new ones.
-RECIPE_VERSION = "v1"
+RECIPE_VERSION = "v2"  # v2: text_encoder_2 wider than text_encoder (as in SDXL); tiny-sd has a safety checker
 TINY_MODELS = ("tiny-sdxl", "tiny-sdxl-refiner", "tiny-sd")
 _SEED = 0
 
@@ -82,10 +82,16 @@ def _tokenizer():
 
 
 def _text_encoder(with_projection: bool, vocab_size: int, tokenizer):
+    """CLIP text encoder: 32 wide; the projected one (SDXL's text_encoder_2) 48 wide.
+
+    Real SDXL's two encoders differ in width (768, 1280), and diffusers'
+    single-file loader tells them apart by it: equal widths would load the
+    first encoder's weights into both.
+    """
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
-        hidden_size=32,
+        hidden_size=48 if with_projection else 32,
         intermediate_size=37,
         num_attention_heads=4,
         num_hidden_layers=5,
@@ -165,7 +171,7 @@ def _sdxl_base():
         text_encoder_2=_text_encoder(True, vocab_size, tokenizer),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
-        unet=_unet(cross_attention_dim=64, time_ids_dim=80),
+        unet=_unet(cross_attention_dim=32 + 48, time_ids_dim=80),
         scheduler=_scheduler(),
     )
 
@@ -182,7 +188,7 @@ def _sdxl_refiner():
         text_encoder_2=base.text_encoder_2,
         tokenizer=None,
         tokenizer_2=base.tokenizer_2,
-        unet=_unet(cross_attention_dim=32, time_ids_dim=72),
+        unet=_unet(cross_attention_dim=48, time_ids_dim=72),
         scheduler=_scheduler(),
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,
@@ -191,6 +197,7 @@ def _sdxl_refiner():
 
 def _sd15():
     from diffusers import StableDiffusionPipeline
+    from transformers import CLIPImageProcessor
 
     tokenizer, vocab_size = _tokenizer()
     return StableDiffusionPipeline(
@@ -199,7 +206,20 @@ def _sd15():
         tokenizer=tokenizer,
         unet=_unet(cross_attention_dim=32, time_ids_dim=None),
         scheduler=_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+        safety_checker=_safety_checker(),
+        feature_extractor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
     )
+
+
+def _safety_checker():
+    """SD 1.x's checker on a tiny CLIP vision model. Its concept embeddings and
+    thresholds start at ones, so it flags nothing (tests lower the thresholds)."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    return StableDiffusionSafetyChecker(config)

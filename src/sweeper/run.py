@@ -127,12 +127,13 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
     versions = {"sweeper": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
     facts = dict(rank=rank, world_size=world_size, host=socket.gethostname(), **versions)
     writer = BackgroundWriter()
+    threads = torch.get_num_threads()  # on the CPU, pixels depend on it (replay repeats it)
     total = sum(len(batch.specs) for batch in batches)
     with progress or progress_bar(total, disable=rank != 0) as progress, _storage_errors(out_dir):
         for batch in batches:
             device = f"cuda:{gpu}" if batch.specs[0].device == "cuda" else batch.specs[0].device
             for done in _render_backing_off(batch, device, progress):
-                writer.submit(lambda done=done: _store(done, out_dir, versions, dict(facts, device=device)))
+                writer.submit(lambda done=done: _store(done, out_dir, versions, dict(facts, device=device), threads))
                 for spec, error in zip(done.batch.specs, done.errors):
                     if error is None:
                         summary.rendered += 1
@@ -215,10 +216,11 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
 
-def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any]) -> None:
+def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any], threads: int) -> None:
     """PNGs of the good images, then one manifest part for the call (on a writer thread)."""
-    from sweeper.store import png_bytes, to_image, write_atomic
+    from sweeper.store import call_record, png_bytes, to_image, write_atomic
 
+    call = call_record(done.batch.specs, threads)
     rows = []
     timing = dict(seconds=done.seconds, started_at=done.started_at, finished_at=done.finished_at, batch_size=len(done.batch.specs))
     for index, spec in enumerate(done.batch.specs):
@@ -227,7 +229,7 @@ def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict
         nsfw = None if done.nsfw is None else done.nsfw[index]
         row = manifest.row(spec, path, "ok" if error is None else "error", error, warning=done.warnings[index], nsfw=nsfw, batch_index=index, **timing, **facts)
         if error is None:
-            write_atomic(out_dir / path, png_bytes(to_image(done.arrays[index]), spec, versions, row))
+            write_atomic(out_dir / path, png_bytes(to_image(done.arrays[index]), spec, versions, row, call))
             faults.event("png")
         rows.append(row)
     manifest.write_part(out_dir, rows)

@@ -16,13 +16,13 @@ import os
 import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 
 from sweeper import faults
-from sweeper.plan import ImageSpec
+from sweeper.plan import PER_IMAGE_FIELDS, ImageSpec
 
 IMAGES_DIR = "images"
 
@@ -79,14 +79,29 @@ def problem(array: np.ndarray) -> tuple[str | None, str | None]:
     return None, None
 
 
-def png_bytes(image: Image.Image, spec: ImageSpec, versions: dict[str, str], row: dict[str, Any] | None = None) -> bytes:
+# What differs between the images of one pipeline call (the rest of their specs is equal).
+CALL_FIELDS = (*PER_IMAGE_FIELDS, "prompt_template", "init_image", "mask_image")
+
+
+def call_record(specs: Sequence[ImageSpec], threads: int) -> dict[str, Any]:
+    """How an image was computed: every image of its pipeline call, in order, and the
+    CPU thread count (float sums, hence pixels, depend on both), for an exact replay."""
+    return {"batch": [{name: getattr(spec, name) for name in CALL_FIELDS} for spec in specs], "threads": threads}
+
+
+def png_bytes(
+    image: Image.Image, spec: ImageSpec, versions: dict[str, str], row: dict[str, Any] | None = None, call: dict[str, Any] | None = None
+) -> bytes:
     """The PNG with a `parameters` chunk (A1111's format) and a `sweeper` chunk: the spec as
-    JSON and the image's manifest row, so a lost manifest row can be rebuilt from the file."""
+    JSON, the image's manifest row (so a lost row can be rebuilt from the file) and its
+    pipeline call (call_record)."""
     info = PngImagePlugin.PngInfo()
     info.add_itxt("parameters", parameters_text(spec, versions))
     sweeper = {"image_id": spec.image_id, "spec": json.loads(spec.to_json()), "versions": versions}
     if row is not None:
         sweeper["row"] = row
+    if call is not None:
+        sweeper["call"] = call
     info.add_itxt("sweeper", json.dumps(sweeper, ensure_ascii=False, default=str))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)

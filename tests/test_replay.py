@@ -1,0 +1,75 @@
+"""python -m sweeper.replay IMAGE.png: the PNG's own metadata renders it again, bit for bit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+from conftest import plan_config, run_cli
+from sweeper import replay, run
+from sweeper.plan import Job
+
+
+def _copy_with_pixels(source: Path, target: Path, change) -> Path:
+    """`source`'s text chunks on changed pixels."""
+    with Image.open(source) as image:
+        pixels = np.asarray(image.convert("RGB")).copy()
+        info = PngImagePlugin.PngInfo()
+        for key, value in image.text.items():
+            info.add_itxt(key, value)
+    change(pixels)
+    Image.fromarray(pixels).save(target, pnginfo=info)
+    return target
+
+
+@pytest.mark.slow
+def test_every_image_of_a_batched_sweep_replays_bit_identical(tmp_path, tiny_models, capsys):
+    result = run_cli("-m", "model=tiny", "prompt=[a cat,a dog]", "seed=0,1", "batch_size=3", "name=r", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    pngs = sorted((tmp_path / "outputs/sweeps/r/images").glob("*.png"))
+    assert len(pngs) == 4
+    batches = []
+    for png in pngs:
+        recorded = replay.read(png)
+        batches.append(len(recorded.batch))
+        assert recorded.batch[recorded.index].image_id == recorded.spec.image_id == png.stem
+        assert replay.main([str(png)]) == 0
+    assert sorted(batches) == [1, 3, 3, 3]  # the call of three is repeated whole, not the image alone
+    assert capsys.readouterr().out.count(": identical (64x64") == 4
+
+    again = tmp_path / "again.png"
+    assert replay.main([str(pngs[0]), "-o", str(again)]) == 0
+    with Image.open(again) as image:
+        assert json.loads(image.text["sweeper"])["image_id"] == pngs[0].stem
+        assert np.array_equal(np.asarray(image.convert("RGB")), np.asarray(Image.open(pngs[0]).convert("RGB")))
+
+    def nudge(pixels):
+        pixels[5, 7, 1] = 0 if pixels[5, 7, 1] > 127 else 255
+
+    tampered = _copy_with_pixels(pngs[1], tmp_path / "tampered.png", nudge)
+    assert replay.main([str(tampered)]) == 1
+    assert "differs: 1 pixels, at most" in capsys.readouterr().out
+
+
+def test_a_png_not_written_by_sweeper_is_refused_in_one_line(tmp_path, capsys):
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    assert replay.main([str(plain)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sweeper.replay: error:") and "not a PNG written by sweeper" in err[0]
+
+
+def test_an_img2img_image_replays_from_its_init_image(tmp_path, tiny_models, capsys):
+    init = tmp_path / "init.png"
+    Image.fromarray((np.indices((48, 80)).sum(axis=0) % 256).astype("uint8")).convert("RGB").save(init)
+    config = plan_config(mode="img2img", init_image=str(init), strength=0.6, seed=[3, 4], prompt=["x", "y"])
+    prepared = run.prepare([Job(0, config)], tmp_path / "out")
+    summary = run.execute(prepared, tmp_path / "out")
+    assert summary.rendered == 4 and not summary.failed
+    for png in (tmp_path / "out/images").glob("*.png"):
+        assert replay.main([str(png)]) == 0
+    assert capsys.readouterr().out.count(": identical") == 4

@@ -327,7 +327,8 @@ def plan_timings(args, work: Path) -> dict:
                       list does not fit one argv string: Linux caps one at 128 KiB).
     --plan-all adds   one job with a 100k-line prompt_file, and one with a 100k-seed list in an
                       experiment yaml (hydra.searchpath=[file://dir] experiment=<name>).
-    cli_help_plan_s = help + multirun when run in full, else help + prompts_x_seeds.
+    cli_help_plan_s = help + prompts_x_seeds (the goal: < 2 s); the multirun variant, 100k Hydra
+                      jobs of one image each, is reported beside it (Hydra's per-job overrides dominate it).
     """
     plan_dir = work / "plan"
     plan_dir.mkdir()
@@ -340,8 +341,7 @@ def plan_timings(args, work: Path) -> dict:
     probe = _dry_run([*sweeper, "-m", "model=tiny", f"seed=range(0,{probe_jobs})", "dry_run=true", f"hydra.sweep.dir={plan_dir / 'm1k'}"],
                      plan_dir, work / "plan_multirun_1k.log", f"multirun {probe_jobs} jobs", images=probe_jobs)
     estimate = probe * PLAN_IMAGES / probe_jobs  # linear: an upper bound when start-up dominates
-    multirun_full = estimate <= args.plan_max_s
-    if multirun_full:
+    if estimate <= args.plan_max_s:
         variants["multirun"] = _dry_run(
             [*sweeper, "-m", "model=tiny", f"seed=range(0,{PLAN_IMAGES})", "dry_run=true", f"hydra.sweep.dir={plan_dir / 'm100k'}"],
             plan_dir, work / "plan_multirun_100k.log", f"multirun {PLAN_IMAGES} jobs")
@@ -369,16 +369,11 @@ def plan_timings(args, work: Path) -> dict:
              f"hydra.run.dir={plan_dir / 'run3'}"],
             plan_dir, work / "plan_100k_experiment.log", "one job: experiment yaml with 100k seeds")
 
-    chosen = "multirun" if multirun_full else "prompts_x_seeds"
-    commands = {
-        "multirun": f"python -m sweeper -m model=tiny seed=range(0,{PLAN_IMAGES}) dry_run=true",
-        "prompts_x_seeds": "python -m sweeper model=tiny prompt_file=<1000 lines> seed=[0,...,99] dry_run=true",
-    }
     return dict(
         cli_help_s=helped.wall_s,
-        plan_100k_s=variants[chosen],
-        cli_help_plan_s=helped.wall_s + variants[chosen],
-        cli_help_plan_command=commands[chosen],
+        plan_100k_s=variants["prompts_x_seeds"],
+        cli_help_plan_s=helped.wall_s + variants["prompts_x_seeds"],
+        cli_help_plan_command="python -m sweeper model=tiny prompt_file=<1000 lines> seed=[0,...,99] dry_run=true",
         plan_100k_variants_s={name: round(value, 3) for name, value in variants.items()},
         multirun_1k_jobs_s=probe,
     )

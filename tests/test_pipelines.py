@@ -78,3 +78,15 @@ def test_sde_noise_is_per_image_so_batching_keeps_each_image(fresh_cache):
     levels = np.abs(np.round(together * 255) - np.round(alone * 255))
     assert levels.max() <= 2
     assert np.abs(np.round(alone[0] * 255) - np.round(alone[1] * 255)).max() > 10  # and the seeds still differ
+
+
+def test_the_invisible_watermark_is_on_only_when_asked(tmp_path, tiny_models):
+    # The watermark encoder needs 256 x 256 at least (diffusers skips narrower images).
+    size = dict(width=256, height=256, steps=1)
+    plain = render_batch(Batch(tuple(plan([job(0, **size)]))), "cpu").images
+    (marked_spec,) = plan([job(0, watermark=True, **size)])
+    marked = render_batch(Batch((marked_spec,)), "cpu").images
+    assert pipelines.base_pipeline(marked_spec, "cpu").watermark is not None
+    levels = np.abs(np.round(plain * 255) - np.round(marked * 255))
+    assert 0 < levels.mean() < 10  # marked, and still the same picture
+    assert marked_spec.watermark and marked_spec.image_id != plan([job(0, **size)])[0].image_id

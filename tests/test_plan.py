@@ -9,6 +9,7 @@ import itertools
 import json
 import math
 import time
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -387,6 +388,22 @@ BAD_VALUES = [
     ({"scheduler__class_name": 123}, "scheduler.class_name=123"),
     ({"scheduler": {"name": "mystery"}}, "scheduler.class_name=null"),
     ({"scheduler__kwargs": ["use_karras_sigmas"]}, 'scheduler.kwargs=["use_karras_sigmas"]'),
+    ({"mode": "img2img"}, "init_image=null"),
+    ({"mode": "img2img", "init_image": "/no/such.png"}, "init_image='/no/such.png'"),
+    ({"init_image": "/no/such.png"}, "init_image='/no/such.png'"),  # txt2img takes none
+    ({"mask_image": "/no/such.png"}, "mask_image='/no/such.png'"),
+    ({"attention": "flash"}, "attention='flash'"),
+    ({"channels_last": "yes"}, "channels_last='yes'"),
+    ({"fuse_qkv": 1}, "fuse_qkv=1"),
+    ({"compile": "fast"}, "compile='fast'"),
+    ({"vae_upcast": "maybe"}, "vae_upcast='maybe'"),
+    ({"offload": "model"}, "offload='model'"),  # the CPU has nothing to offload to
+    ({"offload": "disk"}, "offload='disk'"),
+    ({"vae_tiling": None}, "vae_tiling=null"),
+    ({"safety_checker": True}, "safety_checker=true"),  # SDXL has none
+    ({"safety_checker": "on"}, "safety_checker='on'"),
+    ({"model__config": 5}, "model.config=5"),
+    ({"model__id": "/no/such/model.safetensors"}, "model.id='/no/such/model.safetensors'"),
 ]
 
 
@@ -488,3 +505,28 @@ def test_planning_stays_fast(base):
     # The design asks 100k specs in < 2 s; 10k here get 10x that time, so only a
     # gross (e.g. quadratic) slowdown fails this.
     assert elapsed < 2.0, elapsed
+
+
+def test_a_folder_of_init_images_is_an_axis_and_their_content_is_in_the_id(base, tmp_path):
+    from PIL import Image
+
+    inits, masks = tmp_path / "inits", tmp_path / "masks"
+    inits.mkdir(), masks.mkdir()
+    for name, shade in (("b", 10), ("a", 200)):
+        Image.new("RGB", (8, 8), (shade, 0, 0)).save(inits / f"{name}.png")
+        Image.new("L", (8, 8), shade).save(masks / f"{name}.png")
+    (inits / "notes.txt").write_text("not an image")
+    config = with_(base, mode="inpaint", init_image=str(inits), mask_image=str(masks), strength=0.5, prompt=["p", "q"], seed=[1, 2])
+    specs = plan([Job(0, config)])
+    assert [(s.prompt, Path(s.init_image).name, Path(s.mask_image).name, s.seed) for s in specs] == [
+        (p, name, name, seed) for p in "pq" for name in ("a.png", "b.png") for seed in (1, 2)
+    ]
+    assert all(s.strength == 0.5 and s.init_image_sha and s.mask_image_sha for s in specs)
+    Image.new("RGB", (8, 8), (11, 0, 0)).save(inits / "b.png")  # edited: its images get new ids
+    again = {s.image_id for s in plan([Job(0, config)])}
+    assert len(again & {s.image_id for s in specs}) == 4
+    moved = with_(config, init_image=str(inits / "a.png"), mask_image=str(masks / "a.png"))
+    assert {s.image_id for s in plan([Job(0, moved)])} <= {s.image_id for s in specs}  # the path is not in the id
+    with pytest.raises(PlanError, match="no mask named b"):
+        (masks / "b.png").unlink()
+        plan([Job(0, config)])

@@ -252,12 +252,14 @@ def _check_one_execution(specs: Iterable[ImageSpec]) -> None:
     (A job's images share them: per-row prompt parameters cannot set them.)"""
     seen: dict[str, Any] = {}
     for spec in specs:
-        for name in EXECUTION_FIELDS[1:]:  # batch_size may vary: it is the scheduler's to obey
+        for name in EXECUTION_FIELDS:
+            if name == "batch_size":  # may vary: the schedule keeps such images apart
+                continue
             value = getattr(spec, name)
             if seen.setdefault(name, value) != value:
-                raise PlanError(
-                    f"invalid {name}: the sweep sets it to both {_show(seen[name])} and {_show(value)}; "
-                    "speed and memory options do not change the images (not part of image_id), so compare them in separate sweeps"
+                raise _fail(
+                    name, value, f"another job of the sweep has {_show(seen[name])}; speed and memory options do not "
+                    "change the images (not part of image_id), so one sweep has one value: compare them in separate sweeps",
                 )
 
 

@@ -19,9 +19,8 @@ from typing import Any, NoReturn
 import hydra
 from omegaconf import DictConfig
 
+from sweeper.errors import DirBusy, StorageError
 from sweeper.plan import PlanError
-from sweeper.run import StorageError
-from sweeper.store import DirBusy
 
 
 def config_dir() -> str:

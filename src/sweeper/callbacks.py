@@ -14,10 +14,12 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from sweeper.plan import EXECUTION_FIELDS
+
 # Overrides that change neither which images a sweep holds nor their pixels:
 # left out of the default name, so adding them still resumes the same dir.
 # (hydra.* too: the launcher, its process count, logging.)
-_NOT_IN_NAME = ("dry_run", "batch_size")
+_NOT_IN_NAME = ("dry_run", *EXECUTION_FIELDS)
 _MAX_NAME = 80
 
 

@@ -22,8 +22,9 @@ from typing import Any
 
 from sweeper import distributed, manifest, run, schedule
 from sweeper.devices import cuda_device_count
+from sweeper.errors import DirBusy
 from sweeper.plan import PlanError
-from sweeper.store import DirBusy, exclusive, image_path, remove_stale_temps
+from sweeper.store import exclusive, image_path, remove_stale_temps
 
 
 def num_processes(value: Any) -> int:

@@ -307,11 +307,18 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     if family != "sdxl":
         for key in SDXL_ONLY_KEYS:
             if c.get(key) is not None:
-                raise PlanError(f"{key} is only for SDXL models, but model={model['name']} is {family}")
+                raise _fail(key, c.get(key), f"only for SDXL models, but model={model['name']} is {family}")
     device = _device(c.get("device", "auto"), auto_device)
     mode = _choice(c, "mode", MODES)
     if mode != "txt2img" and refiner["id"] is not None:
-        raise PlanError(f"refiner={refiner['name']} works with mode=txt2img only; use refiner=none with mode={mode}")
+        raise PlanError(f"invalid refiner={refiner['name']}: works with mode=txt2img only; use refiner=none with mode={mode}")
+    steps = _int(c, "steps", minimum=1)
+    strength = None if mode == "txt2img" else _strength(c, steps)
+    attention = _choice(c, "attention", ATTENTION, default="sdpa")
+    fuse_qkv = _flag(c, "fuse_qkv")
+    if fuse_qkv and attention == "eager":
+        # diffusers' fused projections come with its SDPA processor only: eager would be replaced silently.
+        raise _fail("fuse_qkv", fuse_qkv, "fused Q/K/V projections run through torch's SDPA; not with attention=eager")
     return ImageSpec(
         model_id=model["id"],
         model_revision=model["revision"],
@@ -323,7 +330,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         scheduler_class=scheduler["class_name"],
         scheduler_kwargs=json.dumps(scheduler["kwargs"], sort_keys=True),
         mode=mode,
-        strength=None if mode == "txt2img" else _strength(c),
+        strength=strength,
         init_image_sha=None,
         mask_image_sha=None,
         prompt="",
@@ -332,13 +339,13 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         negative_prompt_2=None,
         seed=0,
         guidance=_guidance(c),
-        steps=_int(c, "steps", minimum=1),
+        steps=steps,
         width=_size(c, "width"),
         height=_size(c, "height"),
         dtype=_dtype(c.get("dtype", "auto"), device),
         device=device,
         watermark=_watermark(c, family),
-        safety_checker=_safety_checker(c, family),
+        safety_checker=_safety_checker(c, model),
         model=model["name"],
         model_config=model["config"],
         refiner=refiner["name"],
@@ -351,9 +358,9 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         job_num=job.num,
         overrides=" ".join(job.overrides),
         batch_size=_batch_size(c),
-        attention=_choice(c, "attention", ATTENTION, default="sdpa"),
+        attention=attention,
         channels_last=_flag(c, "channels_last"),
-        fuse_qkv=_flag(c, "fuse_qkv"),
+        fuse_qkv=fuse_qkv,
         compile=_compile(c),
         vae_upcast=_vae_upcast(c),
         offload=_offload(c, device),
@@ -426,10 +433,12 @@ def _flag(c: Mapping[str, Any], key: str) -> bool:
     return value
 
 
-def _strength(c: Mapping[str, Any]) -> float:
+def _strength(c: Mapping[str, Any], steps: int) -> float:
     value = c.get("strength")
     if not _is_number(value) or not 0 < value <= 1:
         raise _fail("strength", value, "must be a number in (0, 1]: the fraction of the init image that is re-noised")
+    if int(steps * value) < 1:  # diffusers runs int(steps * strength) steps; none fails mid-render
+        raise _fail("strength", value, f"with steps={steps} it leaves no denoising step (int(steps * strength) = 0); raise strength or steps")
     return float(value)
 
 
@@ -445,13 +454,17 @@ def _watermark(c: Mapping[str, Any], family: str) -> bool:
     return value
 
 
-def _safety_checker(c: Mapping[str, Any], family: str) -> bool:
+def _safety_checker(c: Mapping[str, Any], model: Mapping[str, Any]) -> bool:
     value = c.get("safety_checker", "auto")
     if value not in ("auto", True, False):
         raise _fail("safety_checker", value, "allowed: auto (the model's own, if it has one), true, false")
-    if value is True and family != "sd15":
+    if value is True and model["family"] != "sd15":
         raise _fail("safety_checker", value, "only Stable Diffusion 1.x pipelines have a safety checker")
-    return family == "sd15" if value == "auto" else value
+    # A checkpoint file holds no safety checker (from_single_file loads none); true takes model.config's.
+    single_file = model["id"].endswith(SINGLE_FILE_SUFFIXES)
+    if value is True and single_file and model["config"] is None:
+        raise _fail("safety_checker", value, "a single-file checkpoint holds no safety checker; set model.config to a diffusers model that has one")
+    return model["family"] == "sd15" and not single_file if value == "auto" else value
 
 
 def _compile(c: Mapping[str, Any]) -> str | None:
@@ -584,7 +597,7 @@ def _refiner(refiner: Any, family: str) -> dict[str, Any]:
     if refiner is None or refiner.get("name", "none") == "none":
         return {"name": "none", "id": None, "revision": None, "split": None, "mode": None}
     if family != "sdxl":
-        raise PlanError(f"refiner={refiner['name']} needs an SDXL base model, but the model is {family}")
+        raise PlanError(f"invalid refiner={refiner['name']}: needs an SDXL base model, but the model is {family}")
     if not isinstance(refiner.get("id"), str) or not refiner["id"]:
         raise _fail("refiner.id", refiner.get("id"), "must name a refiner model")
     split = refiner.get("split")

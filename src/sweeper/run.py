@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
-from sweeper import devices, faults, hub, manifest, schedule
+from sweeper import devices, faults, hub, schedule
+from sweeper.errors import StorageError
 from sweeper.plan import ImageSpec, Job, PlanError, plan
-from sweeper.store import BackgroundWriter, image_path
+
+# manifest (pyarrow), store (numpy, PIL) and torch are imported where used:
+# planning a sweep needs none of them.
 
 # Drawn once per process (and broadcast from rank 0 under several ranks):
 # every plan of this sweep gives seeds of -1 the same random values.
@@ -75,7 +78,11 @@ def prepare(jobs: Sequence[Job], out_dir: Path) -> Prepared:
             to_check.add(("model.config", config, None))
     for key, model_id, revision in sorted(to_check, key=str):
         hub.check_available(key, model_id, revision)
-    done = manifest.done_ids(out_dir) if Path(out_dir).is_dir() else set()
+    done = set()
+    if Path(out_dir).is_dir():
+        from sweeper import manifest
+
+        done = manifest.done_ids(out_dir)
     todo = [spec for spec in specs if spec.image_id not in done]
     dry_run = any(bool(job.config.get("dry_run")) for job in jobs)
     return Prepared(jobs=len(jobs), specs=specs, todo=todo, dry_run=dry_run)
@@ -121,6 +128,7 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
     import torch
 
     from sweeper import __version__, pipelines
+    from sweeper.store import BackgroundWriter
 
     pipelines.check_scheduler_classes(prepared.todo)
     out_dir = Path(out_dir)
@@ -144,10 +152,6 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
                 progress.update(len(done.batch.specs))
         writer.close()
     return summary
-
-
-class StorageError(RuntimeError):
-    """Writing into the output dir failed (full, gone, read-only): the sweep stops."""
 
 
 @contextlib.contextmanager
@@ -218,7 +222,8 @@ def _one_line(exc: BaseException) -> str:
 
 def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any], threads: int) -> None:
     """PNGs of the good images, then one manifest part for the call (on a writer thread)."""
-    from sweeper.store import call_record, png_bytes, to_image, write_atomic
+    from sweeper import manifest
+    from sweeper.store import call_record, image_path, png_bytes, to_image, write_atomic
 
     call = call_record(done.batch.specs, threads)
     rows = []

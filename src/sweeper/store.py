@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from sweeper import faults
+from sweeper.errors import DirBusy
 from sweeper.plan import PER_IMAGE_FIELDS, ImageSpec
 
 IMAGES_DIR = "images"
@@ -155,10 +156,6 @@ def remove_stale_temps(out_dir: Path) -> None:
     for folder in (Path(out_dir), Path(out_dir) / IMAGES_DIR, Path(out_dir) / ".manifest-parts"):
         for temp in folder.glob(".*.tmp"):
             temp.unlink(missing_ok=True)
-
-
-class DirBusy(RuntimeError):
-    """Another sweeper process is writing into the same output dir."""
 
 
 @contextlib.contextmanager

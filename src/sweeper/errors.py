@@ -1,0 +1,13 @@
+"""Errors that end a run with one line (app.main turns them into exit codes).
+
+Kept apart from the modules that raise them, so the command line can catch
+them without importing what those modules need (numpy, pyarrow, PIL).
+"""
+
+
+class StorageError(RuntimeError):
+    """Writing into the output dir failed (full, gone, read-only): the sweep stops."""
+
+
+class DirBusy(RuntimeError):
+    """Another sweeper process is writing into the same output dir."""

@@ -18,6 +18,7 @@ from typing import Any
 
 import diffusers
 import torch
+from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
@@ -69,6 +70,8 @@ def base_pipeline(spec: ImageSpec, device: str):
             extra.update(safety_checker=None, requires_safety_checker=False)
         if spec.model_id.endswith(SINGLE_FILE_SUFFIXES):
             config = source(spec.model_config, None)["pretrained_model_name_or_path"] if spec.model_config else None
+            if spec.family == "sd15" and spec.safety_checker:  # not in the file: from_single_file loads none
+                extra["safety_checker"] = StableDiffusionSafetyChecker.from_pretrained(config, subfolder="safety_checker", dtype=extra["dtype"])
             pipe = pipeline_class.from_single_file(spec.model_id, config=config, **extra)
             _check_loaded(pipe, spec.model_id)
         else:
@@ -81,6 +84,7 @@ def base_pipeline(spec: ImageSpec, device: str):
         base = _PIPELINES[key]
         extra = {"add_watermarker": spec.watermark} if spec.family == "sdxl" else {}
         pipe = MODE_CLASSES[(spec.family, spec.mode)].from_pipe(base, **extra)
+        pipe.set_progress_bar_config(disable=True)  # from_pipe does not carry it over
         _ORIGINAL_SCHEDULER_CONFIG[id(pipe)] = _ORIGINAL_SCHEDULER_CONFIG[id(base)]
         if spec.offload != "none":  # from_pipe does not carry offload hooks over
             _offload(pipe, spec, device)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from sweeper import pipelines
 from sweeper.plan import CROP_KEYS, SIZE_KEYS, ImageSpec
@@ -124,7 +124,7 @@ def _image(path: str, sha: str, size: dict[str, int], mode: str) -> Image.Image:
     if file_sha(Path(path)) != sha:
         raise RuntimeError(f"{path} changed since the sweep was planned; run the command again to plan it anew")
     with Image.open(path) as image:
-        image = image.convert(mode)
+        image = ImageOps.exif_transpose(image).convert(mode)  # upright, as diffusers' load_image does
     if image.size != (size["width"], size["height"]):
         image = image.resize((size["width"], size["height"]), Image.LANCZOS)
     return image

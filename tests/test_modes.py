@@ -295,7 +295,7 @@ def test_bad_mode_image_and_option_values_are_refused_in_one_line_before_anythin
 
 @pytest.mark.slow
 def test_speed_and_memory_options_run_are_recorded_and_keep_the_images(tmp_path, tiny_models, fresh_cache):
-    options = {"channels_last": True, "fuse_qkv": True, "vae_slicing": True, "vae_tiling": True}
+    options = {"channels_last": True, "fuse_qkv": True, "vae_slicing": True}
     result = run_cli("model=tiny", "seed=[0,1]", "name=options", *(f"{k}=true" for k in options), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     fast = tmp_path / "outputs" / "runs" / "options"
@@ -317,15 +317,17 @@ def test_speed_and_memory_options_run_are_recorded_and_keep_the_images(tmp_path,
 
 
 def test_speed_options_are_applied_to_the_pipeline(fresh_cache):
-    (spec,) = plan([Job(0, plan_config(channels_last=True, fuse_qkv=True, vae_slicing=True, vae_tiling=True))])
+    options = dict(channels_last=True, fuse_qkv=True, vae_slicing=True, vae_tiling=True, compile="max-autotune")
+    (spec,) = plan([Job(0, plan_config(**options))])
     pipe = pipelines.base_pipeline(spec, "cpu")
+    assert pipe.unet._compiled_call_impl is not None  # nn.Module.compile: compiles at the first call
     assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"FusedAttnProcessor2_0"}
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
     (plain,) = plan([Job(0, plan_config())])
     default = pipelines.base_pipeline(plain, "cpu")
-    assert default is not pipe and not default.vae.use_tiling
+    assert default is not pipe and not default.vae.use_tiling and default.unet._compiled_call_impl is None
     assert {type(p).__name__ for p in default.unet.attn_processors.values()} == {"AttnProcessor2_0"}
 
 

@@ -24,7 +24,7 @@ PIXEL_FIELDS = {
     "scheduler_class", "scheduler_kwargs", "mode", "prompt", "negative_prompt", "prompt_2", "negative_prompt_2",
     "seed", "guidance", "steps", "width", "height", "original_size", "target_size", "crops_coords_top_left",
     "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "dtype", "device",
-    "strength", "init_image_sha", "mask_image_sha", "watermark", "safety_checker",
+    "strength", "init_image_sha", "mask_image_sha", "watermark", "safety_checker", "vae_tiling",
 }
 NON_PIXEL_FIELDS = {
     "model", "model_config", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template", "init_image", "mask_image",

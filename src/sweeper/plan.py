@@ -63,7 +63,7 @@ LABEL_FIELDS = (
 )
 # How an image is computed, not what it shows: not part of its id either, but
 # one value per sweep, and images only share a pipeline call when they agree.
-EXECUTION_FIELDS = ("batch_size", "attention", "channels_last", "fuse_qkv", "compile", "vae_upcast", "offload", "vae_slicing", "vae_tiling")
+EXECUTION_FIELDS = ("batch_size", "attention", "channels_last", "fuse_qkv", "compile", "vae_upcast", "offload", "vae_slicing")
 # Id fields that may differ between the images of one pipeline call.
 _ROW_ID_FIELDS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "init_image_sha", "mask_image_sha")
 PER_IMAGE_FIELDS = (*_ROW_ID_FIELDS, "seed")
@@ -106,6 +106,7 @@ class ImageSpec:
     device: str  # the device type: cpu, cuda, mps
     watermark: bool  # SDXL's invisible watermark
     safety_checker: bool  # run the model's safety checker (flagged images come out black)
+    vae_tiling: bool  # decoding in tiles blends their seams: other pixels once an image is larger than a tile
     # Labels and bookkeeping.
     model: str
     model_config: str | None  # where a single-file checkpoint's component configs come from
@@ -127,7 +128,6 @@ class ImageSpec:
     vae_upcast: bool | None  # None: the VAE's own force_upcast
     offload: str
     vae_slicing: bool
-    vae_tiling: bool
 
     def render_fields(self) -> dict[str, Any]:
         """The fields that change the pixels, in canonical (JSON-ready) form."""

@@ -46,6 +46,8 @@ def parameters_text(spec: ImageSpec, versions: dict[str, str]) -> str:
         ("Size", f"{spec.width}x{spec.height}"),
         ("Model", spec.model_id),
     ]
+    if spec.strength is not None:
+        pairs.append(("Denoising strength", f"{spec.strength:g}"))
     if spec.model_revision:
         pairs.append(("Model hash", spec.model_revision))
     if spec.refiner_id:

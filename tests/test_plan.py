@@ -530,3 +530,13 @@ def test_a_folder_of_init_images_is_an_axis_and_their_content_is_in_the_id(base,
     with pytest.raises(PlanError, match="no mask named b"):
         (masks / "b.png").unlink()
         plan([Job(0, config)])
+
+
+def test_a_watermark_without_its_package_is_refused_naming_the_install(base, monkeypatch):
+    import importlib.util
+
+    assert one(with_(base, watermark=True)).watermark  # the test extra installs invisible-watermark
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "imwatermark" else real(name, *a))
+    with pytest.raises(PlanError, match=r"^invalid watermark=true: needs the invisible-watermark package: pip install invisible-watermark$"):
+        one(with_(base, watermark=True))

@@ -6,10 +6,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image, PngImagePlugin
 
-from conftest import plan_config, run_cli
+from conftest import plan_config
 from sweeper import replay, run
 from sweeper.plan import Job
 
@@ -26,11 +25,10 @@ def _copy_with_pixels(source: Path, target: Path, change) -> Path:
     return target
 
 
-@pytest.mark.slow
 def test_every_image_of_a_batched_sweep_replays_bit_identical(tmp_path, tiny_models, capsys):
-    result = run_cli("-m", "model=tiny", "prompt=[a cat,a dog]", "seed=0,1", "batch_size=3", "name=r", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    pngs = sorted((tmp_path / "outputs/sweeps/r/images").glob("*.png"))
+    jobs = [Job(n, plan_config(prompt=["a cat", "a dog"], seed=seed, batch_size=3)) for n, seed in enumerate((0, 1))]
+    run.execute(run.prepare(jobs, tmp_path / "r"), tmp_path / "r")
+    pngs = sorted((tmp_path / "r/images").glob("*.png"))
     assert len(pngs) == 4
     batches = []
     for png in pngs:

@@ -50,10 +50,14 @@ def cost(spec: ImageSpec) -> float:
 
 def estimate_seconds(specs: Iterable[ImageSpec], seconds_per_unit: float | None = None) -> float:
     """Seconds to render `specs` on one device; `seconds_per_unit` if measured, else the table."""
+    seconds: dict[tuple, float] = {}  # per kind of image: 100k specs are a handful of kinds
     total = 0.0
     for spec in specs:
-        rate = seconds_per_unit or SECONDS_PER_UNIT[("tiny" if spec.model_id in TINY_MODELS else "full", spec.device)]
-        total += cost(spec) * rate
+        kind = (spec.model_id, spec.device, spec.steps, spec.strength, spec.guidance, spec.width, spec.height, spec.refiner_mode, spec.refiner_split)
+        if kind not in seconds:
+            rate = seconds_per_unit or SECONDS_PER_UNIT[("tiny" if spec.model_id in TINY_MODELS else "full", spec.device)]
+            seconds[kind] = cost(spec) * rate
+        total += seconds[kind]
     return total
 
 

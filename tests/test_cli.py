@@ -244,15 +244,24 @@ def test_every_scheduler_renders_in_one_sweep(tmp_path, tiny_models):
 
 
 def test_same_spec_same_pixels_in_any_sweep_and_order(tmp_path, tiny_models):
-    # Same batch composition (seed list [3, 4] in one job), different sweeps and job orders.
-    assert run_cli("-m", "model=tiny", "guidance=7,5", "seed=[3,4]", "name=a", cwd=tmp_path).returncode == 0
-    assert run_cli("-m", "model=tiny", "guidance=2,5,9", "seed=[3,4]", "name=b", "scheduler=euler", cwd=tmp_path).returncode == 0
-    a = manifest_of(tmp_path / "outputs/sweeps/a").set_index("image_id")
-    b = manifest_of(tmp_path / "outputs/sweeps/b").set_index("image_id")
+    from conftest import plan_config
+    from sweeper import manifest, run
+    from sweeper.plan import Job
+
+    # Same batch composition (seed list [3, 4] in one job), different sweeps and job orders (in process:
+    # the planning, batching and rendering of the CLI, without two interpreter starts).
+    sweeps = {"a": (7.0, 5.0), "b": (2.0, 5.0, 9.0)}
+    frames = {}
+    for name, guidances in sweeps.items():
+        out = tmp_path / name
+        run.execute(run.prepare([Job(n, plan_config(guidance=g, seed=[3, 4])) for n, g in enumerate(guidances)], out), out)
+        manifest.merge(out)
+        frames[name] = manifest_of(out).set_index("image_id")
+    a, b = frames["a"], frames["b"]
     shared = sorted(set(a.index) & set(b.index))
-    assert len(shared) == 2  # guidance 5, seeds 3 and 4
+    assert len(shared) == 2 and set(a.loc[shared].guidance) == {5.0}  # guidance 5, seeds 3 and 4
     for image_id in shared:
-        assert np.array_equal(pixels(tmp_path / "outputs/sweeps/a", a.loc[image_id]), pixels(tmp_path / "outputs/sweeps/b", b.loc[image_id]))
+        assert np.array_equal(pixels(tmp_path / "a", a.loc[image_id]), pixels(tmp_path / "b", b.loc[image_id]))
 
 
 def test_batch_size_changes_pixels_by_at_most_two_levels(tmp_path, tiny_models):

@@ -176,15 +176,15 @@ def _shared_hash(spec: ImageSpec) -> Any:
     return hashlib.sha256(_canonical({name: getattr(spec, name) for name in _SHARED_ID_FIELDS}).encode("utf-8"))
 
 
-def _row_hash(shared: Any, spec: ImageSpec) -> Any:
-    """... then with the prompts and images of one row (what a row's seeds share)."""
+def _row_hash(shared: Any, row: Sequence[Any]) -> Any:
+    """... then with the values of _ROW_ID_FIELDS: the prompts and images that a row's seeds share."""
     digest = shared.copy()
-    digest.update(b"\n" + _canonical([getattr(spec, name) for name in _ROW_ID_FIELDS]).encode("utf-8"))
+    digest.update(b"\n" + _canonical(list(row)).encode("utf-8"))
     return digest
 
 
 def _image_id(shared: Any, spec: ImageSpec) -> str:
-    return _seeded_id(_row_hash(shared, spec), spec.seed)
+    return _seeded_id(_row_hash(shared, [getattr(spec, name) for name in _ROW_ID_FIELDS]), spec.seed)
 
 
 def _seeded_id(row: Any, seed: int) -> str:
@@ -209,7 +209,7 @@ class _SpecMaker:
     def row(self, seeds: Sequence[int], **changes: Any) -> list[ImageSpec]:
         """One spec per seed, each with `changes` (the row's prompts, init image, labels)."""
         values = {**self._values, **changes}
-        row = _row_hash(self._shared, _Fields(values))
+        row = _row_hash(self._shared, [values[name] for name in _ROW_ID_FIELDS])
         specs = []
         for seed in seeds:
             spec = object.__new__(ImageSpec)
@@ -218,13 +218,6 @@ class _SpecMaker:
             spec.__dict__["image_id"] = _seeded_id(row, seed)
             specs.append(spec)
         return specs
-
-
-class _Fields:
-    """Attribute access to a dict of spec fields (for _row_hash before the specs exist)."""
-
-    def __init__(self, values: dict[str, Any]) -> None:
-        self.__dict__ = values
 
 
 def plan(jobs: Sequence[Job], auto_device: str = "cpu", seed_nonce: int = 0) -> list[ImageSpec]:

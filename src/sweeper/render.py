@@ -5,8 +5,8 @@ the batch, the rank or the order it runs in. Each prompt is encoded once
 (per pipeline) and its embeddings reused by every batch that holds it; the
 text encoders then see the prompt alone, as in a plain one-image loop.
 Same batch composition: bit identical pixels; across batch sizes: within a
-couple of levels (batched float math is not batch-invariant); `batch_size=1`
-replays exactly.
+couple of levels (batched float math is not batch-invariant), which is why
+each PNG records its whole call and replay.py repeats it.
 """
 
 from __future__ import annotations

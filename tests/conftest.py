@@ -12,6 +12,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# The manifest columns DESIGN.md promises users.
+CONTRACT_COLUMNS = {
+    "model", "refiner", "refiner_split", "refiner_mode", "scheduler", "prompt", "negative_prompt", "prompt_2",
+    "negative_prompt_2", "seed", "guidance", "steps", "width", "height", "original_size", "target_size",
+    "crops_coords_top_left", "negative_original_size", "negative_target_size", "negative_crops_coords_top_left",
+    "mode", "batch_size", "image_id", "path", "status", "error", "job_num", "overrides", "model_id",
+    "model_revision", "refiner_id", "dtype", "device", "rank", "world_size", "batch_index", "seconds",
+    "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
+}
+
 
 @pytest.fixture(scope="session", autouse=True)
 def sweeper_env(tmp_path_factory) -> Path:

@@ -7,19 +7,11 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import only_dir, run_cli
+from conftest import CONTRACT_COLUMNS, only_dir, run_cli
 from PIL import Image
 
 pytestmark = pytest.mark.slow
 
-CONTRACT_COLUMNS = {
-    "model", "refiner", "refiner_split", "refiner_mode", "scheduler", "prompt", "negative_prompt", "prompt_2",
-    "negative_prompt_2", "seed", "guidance", "steps", "width", "height", "original_size", "target_size",
-    "crops_coords_top_left", "negative_original_size", "negative_target_size", "negative_crops_coords_top_left",
-    "mode", "batch_size", "image_id", "path", "status", "error", "job_num", "overrides", "model_id",
-    "model_revision", "refiner_id", "dtype", "device", "rank", "world_size", "batch_index", "seconds",
-    "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
-}
 
 
 def manifest_of(run_dir) -> pd.DataFrame:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from conftest import plan_config
+from conftest import CONTRACT_COLUMNS, plan_config
 
 from sweeper import manifest, store
 from sweeper.plan import ImageSpec, Job, plan
@@ -275,14 +275,7 @@ def error_row(spec: ImageSpec, error: str, minute: int = 0) -> dict:
 
 
 def test_schema_has_every_column_of_the_contract():
-    contract = {
-        "model", "refiner", "refiner_split", "refiner_mode", "scheduler", "prompt", "negative_prompt", "prompt_2",
-        "negative_prompt_2", "seed", "guidance", "steps", "width", "height", "original_size", "target_size",
-        "crops_coords_top_left", "negative_original_size", "negative_target_size", "negative_crops_coords_top_left",
-        "mode", "batch_size", "image_id", "path", "status", "error", "job_num", "overrides", "model_id",
-        "model_revision", "refiner_id", "dtype", "device", "rank", "world_size", "batch_index", "seconds",
-        "started_at", "finished_at", "host", "sweeper", "diffusers", "torch", "prompt_file",
-    }
+    contract = CONTRACT_COLUMNS | {"prompt_file"}
     assert contract <= set(manifest.SCHEMA.names)
 
 

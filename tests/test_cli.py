@@ -224,10 +224,11 @@ def test_size_conditioning_changes_pixels(tmp_path, tiny_models):
 
 
 def test_every_scheduler_renders_in_one_sweep(tmp_path, tiny_models):
+    from conftest import composed_job, render_in_process
+
     names = "euler,euler_a,dpmpp_2m,dpmpp_2m_karras,dpmpp_sde_karras,ddim,pndm,lms,heun,unipc"
-    result = run_cli("-m", "model=tiny", f"scheduler={names}", "steps=3", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    sweep = tmp_path / "sweep"
+    render_in_process(sweep, [composed_job(n, "model=tiny", f"scheduler={name}", "steps=3") for n, name in enumerate(names.split(","))])
     df = manifest_of(sweep)
     assert sorted(df.scheduler) == sorted(names.split(",")) and set(df.status) == {"ok"}
     labels = {Image.open(sweep / p).text["parameters"].splitlines()[-1].split("Sampler: ")[1].split(",")[0] for p in df.path}
@@ -236,8 +237,7 @@ def test_every_scheduler_renders_in_one_sweep(tmp_path, tiny_models):
 
 
 def test_same_spec_same_pixels_in_any_sweep_and_order(tmp_path, tiny_models):
-    from conftest import plan_config
-    from sweeper import manifest, run
+    from conftest import plan_config, render_in_process
     from sweeper.plan import Job
 
     # Same batch composition (seed list [3, 4] in one job), different sweeps and job orders (in process:
@@ -246,8 +246,7 @@ def test_same_spec_same_pixels_in_any_sweep_and_order(tmp_path, tiny_models):
     frames = {}
     for name, guidances in sweeps.items():
         out = tmp_path / name
-        run.execute(run.prepare([Job(n, plan_config(guidance=g, seed=[3, 4])) for n, g in enumerate(guidances)], out), out)
-        manifest.merge(out)
+        render_in_process(out, [Job(n, plan_config(guidance=g, seed=[3, 4])) for n, g in enumerate(guidances)])
         frames[name] = manifest_of(out).set_index("image_id")
     a, b = frames["a"], frames["b"]
     shared = sorted(set(a.index) & set(b.index))
@@ -257,15 +256,13 @@ def test_same_spec_same_pixels_in_any_sweep_and_order(tmp_path, tiny_models):
 
 
 def test_batch_size_changes_pixels_by_at_most_two_levels(tmp_path, tiny_models):
-    from conftest import plan_config
-    from sweeper import manifest, run
+    from conftest import plan_config, render_in_process
     from sweeper.plan import Job
 
     frames = {}
     for size in (1, 8):
         out = tmp_path / f"b{size}"
-        run.execute(run.prepare([Job(0, plan_config(seed=list(range(8)), batch_size=size))], out), out)
-        manifest.merge(out)
+        render_in_process(out, [Job(0, plan_config(seed=list(range(8)), batch_size=size))])
         frames[size] = manifest_of(out).set_index("image_id")
     one, eight = frames[1], frames[8]
     assert sorted(one.index) == sorted(eight.index), "batch size must not change image ids"

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import only_dir, plan_config, run_cli
+from conftest import composed_job, only_dir, plan_config, render_in_process, run_cli
 from PIL import Image
 
 from sweeper import manifest, pipelines, run
@@ -292,9 +292,8 @@ def test_bad_mode_image_and_option_values_are_refused_in_one_line_before_anythin
 @pytest.mark.slow
 def test_speed_and_memory_options_run_are_recorded_and_keep_the_images(tmp_path, tiny_models, fresh_cache):
     options = {"channels_last": True, "fuse_qkv": True, "vae_slicing": True}
-    result = run_cli("model=tiny", "seed=[0,1]", "name=options", *(f"{k}=true" for k in options), cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    fast = tmp_path / "outputs" / "runs" / "options"
+    fast = tmp_path / "options"  # composed from conf/ as the CLI does, rendered in process
+    render_in_process(fast, [composed_job(0, "model=tiny", "seed=[0,1]", *(f"{k}=true" for k in options))])
     df = manifest_of(fast)
     assert len(df) == 2 and set(df.status) == {"ok"}
     for key in options:
@@ -304,8 +303,7 @@ def test_speed_and_memory_options_run_are_recorded_and_keep_the_images(tmp_path,
     plain = tmp_path / "plain"
     specs = plan([Job(0, plan_config(seed=[0, 1]))])
     assert sorted(s.image_id for s in specs) == sorted(df.image_id), "options are not part of image_id"
-    run.execute(run.prepare([Job(0, plan_config(seed=[0, 1]))], plain), plain)
-    manifest.merge(plain)
+    render_in_process(plain, [Job(0, plan_config(seed=[0, 1]))])
     default = manifest_of(plain).set_index("image_id")
     for _, row in df.iterrows():
         levels = np.abs(pixels(fast, row) - pixels(plain, default.loc[row["image_id"]]))
@@ -420,8 +418,7 @@ def test_a_single_file_checkpoint_renders_the_same_pixels_as_its_model(tmp_path,
     assert single.returncode == 0, single.stderr
     # The plain model in process (the same render code, without a second interpreter start).
     a, b = tmp_path / "outputs" / "runs" / "single", tmp_path / "plain"
-    run.execute(run.prepare([Job(0, plan_config(model="tiny-sd", guidance=7.5, seed=[0, 1]))], b), b)
-    manifest.merge(b)
+    render_in_process(b, [Job(0, plan_config(model="tiny-sd", guidance=7.5, seed=[0, 1]))])
     mine, theirs = manifest_of(a).set_index("seed"), manifest_of(b).set_index("seed")
     assert set(mine.model) == {"mine"} and set(mine.model_id) == {str(checkpoint)}
     assert set(mine.model_config) == {str(tiny_models["tiny-sd"])}

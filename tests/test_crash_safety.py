@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import only_dir, plan_config, run_cli
+from conftest import composed_job, only_dir, plan_config, render_in_process, run_cli
 from PIL import Image
 
 from sweeper import manifest, store
@@ -54,7 +54,7 @@ def test_kill_9_then_the_same_command_finishes_without_loss_or_rework(tmp_path, 
 
 
 @pytest.mark.slow
-def test_out_of_memory_halves_the_batch_and_nan_output_is_an_error(tmp_path, tiny_models):
+def test_out_of_memory_halves_the_batch_and_nan_output_is_an_error(tmp_path, tiny_models, monkeypatch, capsys):
     result = run_cli(
         "-m", "model=tiny", "seed=0,1,2,3", "steps=2", "batch_size=4", "prompt='../../../escaped, /etc/passwd" + " and more" * 10 + "'",
         cwd=tmp_path, env={"SWEEPER_FAULT": "oom:batch=1"},
@@ -68,10 +68,16 @@ def test_out_of_memory_halves_the_batch_and_nan_output_is_an_error(tmp_path, tin
     # A path-like prompt names no file: everything stays inside the sweep dir.
     assert [p for p in tmp_path.rglob("*") if p.is_file() and sweep not in p.parents] == []
 
-    nan = run_cli("-m", "model=tiny", "seed=0,1,2,3,9", "steps=2", "batch_size=4", cwd=tmp_path, env={"SWEEPER_FAULT": "nan:seed=9"})
-    assert nan.returncode == 1
-    assert "1 image(s) failed (first: NaN in the output" in nan.stderr
-    sweep = next(d for d in (tmp_path / "outputs" / "sweeps").iterdir() if d != sweep)
+    # NaN output, in process (the CLI's planning, rendering and exit check, without an interpreter start).
+    from sweeper.app import exit_if_failed
+
+    monkeypatch.setenv("SWEEPER_FAULT", "nan:seed=9")
+    sweep = tmp_path / "nan"
+    render_in_process(sweep, [composed_job(n, "model=tiny", f"seed={seed}", "steps=2", "batch_size=4") for n, seed in enumerate((0, 1, 2, 3, 9))])
+    with pytest.raises(SystemExit) as exit:
+        exit_if_failed(sweep)
+    assert exit.value.code == 1
+    assert "1 image(s) failed (first: NaN in the output" in capsys.readouterr().err
     df = pd.read_parquet(sweep / "manifest.parquet").set_index("seed")
     assert df.loc[9, "status"] == "error" and "float16" in df.loc[9, "error"]
     assert not (sweep / df.loc[9, "path"]).exists() and (df.drop(index=9).status == "ok").all()

@@ -11,7 +11,7 @@ import pytest
 from conftest import composed_job, only_dir, plan_config, render_in_process, run_cli
 from PIL import Image
 
-from sweeper import manifest, store
+from sweeper import files, manifest, store
 
 SWEEP = ("-m", "model=tiny", "seed=0,1,2,3,4", "steps=2", "batch_size=2")
 
@@ -85,7 +85,8 @@ def test_out_of_memory_halves_the_batch_and_nan_output_is_an_error(tmp_path, tin
 
 @pytest.mark.slow
 def test_a_full_disk_stops_with_one_line_and_keeps_what_was_stored(tmp_path, tiny_models):
-    full = run_cli(*SWEEP, cwd=tmp_path, env={"SWEEPER_FAULT": "enospc:write=3"})
+    # writes: multirun.yaml, the first batch's two PNGs, then its manifest part fails
+    full = run_cli(*SWEEP, cwd=tmp_path, env={"SWEEPER_FAULT": "enospc:write=4"})
     assert full.returncode == 1
     assert full.stderr.strip().splitlines()[-1].startswith("sweeper: error: cannot write into")
     assert "No space left on device" in full.stderr and "Traceback" not in full.stderr
@@ -134,7 +135,7 @@ def test_a_damaged_manifest_is_rebuilt_from_the_pngs(tmp_path):
     versions = {"sweeper": "t", "diffusers": "t", "torch": "t"}
     for s in specs:
         row = manifest.row(s, store.image_path(s), "ok", None, rank=0, batch_size=3, seconds=0.5)
-        store.write_atomic(tmp_path / store.image_path(s), store.png_bytes(Image.new("RGB", (8, 8)), s, versions, row))
+        files.write_atomic(tmp_path / store.image_path(s), store.png_bytes(Image.new("RGB", (8, 8)), s, versions, row))
     (tmp_path / manifest.MANIFEST).write_bytes(b"PAR1 not really")
     assert manifest.done_ids(tmp_path) == {s.image_id for s in specs}
     manifest.merge(tmp_path)

@@ -13,6 +13,16 @@ from sweeper import replay, run
 from sweeper.plan import Job
 
 
+def replay_args(*argv: str):
+    """replay's parsed command line for a PNG, as `checked` takes it."""
+    import argparse
+
+    args = argparse.Namespace(init_image=None, mask_image=None, model=None, model_config=None, refiner=None, download=False)
+    for flag, value in zip(argv[::2], argv[1::2]):
+        setattr(args, flag.lstrip("-").replace("-", "_"), Path(value))
+    return args
+
+
 def _copy_with_pixels(source: Path, target: Path, change) -> Path:
     """`source`'s text chunks on changed pixels."""
     with Image.open(source) as image:
@@ -33,8 +43,9 @@ def test_every_image_of_a_batched_sweep_replays_bit_identical(tmp_path, tiny_mod
     batches = []
     for png in pngs:
         recorded = replay.read(png)
-        batches.append(len(recorded.batch))
-        assert recorded.batch[recorded.index].image_id == recorded.spec.image_id == png.stem
+        batches.append(len(recorded.call))
+        specs = replay.checked(recorded, replay_args())
+        assert specs[recorded.index].image_id == recorded.spec.image_id == png.stem
         assert replay.main([str(png)]) == 0
     assert sorted(batches) == [1, 3, 3, 3]  # the call of three is repeated whole, not the image alone
     assert capsys.readouterr().out.count(": identical (64x64") == 4
@@ -68,6 +79,14 @@ def test_an_img2img_image_replays_from_its_init_image(tmp_path, tiny_models, cap
     prepared = run.prepare([Job(0, config)], tmp_path / "out")
     summary = run.execute(prepared, tmp_path / "out")
     assert summary.rendered == 4 and not summary.failed
+    png = next((tmp_path / "out/images").glob("*.png"))
+    assert replay.main([str(png)]) == 2  # where the init image is, the user says: a PNG names no local path
+    assert "pass --init-image" in capsys.readouterr().err
     for png in (tmp_path / "out/images").glob("*.png"):
-        assert replay.main([str(png)]) == 0
+        assert replay.main([str(png), "--init-image", str(tmp_path)]) == 0
     assert capsys.readouterr().out.count(": identical") == 4
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.new("RGB", (48, 80)).save(elsewhere / "init.png")  # the same name, other pixels
+    assert replay.main([str(png), "--init-image", str(elsewhere)]) == 2
+    assert "its content is not the recorded image's" in capsys.readouterr().err

@@ -21,7 +21,8 @@ from conftest import CONTRACT_COLUMNS, plan_config
 
 from sweeper import manifest, store
 from sweeper.plan import ImageSpec, Job, plan
-from sweeper.store import BackgroundWriter, image_path, parameters_text, png_bytes, write_atomic
+from sweeper.files import write_atomic
+from sweeper.store import BackgroundWriter, image_path, parameters_text, png_bytes
 
 VERSIONS = {"sweeper": "0.1.0", "diffusers": "0.42.1", "torch": "2.13.0"}
 
@@ -108,18 +109,18 @@ def test_a1111_reads_back_prompt_negative_and_every_value():
 
 
 @pytest.mark.parametrize(
-    "model_id",
+    "model_id, shown",
     [
-        "stabilityai/stable-diffusion-xl-base-1.0",
-        "/models/my model, v2.safetensors",  # a comma and a space
-        "C:/models/sdxl.safetensors",  # a colon, no space
-        "/models/sdxl,v2.safetensors",  # a comma, no space
+        ("stabilityai/stable-diffusion-xl-base-1.0", "stabilityai/stable-diffusion-xl-base-1.0"),
+        ("/models/my model, v2.safetensors", "my model, v2"),  # a comma and a space; a local path by its name only
+        ("C:/models/sd:xl.safetensors", "sd:xl"),  # a colon, no space
+        ("/models/sdxl,v2.safetensors", "sdxl,v2"),  # a comma, no space
     ],
 )
-def test_a1111_reads_back_a_model_path_with_separators(model_id):
+def test_a1111_reads_back_a_model_name_with_separators(model_id, shown):
     spec = dataclasses.replace(spec_of(), model="local", model_id=model_id)  # planning would want the file
     parsed = a1111_parse(parameters_text(spec, VERSIONS))
-    assert parsed["Model"] == model_id
+    assert parsed["Model"] == shown
     assert parsed["Seed"] == "0" and parsed["Size"] == "64x64"
 
 

@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from sweeper.errors import DirBusy, StorageError
+from sweeper.errors import DirBusy, StorageError, UnsafePath
 from sweeper.plan import PlanError
 
 
@@ -93,7 +93,7 @@ def main() -> None:
             print_help([arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")])
         else:
             hydra_main()
-    except (PlanError, DirBusy) as error:
+    except (PlanError, DirBusy, UnsafePath) as error:
         fail(str(error))
     except StorageError as error:
         fail(str(error), code=1)

@@ -85,6 +85,7 @@ class SweeperCallback(Callback):
         from sweeper import distributed, run
         from sweeper.app import fail
         from sweeper.hydra_jobs import job_from_config
+        from sweeper.errors import UnsafePath
         from sweeper.plan import PlanError
 
         _name_output_dir(config, "run")
@@ -92,8 +93,8 @@ class SweeperCallback(Callback):
         out_dir = Path(config.hydra.run.dir)
         try:
             prepared = run.prepare([job_from_config(config, 0, config.hydra.overrides.task)], out_dir)
-        except PlanError as error:
-            fail(str(error))  # before Hydra makes the run dir: no files left
+        except (PlanError, UnsafePath) as error:
+            fail(str(error))  # before Hydra makes the run dir (or writes into one): no files left
         if distributed.rank() == 0:
             run.announce(prepared, out_dir)
         if prepared.dry_run:

@@ -11,3 +11,7 @@ class StorageError(RuntimeError):
 
 class DirBusy(RuntimeError):
     """Another sweeper process is writing into the same output dir."""
+
+
+class UnsafePath(RuntimeError):
+    """A path inside a sweep dir that sweeper will not write or read through (a planted link)."""

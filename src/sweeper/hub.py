@@ -6,12 +6,21 @@ hub ids must be in the local Hugging Face cache or the hub must answer.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from sweeper.plan import SINGLE_FILE_SUFFIXES, PlanError
 from sweeper.tiny import TINY_MODELS
 
 OFFLINE_HINT = "download it first (huggingface-cli download), or use model=tiny to try sweeper offline"
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def is_hub_or_tiny(model_id: str) -> bool:
+    """A tiny model's name, or a hub id (org/name) that names nothing on this machine."""
+    if model_id in TINY_MODELS:
+        return True
+    return bool(_HUB_ID.fullmatch(model_id)) and ".." not in model_id and not Path(model_id).expanduser().exists()
 
 
 def check_available(key: str, model_id: str, revision: str | None) -> None:
@@ -26,9 +35,9 @@ def check_available(key: str, model_id: str, revision: str | None) -> None:
     if model_id.startswith(("/", ".", "~")) or model_id.count("/") != 1:
         raise PlanError(f"invalid {key}={model_id!r}: no such directory, and not a hub id of the form org/name")
 
-    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub import constants, model_info
 
-    if isinstance(try_to_load_from_cache(model_id, "model_index.json", revision=revision), str):
+    if in_local_cache(model_id, revision):
         return
     if constants.HF_HUB_OFFLINE:
         raise PlanError(f"{key}={model_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set (offline): {OFFLINE_HINT}")
@@ -40,3 +49,10 @@ def check_available(key: str, model_id: str, revision: str | None) -> None:
             f"{key}={model_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
             f"(offline? {reason[:120]}): {OFFLINE_HINT}"
         ) from None
+
+
+def in_local_cache(model_id: str, revision: str | None) -> bool:
+    """True when the hub model's index is in the local Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(model_id, "model_index.json", revision=revision), str)

@@ -11,19 +11,24 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import os
+import re
+import stat
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from PIL import Image
-
-from sweeper.store import IMAGES_DIR, write_atomic
+from sweeper.errors import UnsafePath
+from sweeper.files import check_not_link, ensure_dir, open_image, write_atomic
+from sweeper.store import IMAGES_DIR
 
 MANIFEST = "manifest.parquet"
+IMAGE_ID_PATTERN = "^[0-9a-f]{20}$"  # plan.py's ids: 20 hex digits of a sha256
 PARTS_DIR = ".manifest-parts"
 
 _PAIR = pa.list_(pa.int64())
@@ -121,19 +126,24 @@ def write_part(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
 
 
 def _part_files(out_dir: Path) -> list[Path]:
+    check_not_link(Path(out_dir) / PARTS_DIR)
     return sorted((Path(out_dir) / PARTS_DIR).glob("part-*.parquet"))
 
 
 def read(out_dir: Path) -> pa.Table:
     """Every image of the dir once, best row per image: the manifest, unmerged parts,
-    and rows rebuilt from PNGs that have none (killed before their part was written)."""
+    and rows rebuilt from PNGs that have none (killed before their part was written).
+
+    A sweep dir may come from someone else: rows whose id or path is not one of
+    the dir's own images (`images/<id>.png`) are skipped with a warning.
+    """
     out_dir = Path(out_dir)
     tables = []
     for path in [out_dir / MANIFEST, *_part_files(out_dir)]:
-        if path.exists():
+        if path.exists() or path.is_symlink():
             table = _read_table(path)
             if table is not None:
-                tables.append(table)
+                tables.append(_own_rows(table, path))
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
     orphans = _rows_from_orphan_pngs(out_dir, set(table.column("image_id").to_pylist()))
     if orphans:
@@ -144,33 +154,63 @@ def read(out_dir: Path) -> pa.Table:
 def _read_table(path: Path) -> pa.Table | None:
     """A manifest or part file in today's schema; None (and a warning) if it is damaged."""
     try:
+        check_not_link(path)
         table = pq.ParquetFile(path).read()
-    except (pa.ArrowException, OSError) as error:
-        print(f"sweeper: warning: skipping damaged manifest file {path}: {error}", file=sys.stderr, flush=True)
+        missing = [name for name in SCHEMA.names if name not in table.column_names]
+        for name in missing:  # written by an older sweeper
+            table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
+        return table.select(SCHEMA.names).cast(SCHEMA)
+    except (pa.ArrowException, OSError, UnsafePath) as error:
+        _warn(f"skipping damaged manifest file {path}: {error}")
         return None
-    missing = [name for name in SCHEMA.names if name not in table.column_names]
-    for name in missing:  # written by an older sweeper
-        table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
-    return table.select(SCHEMA.names).cast(SCHEMA)
+
+
+def _own_rows(table: pa.Table, source: Path) -> pa.Table:
+    """The rows whose image_id is an id and whose path is `images/<image_id>.png`."""
+    ids = table.column("image_id")
+    own = pc.and_(
+        pc.fill_null(pc.match_substring_regex(ids, IMAGE_ID_PATTERN), False),
+        pc.fill_null(pc.equal(table.column("path"), pc.binary_join_element_wise(f"{IMAGES_DIR}/", ids, ".png", "")), False),
+    )
+    kept = table.filter(own)
+    if kept.num_rows < table.num_rows:
+        _warn(f"skipping {table.num_rows - kept.num_rows} row(s) of {source} whose image_id or path is not an image of this sweep dir")
+    return kept
+
+
+def _warn(message: str) -> None:
+    print(f"sweeper: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _rows_from_orphan_pngs(out_dir: Path, known: set[str]) -> list[dict[str, Any]]:
     images = out_dir / IMAGES_DIR
-    if not images.is_dir():
+    if not images.is_dir() or images.is_symlink():
         return []
     rows = []
     for png in images.glob("*.png"):
         if png.stem in known:
             continue
         try:
-            with Image.open(png) as image:
-                row = json.loads(image.text["sweeper"])["row"]
-        except (OSError, KeyError, ValueError):
-            continue  # not one of ours, or from before rows were embedded: it renders again
-        for name in ("started_at", "finished_at"):
-            row[name] = dt.datetime.fromisoformat(row[name]) if row.get(name) else None
-        rows.append({name: row.get(name) for name in SCHEMA.names})
+            rows.append(_embedded_row(png, out_dir))
+        except (ValueError, KeyError, TypeError, AttributeError, pa.ArrowException) as error:
+            # not one of ours, or from before rows were embedded: it renders again
+            _warn(f"skipping {png}: no valid manifest row in it ({type(error).__name__}: {str(error)[:200]})")
     return rows
+
+
+def _embedded_row(png: Path, out_dir: Path) -> dict[str, Any]:
+    """The manifest row a PNG carries, checked like any row (it may have been planted)."""
+    if not re.fullmatch(IMAGE_ID_PATTERN, png.stem):
+        raise ValueError("its name is not an image id")
+    with open_image(png, out_dir) as image:
+        row = json.loads(image.info["sweeper"])["row"]  # a text chunk before the pixels: nothing decoded
+    if row.get("image_id") != png.stem or row.get("path") != f"{IMAGES_DIR}/{png.name}":
+        raise ValueError("its row names another image")
+    for name in ("started_at", "finished_at"):
+        row[name] = dt.datetime.fromisoformat(row[name]) if row.get(name) else None
+    row = {name: row.get(name) for name in SCHEMA.names}
+    pa.Table.from_pylist([row], schema=SCHEMA)  # raises if a value does not fit its column
+    return row
 
 
 def _best_row_per_image(table: pa.Table) -> pa.Table:
@@ -201,7 +241,7 @@ def merge(out_dir: Path) -> Path | None:
     write_atomic(out_dir / MANIFEST, buffer.getvalue())
     for part in parts:
         if _read_table(part) is None:
-            (part.parent / "damaged").mkdir(exist_ok=True)
+            ensure_dir(part.parent / "damaged")
             part.rename(part.parent / "damaged" / part.name)
         else:
             part.unlink(missing_ok=True)
@@ -214,14 +254,23 @@ def merge(out_dir: Path) -> Path | None:
 
 
 def done_ids(out_dir: Path) -> set[str]:
-    """Images already rendered: an `ok` row and the file on disk."""
+    """Images already rendered: an `ok` row and its file on disk (a regular file, not a link)."""
     table = read(out_dir)
-    out_dir = Path(out_dir)
+    images = Path(out_dir) / IMAGES_DIR
+    if not images.is_dir() or images.is_symlink():
+        return set()
     return {
         image_id
-        for image_id, status, path in zip(*(table.column(name).to_pylist() for name in ("image_id", "status", "path")))
-        if status == "ok" and (out_dir / path).is_file()
+        for image_id, status in zip(*(table.column(name).to_pylist() for name in ("image_id", "status")))
+        if status == "ok" and _is_file(images / f"{image_id}.png")
     }
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def failed(out_dir: Path) -> list[tuple[str, str]]:

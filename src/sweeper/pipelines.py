@@ -13,6 +13,7 @@ a `.safetensors`/`.ckpt` file loads with `from_single_file`.
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 from typing import Any
 
@@ -30,6 +31,7 @@ diffusers_logging.set_verbosity_error()
 transformers_logging.disable_progress_bar()
 transformers_logging.set_verbosity_error()
 
+TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 _PIPELINES: dict[tuple, Any] = {}
 _ORIGINAL_SCHEDULER_CONFIG: dict[int, Any] = {}
 BASE_CLASSES = {"sdxl": diffusers.StableDiffusionXLPipeline, "sd15": diffusers.StableDiffusionPipeline}
@@ -63,7 +65,7 @@ def base_pipeline(spec: ImageSpec, device: str):
     key = (spec.model_id, spec.model_revision, spec.dtype, device, _options(spec))
     if key not in _PIPELINES:
         pipeline_class = BASE_CLASSES[spec.family]
-        extra: dict[str, Any] = {"dtype": getattr(torch, spec.dtype)}
+        extra: dict[str, Any] = {"dtype": TORCH_DTYPES[spec.dtype]}
         if spec.family == "sdxl":
             extra["add_watermarker"] = spec.watermark
         elif not spec.safety_checker:
@@ -104,7 +106,7 @@ def refiner_pipeline(spec: ImageSpec, base, device: str):
     if key not in _PIPELINES:
         pipe = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
             **source(spec.refiner_id, spec.refiner_revision),
-            dtype=getattr(torch, spec.dtype),
+            dtype=TORCH_DTYPES[spec.dtype],
             text_encoder_2=base.text_encoder_2,
             vae=base.vae,
             add_watermarker=spec.watermark,
@@ -151,9 +153,8 @@ def _offload(pipe, spec: ImageSpec, device: str) -> None:
 
 def set_scheduler(pipe, spec: ImageSpec, noise_seeds: list[int]) -> None:
     """Give `pipe` a fresh scheduler of the spec's class, built from the model's own config."""
-    scheduler_class = getattr(diffusers, spec.scheduler_class)
     kwargs = json.loads(spec.scheduler_kwargs)
-    scheduler = scheduler_class.from_config(_ORIGINAL_SCHEDULER_CONFIG[id(pipe)], **kwargs)
+    scheduler = scheduler_class(spec.scheduler_class, kwargs).from_config(_ORIGINAL_SCHEDULER_CONFIG[id(pipe)], **kwargs)
     if hasattr(scheduler, "noise_sampler_seed"):
         # SDE schedulers draw Brownian noise from their own seed: one per image
         # keeps it independent of the batch, like the per-image generators.
@@ -162,13 +163,28 @@ def set_scheduler(pipe, spec: ImageSpec, noise_seeds: list[int]) -> None:
 
 
 def check_scheduler_classes(specs: list[ImageSpec]) -> None:
-    """Refuse a scheduler config naming no diffusers scheduler, before any model loads."""
+    """Refuse a scheduler config naming no diffusers scheduler, or kwargs its config lacks, before any model loads."""
+    for class_name, kwargs in sorted({(spec.scheduler_class, spec.scheduler_kwargs) for spec in specs}):
+        scheduler_class(class_name, json.loads(kwargs))
+
+
+def scheduler_class(class_name: str, kwargs: dict[str, Any]) -> type:
+    """diffusers' scheduler class of that name, if `kwargs` are values of its config; PlanError otherwise.
+
+    Only diffusers' own scheduler classes: a name that reached `from_config` of
+    anything else (an Auto* loader) could load and run code named in a config.
+    """
     from sweeper.plan import PlanError
 
-    for class_name in sorted({spec.scheduler_class for spec in specs}):
-        scheduler_class = getattr(diffusers, class_name, None)
-        if not (isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)):
-            raise PlanError(f"invalid scheduler.class_name={class_name!r}: not a diffusers scheduler class")
+    found = getattr(diffusers, class_name, None) if class_name.isidentifier() else None
+    is_scheduler = isinstance(found, type) and issubclass(found, diffusers.SchedulerMixin) and found is not diffusers.SchedulerMixin
+    if not (is_scheduler and found.__module__.startswith("diffusers.schedulers.")):
+        raise PlanError(f"invalid scheduler.class_name={class_name!r}: not a diffusers scheduler class")
+    allowed = [name for name in inspect.signature(found.__init__).parameters if name not in ("self", "args", "kwargs")]
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise PlanError(f"invalid scheduler.kwargs: {unknown[0]!r} is not a config value of {class_name}; allowed: {', '.join(allowed)}")
+    return found
 
 
 def release_memory(device: str) -> None:

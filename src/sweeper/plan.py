@@ -16,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from sweeper.prompts import prompt_rows
+from sweeper.files import MAX_IMAGE_BYTES, read_image_file
+from sweeper.prompts import MAX_PROMPT_CHARS, prompt_rows
 from sweeper.tiny import RECIPE_VERSION, TINY_MODELS
 
 FAMILIES = ("sdxl", "sd15")
@@ -38,6 +40,8 @@ SIZE_KEYS = ("original_size", "target_size", "negative_original_size", "negative
 CROP_KEYS = ("crops_coords_top_left", "negative_crops_coords_top_left")
 SDXL_ONLY_KEYS = ("prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS)
 DEFAULT_MAX_IMAGES = 100_000
+DEFAULT_MAX_SIZE = 4096  # pixels per side: beyond the largest real use of SD models
+DEFAULT_MAX_STEPS = 1000  # the models' own training schedule has 1000 timesteps
 SEED_LIMIT = 2**63  # int64 in the manifest (torch itself takes up to 2**64 - 1)
 RANDOM_SEED_LIMIT = 2**32  # what a seed of -1 draws from, as other SD tools do
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
@@ -257,7 +261,7 @@ def _check_one_execution(specs: Iterable[ImageSpec]) -> None:
 
 
 def _max_images(c: Mapping[str, Any]) -> int:
-    return _int(c, "max_images", minimum=1) if c.get("max_images") is not None else DEFAULT_MAX_IMAGES
+    return _limit(c, "max_images", DEFAULT_MAX_IMAGES)
 
 
 def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: int | None = None) -> list[ImageSpec]:
@@ -275,7 +279,8 @@ def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: in
             template = _template(rc, job, prompt_file, auto_device)
             # Every job draws the same random seeds for -1 (by position), so a `guidance=3,5,7
             # seed=-1` sweep compares guidance on one seed, as A1111's X/Y plot does.
-            makers[key] = (_SpecMaker(template), _seeds(rc, str(seed_nonce)), _init_images(rc, template.mode))
+            roots = _csv_paths(c, rc, row.params, prompt_file)
+            makers[key] = (_SpecMaker(template), _seeds(rc, str(seed_nonce)), _init_images(rc, template.mode, roots))
         maker, seeds, inits = makers[key]
         if budget is not None and len(specs) + len(inits) * len(seeds) > budget:
             limit = _max_images(c)
@@ -305,7 +310,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     mode = _choice(c, "mode", MODES)
     if mode != "txt2img" and refiner["id"] is not None:
         raise PlanError(f"invalid refiner={refiner['name']}: works with mode=txt2img only; use refiner=none with mode={mode}")
-    steps = _int(c, "steps", minimum=1)
+    steps = _steps(c)
     strength = None if mode == "txt2img" else _strength(c, steps)
     attention = _choice(c, "attention", ATTENTION, default="sdpa")
     fuse_qkv = _flag(c, "fuse_qkv")
@@ -363,6 +368,62 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     )
 
 
+def recorded_specs(spec: ImageSpec, call: Sequence[Mapping[str, Any]], auto_device: str = "cpu") -> list[ImageSpec]:
+    """The specs of a recorded pipeline call (a PNG's), through the checks a sweep's config gets.
+
+    A PNG may come from anyone, so what it says is data: its settings are
+    planned again as a config would be (any value planning would not produce
+    is refused), and each image of the call (`call`: prompts, seed, init
+    image paths and hashes) is checked field by field. `spec.init_image`
+    and `mask_image` must already name local files, which are hashed again.
+    Raises PlanError (one line).
+    """
+    c = config_of(spec)
+    template = _template(c, Job(spec.job_num, c), spec.prompt_file, auto_device)
+    for name in (*_SHARED_ID_FIELDS, *EXECUTION_FIELDS):
+        if getattr(template, name) != getattr(spec, name):
+            raise _fail(name, getattr(spec, name), f"not what planning makes of the recorded settings ({_show(getattr(template, name))})")
+    specs = []
+    for fields in call:
+        row = {name: fields.get(name) for name in ("prompt", *PER_PROMPT_KEYS)}
+        if not isinstance(row["prompt"], str) or not all(v is None or isinstance(v, str) for v in row.values()):
+            raise _fail("prompt", row["prompt"], "recorded prompts must be strings")
+        if max(len(v or "") for v in row.values()) > MAX_PROMPT_CHARS:
+            raise _fail("prompt", row["prompt"][:80], f"a recorded prompt is over {MAX_PROMPT_CHARS} characters")
+        seed = fields.get("seed")
+        if not _is_int(seed) or not 0 <= seed < SEED_LIMIT:
+            raise _fail("seed", seed, f"must be an integer 0 .. {SEED_LIMIT - 1}")
+        images = _init_images({**c, "init_image": fields.get("init_image"), "mask_image": fields.get("mask_image")}, template.mode)[0]
+        for name in ("init_image_sha", "mask_image_sha"):
+            if images[name] != fields.get(name):
+                raise _fail(name[:-4], images[name[:-4]], f"its content is not the recorded image's ({images[name]} != {_show(fields.get(name))})")
+        template_text = fields.get("prompt_template")
+        specs.append(replace(template, **row, **images, seed=seed, prompt_template=template_text if isinstance(template_text, str) else None))
+    return specs
+
+
+def config_of(spec: ImageSpec) -> dict[str, Any]:
+    """The job config that plans `spec`'s shared settings (the inverse of `_template`)."""
+    refiner = {"name": "none"}
+    if spec.refiner_id is not None:
+        refiner = {"name": spec.refiner, "id": spec.refiner_id, "revision": spec.refiner_revision, "split": spec.refiner_split, "mode": spec.refiner_mode}
+    try:
+        kwargs = json.loads(spec.scheduler_kwargs)
+    except (TypeError, ValueError):
+        raise _fail("scheduler_kwargs", spec.scheduler_kwargs, "must be a JSON object of scheduler config values") from None
+    copied = ("guidance", "steps", "width", "height", *SIZE_KEYS, *CROP_KEYS, "mode", "strength", "watermark", "safety_checker",
+              "dtype", "device", "attention", "channels_last", "fuse_qkv", "offload", "vae_slicing", "vae_tiling")
+    return {
+        "model": {"name": spec.model, "id": spec.model_id, "revision": spec.model_revision, "family": spec.family, "config": spec.model_config},
+        "refiner": refiner,
+        "scheduler": {"name": spec.scheduler, "class_name": spec.scheduler_class, "kwargs": kwargs, "label": spec.scheduler_label},
+        **{name: getattr(spec, name) for name in copied},
+        "batch_size": "auto" if spec.batch_size is None else spec.batch_size,
+        "compile": False if spec.compile is None else spec.compile,
+        "vae_upcast": "auto" if spec.vae_upcast is None else spec.vae_upcast,
+    }
+
+
 def _show(value: Any) -> str:
     if isinstance(value, str):
         return repr(value)
@@ -392,7 +453,22 @@ def _size(c: Mapping[str, Any], key: str) -> int:
     value = c.get(key)
     if not _is_int(value) or value <= 0 or value % 8:
         raise _fail(key, value, "must be a positive multiple of 8")
+    limit = _limit(c, "max_size", DEFAULT_MAX_SIZE)
+    if value > limit:
+        raise _fail(key, value, f"over max_size={limit} (a bound against typos and crafted CSV rows; raise max_size to render it)")
     return value
+
+
+def _steps(c: Mapping[str, Any]) -> int:
+    value = _int(c, "steps", minimum=1)
+    limit = _limit(c, "max_steps", DEFAULT_MAX_STEPS)
+    if value > limit:
+        raise _fail("steps", value, f"over max_steps={limit} (a bound against typos and crafted CSV rows; raise max_steps to render it)")
+    return value
+
+
+def _limit(c: Mapping[str, Any], key: str, default: int) -> int:
+    return default if c.get(key) is None else _int(c, key, minimum=1)
 
 
 def _guidance(c: Mapping[str, Any]) -> float:
@@ -485,7 +561,41 @@ def _offload(c: Mapping[str, Any], device: str) -> str:
     return value
 
 
-def _init_images(c: Mapping[str, Any], mode: str) -> list[dict[str, str | None]]:
+PROMPT_FILE_PATHS = ("inside", "anywhere")
+
+
+def _csv_paths(c: Mapping[str, Any], rc: dict[str, Any], params: Mapping[str, Any], prompt_file: str | None) -> dict[str, Path]:
+    """Image paths a CSV row gives, resolved against the CSV's folder (in `rc`).
+
+    A CSV is data that may come from someone else: with prompt_file_paths=inside
+    (the default) its paths must stay inside its folder; the returned roots tell
+    `_image_files` to hold a folder's files to that too.
+    """
+    where = _choice(c, "prompt_file_paths", PROMPT_FILE_PATHS, default="inside")
+    roots = {}
+    for key in ("init_image", "mask_image"):
+        if key not in params:
+            continue
+        folder = Path(str(prompt_file)).expanduser().absolute().parent
+        if where == "anywhere":
+            rc[key] = os.path.normpath(folder / Path(str(params[key])).expanduser())
+            continue
+        resolved = (folder / str(params[key])).resolve()
+        if not _inside(resolved, folder):
+            raise _fail(
+                key, params[key], f"in prompt_file={_show(prompt_file)} it leads outside the CSV's folder {folder}; "
+                "set prompt_file_paths=anywhere if you trust the file",
+            )
+        rc[key], roots[key] = str(resolved), folder.resolve()
+    return roots
+
+
+def _inside(path: Path, root: Path) -> bool:
+    root = root.resolve()
+    return path == root or root in path.resolve().parents
+
+
+def _init_images(c: Mapping[str, Any], mode: str, roots: Mapping[str, Path] = {}) -> list[dict[str, str | None]]:
     """Per image: the init image and mask (paths and content hashes); one all-None entry for txt2img."""
     init, mask = c.get("init_image"), c.get("mask_image")
     if mode == "txt2img":
@@ -499,8 +609,8 @@ def _init_images(c: Mapping[str, Any], mode: str) -> list[dict[str, str | None]]
         raise _fail("mask_image", mask, "only for mode=inpaint")
     if mode == "inpaint" and mask is None:
         raise _fail("mask_image", mask, "mode=inpaint needs a mask: an image file, or a folder of masks named like the init images")
-    inits = _image_files("init_image", init)
-    masks = {} if mask is None else {path.stem: path for path in _image_files("mask_image", mask)}
+    inits = _image_files("init_image", init, roots.get("init_image"))
+    masks = {} if mask is None else {path.stem: path for path in _image_files("mask_image", mask, roots.get("mask_image"))}
     images = []
     for path in inits:
         if mask is None:
@@ -512,33 +622,52 @@ def _init_images(c: Mapping[str, Any], mode: str) -> list[dict[str, str | None]]
         else:
             raise _fail("mask_image", mask, f"no mask named {path.stem}.* for the init image {path}")
         images.append(dict(
-            init_image=str(path), init_image_sha=file_sha(path),
+            init_image=str(path), init_image_sha=_sha("init_image", path),
             mask_image=None if mask_path is None else str(mask_path),
-            mask_image_sha=None if mask_path is None else file_sha(mask_path),
+            mask_image_sha=None if mask_path is None else _sha("mask_image", mask_path),
         ))
     return images
 
 
-def _image_files(key: str, value: Any) -> list[Path]:
-    """An image file, or every image of a folder (sorted by name): absolute paths."""
+def _image_files(key: str, value: Any, root: Path | None = None) -> list[Path]:
+    """An image file, or every image of a folder (sorted by name): absolute paths.
+
+    With a `root` (paths from a CSV), a folder's files must resolve inside it too.
+    """
     if not isinstance(value, str) or not value:
         raise _fail(key, value, "must be the path of an image file or of a folder of images")
     path = Path(value).expanduser().absolute()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if root is not None:
+            files = [p for p in files if _inside(p, root)]
         if not files:
             raise _fail(key, value, f"the folder holds no image ({', '.join(IMAGE_SUFFIXES)})")
         return files
     if not path.is_file():
-        raise _fail(key, value, "no such file or folder")
+        raise _fail(key, value, "no such file or folder" if not path.exists() else "not a regular file")
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise _fail(key, value, f"not an image file ({', '.join(IMAGE_SUFFIXES)})")
+    size = path.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise _fail(key, value, f"{size} bytes, over the limit of {MAX_IMAGE_BYTES} for an image")
     return [path]
+
+
+def _sha(key: str, path: Path) -> str:
+    try:
+        return file_sha(path)
+    except ValueError as error:
+        raise _fail(key, str(path), str(error)) from None
 
 
 def file_sha(path: Path) -> str:
     """The content hash that stands for an init image or mask in the image id."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+    return content_sha(read_image_file(path))
+
+
+def content_sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:20]
 
 
 def _batch_size(c: Mapping[str, Any]) -> int | None:

@@ -28,12 +28,15 @@ and what is allowed (imported lazily: plan.py imports this module).
 from __future__ import annotations
 
 import csv
+import ctypes
 import hashlib
 import io
 import json
 import math
 import os
 import re
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -284,6 +287,82 @@ def _is_template(prompt: str) -> bool:
 _EXPANSIONS: dict[tuple[str, str | None, tuple], tuple[str, ...]] = {}
 
 
+# Bounds on expanding one template: a few hundred characters of variables that
+# double each other ask for more prompts, time and memory than any machine has.
+MAX_PROMPT_CHARS = 20_000  # one prompt or template (CLIP reads 77 tokens of it)
+MAX_EXPANSION_CHARS = 50_000_000  # all the prompts of one template
+EXPANSION_SECONDS = 1.0  # to parse and make the first prompt ...
+SECONDS_PER_PROMPT = 0.002  # ... and then per prompt made (a real template needs ~40 us)
+
+
+class _OverBudget(BaseException):  # not Exception: a library's `except Exception` must not swallow it
+    pass
+
+
+class _Budget:
+    """Stops a template's expansion that takes too long or makes too much text.
+
+    A watchdog thread raises `_OverBudget` in the expanding thread once the
+    time is up (CPython's PyThreadState_SetAsyncExc, checked between bytecodes),
+    so a generator that never yields is stopped as surely as a slow one, at no
+    cost to a template that expands in time.
+    """
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.count = 0
+        self.chars = 0
+        self.reason = ""
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._active = False
+
+    def __enter__(self) -> _Budget:
+        self._target = threading.get_ident()
+        self._active = True
+        self._done.clear()
+        self._watchdog = threading.Thread(target=self._watch, name="sweeper-template-budget", daemon=True)
+        self._watchdog.start()
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        with self._lock:
+            self._active = False
+        self._done.set()
+        self._watchdog.join()
+        if self.reason == "time" and exc_type is None:  # fired as the expansion ended: take it back
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._target), None)
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.05):
+            if time.perf_counter() > self.start + EXPANSION_SECONDS + SECONDS_PER_PROMPT * self.count:
+                with self._lock:
+                    if self._active:
+                        self.reason = "time"
+                        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._target), ctypes.py_object(_OverBudget))
+                return
+
+    def produced(self, prompt: str) -> None:
+        self.count += 1
+        self.chars += len(prompt)
+        if len(prompt) > MAX_PROMPT_CHARS:
+            self.reason = "prompt"
+            raise _OverBudget()
+        if self.chars > MAX_EXPANSION_CHARS:
+            self.reason = "chars"
+            raise _OverBudget()
+
+    def why(self) -> str:
+        if self.reason == "prompt":
+            return f"the template makes a prompt of more than {MAX_PROMPT_CHARS} characters (variables or wildcards that multiply); narrow it"
+        if self.reason == "chars":
+            return f"the template makes more than {MAX_EXPANSION_CHARS} characters of prompts; narrow it"
+        return (
+            f"the template takes too long to expand ({self.count} prompts in {time.perf_counter() - self.start:.1f} s): "
+            "variables or wildcards that include each other multiply; narrow it"
+        )
+
+
 class _MissingWildcard(LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(name)
@@ -313,24 +392,28 @@ class _Expander:
             if not self.dir.is_dir():
                 raise _fail("wildcards", wildcards, "no such directory (a folder of wildcard files: name.txt, one value per line)")
         self.shown = None if wildcards is None else str(wildcards)
+        self._files: list[tuple[str, Path, int, int]] | None = None
         self._fingerprint: tuple | None = None
         self._manager = None
 
     def fingerprint(self) -> tuple:
         """The wildcard files' names, sizes and times: an edited file is read again."""
         if self._fingerprint is None:
-            files = []
-            if self.dir is not None:
-                for root, dirs, names in os.walk(self.dir, followlinks=True):
-                    dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                    for name in sorted(names):
-                        try:
-                            st = os.stat(os.path.join(root, name))
-                        except OSError:
-                            continue
-                        files.append((os.path.relpath(os.path.join(root, name), self.dir), st.st_size, st.st_mtime_ns))
-            self._fingerprint = tuple(files)
+            self._fingerprint = tuple((name, size, mtime) for name, _, size, mtime in self.files())
         return self._fingerprint
+
+    def files(self) -> list[tuple[str, Path, int, int]]:
+        """(name, path, size, mtime) of the folder's wildcard files, found without leaving it.
+
+        A received folder is data: a link that leads outside it, or back into a
+        folder already walked (`a -> .`), is refused, and so are too many or too large files.
+        """
+        if self._files is None:
+            self._files = [] if self.dir is None else _wildcard_files(self.dir, self._fail_dir)
+        return self._files
+
+    def _fail_dir(self, why: str) -> Exception:
+        return _fail("wildcards", self.shown, why)
 
     def expand(self, template: str, cap: int, limit: int, fail: Callable[[str], Exception]) -> list[str]:
         """The template's prompts, at most `cap` of them, in the generator's order (duplicates dropped)."""
@@ -364,10 +447,16 @@ class _Expander:
         from dynamicprompts.sampling_context import SamplingContext
         from pyparsing import ParseBaseException
 
+        if len(template) > MAX_PROMPT_CHARS:
+            raise fail(f"the template is {len(template)} characters long, over the limit of {MAX_PROMPT_CHARS}")
+        budget = _Budget()
         try:
-            command = parse(template)
+            with budget:
+                command = parse(template)
         except ParseBaseException as exc:
             raise fail(f"syntax error in the template: {_one_line(exc.msg)} at char {exc.loc}") from None
+        except _OverBudget:
+            raise fail(budget.why()) from None
         # In a sequence a random or cyclical part ({~a|b}, __~name__) gives one value per
         # combination; at the top it would go on for ever.
         command = SequenceCommand(tokens=[command])
@@ -383,14 +472,19 @@ class _Expander:
             # (as a few do) still stops, at `guard` results.
             guard = 4 * count + 1000
             produced = 0
-            for result in islice(context.sample_prompts(command), guard):
-                produced += 1
-                prompts[str(result).strip()] = None
-                if len(prompts) >= count:
-                    break
-            else:
-                if produced == guard:
-                    raise fail(f"the template gives the same {len(prompts)} prompts over and over")
+            with budget:
+                for result in islice(context.sample_prompts(command), guard):
+                    produced += 1
+                    prompt = str(result).strip()
+                    budget.produced(prompt)
+                    prompts[prompt] = None
+                    if len(prompts) >= count:
+                        break
+                else:
+                    if produced == guard:
+                        raise fail(f"the template gives the same {len(prompts)} prompts over and over")
+        except _OverBudget:
+            raise fail(budget.why()) from None
         except _MissingWildcard as exc:
             raise fail(self._missing(exc.name)) from None
         except _WildcardLoop as exc:
@@ -411,8 +505,75 @@ class _Expander:
 
     def manager(self):
         if self._manager is None:
-            self._manager = _manager_class()(self.dir)
+            self._manager = _manager_class()(_read_wildcards(self.files(), self._fail_dir))
         return self._manager
+
+
+WILDCARD_FILES = 10_000  # files in a wildcards folder
+WILDCARD_FILE_BYTES = 16 * 2**20  # one wildcard file
+WILDCARD_SUFFIXES = (".txt", ".yaml", ".json")  # what dynamicprompts reads
+
+
+def _wildcard_files(root: Path, fail: Callable[[str], Exception]) -> list[tuple[str, Path, int, int]]:
+    real_root = root.resolve()
+    walked = {real_root}
+    found: list[tuple[str, Path, int, int]] = []
+    stack = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as error:
+            raise fail(f"cannot read {folder}: {error.strerror}") from None
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            name, path = prefix + entry.name, Path(entry.path)
+            real = path.resolve()
+            if real != real_root and real_root not in real.parents:
+                raise fail(f"{name} leads outside the folder (to {real}); wildcard files must lie inside it")
+            if real.is_dir():
+                if real in walked:
+                    raise fail(f"{name} leads back to a folder already read (to {real}): a link loop")
+                walked.add(real)
+                stack.append((path, name + "/"))
+            elif real.suffix in WILDCARD_SUFFIXES and real.is_file():
+                info = real.stat()
+                if info.st_size > WILDCARD_FILE_BYTES:
+                    raise fail(f"{name} is {info.st_size} bytes, over the limit of {WILDCARD_FILE_BYTES} for a wildcard file")
+                found.append((name, real, info.st_size, info.st_mtime_ns))
+                if len(found) > WILDCARD_FILES:
+                    raise fail(f"more than {WILDCARD_FILES} wildcard files")
+    return found
+
+
+def _read_wildcards(files: list[tuple[str, Path, int, int]], fail: Callable[[str], Exception]) -> dict[str, Any]:
+    """{wildcard name: values} as dynamicprompts would read the files, with bounds (files.py)."""
+    from dynamicprompts.wildcards.collection.list import ListWildcardCollection
+    from dynamicprompts.wildcards.collection.structured import _parse_structured_file_dict
+
+    from sweeper.files import load_yaml, read_text_file
+
+    wildcards: dict[str, Any] = {}
+    for name, path, _, _ in files:
+        stem, suffix = name.rsplit(".", 1)
+        try:
+            text = read_text_file(path, WILDCARD_FILE_BYTES)
+            if suffix == "txt":
+                lines = (line.strip() for line in text.splitlines())
+                wildcards[stem] = [line for line in lines if line and not line.startswith("#")]
+                continue
+            data = load_yaml(text) if suffix == "yaml" else json.loads(text)
+        except (ValueError, RecursionError) as error:
+            raise fail(f"{name}: {_one_line(error)}") from None
+        prefix = stem.rpartition("/")[0]
+        prefix = prefix + "/" if prefix else ""
+        if isinstance(data, dict):
+            for key, collection in _parse_structured_file_dict(data, file_path=path):
+                wildcards[prefix + key] = collection
+        elif isinstance(data, list) and any(isinstance(entry, str) for entry in data):
+            wildcards[stem] = ListWildcardCollection([entry for entry in data if isinstance(entry, str)])
+    return wildcards
 
 
 _MANAGER_CLASS = None
@@ -429,8 +590,8 @@ def _manager_class():
     from dynamicprompts.wildcards.utils import clean_wildcard
 
     class Manager(WildcardManager):
-        def __init__(self, path: Path | None) -> None:
-            super().__init__(path)
+        def __init__(self, wildcards: dict[str, Any]) -> None:
+            super().__init__(root_map={"": [wildcards]})
             self.sort_wildcards = False  # a file's values in file order, not sorted
             self.dedup_wildcards = True
 

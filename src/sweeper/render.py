@@ -11,6 +11,7 @@ each PNG records its whole call and replay.py repeats it.
 
 from __future__ import annotations
 
+import io
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,8 @@ import torch
 from PIL import Image, ImageOps
 
 from sweeper import pipelines
-from sweeper.plan import CROP_KEYS, SIZE_KEYS, ImageSpec
+from sweeper.files import read_image_file
+from sweeper.plan import CROP_KEYS, SIZE_KEYS, ImageSpec, content_sha
 from sweeper.schedule import Batch
 
 # Prompt embeddings kept per process: SDXL's take ~0.6 MB per prompt in float16.
@@ -119,11 +121,10 @@ def _encoded(pipe, spec: ImageSpec, cfg: bool, device: str) -> tuple:
 
 def _image(path: str, sha: str, size: dict[str, int], mode: str) -> Image.Image:
     """An init image or mask as planned, resized to the output size."""
-    from sweeper.plan import file_sha
-
-    if file_sha(Path(path)) != sha:
+    data = read_image_file(Path(path))
+    if content_sha(data) != sha:
         raise RuntimeError(f"{path} changed since the sweep was planned; run the command again to plan it anew")
-    with Image.open(path) as image:
+    with Image.open(io.BytesIO(data)) as image:
         image = ImageOps.exif_transpose(image).convert(mode)  # upright, as diffusers' load_image does
     if image.size != (size["width"], size["height"]):
         image = image.resize((size["width"], size["height"]), Image.LANCZOS)

@@ -1,12 +1,20 @@
 """Replay: render an image again from the metadata in its own PNG.
 
     python -m sweeper.replay outputs/sweeps/<name>/images/<id>.png [-o again.png]
+    python -m sweeper.replay IMAGE.png --init-image photos/      # img2img/inpaint: where its init images are
+    python -m sweeper.replay IMAGE.png --model /models/mine.safetensors   # made with a local model
 
 The PNG's `sweeper` chunk holds the full spec and its pipeline call: the
 other images rendered with it (batched float math is not batch-invariant)
 and the CPU thread count. Replay repeats that call and compares: on the same
 device with the same versions the pixels are bit-identical. Exit code 0 when
-they are, 1 when they differ, 2 when the file is not a sweeper PNG.
+they are, 1 when they differ, 2 when the file is not a sweeper PNG or what
+it says would not pass as a sweep's config.
+
+A PNG may come from anyone: what it says is checked as a sweep's config is
+(plan.recorded_specs), schedulers must be diffusers' own, and nothing is
+downloaded unless you add --download. A PNG names local files (models, init
+images) by their base names only; you say where they are.
 """
 
 from __future__ import annotations
@@ -14,19 +22,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from sweeper.plan import ImageSpec
+from sweeper.plan import ImageSpec, PlanError, recorded_specs
+from sweeper.tiny import TINY_MODELS
+
+_CALL_LIMIT = 64  # images in one recorded pipeline call (sweeper's batches are at most 16 by default)
 
 
 @dataclasses.dataclass
 class Recorded:
     spec: ImageSpec
-    batch: list[ImageSpec]  # the pipeline call, this image at `index`
+    call: list[dict[str, Any]]  # the pipeline call's per-image fields, this image at `index`
     index: int
     threads: int | None
     versions: dict[str, str]
@@ -34,21 +46,81 @@ class Recorded:
 
 
 def read(path: Path) -> Recorded:
-    """What the PNG says about how it was made. Raises ValueError if it is not a sweeper PNG."""
+    """What the PNG says about how it was made. Raises ValueError (one line) if it is not a sweeper PNG."""
+    from sweeper.files import open_image
+
     try:
-        with Image.open(path) as image:
-            chunk = json.loads(image.text["sweeper"])
+        with open_image(path) as image:
+            chunk = json.loads(image.info["sweeper"])
             pixels = np.asarray(image.convert("RGB"))
-    except (OSError, KeyError, ValueError, AttributeError) as error:
-        raise ValueError(f"{path}: not a PNG written by sweeper ({type(error).__name__}: {error})") from None
-    spec = ImageSpec.from_json(json.dumps(chunk["spec"]))
-    call = chunk.get("call") or {"batch": [{}]}
-    batch = [dataclasses.replace(spec, **fields) for fields in call["batch"]]
-    index = chunk["row"]["batch_index"] if "call" in chunk else 0
-    return Recorded(spec, batch, index, call.get("threads"), chunk.get("versions", {}), pixels)
+        spec = ImageSpec.from_json(json.dumps(chunk["spec"]))
+        call = chunk.get("call") or {"batch": [{}]}
+        batch = [{**_per_image(spec), **fields} for fields in call["batch"]]
+        index = chunk["row"]["batch_index"] if "call" in chunk else 0
+        threads = call.get("threads")
+        if not 0 <= index < len(batch) <= _CALL_LIMIT or not (threads is None or isinstance(threads, int) and 0 < threads <= 4096):
+            raise ValueError(f"a call of {len(batch)} images at {index}, {threads} threads")
+        versions = {str(k): str(v) for k, v in dict(chunk.get("versions") or {}).items()}
+    except (OSError, KeyError, ValueError, TypeError, AttributeError) as error:
+        raise ValueError(f"{path}: not a PNG written by sweeper ({type(error).__name__}: {' '.join(str(error).split())[:200]})") from None
+    return Recorded(spec, batch, index, threads, versions, pixels)
 
 
-def replay(recorded: Recorded) -> np.ndarray:
+def _per_image(spec: ImageSpec) -> dict[str, Any]:
+    from sweeper.store import CALL_FIELDS
+
+    return {name: getattr(spec, name) for name in CALL_FIELDS}
+
+
+def checked(recorded: Recorded, args: argparse.Namespace) -> list[ImageSpec]:
+    """The recorded call as specs that passed a sweep's checks, local files found where `args` say.
+
+    Raises PlanError (one line).
+    """
+    from sweeper import devices, hub
+
+    spec = recorded.spec
+    local = {"model_id": args.model, "model_config": args.model_config, "refiner_id": args.refiner}
+    for name, given in local.items():
+        value = getattr(spec, name)
+        if given is not None:
+            revision = {"model_id": "model_revision", "refiner_id": "refiner_revision"}.get(name)
+            spec = dataclasses.replace(spec, **{name: str(given)}, **({revision: None} if revision else {}))
+        elif value is not None and not hub.is_hub_or_tiny(value):
+            flag = "--" + name.removesuffix("_id").replace("_", "-")
+            raise PlanError(f"the image was made with a local model {value!r}; pass {flag} PATH to say where it is")
+    call = [dict(fields, **_local_images(fields, args)) for fields in recorded.call]
+    specs = recorded_specs(spec, call, devices.auto_device())
+    first = specs[0]
+    for key, model_id, revision in (("model.id", first.model_id, first.model_revision), ("refiner.id", first.refiner_id, first.refiner_revision), ("model.config", first.model_config, None)):
+        if model_id is None:
+            continue
+        if not args.download and model_id not in TINY_MODELS and hub.is_hub_or_tiny(model_id) and not hub.in_local_cache(model_id, revision):
+            raise PlanError(f"{key}={model_id!r} is not in the local Hugging Face cache; replay downloads what a PNG names only with --download")
+        hub.check_available(key, model_id, revision)
+    from sweeper import pipelines  # diffusers: the render needs it next anyway
+
+    pipelines.check_scheduler_classes(specs)
+    return specs
+
+
+def _local_images(fields: dict[str, Any], args: argparse.Namespace) -> dict[str, str | None]:
+    """Where this image's init image and mask are: files named as recorded, in what the user gave."""
+    found = {}
+    for name, given in (("init_image", args.init_image), ("mask_image", args.mask_image)):
+        recorded = fields.get(name)
+        if recorded is None:
+            found[name] = None
+        elif given is None:
+            raise PlanError(f"the image was made from the {name.replace('_', ' ')} {recorded!r}; pass --{name.replace('_', '-')} FILE_OR_FOLDER")
+        elif given.is_dir():
+            found[name] = str(given / Path(str(recorded)).name)  # a base name: never a way out of the folder
+        else:
+            found[name] = str(given)
+    return found
+
+
+def replay(recorded: Recorded, specs: list[ImageSpec]) -> np.ndarray:
     """Render the recorded call again; the image's pixels (H, W, 3) uint8."""
     import torch
 
@@ -56,10 +128,10 @@ def replay(recorded: Recorded) -> np.ndarray:
     from sweeper.schedule import Batch
     from sweeper.store import to_image
 
-    device = "cuda:0" if recorded.spec.device == "cuda" else recorded.spec.device
+    device = "cuda:0" if specs[0].device == "cuda" else specs[0].device
     if device == "cpu" and recorded.threads:
         torch.set_num_threads(recorded.threads)
-    images = render_batch(Batch(tuple(recorded.batch)), device).images
+    images = render_batch(Batch(tuple(specs)), device).images
     return np.asarray(to_image(images[recorded.index]))
 
 
@@ -67,10 +139,19 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweeper.replay", description=__doc__.split("\n\n")[0])
     parser.add_argument("image", type=Path, help="a PNG written by sweeper")
     parser.add_argument("-o", "--output", type=Path, help="where to write the new render (default: none written)")
+    parser.add_argument("--init-image", type=Path, help="the init image (img2img, inpaint), or a folder holding it by its recorded name")
+    parser.add_argument("--mask-image", type=Path, help="the mask (inpaint), or a folder holding it by its recorded name")
+    parser.add_argument("--model", type=Path, help="the local model (file or folder) the image was made with")
+    parser.add_argument("--model-config", type=Path, help="the local diffusers folder a single-file model's configs came from")
+    parser.add_argument("--refiner", type=Path, help="the local refiner model the image was made with")
+    parser.add_argument("--download", action="store_true", help="let the hub model the PNG names be downloaded (default: only the local cache)")
     args = parser.parse_args(argv)
+    if not args.download:
+        os.environ["HF_HUB_OFFLINE"] = "1"  # before huggingface_hub is imported: nothing a PNG says reaches the network
     try:
         recorded = read(args.image)
-    except ValueError as error:
+        specs = checked(recorded, args)
+    except (ValueError, PlanError) as error:
         print(f"sweeper.replay: error: {error}", file=sys.stderr)
         return 2
 
@@ -78,22 +159,29 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sweeper import __version__
-    from sweeper.store import png_bytes, write_atomic
+    from sweeper.files import write_atomic
+    from sweeper.store import png_bytes
 
     versions = {"sweeper": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
     changed = [f"{name} {recorded.versions.get(name)} -> {now}" for name, now in versions.items() if recorded.versions.get(name) != now]
     if changed:
         print(f"sweeper.replay: warning: versions differ ({', '.join(changed)}): pixels may differ", file=sys.stderr)
-    pixels = replay(recorded)
+    pixels = replay(recorded, specs)
+    spec = specs[recorded.index]
     if args.output:
-        write_atomic(args.output, png_bytes(Image.fromarray(pixels), recorded.spec, versions))
+        from PIL import Image
+
+        write_atomic(args.output.resolve(), png_bytes(Image.fromarray(pixels), spec, versions))
+    if pixels.shape != recorded.pixels.shape:
+        print(f"sweeper.replay: {args.image}: differs: {pixels.shape[1]}x{pixels.shape[0]} rendered, {recorded.pixels.shape[1]}x{recorded.pixels.shape[0]} in the file")
+        return 1
     levels = np.abs(pixels.astype(int) - recorded.pixels.astype(int))
     if not levels.any():
-        print(f"sweeper.replay: {args.image}: identical ({recorded.spec.width}x{recorded.spec.height}, seed {recorded.spec.seed}, batch of {len(recorded.batch)})")
+        print(f"sweeper.replay: {args.image}: identical ({spec.width}x{spec.height}, seed {spec.seed}, batch of {len(specs)})")
         return 0
     print(
         f"sweeper.replay: {args.image}: differs: {int((levels.max(axis=-1) > 0).sum())} pixels, at most {int(levels.max())} levels "
-        f"(batch of {len(recorded.batch)} on {recorded.spec.device})"
+        f"(batch of {len(specs)} on {spec.device})"
     )
     return 1
 

@@ -37,6 +37,8 @@ import yaml  # PyYAML, installed with Hydra: reads the sweep's multirun.yaml
 from PIL import Image
 
 from sweeper import manifest
+from sweeper.errors import UnsafePath
+from sweeper.files import is_regular_inside, open_image, write_atomic
 from sweeper.report_grid import Cell, Grid, write_grid
 
 REPORT = "report.html"
@@ -152,7 +154,7 @@ def load_sweep(sweep_dir: Path) -> Sweep:
         raise ReportError(f"{sweep_dir} is not a directory")
     try:
         table = manifest.read(sweep_dir)
-    except (OSError, pa.ArrowException) as error:
+    except (OSError, pa.ArrowException, UnsafePath) as error:
         raise ReportError(f"cannot read the manifest in {sweep_dir}: {error}") from None
     if table.num_rows == 0:
         raise ReportError(f"no images in {sweep_dir}: {manifest.MANIFEST} is missing or empty")
@@ -181,30 +183,34 @@ def choose_axes(sweep: Sweep, x: str | None = None, y: str | None = None) -> tup
 def _cached_thumb(source: Path, thumb: Path) -> str:
     """'ok' when an up-to-date thumbnail is there, 'missing' without an image file, else '' (to make)."""
     try:
-        source_time = source.stat().st_mtime_ns
+        source_time = source.lstat().st_mtime_ns
     except OSError:
         return "missing"
     try:
-        return "ok" if thumb.stat().st_mtime_ns >= source_time else ""
+        return "ok" if thumb.lstat().st_mtime_ns >= source_time and not thumb.is_symlink() else ""
     except OSError:
         return ""
 
 
-def _make_thumb(source: Path, thumb: Path) -> str:
-    """'ok' once the thumbnail is written, 'full' when the browser must show the image itself."""
+def _make_thumb(source: Path, thumb: Path, root: Path) -> str:
+    """'ok' once the thumbnail is written, 'full' when the browser must show the image itself,
+    'missing' when `source` is no image of the sweep (a link, a bomb, not a PNG: said on stderr)."""
     try:
-        with Image.open(source) as image:
+        with open_image(source, root) as image:
             image.thumbnail((THUMB_SIDE, THUMB_SIDE))
             if image.mode not in ("RGB", "RGBA"):
                 image = image.convert("RGB")
             buffer = io.BytesIO()
             image.save(buffer, format="WEBP", quality=82)
-        # A cache: written atomically so a viewer never gets half a file, but not fsynced.
-        temp = thumb.with_name(f".{thumb.name}.{os.getpid()}.tmp")
-        temp.write_bytes(buffer.getvalue())
-        os.replace(temp, thumb)
+    except ValueError as error:
+        print(f"sweeper: warning: skipping {error}", file=sys.stderr, flush=True)
+        return "missing"
+    except OSError:  # a truncated image: the browser gets the full file
+        return "full"
+    try:
+        write_atomic(thumb, buffer.getvalue(), durable=False)  # a cache: whole for a viewer, not fsynced
         return "ok"
-    except OSError:  # unreadable image or read-only sweep dir: the browser gets the full image
+    except (OSError, UnsafePath):  # read-only sweep dir: the browser gets the full image
         return "full"
 
 
@@ -221,12 +227,8 @@ def image_states(sweep: Sweep) -> list[str]:
         if not states[-1]:
             todo.append((len(states) - 1, job))
     if todo:
-        try:
-            thumbs.mkdir(exist_ok=True)
-        except OSError:
-            pass  # each thumbnail then falls back to its full image
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-            for (index, _), state in zip(todo, pool.map(lambda item: _make_thumb(*item[1]), todo)):
+            for (index, _), state in zip(todo, pool.map(lambda item: _make_thumb(*item[1], sweep.dir), todo)):
                 states[index] = state
     return states
 
@@ -571,7 +573,7 @@ def _grid_cell(sweep: Sweep, index: int) -> Cell:
     if row["status"] != "ok":
         return Cell(note=f"error: {row['error'] or ''}")
     path = sweep.dir / row["path"]
-    return Cell(image=path) if path.is_file() else Cell(note="missing file")
+    return Cell(image=path) if is_regular_inside(path, sweep.dir) else Cell(note="missing file")
 
 
 def write_grid_png(sweep: Sweep, x: str | None, y: str | None, out: Path, cell: int = GRID_CELL) -> list[Path]:
@@ -584,14 +586,13 @@ def write_grid_png(sweep: Sweep, x: str | None, y: str | None, out: Path, cell: 
 
 
 def _write_html(sweep: Sweep, x: str | None, y: str | None, other: Sweep | None, output: Path | None) -> Path:
-    output = Path(output) if output is not None else sweep.dir / REPORT
+    # A path the user gave is theirs to route through links; inside the sweep dir none is followed.
+    output = Path(output).resolve() if output is not None else sweep.dir / REPORT
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         page = render_html(sweep, x, y, output.parent, other)
-        temp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
-        temp.write_text(page, encoding="utf-8")
-        os.replace(temp, output)
-    except OSError as error:
+        write_atomic(output, page.encode("utf-8"), durable=False)
+    except (OSError, UnsafePath) as error:
         raise ReportError(f"cannot write {output}: {error}") from None
     return output
 

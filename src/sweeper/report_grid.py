@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from sweeper.files import open_image
+
 MAX_SIDE = 8192
 MAX_PIXELS = 64_000_000
 PAD = 6
@@ -140,11 +142,15 @@ def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, cell: Cell | None
     if cell is None:
         return
     if cell.image is not None:
-        with Image.open(cell.image) as image:
-            image = image.convert("RGB")
+        try:
+            with open_image(cell.image) as image:
+                image = image.convert("RGB")
+        except (ValueError, OSError) as error:
+            cell = Cell(note=f"unreadable image ({error})")
+        else:
             image.thumbnail((style.cell, style.cell))
             canvas.paste(image, (x + (style.cell - image.width) // 2, y + (style.cell - image.height) // 2))
-        return
+            return
     draw.rectangle((x + 1, y + 1, x + style.cell - 2, y + style.cell - 2), fill=NOTE_FILL)
     lines = wrap(cell.note, style, style.cell - 2 * PAD, max_lines=max(1, (style.cell - 2 * PAD) // style.line))
     for n, line in enumerate(lines):

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
 from sweeper import devices, faults, hub, schedule
-from sweeper.errors import StorageError
+from sweeper.errors import StorageError, UnsafePath
+from sweeper.files import check_sweep_dir
 from sweeper.plan import ImageSpec, Job, PlanError, plan
 
 # manifest (pyarrow), store (numpy, PIL) and torch are imported where used:
@@ -66,8 +67,9 @@ class Summary:
 
 
 def prepare(jobs: Sequence[Job], out_dir: Path) -> Prepared:
-    """Plan and check every job, and find what `out_dir` already holds. Raises PlanError."""
+    """Plan and check every job, and find what `out_dir` already holds. Raises PlanError, UnsafePath."""
     _check_writable(Path(out_dir))
+    check_sweep_dir(Path(out_dir))
     specs = plan(jobs, devices.auto_device(), _seed_nonce)
     to_check = set()
     for model_id, revision, refiner_id, refiner_revision, config in {(s.model_id, s.model_revision, s.refiner_id, s.refiner_revision, s.model_config) for s in specs}:
@@ -158,9 +160,9 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
 def _storage_errors(out_dir: Path) -> Iterator[None]:
     try:
         yield
-    except OSError as error:
+    except (OSError, UnsafePath) as error:
         raise StorageError(
-            f"cannot write into {out_dir}: {error.strerror or error}; what was stored so far is kept, "
+            f"cannot write into {out_dir}: {getattr(error, 'strerror', None) or error}; what was stored so far is kept, "
             "run the same command again once it is writable"
         ) from error
 
@@ -223,7 +225,8 @@ def _one_line(exc: BaseException) -> str:
 def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any], threads: int) -> None:
     """PNGs of the good images, then one manifest part for the call (on a writer thread)."""
     from sweeper import manifest
-    from sweeper.store import call_record, image_path, png_bytes, to_image, write_atomic
+    from sweeper.files import write_atomic
+    from sweeper.store import call_record, image_path, png_bytes, to_image
 
     call = call_record(done.batch.specs, threads)
     rows = []

@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import os
-import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -21,9 +20,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from sweeper import faults
+from sweeper.files import ensure_dir, open_nofollow
 from sweeper.errors import DirBusy
-from sweeper.plan import PER_IMAGE_FIELDS, ImageSpec
+from sweeper.plan import PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec
 
 IMAGES_DIR = "images"
 
@@ -44,14 +43,14 @@ def parameters_text(spec: ImageSpec, versions: dict[str, str]) -> str:
         ("CFG scale", f"{spec.guidance:g}"),
         ("Seed", spec.seed),
         ("Size", f"{spec.width}x{spec.height}"),
-        ("Model", spec.model_id),
+        ("Model", _a1111_model(spec.model_id)),
     ]
     if spec.strength is not None:
         pairs.append(("Denoising strength", f"{spec.strength:g}"))
     if spec.model_revision:
         pairs.append(("Model hash", spec.model_revision))
     if spec.refiner_id:
-        pairs += [("Refiner", spec.refiner_id), ("Refiner switch at", f"{spec.refiner_split:g}")]
+        pairs += [("Refiner", public_model_name(spec.refiner_id)), ("Refiner switch at", f"{spec.refiner_split:g}")]
     pairs.append(("Version", f"sweeper {versions.get('sweeper', '')}".strip()))
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs))
     return "\n".join(lines)
@@ -97,35 +96,51 @@ def png_bytes(
 ) -> bytes:
     """The PNG with a `parameters` chunk (A1111's format) and a `sweeper` chunk: the spec as
     JSON, the image's manifest row (so a lost row can be rebuilt from the file) and its
-    pipeline call (call_record)."""
+    pipeline call (call_record). A PNG travels: it names local files by their base
+    names only and carries no host name or command line (the manifest has them)."""
     info = PngImagePlugin.PngInfo()
     info.add_itxt("parameters", parameters_text(spec, versions))
-    sweeper = {"image_id": spec.image_id, "spec": json.loads(spec.to_json()), "versions": versions}
+    sweeper = {"image_id": spec.image_id, "spec": _public(json.loads(spec.to_json())), "versions": versions}
     if row is not None:
-        sweeper["row"] = row
+        sweeper["row"] = _public({**row, "host": None})
     if call is not None:
-        sweeper["call"] = call
+        sweeper["call"] = {**call, "batch": [_public(fields) for fields in call["batch"]]}
     info.add_itxt("sweeper", json.dumps(sweeper, ensure_ascii=False, default=str))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is either absent or whole."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            faults.event("write")
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        faults.event("temp")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+_FILE_FIELDS = ("prompt_file", "init_image", "mask_image")  # always local files
+_MODEL_FIELDS = ("model_id", "model_config", "refiner_id")  # local paths, hub ids or tiny names
+
+
+def _public(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with local paths cut to their base names and the command line left out."""
+    public = dict(fields)
+    for name in _FILE_FIELDS:
+        if public.get(name):
+            public[name] = Path(public[name]).name
+    for name in _MODEL_FIELDS:
+        if public.get(name):
+            public[name] = public_model_name(public[name])
+    if "overrides" in public:
+        public["overrides"] = ""
+    return public
+
+
+def _a1111_model(model_id: str) -> str:
+    """A checkpoint file by its name without the suffix, as A1111 shows it; others as public_model_name."""
+    name = public_model_name(model_id)
+    return name.rsplit(".", 1)[0] if name.endswith(SINGLE_FILE_SUFFIXES) else name
+
+
+def public_model_name(model_id: str) -> str:
+    """A hub id or tiny model as it is; a local file or folder by its base name."""
+    path = Path(model_id)
+    if path.is_absolute() or model_id.startswith(("~", ".")) or model_id.endswith(SINGLE_FILE_SUFFIXES) or path.exists():
+        return path.name
+    return model_id
 
 
 class BackgroundWriter:
@@ -165,20 +180,19 @@ def exclusive(out_dir: Path) -> Iterator[None]:
     """Hold `<out_dir>/.sweeper.lock` while rendering; a second run into the dir is refused.
 
     flock is released by the kernel when the holder dies, even by kill -9,
-    so a crashed run never leaves the dir locked.
+    so a crashed run never leaves the dir locked. The lock file is opened
+    without following links: one planted there would truncate its target.
     """
     import fcntl
     import socket
 
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with open(Path(out_dir) / LOCK_FILE, "a+", encoding="utf-8") as handle:
+    ensure_dir(out_dir)
+    with os.fdopen(open_nofollow(Path(out_dir) / LOCK_FILE), "r+", encoding="utf-8") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
             holder = handle.read().strip() or "another process"
             raise DirBusy(f"another sweeper run ({holder}) is writing into {out_dir}; wait for it to finish or pick another name=") from None
-        handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
         handle.flush()

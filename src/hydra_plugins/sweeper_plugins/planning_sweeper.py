@@ -23,6 +23,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
 from sweeper import distributed
+from sweeper.files import write_atomic
 from sweeper.plan import PlanError
 
 
@@ -122,7 +123,7 @@ class PlanningSweeper(BasicSweeper):
 
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if distributed.rank() == 0:
-            OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+            write_atomic(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config).encode("utf-8"))
         returns: List[Sequence[JobReturn]] = []
         initial_job_idx = 0
         for batch in self.overrides:

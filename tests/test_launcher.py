@@ -89,35 +89,54 @@ def test_spawned_workers_match_one_process(tmp_path, one_process):
     assert set(df["rank"]) == {0, 1} and set(df.world_size) == {2}
 
 
-@pytest.mark.slow
-def test_two_nodes_on_loopback_a_failing_job_and_a_retry(tmp_path, one_process):
-    """Two `accelerate launch` "machines" form one group; ${now:} in the sweep dir still
-    gives one dir; a failing batch becomes error rows and exit 1; a re-run renders only those."""
+def two_nodes(tmp_path: Path, sweep: tuple[str, ...], env: dict[int, dict] = {}, args: dict[int, tuple] = {}) -> list[tuple[int, str]]:
+    """Two `accelerate launch` "machines" of one rank each on loopback, forming one group;
+    `env` and `args` add to a machine's environment and overrides."""
     port = str(free_port())
-    sweep_args = (*SWEEP, "hydra.sweep.dir=stamped/${now:%H-%M-%S-%f}")
-    fault = {"SWEEPER_FAULT": "render:guidance=7.0"}
     nodes = [
         accelerate(
             "--multi_gpu", "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(machine),
             "--main_process_ip", "127.0.0.1", "--main_process_port", port,
-            sweep=sweep_args, cwd=tmp_path, env=fault,
+            sweep=sweep + args.get(machine, ()), cwd=tmp_path, env=env.get(machine, {}),
         )
         for machine in (0, 1)
     ]
-    (code0, stderr0), (code1, _) = (finish(node) for node in nodes)
-    assert code0 == 1, stderr0
-    assert "sweeper: error: 3 image(s) failed (first: InjectedFault: injected fault for guidance=7.0)" in stderr0
+    return [finish(node) for node in nodes]
+
+
+@pytest.mark.slow
+def test_two_nodes_one_killed_mid_sweep_the_other_stops_and_the_same_command_finishes(tmp_path, one_process):
+    """A ${now:} sweep dir is still one dir; rank 1 is killed (-9) after its first image: rank 0
+    does not wait for ever, it exits non-zero naming rank 1; a re-run renders only what is missing."""
+    sweep_args = (*SWEEP, "hydra.sweep.dir=stamped/${now:%H-%M-%S-%f}")
+    lost_after = {"SWEEPER_LOST_AFTER": "6"}
+    (code0, stderr0), (code1, _) = two_nodes(tmp_path, sweep_args, env={0: lost_after, 1: {**lost_after, "SWEEPER_FAULT": "kill:png=1"}})
+    assert code0 == 1 and code1 != 0, stderr0
+    (line,) = [line for line in stderr0.splitlines() if line.startswith("sweeper: error:")]  # torchrun's report follows it
+    assert line.startswith("sweeper: error: rank 1 was lost: no sign of life for 6 s") and "the same command finishes the sweep" in line, stderr0
     sweep = only_dir(tmp_path / "stamped")
     df = pd.read_parquet(sweep / "manifest.parquet")
-    assert set(df["rank"]) == {0, 1} and set(df.world_size) == {2}
-    failed = df[df.status == "error"]
-    assert set(failed.guidance) == {7.0} and len(failed) == 3 and failed.error.str.contains("injected fault").all()
-    assert not any((sweep / path).exists() for path in failed.path)
+    assert len(df) == 6 and set(df.world_size) == {2}
+    lost = df[df.status == "error"]
+    assert len(lost) >= 1 and lost.error.str.contains("not rendered: rank 1 was lost").all()
+    assert (df[df.status == "ok"]["rank"] == 1).sum() == 1  # the image it stored before it died is kept
 
     retry = run_cli(*SWEEP, f"hydra.sweep.dir={sweep}", "hydra.launcher.num_processes=2", cwd=tmp_path, env=ONE_THREAD)
     assert retry.returncode == 0, retry.stderr
-    assert "3 already done, 3 to render" in retry.stderr
+    assert f"{6 - len(lost)} already done, {len(lost)} to render" in retry.stderr
     assert_same_images(sweep, one_process)
+
+
+@pytest.mark.slow
+def test_two_nodes_with_different_configs_both_stop_before_rendering_naming_the_difference(tmp_path, tiny_models):
+    sweep_args = (*SWEEP, "hydra.sweep.dir=stamped/${now:%H-%M-%S-%f}")
+    results = two_nodes(tmp_path, sweep_args, args={0: ("prompt=a dog",), 1: ("prompt=a cat",)})
+    for code, stderr in results:
+        assert code != 0, stderr  # the worker exits 2; accelerate launch turns any failure into 1
+        (line,) = [line for line in stderr.splitlines() if line.startswith("sweeper: error:")]
+        assert line.startswith("sweeper: error: rank 1 planned another sweep than rank 0 (6 images, rank 0 6 images); in job 0: "), stderr
+        assert "prompt 'a dog' on rank 0, 'a cat' on rank 1" in line
+    assert not (tmp_path / "stamped").exists()  # stopped before the sweep dir was made
 
 
 @pytest.mark.slow

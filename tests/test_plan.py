@@ -257,11 +257,11 @@ def test_fast_planned_specs_equal_specs_built_the_plain_way(base):
         {"prompt_2": "second encoder"},
         {"negative_prompt_2": "also blurry"},
         {"original_size": [128, 128]},
-        {"target_size": [64, 64]},
+        {"target_size": [128, 128]},
         {"crops_coords_top_left": [8, 0]},
         {"negative_original_size": [512, 512]},
-        {"negative_target_size": [64, 64]},
-        {"negative_crops_coords_top_left": [0, 0]},
+        {"negative_target_size": [128, 128]},
+        {"negative_crops_coords_top_left": [8, 0]},
         {"dtype": "float16"},
         {"dtype": "bfloat16"},
         {"device": "cuda"},
@@ -278,6 +278,47 @@ def test_image_id_changes_with_every_pixel_field(base, changes):
     assert before.image_id != after.image_id
 
 
+@pytest.mark.parametrize(
+    "changes, plain",
+    [
+        ({"original_size": [64, 64], "target_size": [64, 64], "crops_coords_top_left": [0, 0]}, {}),  # diffusers' defaults
+        ({"negative_original_size": [64, 64]}, {}),  # the negative conditioning equal to the positive: no effect
+        ({"crops_coords_top_left": [8, 0], "negative_crops_coords_top_left": [8, 0]}, {"crops_coords_top_left": [8, 0]}),
+        ({"guidance": 1.0, "negative_prompt": "blurry", "negative_prompt_2": "grainy"}, {"guidance": 1.0}),  # no CFG: unread
+        ({"guidance": 1.0, "negative_original_size": [512, 512]}, {"guidance": 1.0}),
+    ],
+    ids=lambda c: ",".join(c),
+)
+def test_one_picture_has_one_id_whatever_the_spelling(base, changes, plain):
+    assert one(with_(base, **changes)).image_id == one(with_(base, **plain)).image_id
+
+
+def test_negative_size_conditioning_takes_effect_alone_and_is_passed_whole(base):
+    spec = one(with_(base, negative_original_size=[512, 512]))
+    # diffusers' SDXL base ignores negative_original_size without negative_target_size: all three are set
+    assert (spec.negative_original_size, spec.negative_crops_coords_top_left, spec.negative_target_size) == ((512, 512), (0, 0), (64, 64))
+    assert one(with_(base, negative_crops_coords_top_left=[0, 8])).negative_target_size == (64, 64)
+    with pytest.raises(PlanError, match="img2img pipeline ignores it"):
+        one(with_(base, mode="img2img", negative_crops_coords_top_left=[0, 8]))
+
+
+@pytest.mark.parametrize(
+    "steps, split, mode, spacing, expected",
+    [(30, 0.8, "ensemble", "leading", (23, 7)), (4, 0.8, "ensemble", "leading", (3, 1)), (4, 0.8, "img2img", "leading", (4, 0)),
+     (4, 0.75, "img2img", "leading", (4, 1)), (10, 0.5, "ensemble", "trailing", (5, 5)), (10, 0.5, "ensemble", "linspace", (5, 5))],
+)
+def test_split_steps_cut_as_diffusers_does(steps, split, mode, spacing, expected):
+    from sweeper.plan import split_steps
+
+    assert split_steps(steps, split, mode, spacing) == expected
+
+
+@pytest.mark.parametrize("changes, who", [({"refiner__mode": "img2img"}, "refiner"), ({"steps": 1}, "base"), ({"refiner__split": 0.05}, "base")])
+def test_a_split_that_leaves_a_model_no_step_is_refused(composed, changes, who):
+    with pytest.raises(PlanError, match=f"invalid refiner.split=.*the {who} gets no step"):
+        one(with_(composed["refined"], **changes))
+
+
 def test_image_id_changes_with_the_scheduler_and_its_kwargs(composed):
     ids = {name: one(composed[name]).image_id for name in ("base", "dpmpp_2m", "dpmpp_2m_karras")}
     assert len(set(ids.values())) == 3  # euler, dpmpp_2m and dpmpp_2m_karras (same class, other kwargs)
@@ -290,7 +331,7 @@ def test_image_id_changes_with_the_refiner_split_mode_and_presence(composed):
     assert a.refiner_revision == RECIPE_VERSION
     variants = [
         one(with_(refined, refiner__split=0.7)),
-        one(with_(refined, refiner__mode="img2img")),
+        one(with_(refined, refiner__mode="img2img", refiner__split=0.75)),
         one(composed["base"]),
     ]
     assert len({a.image_id, *(v.image_id for v in variants)}) == 4
@@ -465,7 +506,8 @@ def test_boundary_values_are_accepted(base):
     assert (spec.steps, spec.width, spec.height, spec.guidance, spec.seed, spec.batch_size) == (1, 8, 8, 0.0, SEED_LIMIT - 1, 1)
     assert not spec.uses_cfg
     assert one(with_(base, guidance=1.5)).uses_cfg
-    assert one(with_(base, crops_coords_top_left=[0, 0])).crops_coords_top_left == (0, 0)
+    assert one(with_(base, crops_coords_top_left=[0, 8])).crops_coords_top_left == (0, 8)
+    assert one(with_(base, crops_coords_top_left=[0, 0])).crops_coords_top_left is None  # diffusers' default, one id
 
 
 # --- JSON --------------------------------------------------------------------------------------
@@ -492,7 +534,7 @@ def test_to_json_from_json_round_trip(composed):
     assert back == spec
     assert back.image_id == spec.image_id
     assert back.original_size == (1024, 768) and isinstance(back.original_size, tuple)
-    assert back.negative_target_size is None
+    assert back.negative_target_size == (64, 64)  # filled, so that the negative original size takes effect
     assert hash(back) == hash(spec)
 
 

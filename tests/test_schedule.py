@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from conftest import REFINERS, plan_config
+from conftest import REFINERS, SCHEDULERS, plan_config
 
 from sweeper.plan import ImageSpec, Job, plan
 from sweeper.schedule import (
@@ -49,7 +49,7 @@ def test_batches_never_mix_what_must_be_shared_and_hold_every_spec_once():
         plan_config(model=model, scheduler=scheduler, steps=steps, guidance=guidance, width=width,
                prompt=["a", "b"], seed=[0, 1, 2], negative_prompt=negative)
         for model, scheduler, steps, guidance, width, negative in itertools.product(
-            ["tiny", "tiny-sd"], ["euler", "ddim", "dpmpp_2m_karras"], [2, 3], [1.0, 5.0], [64, 128], [None, "blurry"]
+            ["tiny", "tiny-sd"], ["euler", "ddim", "dpmpp_2m_karras"], [2, 3], [1.5, 5.0], [64, 128], [None, "blurry"]
         )
     ]
     configs += [plan_config(original_size=[128, 128], seed=[0, 1]), plan_config(crops_coords_top_left=[8, 8], seed=[0, 1])]
@@ -239,3 +239,12 @@ def test_estimate_seconds_uses_the_table_or_a_measured_rate():
     # More images, more time; a bigger image, more time.
     assert estimate_seconds(specs_of(plan_config(seed=list(range(8))))) == pytest.approx(2 * estimate_seconds(specs))
     assert estimate_seconds(specs_of(plan_config(width=128))) > estimate_seconds(specs_of(plan_config(width=64)))
+
+
+def test_cost_counts_unet_calls_per_step():
+    euler, sde = (specs_of(plan_config(scheduler=name))[0] for name in ("euler", "dpmpp_sde_karras"))
+    heun = specs_of(plan_config(scheduler={**SCHEDULERS["euler"], "name": "heun", "class_name": "HeunDiscreteScheduler"}))[0]
+    decode = euler.width * euler.height * 1.55
+    assert cost(heun) - decode == 2 * (cost(euler) - decode)
+    assert cost(sde) - decode == 2 * (cost(euler) - decode)
+    assert estimate_seconds([heun]) > estimate_seconds([euler]) * 1.8

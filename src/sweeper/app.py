@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from sweeper.errors import DirBusy, StorageError, UnsafePath
+from sweeper.errors import DeviceFailed, DirBusy, RankLost, RanksDisagree, StorageError, UnsafePath
 from sweeper.plan import PlanError
 
 
@@ -93,9 +93,9 @@ def main() -> None:
             print_help([arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")])
         else:
             hydra_main()
-    except (PlanError, DirBusy, UnsafePath) as error:
+    except (PlanError, DirBusy, UnsafePath, RanksDisagree) as error:
         fail(str(error))
-    except StorageError as error:
+    except (StorageError, DeviceFailed, RankLost) as error:
         fail(str(error), code=1)
     except MissingConfigException as error:
         if show_traceback:

@@ -73,9 +73,14 @@ def _agree_among_ranks(config: DictConfig, key: str) -> None:
     Each rank would stamp its own ${now:...} (hydra #2070) and draw its own seeds for -1.
     """
     from sweeper import distributed, run
+    from sweeper.app import fail
+    from sweeper.errors import RankLost
 
     if distributed.launched():
-        out_dir, nonce = distributed.broadcast((str(config.hydra[key].dir), run.seed_nonce()))
+        try:
+            out_dir, nonce = distributed.broadcast((str(config.hydra[key].dir), run.seed_nonce()))
+        except RankLost as error:
+            fail(str(error), code=1)  # not raised: Hydra turns a callback's exception into a warning
         _set_output_dir(config, key, out_dir)
         run.set_seed_nonce(nonce)
 
@@ -85,7 +90,7 @@ class SweeperCallback(Callback):
         from sweeper import distributed, run
         from sweeper.app import fail
         from sweeper.hydra_jobs import job_from_config
-        from sweeper.errors import UnsafePath
+        from sweeper.errors import RankLost, RanksDisagree, UnsafePath
         from sweeper.plan import PlanError
 
         _name_output_dir(config, "run")
@@ -93,7 +98,9 @@ class SweeperCallback(Callback):
         out_dir = Path(config.hydra.run.dir)
         try:
             prepared = run.prepare([job_from_config(config, 0, config.hydra.overrides.task)], out_dir)
-        except (PlanError, UnsafePath) as error:
+            if distributed.launched():
+                distributed.agree_on_plan(prepared.specs)
+        except (PlanError, UnsafePath, RanksDisagree, RankLost) as error:
             fail(str(error))  # before Hydra makes the run dir (or writes into one): no files left
         if distributed.rank() == 0:
             run.announce(prepared, out_dir)

@@ -15,3 +15,15 @@ class DirBusy(RuntimeError):
 
 class UnsafePath(RuntimeError):
     """A path inside a sweep dir that sweeper will not write or read through (a planted link)."""
+
+
+class DeviceFailed(RuntimeError):
+    """A CUDA error left this process unable to render on (an illegal address, a device-side assert)."""
+
+
+class RanksDisagree(RuntimeError):
+    """The ranks of one launch planned different sweeps."""
+
+
+class RankLost(RuntimeError):
+    """Another rank of the launch died or failed: this one stops too."""

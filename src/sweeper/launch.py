@@ -1,4 +1,4 @@
-"""Launch: who renders the prepared work.
+"""Launch: who renders the prepared work, on which device.
 
     this process                      plain `python -m sweeper`, one device
     the ranks that already exist      `accelerate launch` / torchrun
@@ -7,7 +7,8 @@
 Every rank or worker computes the same assignment of batches (schedule.shard),
 so nobody talks while rendering. Under `accelerate launch` rank 0's view of
 what is already done is broadcast first: a rank that looked at the sweep dir
-later could see rank 0's fresh images and take a different share.
+later could see rank 0's fresh images and take a different share. Each
+process renders on GPU `local rank % GPUs` (or the one `device=cuda:N` pins).
 """
 
 from __future__ import annotations
@@ -20,17 +21,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweeper import distributed, manifest, run, schedule
-from sweeper.devices import cuda_device_count
-from sweeper.errors import DirBusy
+from sweeper import devices, distributed, manifest, run, schedule
+from sweeper.errors import DeviceFailed, DirBusy, RankLost
 from sweeper.plan import PlanError
 from sweeper.store import exclusive, image_path, remove_stale_temps
 
 
 def num_processes(value: Any) -> int:
-    """`auto`: one per visible GPU, 1 without one; else a positive int."""
+    """`auto`: one per GPU torch can use, 1 without one; else a positive int."""
     if value == "auto":
-        return max(1, cuda_device_count())
+        return max(1, devices.usable_gpus())
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise PlanError(f"invalid hydra.launcher.num_processes={value!r}: allowed: auto or an integer >= 1")
     return value
@@ -43,14 +43,20 @@ def render(prepared: run.Prepared, out_dir: Path, processes: int) -> run.Summary
     with exclusive(out_dir):
         remove_stale_temps(out_dir)
         if processes == 1 or len(prepared.todo) <= 1:
-            return run.execute(prepared, out_dir)
+            return run.execute(prepared, out_dir, gpu=_gpu(0))
         return _spawn(prepared, out_dir, processes)
 
 
+def _gpu(local_rank: int) -> int:
+    """The GPU index of a process on this machine (several processes share one only when asked)."""
+    return local_rank % max(1, devices.usable_gpus())
+
+
 def _render_as_rank(prepared: run.Prepared, out_dir: Path) -> run.Summary:
+    rank, world_size = distributed.rank(), distributed.world_size()
     with contextlib.ExitStack() as stack:
         todo_ids, busy = None, None
-        if distributed.rank() == 0:
+        if rank == 0:
             try:
                 stack.enter_context(exclusive(out_dir))
                 remove_stale_temps(out_dir)
@@ -60,9 +66,32 @@ def _render_as_rank(prepared: run.Prepared, out_dir: Path) -> run.Summary:
         todo_ids, busy = distributed.broadcast((todo_ids, busy))
         if busy:
             raise DirBusy(busy)
-        summary = run.execute(prepared.only(todo_ids), out_dir, distributed.rank(), distributed.world_size(), gpu=distributed.local_rank())
-        distributed.barrier()  # the manifest is merged after this: every rank's rows must be written
+        share = prepared.only(todo_ids)
+        failure: BaseException | None = None
+        try:
+            with distributed.heartbeat():
+                summary = run.execute(share, out_dir, rank, world_size, gpu=_gpu(distributed.local_rank()))
+        except (DeviceFailed, OSError, RuntimeError) as error:  # say so to the others before stopping
+            failure = error
+        try:
+            distributed.finish_together(failed=failure is not None)
+        except RankLost as lost:
+            if rank == 0:
+                _record_losses(share, out_dir, world_size, str(lost))
+            raise lost from None
+        if failure is not None:
+            raise failure
     return summary
+
+
+def _record_losses(prepared: run.Prepared, out_dir: Path, world_size: int, reason: str) -> None:
+    """On rank 0, after a rank was lost: error rows for what nobody rendered, one merged manifest."""
+    written = set(manifest.read(out_dir).column("image_id").to_pylist())
+    lost = [spec for spec in prepared.todo if spec.image_id not in written]
+    if lost:
+        rows = [manifest.row(spec, image_path(spec), "error", f"not rendered: {reason}", world_size=world_size, device=spec.device) for spec in lost]
+        manifest.write_part(out_dir, rows)
+    manifest.merge(out_dir)
 
 
 def _spawn(prepared: run.Prepared, out_dir: Path, processes: int) -> run.Summary:
@@ -98,7 +127,11 @@ def _worker(prepared: run.Prepared, out_dir: Path, rank: int, world_size: int, d
 
     if prepared.todo[0].device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # share the cores, don't fight
-    summary = run.execute(prepared, out_dir, rank, world_size, gpu=rank, progress=_SharedCount(done))
+    try:
+        summary = run.execute(prepared, out_dir, rank, world_size, gpu=_gpu(rank), progress=_SharedCount(done))
+    except DeviceFailed as error:  # its images are error rows already
+        print(f"sweeper: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     results.put(summary)
 
 

@@ -90,6 +90,8 @@ SCHEMA = pa.schema(
         ("vae_upcast", pa.bool_()),
         ("offload", pa.string()),
         ("vae_slicing", pa.bool_()),
+        ("base_steps", pa.int64()),
+        ("refiner_steps", pa.int64()),
         ("seconds", pa.float64()),
         ("started_at", pa.timestamp("us", tz="UTC")),
         ("finished_at", pa.timestamp("us", tz="UTC")),
@@ -100,7 +102,7 @@ SCHEMA = pa.schema(
     ]
 )
 RUN_COLUMNS = {
-    "image_id", "path", "status", "error", "warning", "nsfw", "device", "rank", "world_size", "batch_size", "batch_index",
+    "image_id", "path", "status", "error", "warning", "nsfw", "device", "rank", "world_size", "batch_size", "batch_index", "base_steps", "refiner_steps",
     "seconds", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
 }
 SPEC_COLUMNS = [name for name in SCHEMA.names if name not in RUN_COLUMNS]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import inspect
 import json
+from collections import OrderedDict
 from typing import Any
 
 import diffusers
@@ -32,8 +33,15 @@ transformers_logging.disable_progress_bar()
 transformers_logging.set_verbosity_error()
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+# Resident pipelines: one base model (its img2img/inpaint pipelines made with from_pipe,
+# and its refiner) per process. Keys: ("base", base key), ("mode", base key, mode),
+# ("refiner", base key, refiner key).
 _PIPELINES: dict[tuple, Any] = {}
 _ORIGINAL_SCHEDULER_CONFIG: dict[int, Any] = {}
+# Prompt embeddings per (id of the pipeline, prompts, cfg): see render.prompt_embeddings.
+EMBEDDINGS: OrderedDict[tuple, tuple] = OrderedDict()
+_LOADS: list[tuple] = []  # every model this process loaded, in order (tests count them)
+_HOOKED: list[Any] = [None]  # with CPU offload: the pipeline whose hooks are installed
 BASE_CLASSES = {"sdxl": diffusers.StableDiffusionXLPipeline, "sd15": diffusers.StableDiffusionPipeline}
 MODE_CLASSES = {
     ("sdxl", "img2img"): diffusers.StableDiffusionXLImg2ImgPipeline,
@@ -44,8 +52,8 @@ MODE_CLASSES = {
 
 
 def loaded_models() -> list[tuple]:
-    """Keys of the pipelines this process has loaded (for tests and logs)."""
-    return list(_PIPELINES)
+    """The models this process has loaded, in order (for tests and logs)."""
+    return list(_LOADS)
 
 
 def source(model_id: str, revision: str | None) -> dict[str, Any]:
@@ -60,38 +68,46 @@ def _options(spec: ImageSpec) -> tuple:
     return (spec.watermark, spec.safety_checker, *(getattr(spec, name) for name in EXECUTION_FIELDS if name != "batch_size"))
 
 
+def _base_key(spec: ImageSpec, device: str) -> tuple:
+    return (spec.model_id, spec.model_revision, spec.dtype, device, _options(spec))
+
+
 def base_pipeline(spec: ImageSpec, device: str):
-    """The model's pipeline for the spec's mode (txt2img, img2img, inpaint)."""
-    key = (spec.model_id, spec.model_revision, spec.dtype, device, _options(spec))
-    if key not in _PIPELINES:
-        pipeline_class = BASE_CLASSES[spec.family]
-        extra: dict[str, Any] = {"dtype": TORCH_DTYPES[spec.dtype]}
-        if spec.family == "sdxl":
-            extra["add_watermarker"] = spec.watermark
-        elif not spec.safety_checker:
-            extra.update(safety_checker=None, requires_safety_checker=False)
-        if spec.model_id.endswith(SINGLE_FILE_SUFFIXES):
-            config = source(spec.model_config, None)["pretrained_model_name_or_path"] if spec.model_config else None
-            if spec.family == "sd15" and spec.safety_checker:  # not in the file: from_single_file loads none
-                extra["safety_checker"] = StableDiffusionSafetyChecker.from_pretrained(config, subfolder="safety_checker", dtype=extra["dtype"])
-            pipe = pipeline_class.from_single_file(spec.model_id, config=config, **extra)
-            _check_loaded(pipe, spec.model_id)
-        else:
-            pipe = pipeline_class.from_pretrained(**source(spec.model_id, spec.model_revision), **extra)
-        _PIPELINES[key] = _ready(pipe, spec, device)
+    """The model's pipeline for the spec's mode (txt2img, img2img, inpaint); loading a
+    model frees the one loaded before (one base resident per process)."""
+    key = _base_key(spec, device)
+    if ("base", key) not in _PIPELINES:
+        _evict(lambda resident: resident[1] != key)
+        _PIPELINES[("base", key)] = _ready(_load_base(spec), spec, device)
+        _LOADS.append(key)
+    base = _PIPELINES[("base", key)]
     if spec.mode == "txt2img":
-        return _PIPELINES[key]
-    mode_key = (*key, spec.mode)
-    if mode_key not in _PIPELINES:
-        base = _PIPELINES[key]
+        return base
+    if ("mode", key, spec.mode) not in _PIPELINES:
         extra = {"add_watermarker": spec.watermark} if spec.family == "sdxl" else {}
-        pipe = MODE_CLASSES[(spec.family, spec.mode)].from_pipe(base, **extra)
+        # from_pipe converts the shared modules to its dtype, float32 unless told
+        pipe = MODE_CLASSES[(spec.family, spec.mode)].from_pipe(base, dtype=TORCH_DTYPES[spec.dtype], **extra)
         pipe.set_progress_bar_config(disable=True)  # from_pipe does not carry it over
         _ORIGINAL_SCHEDULER_CONFIG[id(pipe)] = _ORIGINAL_SCHEDULER_CONFIG[id(base)]
-        if spec.offload != "none":  # from_pipe does not carry offload hooks over
-            _offload(pipe, spec, device)
-        _PIPELINES[mode_key] = pipe
-    return _PIPELINES[mode_key]
+        _PIPELINES[("mode", key, spec.mode)] = pipe
+    return _PIPELINES[("mode", key, spec.mode)]
+
+
+def _load_base(spec: ImageSpec):
+    pipeline_class = BASE_CLASSES[spec.family]
+    extra: dict[str, Any] = {"dtype": TORCH_DTYPES[spec.dtype]}
+    if spec.family == "sdxl":
+        extra["add_watermarker"] = spec.watermark
+    elif not spec.safety_checker:
+        extra.update(safety_checker=None, requires_safety_checker=False)
+    if not spec.model_id.endswith(SINGLE_FILE_SUFFIXES):
+        return pipeline_class.from_pretrained(**source(spec.model_id, spec.model_revision), **extra)
+    config = source(spec.model_config, None)["pretrained_model_name_or_path"] if spec.model_config else None
+    if spec.family == "sd15" and spec.safety_checker:  # not in the file: from_single_file loads none
+        extra["safety_checker"] = StableDiffusionSafetyChecker.from_pretrained(config, subfolder="safety_checker", dtype=extra["dtype"])
+    pipe = pipeline_class.from_single_file(spec.model_id, config=config, **extra)
+    _check_loaded(pipe, spec.model_id)
+    return pipe
 
 
 def _check_loaded(pipe, path: str) -> None:
@@ -102,8 +118,10 @@ def _check_loaded(pipe, path: str) -> None:
 
 
 def refiner_pipeline(spec: ImageSpec, base, device: str):
-    key = (spec.refiner_id, spec.refiner_revision, spec.dtype, device, _options(spec), "refiner-of", spec.model_id, spec.model_revision)
+    """The refiner for the resident base, sharing its text_encoder_2 and vae; another refiner is freed first."""
+    key = ("refiner", _base_key(spec, device), (spec.refiner_id, spec.refiner_revision))
     if key not in _PIPELINES:
+        _evict(lambda resident: resident[0] == "refiner" and resident != key)
         pipe = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
             **source(spec.refiner_id, spec.refiner_revision),
             dtype=TORCH_DTYPES[spec.dtype],
@@ -112,15 +130,30 @@ def refiner_pipeline(spec: ImageSpec, base, device: str):
             add_watermarker=spec.watermark,
         )
         _PIPELINES[key] = _ready(pipe, spec, device)
+        _LOADS.append(key[2])
     return _PIPELINES[key]
 
 
+def _evict(drop) -> None:
+    """Free the resident pipelines for which `drop(key)` holds, and what refers to them."""
+    keys = [key for key in _PIPELINES if drop(key)]
+    if not keys:
+        return
+    for key in keys:
+        pipe = _PIPELINES.pop(key)
+        _ORIGINAL_SCHEDULER_CONFIG.pop(id(pipe), None)
+        if _HOOKED[0] is pipe:
+            _HOOKED[0] = None
+    EMBEDDINGS.clear()  # keyed by the id of a pipeline, which a new one may reuse
+    release_memory(keys[0][1][3])  # the device of the base key
+
+
 def _ready(pipe, spec: ImageSpec, device: str):
-    """Move to the device (or set up offload) and apply the spec's speed and memory options."""
-    if spec.offload == "none":
-        pipe.to(device)
-    else:
-        _offload(pipe, spec, device)
+    """Apply the spec's speed and memory options, then move to the device (or offload), then compile.
+
+    In this order: fusing Q/K/V and channels_last change the modules, which
+    offload hooks must then see; torch.compile with offload is refused at planning.
+    """
     pipe.set_progress_bar_config(disable=True)
     _ORIGINAL_SCHEDULER_CONFIG[id(pipe)] = pipe.scheduler.config
     if spec.attention == "eager":
@@ -135,20 +168,52 @@ def _ready(pipe, spec: ImageSpec, device: str):
         pipe.vae.to(memory_format=torch.channels_last)
     if spec.vae_upcast is not None:
         pipe.vae.register_to_config(force_upcast=spec.vae_upcast)
+    elif spec.dtype == "bfloat16":  # the upcast guards float16's range; bfloat16 has float32's (diffusers upcasts anyway)
+        pipe.vae.register_to_config(force_upcast=False)
     if spec.vae_slicing:
         pipe.vae.enable_slicing()
     if spec.vae_tiling:
         pipe.vae.enable_tiling()
+    if spec.offload == "none":
+        pipe.to(device)
     if spec.compile is not None:
         pipe.unet.compile(mode=spec.compile)
     return pipe
 
 
-def _offload(pipe, spec: ImageSpec, device: str) -> None:
-    if spec.offload == "model":
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.enable_sequential_cpu_offload(device=device)
+def activate(pipe, spec: ImageSpec, device: str):
+    """Before calling `pipe`: with CPU offload, install its hooks if another pipeline
+    sharing its modules (img2img from_pipe, the refiner) had them installed."""
+    if spec.offload != "none" and _HOOKED[0] is not pipe:
+        if spec.offload == "model":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.enable_sequential_cpu_offload(device=device)
+        _HOOKED[0] = pipe
+    return pipe
+
+
+def restore(spec: ImageSpec, device: str) -> None:
+    """After a failed call: every resident module back in the spec's dtype (and on the
+    device), and what the call left allocated freed, so the next call runs as the first did.
+
+    diffusers upcasts SDXL's VAE to float32 for the decode under float16 and turns
+    it back only when the decode succeeds: one out-of-memory error there would
+    make every later float16 call fail.
+    """
+    dtype = TORCH_DTYPES[spec.dtype]
+    for pipe in _PIPELINES.values():
+        for module in pipe.components.values():
+            if not isinstance(module, torch.nn.Module):
+                continue
+            first = next(module.parameters(), None)
+            if first is not None and first.is_floating_point() and first.dtype != dtype:
+                module.to(dtype=dtype)
+            if spec.offload == "none" and first is not None and first.device != torch.device(device):
+                module.to(device=device)
+        if spec.offload != "none":
+            pipe.maybe_free_model_hooks()
+    release_memory(device)
 
 
 def set_scheduler(pipe, spec: ImageSpec, noise_seeds: list[int]) -> None:

@@ -67,7 +67,7 @@ LABEL_FIELDS = (
 )
 # How an image is computed, not what it shows: not part of its id either, but
 # one value per sweep, and images only share a pipeline call when they agree.
-EXECUTION_FIELDS = ("batch_size", "attention", "channels_last", "fuse_qkv", "compile", "vae_upcast", "offload", "vae_slicing")
+EXECUTION_FIELDS = ("batch_size", "attention", "channels_last", "fuse_qkv", "compile", "vae_upcast", "offload", "vae_slicing", "gpu")
 # Id fields that may differ between the images of one pipeline call.
 _ROW_ID_FIELDS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "init_image_sha", "mask_image_sha")
 PER_IMAGE_FIELDS = (*_ROW_ID_FIELDS, "seed")
@@ -132,6 +132,7 @@ class ImageSpec:
     vae_upcast: bool | None  # None: the VAE's own force_upcast
     offload: str
     vae_slicing: bool
+    gpu: int | None  # device=cuda:N: render on GPU N (one process); None: each rank its own
 
     def render_fields(self) -> dict[str, Any]:
         """The fields that change the pixels, in canonical (JSON-ready) form."""
@@ -164,7 +165,7 @@ _SHARED_ID_FIELDS = tuple(name for name in ID_FIELDS if name not in PER_IMAGE_FI
 DEFAULTS: dict[str, Any] = dict(
     strength=None, init_image_sha=None, mask_image_sha=None, watermark=False, safety_checker=False,
     model_config=None, prompt_template=None, init_image=None, mask_image=None, attention="sdpa", channels_last=False,
-    fuse_qkv=False, compile=None, vae_upcast=None, offload="none", vae_slicing=False, vae_tiling=False,
+    fuse_qkv=False, compile=None, vae_upcast=None, offload="none", vae_slicing=False, vae_tiling=False, gpu=None,
 )
 
 
@@ -270,7 +271,7 @@ def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: in
     rows, prompt_file = prompt_rows(c, limit=budget if budget is not None else _max_images(c))
     # A list of negative prompts zips with the prompts as written, before templates expand.
     texts = {key: _per_prompt(c, key, rows[-1].source + 1) for key in PER_PROMPT_KEYS}
-    makers: dict[str, tuple[_SpecMaker, list[int], list[tuple]]] = {}
+    makers: dict[str, tuple[_SpecMaker, list[int], list[dict], bool]] = {}
     specs: list[ImageSpec] = []
     for row in rows:
         key = _canonical(row.params) if row.params else ""
@@ -280,12 +281,14 @@ def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: in
             # Every job draws the same random seeds for -1 (by position), so a `guidance=3,5,7
             # seed=-1` sweep compares guidance on one seed, as A1111's X/Y plot does.
             roots = _csv_paths(c, rc, row.params, prompt_file)
-            makers[key] = (_SpecMaker(template), _seeds(rc, str(seed_nonce)), _init_images(rc, template.mode, roots))
-        maker, seeds, inits = makers[key]
+            makers[key] = (_SpecMaker(template), _seeds(rc, str(seed_nonce)), _init_images(rc, template.mode, roots), template.uses_cfg)
+        maker, seeds, inits, cfg = makers[key]
         if budget is not None and len(specs) + len(inits) * len(seeds) > budget:
             limit = _max_images(c)
             raise _fail("max_images", limit, f"the sweep asks for more than {limit} images; raise max_images to render them all")
         prompt = {name: row.params.get(name, texts[name][row.source]) for name in PER_PROMPT_KEYS}
+        if not cfg:  # guidance <= 1: diffusers never reads a negative prompt; null, so one picture has one id
+            prompt.update(negative_prompt=None, negative_prompt_2=None)
         for init in inits:
             specs.extend(maker.row(seeds, prompt=row.prompt, prompt_template=row.template, **prompt, **init))
     return specs
@@ -306,14 +309,23 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         for key in SDXL_ONLY_KEYS:
             if c.get(key) is not None:
                 raise _fail(key, c.get(key), f"only for SDXL models, but model={model['name']} is {family}")
-    device = _device(c.get("device", "auto"), auto_device)
+    device, gpu = _device(c.get("device", "auto"), auto_device)
     mode = _choice(c, "mode", MODES)
     if mode != "txt2img" and refiner["id"] is not None:
         raise PlanError(f"invalid refiner={refiner['name']}: works with mode=txt2img only; use refiner=none with mode={mode}")
     steps = _steps(c)
     strength = None if mode == "txt2img" else _strength(c, steps)
+    _check_split(refiner, steps, scheduler["kwargs"])
+    width, height = _size(c, "width"), _size(c, "height")
+    guidance = _guidance(c)
+    if guidance <= 1:  # no classifier-free guidance: diffusers uses no negative conditioning
+        sizes.update(negative_original_size=None, negative_target_size=None, negative_crops_coords_top_left=None)
     attention = _choice(c, "attention", ATTENTION, default="sdpa")
     fuse_qkv = _flag(c, "fuse_qkv")
+    compiled, offload = _compile(c), _offload(c, device)
+    if compiled is not None and offload != "none":
+        # offload hooks move the UNet's weights between calls; a compiled graph assumes they stay put
+        raise _fail("compile", c.get("compile"), f"torch.compile and offload={offload} do not mix; use one or the other")
     if fuse_qkv and attention == "eager":
         # diffusers' fused projections come with its SDPA processor only: eager would be replaced silently.
         raise _fail("fuse_qkv", fuse_qkv, "fused Q/K/V projections run through torch's SDPA; not with attention=eager")
@@ -336,10 +348,10 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         prompt_2=None,
         negative_prompt_2=None,
         seed=0,
-        guidance=_guidance(c),
+        guidance=guidance,
         steps=steps,
-        width=_size(c, "width"),
-        height=_size(c, "height"),
+        width=width,
+        height=height,
         dtype=_dtype(c.get("dtype", "auto"), device),
         device=device,
         watermark=_watermark(c, family),
@@ -359,12 +371,13 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         attention=attention,
         channels_last=_flag(c, "channels_last"),
         fuse_qkv=fuse_qkv,
-        compile=_compile(c),
+        compile=compiled,
         vae_upcast=_vae_upcast(c),
-        offload=_offload(c, device),
+        offload=offload,
         vae_slicing=_flag(c, "vae_slicing"),
         vae_tiling=_flag(c, "vae_tiling"),
-        **sizes,
+        gpu=gpu,
+        **_conditioning(sizes, mode, width, height),
     )
 
 
@@ -422,6 +435,68 @@ def config_of(spec: ImageSpec) -> dict[str, Any]:
         "compile": False if spec.compile is None else spec.compile,
         "vae_upcast": "auto" if spec.vae_upcast is None else spec.vae_upcast,
     }
+
+
+def _conditioning(sizes: Mapping[str, Any], mode: str, width: int, height: int) -> dict[str, Any]:
+    """SDXL size conditioning in the one form that says what takes effect.
+
+    A value equal to diffusers' default is null. An unset negative value means
+    its positive counterpart; diffusers' SDXL base ignores the negative ones
+    unless both negative sizes are given, so they are either all null (no
+    effect) or all three set, and render passes all three. One picture, one id.
+    """
+    size, crop = (height, width), (0, 0)
+    positive = (sizes["original_size"] or size, sizes["crops_coords_top_left"] or crop, sizes["target_size"] or size)
+    if mode != "txt2img" and sizes["negative_crops_coords_top_left"] is not None:
+        # the img2img and inpaint pipelines take crops_coords_top_left for both
+        raise _fail("negative_crops_coords_top_left", list(sizes["negative_crops_coords_top_left"]), f"diffusers' SDXL {mode} pipeline ignores it; leave it null")
+    negative = tuple(value or positive[n] for n, value in enumerate(
+        (sizes["negative_original_size"], sizes["negative_crops_coords_top_left"], sizes["negative_target_size"])))
+    same = negative == positive
+    return dict(
+        original_size=None if positive[0] == size else positive[0],
+        crops_coords_top_left=None if positive[1] == crop else positive[1],
+        target_size=None if positive[2] == size else positive[2],
+        negative_original_size=None if same else negative[0],
+        negative_crops_coords_top_left=None if same else negative[1],
+        negative_target_size=None if same else negative[2],
+    )
+
+
+def _check_split(refiner: Mapping[str, Any], steps: int, scheduler_kwargs: Mapping[str, Any]) -> None:
+    """Refuse a refiner split that leaves the base or the refiner no step."""
+    if refiner["id"] is None:
+        return
+    base, refined = split_steps(steps, refiner["split"], refiner["mode"], scheduler_kwargs.get("timestep_spacing", "leading"))
+    if min(base, refined) < 1:
+        who = "base" if base < 1 else "refiner"
+        raise _fail(
+            "refiner.split", refiner["split"], f"with steps={steps} (refiner.mode={refiner['mode']}) the {who} gets no step "
+            f"(base {base}, refiner {refined}); choose a split nearer 0.5 or more steps",
+        )
+
+
+def split_steps(steps: int, split: float, mode: str, spacing: str = "leading", train_steps: int = 1000) -> tuple[int, int]:
+    """(base steps, refiner steps) of a refiner split, as diffusers cuts them.
+
+    img2img: the base runs every step, the refiner int(steps * (1 - split)).
+    ensemble: the split cuts the noise schedule, not the steps: the base runs the
+    timesteps >= (1 - split) * 1000, the refiner the rest. Exact for schedules
+    spaced evenly in time (`timestep_spacing` leading, as SDXL ships, trailing or
+    linspace); Karras-style sigmas crowd the low-noise end, so render records the
+    counts that really ran (base_steps, refiner_steps).
+    """
+    if mode == "img2img":
+        return steps, min(int(steps * (1.0 - split)), steps)
+    if spacing == "trailing":
+        timesteps = [round(train_steps - i * train_steps / steps) - 1 for i in range(steps)]
+    elif spacing == "linspace":
+        timesteps = [round((train_steps - 1) * (1 - i / max(steps - 1, 1))) for i in range(steps)]
+    else:  # leading, with SD's steps_offset of 1
+        timesteps = [(steps - 1 - i) * (train_steps // steps) + 1 for i in range(steps)]
+    cutoff = int(round(train_steps - split * train_steps))
+    base = sum(t >= cutoff for t in timesteps)
+    return base, steps - base
 
 
 def _show(value: Any) -> str:
@@ -679,10 +754,12 @@ def _batch_size(c: Mapping[str, Any]) -> int | None:
     return value
 
 
-def _device(value: Any, auto_device: str) -> str:
+def _device(value: Any, auto_device: str) -> tuple[str, int | None]:
+    """(device type, GPU index or None) of `device`."""
     if not isinstance(value, str) or not _DEVICE.match(value):
         raise _fail("device", value, "allowed: auto, cpu, cuda, cuda:N, mps")
-    return auto_device if value == "auto" else value.split(":")[0]
+    kind, _, index = value.partition(":")
+    return (auto_device if value == "auto" else kind), (int(index) if index else None)
 
 
 def _dtype(value: Any, device: str) -> str:

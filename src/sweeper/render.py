@@ -12,7 +12,7 @@ each PNG records its whole call and replay.py repeats it.
 from __future__ import annotations
 
 import io
-from collections import OrderedDict
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +26,16 @@ from sweeper.files import read_image_file
 from sweeper.plan import CROP_KEYS, SIZE_KEYS, ImageSpec, content_sha
 from sweeper.schedule import Batch
 
-# Prompt embeddings kept per process: SDXL's take ~0.6 MB per prompt in float16.
+# Prompt embeddings kept per process (pipelines.EMBEDDINGS): SDXL's take ~0.6 MB per prompt in float16.
 EMBEDDING_CACHE_SIZE = 256
-_EMBEDDINGS: OrderedDict[tuple, tuple] = OrderedDict()
 
 
 @dataclass
 class Output:
     images: np.ndarray  # (N, H, W, 3) floats in 0..1
     nsfw: list[bool] | None  # the safety checker's verdict per image, when the pipeline ran one
+    base_steps: int  # the denoising steps each model really ran (a refiner split cuts the
+    refiner_steps: int | None  # noise schedule, not the steps; img2img runs int(steps * strength))
 
 
 def render_batch(batch: Batch, device: str) -> Output:
@@ -69,18 +70,34 @@ def render_batch(batch: Batch, device: str) -> Output:
         size = {}  # img2img takes its size from the (resized) image
 
     # 4. Base: every step, or up to the refiner's split.
+    pipelines.activate(base, first, device)
     if refiner is None:
         out = base(**size, output_type="np", **prompt_embeddings(base, specs, device), **kwargs)
-        return Output(out.images, _nsfw(out))
+        return Output(out.images, _nsfw(out), _steps_run(base, first, "base"), None)
     if first.refiner_mode == "ensemble":
         latents = base(**size, denoising_end=first.refiner_split, output_type="latent", **prompt_embeddings(base, specs, device), **kwargs).images
+        base_steps = _steps_run(base, first, "base")
         # 5. Refiner takes the latents mid-denoising (ensemble of experts).
+        pipelines.activate(refiner, first, device)
         out = refiner(image=latents, denoising_start=first.refiner_split, output_type="np", **prompt_embeddings(refiner, specs, device), **kwargs)
-        return Output(out.images, None)
+        return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"))
     latents = base(**size, output_type="latent", **prompt_embeddings(base, specs, device), **kwargs).images
+    base_steps = _steps_run(base, first, "base")
     # 5. Refiner re-noises the finished latents by 1 - split and denoises them again.
+    pipelines.activate(refiner, first, device)
     out = refiner(image=latents, strength=1.0 - first.refiner_split, output_type="np", **prompt_embeddings(refiner, specs, device), **kwargs)
-    return Output(out.images, None)
+    return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"))
+
+
+def _steps_run(pipe, spec: ImageSpec, who: str) -> int:
+    """Denoising steps the call just ran (a second-order scheduler visits most timesteps twice)."""
+    steps = math.ceil(pipe.num_timesteps / pipe.scheduler.order)
+    if steps < 1:  # diffusers would hand on (or decode) the latents untouched
+        raise RuntimeError(
+            f"refiner.split={spec.refiner_split:g} left the {who} no denoising step of {spec.steps} with {spec.scheduler_class}; "
+            "choose a split nearer 0.5 or more steps"
+        )
+    return steps
 
 
 def _nsfw(out) -> list[bool] | None:
@@ -99,9 +116,10 @@ def prompt_embeddings(pipe, specs: tuple[ImageSpec, ...], device: str) -> dict[s
 def _encoded(pipe, spec: ImageSpec, cfg: bool, device: str) -> tuple:
     """(embeds, negative, pooled, negative pooled) of one image's prompts; None where unused."""
     key = (id(pipe), spec.prompt, spec.negative_prompt, spec.prompt_2, spec.negative_prompt_2, cfg)
-    if key in _EMBEDDINGS:
-        _EMBEDDINGS.move_to_end(key)
-        return _EMBEDDINGS[key]
+    cache = pipelines.EMBEDDINGS
+    if key in cache:
+        cache.move_to_end(key)
+        return cache[key]
     with torch.no_grad():
         if spec.family == "sdxl":
             encoded = pipe.encode_prompt(
@@ -113,9 +131,9 @@ def _encoded(pipe, spec: ImageSpec, cfg: bool, device: str) -> tuple:
             encoded = (embeds, negative, None, None)
     if not cfg:
         encoded = (encoded[0], None, encoded[2], None)
-    _EMBEDDINGS[key] = encoded
-    if len(_EMBEDDINGS) > EMBEDDING_CACHE_SIZE:
-        _EMBEDDINGS.popitem(last=False)
+    cache[key] = encoded
+    if len(cache) > EMBEDDING_CACHE_SIZE:
+        cache.popitem(last=False)
     return encoded
 
 

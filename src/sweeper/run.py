@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
-from sweeper import devices, faults, hub, schedule
-from sweeper.errors import StorageError, UnsafePath
+from sweeper import devices, distributed, faults, hub, schedule
+from sweeper.errors import DeviceFailed, StorageError, UnsafePath
 from sweeper.files import check_sweep_dir
 from sweeper.plan import ImageSpec, Job, PlanError, plan
 
@@ -66,11 +66,16 @@ class Summary:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def prepare(jobs: Sequence[Job], out_dir: Path) -> Prepared:
-    """Plan and check every job, and find what `out_dir` already holds. Raises PlanError, UnsafePath."""
+def prepare(jobs: Sequence[Job], out_dir: Path, processes: int = 1, processes_per_gpu: int = 1) -> Prepared:
+    """Plan and check every job, and find what `out_dir` already holds. Raises PlanError, UnsafePath.
+
+    `processes` (and `processes_per_gpu`) are the workers the launcher will spawn
+    here: check_devices refuses more than the GPUs can take.
+    """
     _check_writable(Path(out_dir))
     check_sweep_dir(Path(out_dir))
     specs = plan(jobs, devices.auto_device(), _seed_nonce)
+    check_devices(specs, processes, processes_per_gpu)
     to_check = set()
     for model_id, revision, refiner_id, refiner_revision, config in {(s.model_id, s.model_revision, s.refiner_id, s.refiner_revision, s.model_config) for s in specs}:
         to_check.add(("model.id", model_id, revision))
@@ -88,6 +93,32 @@ def prepare(jobs: Sequence[Job], out_dir: Path) -> Prepared:
     todo = [spec for spec in specs if spec.image_id not in done]
     dry_run = any(bool(job.config.get("dry_run")) for job in jobs)
     return Prepared(jobs=len(jobs), specs=specs, todo=todo, dry_run=dry_run)
+
+
+def check_devices(specs: Sequence[ImageSpec], processes: int = 1, processes_per_gpu: int = 1) -> None:
+    """Refuse, before anything loads, devices this machine cannot give the processes that will render.
+
+    `processes`: workers this command spawns (1 under `accelerate launch`, whose
+    ranks are counted from its environment). Raises PlanError (one line).
+    """
+    if isinstance(processes_per_gpu, bool) or not isinstance(processes_per_gpu, int) or processes_per_gpu < 1:
+        raise PlanError(f"invalid hydra.launcher.processes_per_gpu={processes_per_gpu!r}: must be an integer >= 1")
+    ranks, local = (distributed.world_size(), distributed.local_world_size()) if distributed.launched() else (processes, processes)
+    for device, gpu in sorted({(spec.device, spec.gpu) for spec in specs}, key=str):
+        if device != "cuda":
+            continue
+        shown = "cuda" if gpu is None else f"cuda:{gpu}"
+        problem = devices.cuda_problem(gpu)
+        if problem:
+            raise PlanError(f"invalid device={shown}: {problem}")
+        if gpu is not None and ranks > 1:
+            raise PlanError(f"invalid device={shown}: it pins one GPU, but {ranks} processes render; use device=cuda (each process takes its own GPU)")
+        gpus = devices.usable_gpus()
+        if gpu is None and local > gpus * processes_per_gpu:
+            raise PlanError(
+                f"{local} processes would render on this machine's {gpus} GPU(s); start at most {gpus * processes_per_gpu}, "
+                "or share GPUs on purpose with hydra.launcher.processes_per_gpu=N"
+            )
 
 
 def _check_writable(out_dir: Path) -> None:
@@ -118,8 +149,10 @@ def announce(prepared: Prepared, out_dir: Path) -> None:
 def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 1, gpu: int = 0, progress: Progress | None = None) -> Summary:
     """Render this rank's share of what is not done; store PNGs and manifest parts.
 
-    `gpu` is the CUDA device index of this rank when the specs ask for cuda.
-    `progress` counts images; by default a tqdm bar on rank 0.
+    `gpu` is the CUDA device index of this rank when the specs ask for cuda
+    (device=cuda:N pins it). `progress` counts images; by default a tqdm bar on rank 0.
+    Raises DeviceFailed when a CUDA error leaves this process unable to render on:
+    its images not rendered are error rows by then.
     """
     summary = Summary()
     batches = schedule.shard(schedule.make_batches(prepared.todo), rank, world_size)
@@ -140,8 +173,8 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
     threads = torch.get_num_threads()  # on the CPU, pixels depend on it (replay repeats it)
     total = sum(len(batch.specs) for batch in batches)
     with progress or progress_bar(total, disable=rank != 0) as progress, _storage_errors(out_dir):
-        for batch in batches:
-            device = f"cuda:{gpu}" if batch.specs[0].device == "cuda" else batch.specs[0].device
+        for number, batch in enumerate(batches):
+            device = render_device(batch.specs[0], gpu)
             for done in _render_backing_off(batch, device, progress):
                 writer.submit(lambda done=done: _store(done, out_dir, versions, dict(facts, device=device), threads))
                 for spec, error in zip(done.batch.specs, done.errors):
@@ -152,8 +185,29 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
                 if done.batch_error:
                     progress.write(f"sweeper: a batch of {len(done.batch.specs)} failed: {done.batch_error}")
                 progress.update(len(done.batch.specs))
+                if done.fatal:
+                    rest = [spec for later in batches[number + 1 :] for spec in later.specs]
+                    reason = f"not rendered: rank {rank} stopped after a CUDA error ({done.batch_error})"
+                    writer.submit(lambda: _store_errors(rest, reason, out_dir, dict(facts, device=device)))
+                    writer.close()
+                    summary.failed.extend((spec.image_id, reason) for spec in rest)
+                    raise DeviceFailed(
+                        f"rank {rank} on {device}: {done.batch_error}; the CUDA context cannot be used any more, so this process "
+                        f"stopped ({len(rest) + len(done.batch.specs)} image(s) recorded as errors); run the same command again to render them"
+                    )
         writer.close()
     return summary
+
+
+def render_device(spec: ImageSpec, gpu: int) -> str:
+    """The torch device a spec renders on: its pinned GPU (device=cuda:N), else this rank's."""
+    if spec.device != "cuda":
+        return spec.device
+    import torch
+
+    device = f"cuda:{gpu if spec.gpu is None else spec.gpu}"
+    torch.cuda.set_device(device)  # what allocates without a device (cuBLAS handles, caches) goes there too
+    return device
 
 
 @contextlib.contextmanager
@@ -180,42 +234,74 @@ class _Rendered:
     started_at: dt.datetime
     finished_at: dt.datetime
     seconds: float  # per image
+    steps: tuple[int | None, int | None] = (None, None)  # (base, refiner) steps that really ran
+    fatal: bool = False  # a CUDA error that leaves the process unable to render on
+
+
+@dataclass
+class _Attempt:
+    """What one pipeline call gave: its output, or what went wrong (no exception object:
+    its traceback would keep the failed call's tensors alive through a retry)."""
+
+    output: Any = None
+    warnings: list[str | None] | None = None
+    failure: str | None = None  # None, "oom", "fatal" or "error"
+    message: str | None = None
 
 
 SAFETY_WARNING = "flagged by the safety checker"
+# Allocation failures that torch reports as a RuntimeError, not as OutOfMemoryError.
+_OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_ENOUGH_MEMORY")
+# CUDA errors after which the process's CUDA context is unusable (every later call fails).
+_FATAL_MARKERS = ("illegal memory access", "device-side assert", "unspecified launch failure", "illegal instruction", "misaligned address", "uncorrectable ECC")
+
+
+def _attempt(batch: schedule.Batch, device: str) -> _Attempt:
+    import torch
+
+    from sweeper.render import prompt_warnings, render_batch
+
+    try:
+        faults.before_render(batch.specs)
+        output = render_batch(batch, device)
+        faults.after_render(batch.specs, output.images)
+        return _Attempt(output, prompt_warnings(batch, device))
+    except Exception as exc:  # one failing batch must not stop the sweep
+        text = str(exc)
+        if isinstance(exc, torch.cuda.OutOfMemoryError) or any(marker in text for marker in _OOM_MARKERS):
+            return _Attempt(failure="oom", message=_one_line(exc))
+        if type(exc).__name__ == "AcceleratorError" or any(marker in text for marker in _FATAL_MARKERS):
+            return _Attempt(failure="fatal", message=_one_line(exc))
+        return _Attempt(failure="error", message=_one_line(exc))
 
 
 def _render_backing_off(batch: schedule.Batch, device: str, progress: Progress) -> list[_Rendered]:
-    """Render a batch; out of memory, halve it and retry the halves, down to one image."""
-    import torch
-
+    """Render a batch; out of memory, restore the pipelines and retry the halves, down to one image."""
     from sweeper import pipelines
-    from sweeper.render import prompt_warnings, render_batch
     from sweeper.store import problem
 
     started, tic = dt.datetime.now(dt.timezone.utc), time.perf_counter()
-    try:
-        faults.before_render(batch.specs)
-        output, error = render_batch(batch, device), None
-        arrays, nsfw = output.images, output.nsfw
-        faults.after_render(batch.specs, arrays)
-        warnings = prompt_warnings(batch, device)
-    except torch.OutOfMemoryError as exc:
-        if len(batch.specs) > 1:
-            pipelines.release_memory(device)
-            half = len(batch.specs) // 2
-            progress.write(f"sweeper: out of memory with {len(batch.specs)} images per call; retrying with {half}")
-            halves = (schedule.Batch(batch.specs[:half]), schedule.Batch(batch.specs[half:]))
-            return [done for part in halves for done in _render_backing_off(part, device, progress)]
-        arrays, nsfw, error, warnings = None, None, _one_line(exc), [None] * len(batch.specs)
-    except Exception as exc:  # one failing batch must not stop the sweep
-        arrays, nsfw, error, warnings = None, None, _one_line(exc), [None] * len(batch.specs)
+    attempt = _attempt(batch, device)
+    if attempt.failure in ("oom", "error"):
+        pipelines.restore(batch.specs[0], device)  # the failed call's tensors are gone with its frames
+    if attempt.failure == "oom" and len(batch.specs) > 1:
+        half = len(batch.specs) // 2
+        progress.write(f"sweeper: out of memory with {len(batch.specs)} images per call; retrying with {half}")
+        halves = (schedule.Batch(batch.specs[:half]), schedule.Batch(batch.specs[half:]))
+        return [done for part in halves for done in _render_backing_off(part, device, progress)]
     seconds = (time.perf_counter() - tic) / len(batch.specs)
-    problems = [(error, None)] * len(batch.specs) if arrays is None else [problem(array) for array in arrays]
+    finished = dt.datetime.now(dt.timezone.utc)
+    count = len(batch.specs)
+    if attempt.failure is not None:
+        return [_Rendered(batch, None, None, attempt.message, [attempt.message] * count, [None] * count, started, finished, seconds,
+                          fatal=attempt.failure == "fatal")]
+    output = attempt.output
+    problems = [problem(array) for array in output.images]
+    flagged = [SAFETY_WARNING if verdict else None for verdict in output.nsfw or [False] * count]
+    warnings = ["; ".join(w for w in found if w) or None for found in zip([w for _, w in problems], attempt.warnings, flagged)]
     errors = [image_error for image_error, _ in problems]
-    flagged = [SAFETY_WARNING if verdict else None for verdict in nsfw or [False] * len(batch.specs)]
-    warnings = ["; ".join(w for w in found if w) or None for found in zip([w for _, w in problems], warnings, flagged)]
-    return [_Rendered(batch, arrays, nsfw, error, errors, warnings, started, dt.datetime.now(dt.timezone.utc), seconds)]
+    steps = (output.base_steps, output.refiner_steps)
+    return [_Rendered(batch, output.images, output.nsfw, None, errors, warnings, started, finished, seconds, steps)]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -230,7 +316,8 @@ def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict
 
     call = call_record(done.batch.specs, threads)
     rows = []
-    timing = dict(seconds=done.seconds, started_at=done.started_at, finished_at=done.finished_at, batch_size=len(done.batch.specs))
+    timing = dict(seconds=done.seconds, started_at=done.started_at, finished_at=done.finished_at, batch_size=len(done.batch.specs),
+                  base_steps=done.steps[0], refiner_steps=done.steps[1])
     for index, spec in enumerate(done.batch.specs):
         path = image_path(spec)
         error = done.errors[index]
@@ -242,6 +329,15 @@ def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict
         rows.append(row)
     manifest.write_part(out_dir, rows)
     faults.event("part")
+
+
+def _store_errors(specs: Sequence[ImageSpec], error: str, out_dir: Path, facts: dict[str, Any]) -> None:
+    """Error rows for images that will not be rendered here, so the summary and a re-run know."""
+    from sweeper import manifest
+    from sweeper.store import image_path
+
+    if specs:
+        manifest.write_part(out_dir, [manifest.row(spec, image_path(spec), "error", error, **facts) for spec in specs])
 
 
 class Progress(Protocol):

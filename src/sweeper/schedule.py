@@ -39,13 +39,18 @@ class Batch:
         return sum(cost(spec) for spec in self.specs)
 
 
+# Schedulers that call the UNet twice per step (second order, or an SDE step with a midpoint).
+TWO_CALLS_PER_STEP = frozenset({"HeunDiscreteScheduler", "DPMSolverSDEScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"})
+
+
 def cost(spec: ImageSpec) -> float:
     """Estimated work for one image: pixels x UNet forwards (CFG doubles them), plus the decode."""
     # img2img and inpaint skip the first 1 - strength of the steps.
-    forwards = (spec.steps if spec.strength is None else max(1, int(spec.steps * spec.strength))) * (2 if spec.uses_cfg else 1)
+    steps = spec.steps if spec.strength is None else max(1, int(spec.steps * spec.strength))
     if spec.refiner_mode == "img2img":
-        forwards += spec.steps * (1 - spec.refiner_split) * (2 if spec.uses_cfg else 1)
-    return spec.width * spec.height * (forwards + DECODE_FORWARDS)
+        steps += spec.steps * (1 - spec.refiner_split)
+    calls = (2 if spec.scheduler_class in TWO_CALLS_PER_STEP else 1) * (2 if spec.uses_cfg else 1)
+    return spec.width * spec.height * (steps * calls + DECODE_FORWARDS)
 
 
 def estimate_seconds(specs: Iterable[ImageSpec], seconds_per_unit: float | None = None) -> float:
@@ -53,7 +58,7 @@ def estimate_seconds(specs: Iterable[ImageSpec], seconds_per_unit: float | None 
     seconds: dict[tuple, float] = {}  # per kind of image: 100k specs are a handful of kinds
     total = 0.0
     for spec in specs:
-        kind = (spec.model_id, spec.device, spec.steps, spec.strength, spec.guidance, spec.width, spec.height, spec.refiner_mode, spec.refiner_split)
+        kind = (spec.model_id, spec.device, spec.scheduler_class, spec.steps, spec.strength, spec.guidance, spec.width, spec.height, spec.refiner_mode, spec.refiner_split)
         if kind not in seconds:
             rate = seconds_per_unit or SECONDS_PER_UNIT[("tiny" if spec.model_id in TINY_MODELS else "full", spec.device)]
             seconds[kind] = cost(spec) * rate

@@ -32,8 +32,9 @@ def _render_all(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) 
 
     composer = JobComposer(launcher.hydra_context.config_loader, launcher.config)
     jobs = composer.jobs(job_overrides, initial_job_idx)
-    prepared = run.prepare(jobs, sweep_dir)
-    summary = sweeper_launch.render(prepared, sweep_dir, sweeper_launch.num_processes(launcher.num_processes))
+    processes = sweeper_launch.num_processes(launcher.num_processes)
+    prepared = run.prepare(jobs, sweep_dir, processes, launcher.processes_per_gpu)
+    summary = sweeper_launch.render(prepared, sweep_dir, processes)
     failed = {image_id for image_id, _ in summary.failed}
     returns = []
     for job in jobs:

@@ -24,6 +24,8 @@ class AccelerateLauncherConf:
     # Workers to spawn on this machine: `auto` = one per visible GPU (1 without one).
     # Ignored under `accelerate launch` / torchrun, whose ranks do the work.
     num_processes: Any = "auto"
+    # Processes that may share one GPU (more processes than GPUs is refused otherwise).
+    processes_per_gpu: int = 1
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="sweeper", node=PlanningSweeperConf, provider="sweeper")

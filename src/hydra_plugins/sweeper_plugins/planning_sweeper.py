@@ -139,8 +139,15 @@ class PlanningSweeper(BasicSweeper):
         from sweeper import run
         from sweeper.hydra_jobs import JobComposer
 
+        from hydra_plugins.sweeper_plugins.accelerate_launcher import AccelerateLauncher
+        from sweeper import launch
+
         jobs = JobComposer(self.hydra_context.config_loader, self.config).jobs(every_job)
-        prepared = run.prepare(jobs, sweep_dir)
+        spawn = isinstance(self.launcher, AccelerateLauncher)
+        processes = launch.num_processes(self.launcher.num_processes) if spawn else 1
+        prepared = run.prepare(jobs, sweep_dir, processes, self.launcher.processes_per_gpu if spawn else 1)
+        if distributed.launched():
+            distributed.agree_on_plan(prepared.specs)
         if distributed.rank() == 0:
             run.announce(prepared, sweep_dir)
         return prepared.dry_run

@@ -1,18 +1,25 @@
-"""Benchmark: sweeper against the plain diffusers loop a user would write.
+"""Benchmark: sweeper against the diffusers loops a user would write.
 
-The same images are rendered twice, each in a cold subprocess timed wall to
-wall (interpreter start, imports and model loading included):
+The same images are rendered three times, each in a cold subprocess timed
+wall to wall (interpreter start, imports and model loading included):
 
-  loop     a temp script: import diffusers, `StableDiffusionXLPipeline.from_pretrained`
-           once, then for every (seed, guidance) one call with its own
-           `torch.Generator().manual_seed(seed)` and `image.save(...)`;
-  sweeper  `python -m sweeper -m model=tiny seed=range(0,S) guidance=a,b,.. steps=..
-           width=.. height=.. hydra.sweep.dir=<tmp>` (HF_HUB_OFFLINE=1).
+  loop          a temp script: import diffusers, `StableDiffusionXLPipeline.from_pretrained`
+                once, then for every (seed, guidance) one call with its own
+                `torch.Generator().manual_seed(seed)` and `image.save(...)`;
+  batched_loop  the same, as a careful user writes it: for every guidance the prompt
+                encoded once (`pipe.encode_prompt`), then one call per chunk of seeds
+                with the embeddings repeated to the chunk and one generator per seed;
+                chunks as large as the batch sweeper picks (`schedule.auto_batch_size`,
+                or --batch-size when it is an int);
+  sweeper       `python -m sweeper -m model=tiny seed=range(0,S) guidance=a,b,.. steps=..
+                width=.. height=.. hydra.sweep.dir=<tmp>` (HF_HUB_OFFLINE=1).
 
-Then it checks that both hold the same set of images (count, and the pixels
-of every pair with the same seed and guidance: bit-identical with
---batch-size 1, within 2 levels with batching), times `python -m sweeper
---help` plus planning 100,000 images (dry_run), and prints one JSON line last.
+Then it checks that sweeper holds the same set of images as each loop (count,
+and the pixels of every pair with the same seed and guidance: bit-identical
+with --batch-size 1, within 2 levels with batching; the batched loop's,
+batched alike, bit-identical so far), times `python -m sweeper --help` plus
+planning 100,000 images (dry_run), and prints one JSON line last; `ratio` is
+sweeper / loop, `sweeper_vs_batched_loop` sweeper / batched_loop.
 
     python scripts/bench.py                              # tiny SDXL, CPU, 32 seeds x 8 guidance, 64x64, 4 steps
     python scripts/bench.py --seeds 4 --guidance 5,7 --no-plan       # quicker
@@ -80,6 +87,50 @@ for seed in a["seeds"]:
         save.append(time.perf_counter() - toc)
 t_end = time.perf_counter()
 print(json.dumps(dict(import_s=t_import - t0, load_s=t_load - t_import, loop_s=t_end - t_load, render_s=render, save_s=save)))
+'''
+
+# What a careful user writes: the prompt encoded once per guidance, seeds in
+# chunks of sweeper's batch size (it batches only images of equal guidance).
+BATCHED_LOOP_SCRIPT = r'''
+import json, sys, time
+t0 = time.perf_counter()
+import torch
+from diffusers import StableDiffusionXLPipeline
+t_import = time.perf_counter()
+
+a = json.loads(sys.argv[1])
+pipe = StableDiffusionXLPipeline.from_pretrained(a["model_dir"], dtype=getattr(torch, a["dtype"]))
+pipe = pipe.to(a["device"])
+pipe.set_progress_bar_config(disable=True)
+t_load = time.perf_counter()
+
+names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+encode, render, save, sizes = [], [], [], []
+for guidance in a["guidance"]:
+    tic = time.perf_counter()
+    with torch.no_grad():
+        encoded = pipe.encode_prompt(a["prompt"], device=a["device"], num_images_per_prompt=1, do_classifier_free_guidance=guidance > 1)
+    encode.append(time.perf_counter() - tic)
+    for start in range(0, len(a["seeds"]), a["batch"]):
+        chunk = a["seeds"][start : start + a["batch"]]
+        tic = time.perf_counter()
+        images = pipe(
+            **{name: torch.cat([part] * len(chunk)) for name, part in zip(names, encoded) if part is not None},
+            num_inference_steps=a["steps"],
+            guidance_scale=guidance,
+            width=a["size"],
+            height=a["size"],
+            generator=[torch.Generator().manual_seed(seed) for seed in chunk],
+        ).images
+        toc = time.perf_counter()
+        for seed, image in zip(chunk, images):
+            image.save(f"{a['out']}/seed{seed}_guidance{guidance:g}.png")
+        render.append(toc - tic)
+        save.append(time.perf_counter() - toc)
+        sizes.append(len(chunk))
+t_end = time.perf_counter()
+print(json.dumps(dict(import_s=t_import - t0, load_s=t_load - t_import, loop_s=t_end - t_load, encode_s=encode, render_s=render,
+                      save_s=save, sizes=sizes)))
 '''
 
 
@@ -203,20 +254,25 @@ class Timed:
             raise SystemExit(f"bench: {what} failed (rc={self.returncode}):\n{tail}")
 
 
-# --- the two runs ---------------------------------------------------------
+# --- the three runs -------------------------------------------------------
+
+
+def run_script(args, model_dir: Path, work: Path, name: str, script_text: str, **extra) -> tuple[Timed, dict]:
+    """A loop script in a cold subprocess writing its PNGs to work/<name>; its run and the timings it printed."""
+    out = work / name
+    out.mkdir()
+    script = work / f"{name}_script.py"
+    script.write_text(script_text)
+    spec = dict(model_dir=str(model_dir), dtype=args.dtype, device=args.device, prompt=args.prompt, steps=args.steps,
+                size=args.size, seeds=list(range(args.seeds)), guidance=args.guidance_values, out=str(out), **extra)
+    run = Timed([sys.executable, str(script), json.dumps(spec)], work, work / f"{name}.log")
+    run.check(f"the diffusers {name}")
+    return run, json.loads(run.text("out")[-1])
 
 
 def run_loop(args, model_dir: Path, work: Path) -> dict:
-    out = work / "loop"
-    out.mkdir()
-    script = work / "loop_script.py"
-    script.write_text(LOOP_SCRIPT)
-    spec = dict(model_dir=str(model_dir), dtype=args.dtype, device=args.device, prompt=args.prompt, steps=args.steps,
-                size=args.size, seeds=list(range(args.seeds)), guidance=args.guidance_values, out=str(out))
     log(f"loop: {args.seeds * len(args.guidance_values)} images, plain diffusers script in a cold subprocess")
-    run = Timed([sys.executable, str(script), json.dumps(spec)], work, work / "loop.log")
-    run.check("the diffusers loop")
-    inner = json.loads(run.text("out")[-1])
+    run, inner = run_script(args, model_dir, work, "loop", LOOP_SCRIPT)
     per_image = [r + s for r, s in zip(inner["render_s"], inner["save_s"])]
     steady = per_image[1:] or per_image
     return dict(
@@ -231,6 +287,42 @@ def run_loop(args, model_dir: Path, work: Path) -> dict:
             start_and_import_s=inner["import_s"] + (run.wall_s - inner["import_s"] - inner["load_s"] - inner["loop_s"]),
             load_s=inner["load_s"],
             render_and_save_s=inner["loop_s"],
+        ),
+    )
+
+
+def sweeper_batch_size(args) -> int:
+    """The batch size sweeper gives these images: --batch-size, or its own auto choice."""
+    if args.batch_size != "auto":
+        return int(args.batch_size)
+    from types import SimpleNamespace
+
+    from sweeper.schedule import auto_batch_size
+
+    # auto_batch_size reads only the device and the size of a spec.
+    return auto_batch_size(SimpleNamespace(device=args.device, width=args.size, height=args.size))
+
+
+def run_batched_loop(args, model_dir: Path, work: Path) -> dict:
+    batch = sweeper_batch_size(args)
+    log(f"batched_loop: {args.seeds * len(args.guidance_values)} images, batches of up to {batch}, prompt encoded once per guidance,"
+        " diffusers script in a cold subprocess")
+    run, inner = run_script(args, model_dir, work, "batched_loop", BATCHED_LOOP_SCRIPT, batch=batch)
+    per_image = [(r + s) / n for r, s, n in zip(inner["render_s"], inner["save_s"], inner["sizes"])]
+    encode_s = sum(inner["encode_s"])
+    return dict(
+        batched_loop_s=run.wall_s,
+        batched_loop_cpu_s=run.cpu_s,
+        batched_loop_other_cpu_s=run.other_cpu_s,
+        batched_loop_batch_sizes=sorted(set(inner["sizes"])),
+        batched_loop_calls=len(inner["sizes"]),
+        batched_loop_ms_per_image=1000 * statistics.fmean(per_image[1:] or per_image),
+        batched_loop_first_batch_s=inner["render_s"][0] + inner["save_s"][0],
+        batched_loop_stages=dict(
+            start_and_import_s=inner["import_s"] + (run.wall_s - inner["import_s"] - inner["load_s"] - inner["loop_s"]),
+            load_s=inner["load_s"],
+            encode_s=encode_s,
+            render_and_save_s=inner["loop_s"] - encode_s,
         ),
     )
 
@@ -292,13 +384,14 @@ def run_sweeper(args, model_dir: Path, work: Path) -> tuple[dict, object]:
     return result, (sweep_dir, ok)
 
 
-def compare_pixels(work: Path, sweep_dir: Path, rows) -> dict:
+def compare_pixels(loop_dir: Path, sweep_dir: Path, rows) -> dict:
+    """Sweeper's images against a loop's, pair by pair (same seed and guidance)."""
     import numpy as np
     from PIL import Image
 
     diffs, identical, missing = [], 0, 0
     for row in rows.itertuples():
-        loop_png = work / "loop" / f"seed{row.seed}_guidance{row.guidance:g}.png"
+        loop_png = loop_dir / f"seed{row.seed}_guidance{row.guidance:g}.png"
         if not loop_png.exists():
             missing += 1
             continue
@@ -420,7 +513,7 @@ def flop_figures(args, result: dict) -> dict:
     cfg_factor = sum(2 if g > 1.0 else 1 for g in args.guidance_values) / len(args.guidance_values)
     tflop = (UNET_TFLOP_1024 * args.steps * cfg_factor + VAE_DECODE_TFLOP_1024) * (args.size * args.size) / 1024**2
     figures = dict(tflop_per_image=tflop, peak_tflops=args.peak_tflops)
-    for side in ("loop", "sweeper"):
+    for side in ("loop", "batched_loop", "sweeper"):
         per_s = 1000 / result[f"{side}_ms_per_image"]
         figures[f"{side}_images_per_s"] = per_s
         figures[f"{side}_wall_images_per_s"] = result["images"] / result[f"{side}_s"]
@@ -451,13 +544,23 @@ def main(argv=None) -> int:
         result.update(run_loop(args, model_dir, work))
         log(f"loop: {result['loop_s']:.1f} s")
         wait_until_idle(args.wait_idle)
+        result.update(run_batched_loop(args, model_dir, work))
+        log(f"batched_loop: {result['batched_loop_s']:.1f} s")
+        wait_until_idle(args.wait_idle)
         swept, (sweep_dir, rows) = run_sweeper(args, model_dir, work)
         result.update(swept)
         log(f"sweeper: {result['sweeper_s']:.1f} s")
+        if result["sweeper_batch_sizes"] != result["batched_loop_batch_sizes"]:
+            log(f"warning: sweeper batched by {result['sweeper_batch_sizes']}, the batched loop by {result['batched_loop_batch_sizes']}")
         result["ratio"] = result["sweeper_s"] / result["loop_s"]
         result["cpu_ratio"] = result["sweeper_cpu_s"] / result["loop_cpu_s"]
+        result["sweeper_vs_batched_loop"] = result["sweeper_s"] / result["batched_loop_s"]
+        result["sweeper_vs_batched_loop_cpu"] = result["sweeper_cpu_s"] / result["batched_loop_cpu_s"]
+        log(f"sweeper / loop: {result['ratio']:.3f}, sweeper / batched_loop: {result['sweeper_vs_batched_loop']:.3f} (goal: <= 1.10)")
         result["same_image_count"] = result["sweeper_images"] == images and result["sweeper_failed"] == 0
-        result.update(compare_pixels(work, sweep_dir, rows))
+        result.update(compare_pixels(work / "loop", sweep_dir, rows))
+        batched = compare_pixels(work / "batched_loop", sweep_dir, rows)
+        result.update({f"batched_loop_{key}": value for key, value in batched.items()})
         if args.model == "sdxl-random":
             result.update(flop_figures(args, result))
         if not args.no_plan:
@@ -470,13 +573,15 @@ def main(argv=None) -> int:
         if not args.out:
             shutil.rmtree(work, ignore_errors=True)
     result = {key: round(value, 4) if isinstance(value, float) else value for key, value in result.items()}
-    for key in ("loop_stages", "sweeper_stages"):
+    for key in ("loop_stages", "batched_loop_stages", "sweeper_stages"):
         if not isinstance(result.get(key), dict):
             continue
         result[key] = {name: round(value, 3) for name, value in result[key].items()}
     print(json.dumps(result))
     limit = 0 if args.batch_size == "1" else 2
-    good = result["same_image_count"] and result["max_pixel_diff"] is not None and result["max_pixel_diff"] <= limit
+    good = result["same_image_count"] and all(
+        result[key] is not None and result[key] <= limit for key in ("max_pixel_diff", "batched_loop_max_pixel_diff")
+    )
     return 0 if good else 1
 
 

@@ -27,7 +27,7 @@ import pytest
 from conftest import only_dir, run_cli
 from PIL import Image
 
-from sweeper import manifest, report, report_grid
+from sweeper import manifest, report, report_grid, store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -38,6 +38,7 @@ TRICKY_PROMPT = 'a "cat", <b>bold</b> & </script><script>alert(1)</script> café
 PROMPTS = ["a red fox", TRICKY_PROMPT]
 ERROR = 'out of memory: tried to allocate <2 GiB> & "more"'
 START = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+SIDE = 288  # larger than a thumbnail: smaller images are shown as they are
 
 
 # A fake sweep dir
@@ -51,7 +52,7 @@ def colour(index: int, count: int) -> tuple[int, int, int]:
 def base_row(**values) -> dict:
     row = dict.fromkeys(manifest.SCHEMA.names)
     row.update(
-        status="ok", model="tiny", refiner="none", scheduler="euler", steps=2, width=32, height=32, mode="txt2img",
+        status="ok", model="tiny", refiner="none", scheduler="euler", steps=2, width=SIDE, height=SIDE, mode="txt2img",
         model_id="tiny-sdxl", model_revision="v1", dtype="float32", device="cpu", rank=0, world_size=1,
         batch_size=1, batch_index=0, host="testhost", sweeper="0.1.0", diffusers="0.42.1", torch="2.13.0+cpu",
     )
@@ -81,7 +82,7 @@ def fake_sweep(sweep: Path, *, scheduler: str = "euler", guidances=(3.0, 7.5, 10
         rows.append(row)
         if not failed:
             (sweep / "images").mkdir(parents=True, exist_ok=True)
-            Image.new("RGB", (32, 32), row["colour"]).save(sweep / row["path"])
+            Image.new("RGB", (SIDE, SIDE), row["colour"]).save(sweep / row["path"])
     write_manifest(sweep, [{k: v for k, v in row.items() if k != "colour"} for row in rows])
     (sweep / "multirun.yaml").write_text(
         "hydra:\n  overrides:\n    task:\n    - model=tiny\n    - guidance=3,7.5,10\n    - seed=0,1,2,3\n", encoding="utf-8"
@@ -259,7 +260,7 @@ def test_thumbnails_are_made_once_and_linked_relative_to_the_report(tmp_path):
     thumbs = sorted((sweep / report.THUMBS_DIR).iterdir())
     assert [path.name for path in thumbs] == sorted(f"{row['image_id']}.webp" for row in rows if row["status"] == "ok")
     with Image.open(thumbs[0]) as thumb:
-        assert thumb.format == "WEBP" and thumb.size == (32, 32)
+        assert thumb.format == "WEBP" and thumb.size == (store.THUMB_SIDE, store.THUMB_SIDE)
     stamps = {path: path.stat().st_mtime_ns for path in thumbs}
 
     output = tmp_path / "elsewhere" / "cmp.html"
@@ -311,8 +312,8 @@ def test_ten_thousand_images_open_one_page_at_a_time(tmp_path):
     sweep = tmp_path / "big"
     (sweep / "images").mkdir(parents=True)
     (sweep / report.THUMBS_DIR).mkdir()
-    Image.new("RGB", (32, 32), (200, 60, 60)).save(sweep / "one.png")
-    Image.new("RGB", (32, 32), (200, 60, 60)).save(sweep / "one.webp")
+    Image.new("RGB", (SIDE, SIDE), (200, 60, 60)).save(sweep / "one.png")
+    Image.new("RGB", (SIDE, SIDE), (200, 60, 60)).save(sweep / "one.webp")
     rows = []
     for index, (steps, guidance, seed) in enumerate(product(range(1, 11), range(1, 11), range(100))):
         image_id = f"{index:020d}"

@@ -56,19 +56,19 @@ def finish(out_dir: Path) -> None:
     """After the last image: one manifest, the report, and exit 1 if images failed."""
     from sweeper import manifest, report
 
-    manifest.merge(out_dir)
+    table = manifest.merge(out_dir)
     try:
-        print(f"sweeper: report: {report.write_report(out_dir)}", file=sys.stderr, flush=True)
+        print(f"sweeper: report: {report.write_report(out_dir, table=table)}", file=sys.stderr, flush=True)
     except Exception as error:  # the images and the manifest are what matter; say it and go on
         print(f"sweeper: warning: no report: {error}", file=sys.stderr, flush=True)
-    exit_if_failed(out_dir)
+    exit_if_failed(out_dir, table)
 
 
-def exit_if_failed(out_dir: Path) -> None:
-    """Exit 1 with a summary if images of `out_dir` failed; their rows say why."""
+def exit_if_failed(out_dir: Path, table=None) -> None:
+    """Exit 1 with a summary if images of `out_dir` failed (of `table`, if read already); their rows say why."""
     from sweeper import manifest
 
-    failed = manifest.failed(out_dir)
+    failed = manifest.failed(out_dir, table)
     if failed:
         fail(
             f"{len(failed)} image(s) failed (first: {failed[0][1]}); their rows in {Path(out_dir) / manifest.MANIFEST} "

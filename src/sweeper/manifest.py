@@ -132,18 +132,20 @@ def _part_files(out_dir: Path) -> list[Path]:
     return sorted((Path(out_dir) / PARTS_DIR).glob("part-*.parquet"))
 
 
-def read(out_dir: Path) -> pa.Table:
+def read(out_dir: Path, files: dict[Path, pa.Table | None] | None = None) -> pa.Table:
     """Every image of the dir once, best row per image: the manifest, unmerged parts,
     and rows rebuilt from PNGs that have none (killed before their part was written).
 
     A sweep dir may come from someone else: rows whose id or path is not one of
     the dir's own images (`images/<id>.png`) are skipped with a warning.
+    `files`, if given, gets each file read (None for a damaged one).
     """
     out_dir = Path(out_dir)
+    files = {} if files is None else files
     tables = []
     for path in [out_dir / MANIFEST, *_part_files(out_dir)]:
         if path.exists() or path.is_symlink():
-            table = _read_table(path)
+            files[path] = table = _read_table(path)
             if table is not None:
                 tables.append(_own_rows(table, path))
     table = pa.concat_tables(tables) if tables else SCHEMA.empty_table()
@@ -230,19 +232,21 @@ def _best_row_per_image(table: pa.Table) -> pa.Table:
     return kept.sort_by([("job_num", "ascending"), ("started_at", "ascending"), ("batch_index", "ascending")])
 
 
-def merge(out_dir: Path) -> Path | None:
+def merge(out_dir: Path) -> pa.Table:
     """Fold part files (and orphan PNGs' rows) into manifest.parquet, atomically, then
-    drop the merged parts; damaged parts move to `.manifest-parts/damaged/` for a look."""
+    drop the merged parts; damaged parts move to `.manifest-parts/damaged/` for a look.
+    Returns the merged rows (empty, and nothing written, when the dir holds none)."""
     out_dir = Path(out_dir)
     parts = _part_files(out_dir)
-    table = read(out_dir)
+    tables = {}
+    table = read(out_dir, tables)
     if table.num_rows == 0:
-        return None
+        return table
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     write_atomic(out_dir / MANIFEST, buffer.getvalue())
     for part in parts:
-        if _read_table(part) is None:
+        if tables.get(part) is None:
             ensure_dir(part.parent / "damaged")
             part.rename(part.parent / "damaged" / part.name)
         else:
@@ -252,7 +256,7 @@ def merge(out_dir: Path) -> Path | None:
             (out_dir / PARTS_DIR).rmdir()
         except OSError:  # another rank wrote a part meanwhile, or damaged parts are kept
             pass
-    return out_dir / MANIFEST
+    return table
 
 
 def done_ids(out_dir: Path) -> set[str]:
@@ -275,9 +279,9 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def failed(out_dir: Path) -> list[tuple[str, str]]:
-    """(image_id, error) of every image whose best row is an error."""
-    table = read(out_dir)
+def failed(out_dir: Path, table: pa.Table | None = None) -> list[tuple[str, str]]:
+    """(image_id, error) of every image whose best row is an error (of `table`, if read already)."""
+    table = read(out_dir) if table is None else table
     return [
         (image_id, error)
         for image_id, status, error in zip(*(table.column(name).to_pylist() for name in ("image_id", "status", "error")))

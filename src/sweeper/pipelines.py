@@ -12,6 +12,7 @@ a `.safetensors`/`.ckpt` file loads with `from_single_file`.
 
 from __future__ import annotations
 
+import copy
 import gc
 import inspect
 import json
@@ -38,6 +39,7 @@ TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32":
 # ("refiner", base key, refiner key).
 _PIPELINES: dict[tuple, Any] = {}
 _ORIGINAL_SCHEDULER_CONFIG: dict[int, Any] = {}
+_SCHEDULERS: dict[tuple, Any] = {}  # (id of the pipeline, class, kwargs) -> a scheduler to copy (set_scheduler)
 # Prompt embeddings per (id of the pipeline, prompts, cfg): see render.prompt_embeddings.
 EMBEDDINGS: OrderedDict[tuple, tuple] = OrderedDict()
 _LOADS: list[tuple] = []  # every model this process loaded, in order (tests count them)
@@ -145,6 +147,7 @@ def _evict(drop) -> None:
         if _HOOKED[0] is pipe:
             _HOOKED[0] = None
     EMBEDDINGS.clear()  # keyed by the id of a pipeline, which a new one may reuse
+    _SCHEDULERS.clear()
     release_memory(keys[0][1][3])  # the device of the base key
 
 
@@ -217,9 +220,17 @@ def restore(spec: ImageSpec, device: str) -> None:
 
 
 def set_scheduler(pipe, spec: ImageSpec, noise_seeds: list[int]) -> None:
-    """Give `pipe` a fresh scheduler of the spec's class, built from the model's own config."""
-    kwargs = json.loads(spec.scheduler_kwargs)
-    scheduler = scheduler_class(spec.scheduler_class, kwargs).from_config(_ORIGINAL_SCHEDULER_CONFIG[id(pipe)], **kwargs)
+    """Give `pipe` a fresh scheduler of the spec's class, built from the model's own config.
+
+    Fresh for every call (schedulers keep state between calls: multistep
+    history, an SDE's noise sampler); copied from one made once, because
+    `from_config` inspects signatures on every call (~30 ms).
+    """
+    key = (id(pipe), spec.scheduler_class, spec.scheduler_kwargs)
+    if key not in _SCHEDULERS:
+        kwargs = json.loads(spec.scheduler_kwargs)
+        _SCHEDULERS[key] = scheduler_class(spec.scheduler_class, kwargs).from_config(_ORIGINAL_SCHEDULER_CONFIG[id(pipe)], **kwargs)
+    scheduler = copy.deepcopy(_SCHEDULERS[key])
     if hasattr(scheduler, "noise_sampler_seed"):
         # SDE schedulers draw Brownian noise from their own seed: one per image
         # keeps it independent of the batch, like the per-image generators.

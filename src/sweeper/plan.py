@@ -18,7 +18,7 @@ import json
 import math
 import os
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -146,8 +146,12 @@ class ImageSpec:
     def uses_cfg(self) -> bool:
         return self.guidance > 1.0
 
+    def to_dict(self) -> dict[str, Any]:
+        """Every field (its values are JSON-ready: tuples become lists)."""
+        return {name: getattr(self, name) for name in FIELD_NAMES}
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True, ensure_ascii=False)
+        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> ImageSpec:
@@ -159,7 +163,8 @@ class ImageSpec:
         return cls(**data)
 
 
-ID_FIELDS = tuple(f.name for f in fields(ImageSpec) if f.name not in LABEL_FIELDS and f.name not in EXECUTION_FIELDS)
+FIELD_NAMES = tuple(f.name for f in fields(ImageSpec))
+ID_FIELDS = tuple(name for name in FIELD_NAMES if name not in LABEL_FIELDS and name not in EXECUTION_FIELDS)
 _SHARED_ID_FIELDS = tuple(name for name in ID_FIELDS if name not in PER_IMAGE_FIELDS)
 # What a spec written by an older sweeper lacks (from_json).
 DEFAULTS: dict[str, Any] = dict(
@@ -397,20 +402,20 @@ def recorded_specs(spec: ImageSpec, call: Sequence[Mapping[str, Any]], auto_devi
         if getattr(template, name) != getattr(spec, name):
             raise _fail(name, getattr(spec, name), f"not what planning makes of the recorded settings ({_show(getattr(template, name))})")
     specs = []
-    for fields in call:
-        row = {name: fields.get(name) for name in ("prompt", *PER_PROMPT_KEYS)}
+    for image in call:
+        row = {name: image.get(name) for name in ("prompt", *PER_PROMPT_KEYS)}
         if not isinstance(row["prompt"], str) or not all(v is None or isinstance(v, str) for v in row.values()):
             raise _fail("prompt", row["prompt"], "recorded prompts must be strings")
         if max(len(v or "") for v in row.values()) > MAX_PROMPT_CHARS:
             raise _fail("prompt", row["prompt"][:80], f"a recorded prompt is over {MAX_PROMPT_CHARS} characters")
-        seed = fields.get("seed")
+        seed = image.get("seed")
         if not _is_int(seed) or not 0 <= seed < SEED_LIMIT:
             raise _fail("seed", seed, f"must be an integer 0 .. {SEED_LIMIT - 1}")
-        images = _init_images({**c, "init_image": fields.get("init_image"), "mask_image": fields.get("mask_image")}, template.mode)[0]
+        images = _init_images({**c, "init_image": image.get("init_image"), "mask_image": image.get("mask_image")}, template.mode)[0]
         for name in ("init_image_sha", "mask_image_sha"):
-            if images[name] != fields.get(name):
-                raise _fail(name[:-4], images[name[:-4]], f"its content is not the recorded image's ({images[name]} != {_show(fields.get(name))})")
-        template_text = fields.get("prompt_template")
+            if images[name] != image.get(name):
+                raise _fail(name[:-4], images[name[:-4]], f"its content is not the recorded image's ({images[name]} != {_show(image.get(name))})")
+        template_text = image.get("prompt_template")
         specs.append(replace(template, **row, **images, seed=seed, prompt_template=template_text if isinstance(template_text, str) else None))
     return specs
 

@@ -36,6 +36,7 @@ class Output:
     nsfw: list[bool] | None  # the safety checker's verdict per image, when the pipeline ran one
     base_steps: int  # the denoising steps each model really ran (a refiner split cuts the
     refiner_steps: int | None  # noise schedule, not the steps; img2img runs int(steps * strength))
+    warnings: list[str | None]  # per image: prompts the CLIP tokenizer cut at 77 tokens, as diffusers does silently
 
 
 def render_batch(batch: Batch, device: str) -> Output:
@@ -71,22 +72,23 @@ def render_batch(batch: Batch, device: str) -> Output:
 
     # 4. Base: every step, or up to the refiner's split.
     pipelines.activate(base, first, device)
+    embeddings, warnings = prompt_embeddings(base, specs, device)
     if refiner is None:
-        out = base(**size, output_type="np", **prompt_embeddings(base, specs, device), **kwargs)
-        return Output(out.images, _nsfw(out), _steps_run(base, first, "base"), None)
+        out = base(**size, output_type="np", **embeddings, **kwargs)
+        return Output(out.images, _nsfw(out), _steps_run(base, first, "base"), None, warnings)
     if first.refiner_mode == "ensemble":
-        latents = base(**size, denoising_end=first.refiner_split, output_type="latent", **prompt_embeddings(base, specs, device), **kwargs).images
+        latents = base(**size, denoising_end=first.refiner_split, output_type="latent", **embeddings, **kwargs).images
         base_steps = _steps_run(base, first, "base")
         # 5. Refiner takes the latents mid-denoising (ensemble of experts).
         pipelines.activate(refiner, first, device)
-        out = refiner(image=latents, denoising_start=first.refiner_split, output_type="np", **prompt_embeddings(refiner, specs, device), **kwargs)
-        return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"))
-    latents = base(**size, output_type="latent", **prompt_embeddings(base, specs, device), **kwargs).images
+        out = refiner(image=latents, denoising_start=first.refiner_split, output_type="np", **prompt_embeddings(refiner, specs, device)[0], **kwargs)
+        return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings)
+    latents = base(**size, output_type="latent", **embeddings, **kwargs).images
     base_steps = _steps_run(base, first, "base")
     # 5. Refiner re-noises the finished latents by 1 - split and denoises them again.
     pipelines.activate(refiner, first, device)
-    out = refiner(image=latents, strength=1.0 - first.refiner_split, output_type="np", **prompt_embeddings(refiner, specs, device), **kwargs)
-    return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"))
+    out = refiner(image=latents, strength=1.0 - first.refiner_split, output_type="np", **prompt_embeddings(refiner, specs, device)[0], **kwargs)
+    return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings)
 
 
 def _steps_run(pipe, spec: ImageSpec, who: str) -> int:
@@ -105,16 +107,18 @@ def _nsfw(out) -> list[bool] | None:
     return None if flags is None else [bool(flag) for flag in flags]
 
 
-def prompt_embeddings(pipe, specs: tuple[ImageSpec, ...], device: str) -> dict[str, torch.Tensor]:
-    """The batch's prompt embeddings as the pipeline's keyword arguments, each prompt encoded once."""
+def prompt_embeddings(pipe, specs: tuple[ImageSpec, ...], device: str) -> tuple[dict[str, torch.Tensor], list[str | None]]:
+    """The batch's prompt embeddings as the pipeline's keyword arguments, each prompt encoded once,
+    and per image which prompts the tokenizer cut."""
     cfg = specs[0].uses_cfg
     per_image = [_encoded(pipe, spec, cfg, device) for spec in specs]
     names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-    return {name: torch.cat([parts[i] for parts in per_image]) for i, name in enumerate(names) if per_image[0][i] is not None}
+    embeddings = {name: torch.cat([parts[i] for parts in per_image]) for i, name in enumerate(names) if per_image[0][i] is not None}
+    return embeddings, [parts[4] for parts in per_image]
 
 
 def _encoded(pipe, spec: ImageSpec, cfg: bool, device: str) -> tuple:
-    """(embeds, negative, pooled, negative pooled) of one image's prompts; None where unused."""
+    """(embeds, negative, pooled, negative pooled, truncation warning) of one image's prompts; None where unused."""
     key = (id(pipe), spec.prompt, spec.negative_prompt, spec.prompt_2, spec.negative_prompt_2, cfg)
     cache = pipelines.EMBEDDINGS
     if key in cache:
@@ -131,10 +135,19 @@ def _encoded(pipe, spec: ImageSpec, cfg: bool, device: str) -> tuple:
             encoded = (embeds, negative, None, None)
     if not cfg:
         encoded = (encoded[0], None, encoded[2], None)
-    cache[key] = encoded
+    cache[key] = (*encoded, _truncation(pipe, spec))
     if len(cache) > EMBEDDING_CACHE_SIZE:
         cache.popitem(last=False)
-    return encoded
+    return cache[key]
+
+
+def _truncation(pipe, spec: ImageSpec) -> str | None:
+    """Which of the image's prompts the CLIP tokenizer cuts (77 tokens), as diffusers does silently."""
+    tokenizer = pipe.tokenizer or pipe.tokenizer_2
+    limit = tokenizer.model_max_length
+    names = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
+    cut = [name for name in names if getattr(spec, name) and len(tokenizer(getattr(spec, name)).input_ids) > limit]
+    return f"{' and '.join(cut)} truncated to {limit} tokens" if cut else None
 
 
 def _image(path: str, sha: str, size: dict[str, int], mode: str) -> Image.Image:
@@ -147,19 +160,3 @@ def _image(path: str, sha: str, size: dict[str, int], mode: str) -> Image.Image:
     if image.size != (size["width"], size["height"]):
         image = image.resize((size["width"], size["height"]), Image.LANCZOS)
     return image
-
-
-def prompt_warnings(batch: Batch, device: str) -> list[str | None]:
-    """Per image: which prompts the CLIP tokenizers cut (77 tokens), as diffusers does silently."""
-    base = pipelines.base_pipeline(batch.specs[0], device)
-    tokenizer = base.tokenizer or base.tokenizer_2
-    limit = tokenizer.model_max_length
-    warnings = []
-    for spec in batch.specs:
-        cut = [
-            name
-            for name in ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
-            if getattr(spec, name) and len(tokenizer(getattr(spec, name)).input_ids) > limit
-        ]
-        warnings.append(f"{' and '.join(cut)} truncated to {limit} tokens" if cut else None)
-    return warnings

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import io
 import json
 import os
 import shlex
@@ -34,17 +33,14 @@ from urllib.parse import quote
 
 import pyarrow as pa
 import yaml  # PyYAML, installed with Hydra: reads the sweep's multirun.yaml
-from PIL import Image
 
 from sweeper import manifest
 from sweeper.errors import UnsafePath
 from sweeper.files import is_regular_inside, open_image, write_atomic
+from sweeper.store import THUMB_EXT, THUMBS_DIR, needs_thumbnail, thumbnail_bytes, thumbnail_path
 from sweeper.report_grid import Cell, Grid, write_grid
 
 REPORT = "report.html"
-THUMBS_DIR = ".thumbs"
-THUMB_EXT = ".webp"
-THUMB_SIDE = 256
 GRID_CELL = 512
 PAGE_CELLS = 200  # grid cells per page in the browser
 MAX_COLS = 16  # wider grids are cut into blocks of columns
@@ -147,13 +143,14 @@ class Sweep:
         return groups
 
 
-def load_sweep(sweep_dir: Path) -> Sweep:
-    """Read a sweep (or run) dir's manifest, merged with any part files not yet folded in."""
+def load_sweep(sweep_dir: Path, table: pa.Table | None = None) -> Sweep:
+    """Read a sweep (or run) dir's manifest, merged with any part files not yet folded in
+    (or take `table`, just merged)."""
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise ReportError(f"{sweep_dir} is not a directory")
     try:
-        table = manifest.read(sweep_dir)
+        table = manifest.read(sweep_dir) if table is None else table
     except (OSError, pa.ArrowException, UnsafePath) as error:
         raise ReportError(f"cannot read the manifest in {sweep_dir}: {error}") from None
     if table.num_rows == 0:
@@ -197,18 +194,14 @@ def _make_thumb(source: Path, thumb: Path, root: Path) -> str:
     'missing' when `source` is no image of the sweep (a link, a bomb, not a PNG: said on stderr)."""
     try:
         with open_image(source, root) as image:
-            image.thumbnail((THUMB_SIDE, THUMB_SIDE))
-            if image.mode not in ("RGB", "RGBA"):
-                image = image.convert("RGB")
-            buffer = io.BytesIO()
-            image.save(buffer, format="WEBP", quality=82)
+            data = thumbnail_bytes(image)
     except ValueError as error:
         print(f"sweeper: warning: skipping {error}", file=sys.stderr, flush=True)
         return "missing"
     except OSError:  # a truncated image: the browser gets the full file
         return "full"
     try:
-        write_atomic(thumb, buffer.getvalue(), durable=False)  # a cache: whole for a viewer, not fsynced
+        write_atomic(thumb, data, durable=False)  # a cache: whole for a viewer, not fsynced
         return "ok"
     except (OSError, UnsafePath):  # read-only sweep dir: the browser gets the full image
         return "full"
@@ -216,13 +209,15 @@ def _make_thumb(source: Path, thumb: Path, root: Path) -> str:
 
 def image_states(sweep: Sweep) -> list[str]:
     """Per row: 'ok' (thumbnail made or cached), 'full', 'missing' (no file) or 'error' (failed render)."""
-    thumbs = sweep.dir / THUMBS_DIR
     states, todo = [], []
     for row in sweep.rows:
         if row["status"] != "ok":
             states.append("error")
             continue
-        job = (sweep.dir / row["path"], thumbs / f"{row['image_id']}{THUMB_EXT}")
+        job = (sweep.dir / row["path"], sweep.dir / thumbnail_path(row["image_id"]))
+        if not needs_thumbnail(row["width"], row["height"]):
+            states.append("full" if is_regular_inside(job[0], sweep.dir) else "missing")
+            continue
         states.append(_cached_thumb(*job))
         if not states[-1]:
             todo.append((len(states) - 1, job))
@@ -603,12 +598,14 @@ def write_report(
     y: str | None = None,
     compare: Path | None = None,
     output: Path | None = None,
+    table: pa.Table | None = None,
 ) -> Path:
     """Write the HTML report of a sweep dir (default `<sweep_dir>/report.html`); returns its path.
 
-    Raises ReportError for a dir without a manifest or an unknown column.
+    `table`: its manifest rows, if just merged. Raises ReportError for a dir
+    without a manifest or an unknown column.
     """
-    sweep = load_sweep(sweep_dir)
+    sweep = load_sweep(sweep_dir, table)
     x, y = choose_axes(sweep, x, y)
     other = load_sweep(compare) if compare is not None else None
     return _write_html(sweep, x, y, other, output)

@@ -244,7 +244,6 @@ class _Attempt:
     its traceback would keep the failed call's tensors alive through a retry)."""
 
     output: Any = None
-    warnings: list[str | None] | None = None
     failure: str | None = None  # None, "oom", "fatal" or "error"
     message: str | None = None
 
@@ -259,13 +258,13 @@ _FATAL_MARKERS = ("illegal memory access", "device-side assert", "unspecified la
 def _attempt(batch: schedule.Batch, device: str) -> _Attempt:
     import torch
 
-    from sweeper.render import prompt_warnings, render_batch
+    from sweeper.render import render_batch
 
     try:
         faults.before_render(batch.specs)
         output = render_batch(batch, device)
         faults.after_render(batch.specs, output.images)
-        return _Attempt(output, prompt_warnings(batch, device))
+        return _Attempt(output)
     except Exception as exc:  # one failing batch must not stop the sweep
         text = str(exc)
         if isinstance(exc, torch.cuda.OutOfMemoryError) or any(marker in text for marker in _OOM_MARKERS):
@@ -298,7 +297,7 @@ def _render_backing_off(batch: schedule.Batch, device: str, progress: Progress) 
     output = attempt.output
     problems = [problem(array) for array in output.images]
     flagged = [SAFETY_WARNING if verdict else None for verdict in output.nsfw or [False] * count]
-    warnings = ["; ".join(w for w in found if w) or None for found in zip([w for _, w in problems], attempt.warnings, flagged)]
+    warnings = ["; ".join(w for w in found if w) or None for found in zip([w for _, w in problems], output.warnings, flagged)]
     errors = [image_error for image_error, _ in problems]
     steps = (output.base_steps, output.refiner_steps)
     return [_Rendered(batch, output.images, output.nsfw, None, errors, warnings, started, finished, seconds, steps)]
@@ -312,7 +311,7 @@ def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict
     """PNGs of the good images, then one manifest part for the call (on a writer thread)."""
     from sweeper import manifest
     from sweeper.files import write_atomic
-    from sweeper.store import call_record, image_path, png_bytes, to_image
+    from sweeper.store import call_record, image_path, needs_thumbnail, png_bytes, thumbnail_bytes, thumbnail_path, to_image
 
     call = call_record(done.batch.specs, threads)
     rows = []
@@ -324,8 +323,11 @@ def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict
         nsfw = None if done.nsfw is None else done.nsfw[index]
         row = manifest.row(spec, path, "ok" if error is None else "error", error, warning=done.warnings[index], nsfw=nsfw, batch_index=index, **timing, **facts)
         if error is None:
-            write_atomic(out_dir / path, png_bytes(to_image(done.arrays[index]), spec, versions, row, call))
+            image = to_image(done.arrays[index])
+            write_atomic(out_dir / path, png_bytes(image, spec, versions, row, call))
             faults.event("png")
+            if needs_thumbnail(spec.width, spec.height):  # for the report, made while the device renders on
+                write_atomic(out_dir / thumbnail_path(spec.image_id), thumbnail_bytes(image), durable=False)
         rows.append(row)
     manifest.write_part(out_dir, rows)
     faults.event("part")

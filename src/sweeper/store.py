@@ -25,6 +25,9 @@ from sweeper.errors import DirBusy
 from sweeper.plan import PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec
 
 IMAGES_DIR = "images"
+THUMBS_DIR = ".thumbs"  # the report's thumbnails, made as images land
+THUMB_EXT = ".webp"
+THUMB_SIDE = 256
 
 
 def image_path(spec: ImageSpec) -> str:
@@ -91,6 +94,27 @@ def call_record(specs: Sequence[ImageSpec], threads: int) -> dict[str, Any]:
     return {"batch": [{name: getattr(spec, name) for name in CALL_FIELDS} for spec in specs], "threads": threads}
 
 
+def thumbnail_path(image_id: str) -> str:
+    """Where the report finds an image's thumbnail, relative to the sweep dir."""
+    return f"{THUMBS_DIR}/{image_id}{THUMB_EXT}"
+
+
+def needs_thumbnail(width: int | None, height: int | None) -> bool:
+    """Images no larger than a thumbnail are shown as they are."""
+    return not (width and height and max(width, height) <= THUMB_SIDE)
+
+
+def thumbnail_bytes(image: Image.Image) -> bytes:
+    """A small WEBP of the image for the report's grids (the image itself is linked)."""
+    image = image.copy()
+    image.thumbnail((THUMB_SIDE, THUMB_SIDE))
+    if image.mode not in ("RGB", "RGBA"):
+        image = image.convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", quality=82)
+    return buffer.getvalue()
+
+
 def png_bytes(
     image: Image.Image, spec: ImageSpec, versions: dict[str, str], row: dict[str, Any] | None = None, call: dict[str, Any] | None = None
 ) -> bytes:
@@ -100,12 +124,12 @@ def png_bytes(
     names only and carries no host name or command line (the manifest has them)."""
     info = PngImagePlugin.PngInfo()
     info.add_itxt("parameters", parameters_text(spec, versions))
-    sweeper = {"image_id": spec.image_id, "spec": _public(json.loads(spec.to_json())), "versions": versions}
+    sweeper = {"image_id": spec.image_id, "spec": _public(spec.to_dict()), "versions": versions}
     if row is not None:
         sweeper["row"] = _public({**row, "host": None})
     if call is not None:
         sweeper["call"] = {**call, "batch": [_public(fields) for fields in call["batch"]]}
-    info.add_itxt("sweeper", json.dumps(sweeper, ensure_ascii=False, default=str))
+    info.add_itxt("sweeper", json.dumps(sweeper, ensure_ascii=False, sort_keys=True, default=str))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

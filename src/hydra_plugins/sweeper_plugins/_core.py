@@ -26,31 +26,65 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
 
 def _render_all(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) -> list[JobReturn]:
     """All jobs planned together; images batched across jobs and shared among processes."""
+    from collections import Counter
+
     from sweeper import launch as sweeper_launch
     from sweeper import run
     from sweeper.hydra_jobs import JobComposer
 
     composer = JobComposer(launcher.hydra_context.config_loader, launcher.config)
-    jobs = composer.jobs(job_overrides, initial_job_idx)
     processes = sweeper_launch.num_processes(launcher.num_processes)
-    prepared = run.prepare(jobs, sweep_dir, processes, launcher.processes_per_gpu)
+    planned = getattr(launcher, "planned", None)  # what our sweeper planned and checked for exactly these jobs
+    if planned is not None and planned[0] == (initial_job_idx, [list(o) for o in job_overrides]):
+        jobs, prepared = planned[1], planned[2]
+    else:
+        jobs = composer.jobs(job_overrides, initial_job_idx)
+        prepared = run.prepare(jobs, sweep_dir, processes, launcher.processes_per_gpu)
     summary = sweeper_launch.render(prepared, sweep_dir, processes)
     failed = {image_id for image_id, _ in summary.failed}
-    returns = []
-    for job in jobs:
-        job_ids = [spec.image_id for spec in prepared.specs if spec.job_num == job.num]
-        returns.append(
-            JobReturn(
-                overrides=list(job.overrides),
-                cfg=OmegaConf.create(job.config),
-                hydra_cfg=composer.hydra_config(job.overrides),
-                working_dir=str(sweep_dir),
-                task_name=launcher.config.hydra.job.name,
-                status=JobStatus.COMPLETED,
-                _return_value={"images": len(job_ids), "failed": len(failed.intersection(job_ids))},
-            )
+    images = Counter(spec.job_num for spec in prepared.specs)
+    failures = Counter(spec.job_num for spec in prepared.specs if spec.image_id in failed)
+    return [
+        _JobReturn(
+            job, composer,
+            overrides=list(job.overrides),
+            working_dir=str(sweep_dir),
+            task_name=launcher.config.hydra.job.name,
+            status=JobStatus.COMPLETED,
+            _return_value={"images": images[job.num], "failed": failures[job.num]},
         )
-    return returns
+        for job in jobs
+    ]
+
+
+class _JobReturn(JobReturn):
+    """A JobReturn whose configs are made when someone asks for them: Hydra's multirun
+    reads neither, and making two OmegaConf configs per job costs minutes at 100,000 jobs."""
+
+    def __init__(self, job, composer, **fields) -> None:
+        self._job, self._composer = job, composer
+        self._cfg = self._hydra_cfg = None
+        super().__init__(**fields)
+
+    @property
+    def cfg(self):
+        if self._cfg is None:
+            self._cfg = OmegaConf.create(self._job.config)
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, value) -> None:
+        self._cfg = value
+
+    @property
+    def hydra_cfg(self):
+        if self._hydra_cfg is None:
+            self._hydra_cfg = self._composer.hydra_config(self._job.overrides)
+        return self._hydra_cfg
+
+    @hydra_cfg.setter
+    def hydra_cfg(self, value) -> None:
+        self._hydra_cfg = value
 
 
 def _run_each(launcher, job_overrides, initial_job_idx: int) -> list[JobReturn]:

@@ -22,6 +22,7 @@ class AccelerateLauncher(Launcher):
     def __init__(self, num_processes: Any = "auto", processes_per_gpu: int = 1) -> None:
         self.num_processes = num_processes
         self.processes_per_gpu = processes_per_gpu
+        self.planned = None  # (job numbers and overrides, jobs, prepared), set by our sweeper that planned them
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None

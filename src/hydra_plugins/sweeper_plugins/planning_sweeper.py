@@ -143,11 +143,13 @@ class PlanningSweeper(BasicSweeper):
         from sweeper import launch
 
         jobs = JobComposer(self.hydra_context.config_loader, self.config).jobs(every_job)
-        spawn = isinstance(self.launcher, AccelerateLauncher)
-        processes = launch.num_processes(self.launcher.num_processes) if spawn else 1
-        prepared = run.prepare(jobs, sweep_dir, processes, self.launcher.processes_per_gpu if spawn else 1)
+        ours = isinstance(self.launcher, AccelerateLauncher)
+        processes = launch.num_processes(self.launcher.num_processes) if ours else 1
+        prepared = run.prepare(jobs, sweep_dir, processes, self.launcher.processes_per_gpu if ours else 1)
         if distributed.launched():
             distributed.agree_on_plan(prepared.specs)
         if distributed.rank() == 0:
             run.announce(prepared, sweep_dir)
+        if ours and len(self.overrides) == 1:  # one launch of every job: it renders this plan, not a second one
+            self.launcher.planned = ((0, [list(o) for o in every_job]), jobs, prepared)
         return prepared.dry_run

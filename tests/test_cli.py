@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,7 @@ def test_multirun_renders_one_job_per_value_into_one_sweep_dir(tmp_path, tiny_mo
         embedded = json.loads(image.text["sweeper"])
         assert embedded["image_id"] == row["image_id"] and embedded["spec"]["guidance"] == row["guidance"]
     # One progress bar for the whole sweep, not one per job or pipeline call.
-    assert "3 images from 3 job(s)" in result.stderr
+    assert "3 images from 3 jobs" in result.stderr
     assert "3/3" in result.stderr and "/1 [" not in result.stderr and "it/s" not in result.stderr
     assert not (sweep / ".manifest-parts").exists()
 
@@ -63,17 +64,18 @@ def test_single_run_writes_the_same_layout_into_its_run_dir(tmp_path, tiny_model
 
 
 def test_the_same_command_resumes_its_default_dir_rendering_nothing_twice(tmp_path, tiny_models):
-    first = run_cli("-m", "model=tiny", "seed=0,1", cwd=tmp_path)
+    first = run_cli("-m", "model=tiny", "seed=0,1", "guidance=5", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    assert re.fullmatch(r"guidance_model_seed-[0-9a-f]{6}", sweep.name)  # keys, no values
     before = {p.name: p.stat().st_mtime_ns for p in (sweep / "images").iterdir()}
 
-    again = run_cli("-m", "model=tiny", "seed=0,1", cwd=tmp_path)
+    again = run_cli("-m", "guidance=5", "seed=0,1", "model=tiny", cwd=tmp_path)  # the same command, in another order
     assert again.returncode == 0, again.stderr
     assert "2 already done, 0 to render" in again.stderr and "nothing to render" in again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (sweep / "images").iterdir()} == before
 
-    more = run_cli("-m", "model=tiny", "seed=0,1,2", cwd=tmp_path)  # more values: the same dir
+    more = run_cli("-m", "model=tiny", "seed=0,1,2", "guidance=5", cwd=tmp_path)  # more values: the same dir
     assert more.returncode == 0, more.stderr
     assert "2 already done, 1 to render" in more.stderr and only_dir(tmp_path / "outputs" / "sweeps") == sweep
     df = manifest_of(sweep)
@@ -148,11 +150,11 @@ def test_offline_hub_model_says_offline_and_names_the_tiny_model(tmp_path):
 def test_dry_run_prints_count_and_estimate_and_writes_nothing(tmp_path):
     result = run_cli("-m", "model=tiny", "seed=range(0,8)", "guidance=3,5", "dry_run=true", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "16 images from 16 job(s)" in result.stderr and "estimated" in result.stderr
+    assert "16 images from 16 jobs" in result.stderr and "estimated" in result.stderr
     assert "dry_run=true" in result.stderr
     assert not (tmp_path / "outputs").exists()
     single = run_cli("model=tiny", "seed=[1,2,3]", "dry_run=true", cwd=tmp_path, timeout=60)
-    assert single.returncode == 0 and "3 images from 1 job(s)" in single.stderr
+    assert single.returncode == 0 and "3 images from 1 job" in single.stderr
     assert not (tmp_path / "outputs").exists()
 
 

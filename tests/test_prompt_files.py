@@ -25,7 +25,7 @@ def test_a_csv_prompt_file_sets_values_per_row_and_expands_templates(tmp_path, t
     assert result.returncode == 0, result.stderr
     # fox: its own seed, guidance and steps, the same image in both jobs (planned once);
     # cat: 2 seeds x 2 guidance; each car: its own seed and steps, the job's guidance.
-    assert "9 images from 2 job(s)" in result.stderr
+    assert "9 images from 2 jobs" in result.stderr
     sweep = only_dir(tmp_path / "outputs" / "sweeps")
     df = manifest_of(sweep)
     assert len(df) == 9 and set(df.status) == {"ok"} and df.image_id.is_unique

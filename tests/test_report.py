@@ -366,7 +366,7 @@ def test_compare_pairs_images_on_shared_keys_and_lists_what_differs(tmp_path):
         (image_b,) = side_b[0].find_all("img")
         assert image_b.attrs["src"].startswith("b/.thumbs/")
     first = [td.text() for td in pairs[0].find_all("td")[:3]]
-    assert first == [PROMPTS[1], "0", "7.5"]  # sorted by prompt, then seed, then guidance
+    assert first == [PROMPTS[0], "0", "7.5"]  # prompts in the sweep's order, then seed, then guidance
     assert len(section.find_all("button", "error")) == 1  # A's failed image, paired with B's
 
 

@@ -68,13 +68,14 @@ def test_compatible_specs_are_batched_across_jobs():
     specs = specs_of(plan_config(prompt="a", seed=[0, 1]), plan_config(prompt="b", seed=[0, 1]), plan_config(prompt="c", seed=5))
     batches = make_batches(specs)
     assert [len(b.specs) for b in batches] == [5]
-    assert [s.image_id for s in batches[0].specs] == [s.image_id for s in specs]  # planned order kept
+    # Every prompt's first seed, then the second seeds: the grid fills in early (jobs in planned order).
+    assert [(s.prompt, s.seed) for s in batches[0].specs] == [("a", 0), ("b", 0), ("c", 5), ("a", 1), ("b", 1)]
 
 
 def test_different_asked_batch_sizes_are_never_mixed():
     specs = specs_of(plan_config(batch_size=2, seed=[0, 1, 2]), plan_config(batch_size=3, seed=[3, 4, 5]))
     batches = make_batches(specs)
-    assert [(len(b.specs), {s.batch_size for s in b.specs}) for b in batches] == [(2, {2}), (1, {2}), (3, {3})]
+    assert [(len(b.specs), {s.batch_size for s in b.specs}) for b in batches] == [(2, {2}), (3, {3}), (1, {2})]  # taking turns
 
 
 @pytest.mark.parametrize("batch_size, sizes", [(1, [1] * 10), (4, [4, 4, 2]), (10, [10]), (32, [10])])
@@ -248,3 +249,16 @@ def test_cost_counts_unet_calls_per_step():
     assert cost(heun) - decode == 2 * (cost(euler) - decode)
     assert cost(sde) - decode == 2 * (cost(euler) - decode)
     assert estimate_seconds([heun]) > estimate_seconds([euler]) * 1.8
+
+
+def test_the_first_batches_cover_every_cell_with_its_first_seed_in_full_batches():
+    # 5 schedulers x 2 prompts x 4 seeds, batches of 2: the first 5 batches hold seed 0 of every cell.
+    schedulers = ["euler", "ddim", "dpmpp_2m", "dpmpp_2m_karras", "dpmpp_sde_karras"]
+    specs = specs_of(*[plan_config(scheduler=name, prompt=["a", "b"], seed=[0, 1, 2, 3], batch_size=2) for name in schedulers])
+    batches = make_batches(specs)
+    assert [len(b.specs) for b in batches] == [2] * 20
+    first = [spec for batch in batches[:5] for spec in batch.specs]
+    assert {(s.scheduler, s.prompt) for s in first} == {(name, p) for name in schedulers for p in "ab"} and {s.seed for s in first} == {0}
+    assert [{s.seed for s in b.specs} for b in batches] == [{0}] * 5 + [{1}] * 5 + [{2}] * 5 + [{3}] * 5
+    models = make_batches(specs_of(*[plan_config(model=m, scheduler=n, seed=[0, 1]) for n in schedulers for m in ("tiny", "tiny-sd")]))
+    assert runs([b.specs[0].model_id for b in models]) == 2  # loads stay outermost

@@ -127,7 +127,7 @@ def test_cli_renders_only_the_zipped_pairs_crossed_with_seeds_in_batches_of_jobs
     zipped = ["hydra.sweeper.zip=[[scheduler,steps]]", "hydra.sweeper.max_batch_size=3"]
     result = run_cli("-m", "model=tiny", "scheduler=euler,ddim", "steps=2,3", "seed=0,1", *zipped, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "4 images from 4 job(s)" in result.stderr
+    assert "4 images from 4 jobs" in result.stderr
     df = pd.read_parquet(only_dir(tmp_path / "outputs" / "sweeps") / "manifest.parquet")
     assert set(df.status) == {"ok"} and sorted(df.job_num) == [0, 1, 2, 3]
     rows = sorted(zip(df.scheduler, df.steps, df.seed))
@@ -150,5 +150,5 @@ def test_cli_refuses_unequal_zipped_sweeps_in_one_line_and_leaves_no_files(tmp_p
 def test_cli_scheduler_steps_preset_is_four_zipped_jobs(tmp_path):
     result = run_cli("experiment=scheduler_steps", "model=tiny", "dry_run=true", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert "16 images from 4 job(s)" in result.stderr  # 4 pairs x 4 seeds; crossed it would be 16 jobs
+    assert "16 images from 4 jobs" in result.stderr  # 4 pairs x 4 seeds; crossed it would be 16 jobs
     assert not (tmp_path / "outputs").exists()

@@ -11,6 +11,7 @@ call it once per job.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Any, NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from sweeper.errors import DeviceFailed, DirBusy, RankLost, RanksDisagree, StorageError, UnsafePath
+from sweeper.errors import DeviceFailed, DirBusy, Interrupted, RankLost, RanksDisagree, StorageError, UnsafePath
 from sweeper.plan import PlanError
 
 
@@ -46,6 +47,8 @@ def render_job(cfg: DictConfig) -> dict[str, Any]:
         run.announce(prepared, out_dir)
         if prepared.dry_run:
             return {"rendered": 0, "failed": 0}
+    elif distributed.rank() == 0:
+        run.write_plan(prepared, out_dir)
     summary = launch.render(prepared, out_dir, processes=1)  # several ranks only under accelerate launch
     if single and distributed.rank() == 0:
         finish(out_dir)
@@ -64,6 +67,19 @@ def finish(out_dir: Path) -> None:
     exit_if_failed(out_dir, table)
 
 
+def stopped(out_dir: Path, planned: int) -> NoReturn:
+    """After Ctrl-C: one manifest and the report of what was saved, and how to go on."""
+    from sweeper import distributed, manifest, report
+
+    if distributed.rank() == 0:
+        table = manifest.merge(out_dir)
+        with contextlib.suppress(Exception):  # the report of a partial sweep is a nicety
+            report.write_report(out_dir, table=table)
+        saved = sum(status == "ok" for status in table.column("status").to_pylist())
+        print(f"sweeper: interrupted: {saved} of {planned} images saved in {out_dir}; run the same command to finish", file=sys.stderr, flush=True)
+    raise SystemExit(130)
+
+
 def exit_if_failed(out_dir: Path, table=None) -> None:
     """Exit 1 with a summary if images of `out_dir` failed (of `table`, if read already); their rows say why."""
     from sweeper import manifest
@@ -79,11 +95,21 @@ def exit_if_failed(out_dir: Path, table=None) -> None:
 
 def main() -> None:
     """Run Hydra; a mistake the user can fix ends in one line on stderr and exit code 2."""
+    asked = os.environ.get("HYDRA_FULL_ERROR")
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
+    try:
+        _run(show_traceback=asked == "1")
+    finally:
+        if asked is None:
+            del os.environ["HYDRA_FULL_ERROR"]
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = asked
+
+
+def _run(show_traceback: bool) -> None:
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
-    show_traceback = os.environ.get("HYDRA_FULL_ERROR") == "1"
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
     # Decorated here, not at import: hydra.main sets Hydra's global version base,
     # which would change other apps' defaults when our plugins import this module.
     hydra_main = hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")(render_job)
@@ -97,6 +123,10 @@ def main() -> None:
         fail(str(error))
     except (StorageError, DeviceFailed, RankLost) as error:
         fail(str(error), code=1)
+    except Interrupted as stop:
+        stopped(stop.out_dir, stop.planned)
+    except KeyboardInterrupt:
+        fail("interrupted; what was stored is kept, and the same command goes on from there", code=130)
     except MissingConfigException as error:
         if show_traceback:
             raise
@@ -104,7 +134,10 @@ def main() -> None:
     except (HydraException, OmegaConfBaseException) as error:
         if show_traceback:
             raise
-        fail(" ".join(line.strip() for line in str(error).splitlines() if line.strip()))
+        from sweeper.cli_errors import explain
+        from sweeper.plan import known_keys
+
+        fail(explain(str(error), getattr(error, "override", None), known_keys()) or " ".join(line.strip() for line in str(error).splitlines() if line.strip()))
 
 
 def print_help(overrides: list[str]) -> None:

@@ -20,30 +20,33 @@ from sweeper.plan import EXECUTION_FIELDS
 # left out of the default name, so adding them still resumes the same dir.
 # (hydra.* too: the launcher, its process count, logging.)
 _NOT_IN_NAME = ("dry_run", *EXECUTION_FIELDS)
-_MAX_NAME = 80
+_MAX_KEYS = 48  # characters of key names in a default dir name
 
 
 def default_name(task_overrides: Sequence[str]) -> str:
     """A dir name made from the command's overrides: the same command, the same dir.
 
-    A swept key is named without its values (`model=tiny_guidance` for
-    `model=tiny guidance=5,7.5`), so adding values to a sweep resumes its dir
-    and renders only the new images.
+    The keys the command sets, sorted, and a short hash of the fixed values:
+    `guidance_model_seed-1f3a9c` for `-m model=tiny guidance=5,7.5 seed=0,1`,
+    whatever the order of the overrides. A swept key's values are not in the
+    hash, so adding values to a sweep resumes its dir and renders only the new
+    images; no value is in the name itself (prompts and paths make poor names).
     """
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    kept = []
+    keys, fixed = set(), set()
     for override in OverridesParser.create().parse_overrides(list(task_overrides)):
         key = override.get_key_element().lstrip("+~")
         if key in _NOT_IN_NAME or key == "hydra" or key.startswith(("hydra.", "hydra/")):
             continue
-        kept.append(key if override.is_sweep_override() else override.input_line)
-    text = "_".join(kept) or "default"
-    name = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", text).strip("._-")
-    if name != text or len(name) > _MAX_NAME:
-        # Made safe or shortened: a hash of the original keeps distinct commands apart.
-        name = f"{name[:60]}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:10]}".lstrip("-")
-    return name
+        keys.add(key)
+        if not override.is_sweep_override():
+            fixed.add(f"{key}={override.get_value_element_as_str()}")
+    if not keys:
+        return "default"
+    digest = hashlib.sha1("\n".join([*sorted(fixed), "--", *sorted(keys)]).encode("utf-8")).hexdigest()[:6]
+    text = re.sub(r"[^A-Za-z0-9._]+", "-", "_".join(sorted(keys)))[:_MAX_KEYS].strip(".-_")
+    return f"{text}-{digest}"
 
 
 def _name_output_dir(config: DictConfig, key: str) -> None:
@@ -116,5 +119,5 @@ class SweeperCallback(Callback):
         from sweeper.app import finish
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir() and distributed.rank() == 0:
+        if sweep_dir.is_dir() and distributed.rank() == 0 and not config.get("dry_run"):  # a dry run writes nothing
             finish(sweep_dir)

@@ -27,3 +27,11 @@ class RanksDisagree(RuntimeError):
 
 class RankLost(RuntimeError):
     """Another rank of the launch died or failed: this one stops too."""
+
+
+class Interrupted(RuntimeError):
+    """Ctrl-C: the batch in flight was finished and stored, the rest is still to do."""
+
+    def __init__(self, out_dir, planned: int) -> None:
+        super().__init__(f"interrupted: {out_dir}")
+        self.out_dir, self.planned = out_dir, planned

@@ -25,6 +25,9 @@ from pathlib import Path
 from sweeper import faults
 from sweeper.errors import UnsafePath
 
+# The process's umask, read once (reading it means setting it, which threads must not race).
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 MAX_IMAGE_BYTES = 256 * 2**20  # an init image, a mask, a PNG of a sweep
 MAX_IMAGE_PIXELS = 8192 * 8192  # what an image file may declare before it is decoded
 
@@ -56,6 +59,7 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     ensure_dir(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # O_EXCL, random name
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the file gets the modes any program's would
         with os.fdopen(fd, "wb") as handle:
             faults.event("write")
             handle.write(data)

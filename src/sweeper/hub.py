@@ -12,7 +12,9 @@ from pathlib import Path
 from sweeper.plan import SINGLE_FILE_SUFFIXES, PlanError
 from sweeper.tiny import TINY_MODELS
 
-OFFLINE_HINT = "download it first (huggingface-cli download), or use model=tiny to try sweeper offline"
+def offline_hint(key: str) -> str:
+    tiny = "refiner=tiny" if key.startswith("refiner") else "model=tiny"
+    return f"download it first (huggingface-cli download), or use {tiny} to try sweeper offline"
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -40,14 +42,14 @@ def check_available(key: str, model_id: str, revision: str | None) -> None:
     if in_local_cache(model_id, revision):
         return
     if constants.HF_HUB_OFFLINE:
-        raise PlanError(f"{key}={model_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set (offline): {OFFLINE_HINT}")
+        raise PlanError(f"{key}={model_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set (offline): {offline_hint(key)}")
     try:
         model_info(model_id, revision=revision, timeout=10)
     except Exception as error:  # any failure to reach or read the hub means we cannot load it
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise PlanError(
             f"{key}={model_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
-            f"(offline? {reason[:120]}): {OFFLINE_HINT}"
+            f"(offline? {reason[:120]}): {offline_hint(key)}"
         ) from None
 
 

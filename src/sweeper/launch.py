@@ -16,13 +16,14 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from sweeper import devices, distributed, manifest, run, schedule
-from sweeper.errors import DeviceFailed, DirBusy, RankLost
+from sweeper.errors import DeviceFailed, DirBusy, Interrupted, RankLost
 from sweeper.plan import PlanError
 from sweeper.store import exclusive, image_path, remove_stale_temps
 
@@ -95,18 +96,23 @@ def _record_losses(prepared: run.Prepared, out_dir: Path, world_size: int, reaso
 
 
 def _spawn(prepared: run.Prepared, out_dir: Path, processes: int) -> run.Summary:
-    """Render with `processes` workers of this machine; one progress bar here."""
+    """Render with `processes` workers of this machine; one progress bar here.
+
+    Ctrl-C (here, or at the terminal: the workers ignore it) tells every worker
+    to stop after its batch in flight; a second one ends them at once.
+    """
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
     done = context.Value("i", 0)
     results = context.Queue()
+    stop = context.Event()
     workers = [
-        context.Process(target=_worker, args=(prepared, out_dir, rank, processes, done, results), name=f"sweeper-rank-{rank}")
+        context.Process(target=_worker, args=(prepared, out_dir, rank, processes, done, results, stop), name=f"sweeper-rank-{rank}")
         for rank in range(processes)
     ]
     for worker in workers:
         worker.start()
     summary = run.Summary()
-    with run.progress_bar(len(prepared.todo)) as bar:
+    with run.progress_bar(len(prepared.todo)) as bar, _stop_workers(bar, stop, workers):
         while any(worker.is_alive() for worker in workers) or not results.empty():
             while not results.empty():
                 part = results.get()
@@ -119,16 +125,40 @@ def _spawn(prepared: run.Prepared, out_dir: Path, processes: int) -> run.Summary
         worker.join()
         if worker.exitcode != 0:
             summary.failed.extend(_record_lost_share(prepared, out_dir, rank, processes, worker.exitcode))
+    if stop.is_set():
+        raise Interrupted(out_dir, len(prepared.specs))
     return summary
 
 
-def _worker(prepared: run.Prepared, out_dir: Path, rank: int, world_size: int, done, results) -> None:
+@contextlib.contextmanager
+def _stop_workers(progress: run.Progress, stop, workers: list) -> Iterator[None]:
+    def first(signum: int, frame: Any) -> None:
+        stop.set()
+        progress.write("sweeper: stopping after the batches in flight (Ctrl-C again to stop at once)")
+        signal.signal(signal.SIGINT, second)
+
+    def second(signum: int, frame: Any) -> None:
+        for worker in workers:
+            worker.terminate()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _worker(prepared: run.Prepared, out_dir: Path, rank: int, world_size: int, done, results, stop) -> None:
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent says when to stop (`stop`), after the batch in flight
     if prepared.todo[0].device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # share the cores, don't fight
     try:
-        summary = run.execute(prepared, out_dir, rank, world_size, gpu=_gpu(rank), progress=_SharedCount(done))
+        summary = run.execute(prepared, out_dir, rank, world_size, gpu=_gpu(rank), progress=_SharedCount(done), stop=stop)
+    except Interrupted:
+        return
     except DeviceFailed as error:  # its images are error rows already
         print(f"sweeper: error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None

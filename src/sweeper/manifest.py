@@ -93,6 +93,8 @@ SCHEMA = pa.schema(
         ("base_steps", pa.int64()),
         ("refiner_steps", pa.int64()),
         ("seconds", pa.float64()),
+        ("load_seconds", pa.float64()),
+        ("warmup", pa.bool_()),
         ("started_at", pa.timestamp("us", tz="UTC")),
         ("finished_at", pa.timestamp("us", tz="UTC")),
         ("host", pa.string()),
@@ -103,7 +105,7 @@ SCHEMA = pa.schema(
 )
 RUN_COLUMNS = {
     "image_id", "path", "status", "error", "warning", "nsfw", "device", "rank", "world_size", "batch_size", "batch_index", "base_steps", "refiner_steps",
-    "seconds", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
+    "seconds", "load_seconds", "warmup", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
 }
 SPEC_COLUMNS = [name for name in SCHEMA.names if name not in RUN_COLUMNS]
 
@@ -114,6 +116,7 @@ def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> di
     for name, value in values.items():
         if isinstance(value, tuple):
             values[name] = list(value)
+    values["compile"] = spec.compile or "false"  # as the config says it; null would read as unknown
     return {"image_id": spec.image_id, "path": path, "status": status, "error": error, **values, **run_facts}
 
 

@@ -43,6 +43,7 @@ _SCHEDULERS: dict[tuple, Any] = {}  # (id of the pipeline, class, kwargs) -> a s
 # Prompt embeddings per (id of the pipeline, prompts, cfg): see render.prompt_embeddings.
 EMBEDDINGS: OrderedDict[tuple, tuple] = OrderedDict()
 _LOADS: list[tuple] = []  # every model this process loaded, in order (tests count them)
+_CALLED: set[int] = set()  # ids of the resident pipelines called at least once
 _HOOKED: list[Any] = [None]  # with CPU offload: the pipeline whose hooks are installed
 BASE_CLASSES = {"sdxl": diffusers.StableDiffusionXLPipeline, "sd15": diffusers.StableDiffusionPipeline}
 MODE_CLASSES = {
@@ -148,6 +149,7 @@ def _evict(drop) -> None:
             _HOOKED[0] = None
     EMBEDDINGS.clear()  # keyed by the id of a pipeline, which a new one may reuse
     _SCHEDULERS.clear()
+    _CALLED.clear()
     release_memory(keys[0][1][3])  # the device of the base key
 
 
@@ -182,6 +184,14 @@ def _ready(pipe, spec: ImageSpec, device: str):
     if spec.compile is not None:
         pipe.unet.compile(mode=spec.compile)
     return pipe
+
+
+def first_call(pipe) -> bool:
+    """True the first time it is asked for a pipeline: its first call is its warm-up."""
+    if id(pipe) in _CALLED:
+        return False
+    _CALLED.add(id(pipe))
+    return True
 
 
 def activate(pipe, spec: ImageSpec, device: str):

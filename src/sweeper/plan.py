@@ -23,6 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+from sweeper.cli_errors import unknown_key
 from sweeper.files import MAX_IMAGE_BYTES, read_image_file
 from sweeper.prompts import MAX_PROMPT_CHARS, prompt_rows
 from sweeper.tiny import RECIPE_VERSION, TINY_MODELS
@@ -45,6 +46,26 @@ DEFAULT_MAX_STEPS = 1000  # the models' own training schedule has 1000 timesteps
 SEED_LIMIT = 2**63  # int64 in the manifest (torch itself takes up to 2**64 - 1)
 RANDOM_SEED_LIMIT = 2**32  # what a seed of -1 draws from, as other SD tools do
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+# The keys of conf/config.yaml (a test keeps the two equal) and of its groups: any other is a typo.
+CONFIG_KEYS = (
+    "name", "prompt", "prompt_file", "prompt_file_paths", "wildcards", "negative_prompt", "prompt_2", "negative_prompt_2",
+    "seed", "guidance", "steps", "width", "height", "original_size", "target_size", "crops_coords_top_left",
+    "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "mode", "init_image", "mask_image",
+    "strength", "watermark", "safety_checker", "dtype", "device", "batch_size", "attention", "channels_last", "fuse_qkv",
+    "compile", "vae_upcast", "offload", "vae_slicing", "vae_tiling", "max_images", "max_size", "max_steps", "dry_run",
+)
+GROUP_KEYS = {
+    "model": ("name", "id", "revision", "config", "family"),
+    "refiner": ("name", "id", "revision", "split", "mode"),
+    "scheduler": ("name", "class_name", "label", "kwargs"),
+}
+
+
+def known_keys() -> list[str]:
+    """Every key a command line may set (for the closest match to a typo)."""
+    return [*CONFIG_KEYS, *GROUP_KEYS, *(f"{group}.{field}" for group, fields in GROUP_KEYS.items() for field in fields)]
 
 
 class PlanError(ValueError):
@@ -273,6 +294,7 @@ def _max_images(c: Mapping[str, Any]) -> int:
 def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: int | None = None) -> list[ImageSpec]:
     """The job's images: prompts x init images x seeds. More than `budget` is refused (max_images)."""
     c = job.config
+    _check_keys(c)
     rows, prompt_file = prompt_rows(c, limit=budget if budget is not None else _max_images(c))
     # A list of negative prompts zips with the prompts as written, before templates expand.
     texts = {key: _per_prompt(c, key, rows[-1].source + 1) for key in PER_PROMPT_KEYS}
@@ -302,9 +324,25 @@ def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: in
 PER_PROMPT_KEYS = ("negative_prompt", "prompt_2", "negative_prompt_2")
 
 
+def _check_keys(c: Mapping[str, Any]) -> None:
+    """Refuse a key the config does not have (`+guidnace=7` would render at the default guidance)."""
+    for key, value in c.items():
+        if key not in GROUP_KEYS:
+            if key not in CONFIG_KEYS:
+                raise PlanError(unknown_key(key, known_keys()))
+            continue
+        fields = value if isinstance(value, Mapping) else {}
+        allowed = ("name",) if key == "refiner" and fields.get("name", "none") == "none" else GROUP_KEYS[key]
+        for field in fields:
+            if field not in allowed:
+                raise PlanError(unknown_key(f"{key}.{field}", known_keys()))
+
+
 def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_device: str) -> ImageSpec:
     """A job's settings as a spec, with placeholders for the per-image fields."""
     model = _model(c.get("model"))
+    if _overridden(job, "model.id") and not _overridden(job, "model.name"):
+        model["name"] = public_model_name(model["id"])  # not the name of the config group it came from
     family = model["family"]
     refiner = _refiner(c.get("refiner"), family)
     scheduler = _scheduler(c.get("scheduler"))
@@ -442,6 +480,10 @@ def config_of(spec: ImageSpec) -> dict[str, Any]:
     }
 
 
+def _overridden(job: Job, key: str) -> bool:
+    return any(override.lstrip("+~").startswith(f"{key}=") for override in job.overrides)
+
+
 def _conditioning(sizes: Mapping[str, Any], mode: str, width: int, height: int) -> dict[str, Any]:
     """SDXL size conditioning in the one form that says what takes effect.
 
@@ -502,6 +544,14 @@ def split_steps(steps: int, split: float, mode: str, spacing: str = "leading", t
     cutoff = int(round(train_steps - split * train_steps))
     base = sum(t >= cutoff for t in timesteps)
     return base, steps - base
+
+
+def public_model_name(model_id: str) -> str:
+    """A hub id or tiny model as it is; a local file or folder by its base name."""
+    path = Path(model_id)
+    if path.is_absolute() or model_id.startswith(("~", ".")) or model_id.endswith(SINGLE_FILE_SUFFIXES) or path.exists():
+        return path.name
+    return model_id
 
 
 def _show(value: Any) -> str:

@@ -178,11 +178,11 @@ def _read(path: Path, prompt_file: Any, encoding: str) -> str:
 
 
 def _read_text(path: Path, prompt_file: Any) -> list[tuple[str, Mapping[str, Any], str]]:
-    """One prompt per line, blank lines skipped, as plan.py always read them."""
+    """One prompt per line; blank lines and `# comments` skipped."""
     sources = [
         (line.strip(), {}, f"line {number}")
         for number, line in enumerate(_read(path, prompt_file, "utf-8").splitlines(), start=1)
-        if line.strip()
+        if line.strip() and not line.lstrip().startswith("#")
     ]
     if not sources:
         raise _fail("prompt_file", prompt_file, "the file holds no prompt (one per line)")

@@ -11,11 +11,14 @@ each PNG records its whole call and replay.py repeats it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -37,20 +40,39 @@ class Output:
     base_steps: int  # the denoising steps each model really ran (a refiner split cuts the
     refiner_steps: int | None  # noise schedule, not the steps; img2img runs int(steps * strength))
     warnings: list[str | None]  # per image: prompts the CLIP tokenizer cut at 77 tokens, as diffusers does silently
+    load_seconds: float | None = None  # models loaded for this call (not render time)
+    warmup: bool = False  # the pipeline's first call: it pays one-time costs (allocations, kernel choice, compile)
 
 
 def render_batch(batch: Batch, device: str) -> Output:
     """diffusers' own post-processing, before its conversion to PIL."""
+    with quiet_torchsde():
+        return _render_batch(batch, device)
+
+
+@contextlib.contextmanager
+def quiet_torchsde() -> Iterator[None]:
+    """torchsde warns on stderr when a step's float time lands a hair past its interval's end
+    (DPM++ SDE): harmless, and it breaks the progress bar."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Should have t[ab]<=t1 but got", category=UserWarning)
+        yield
+
+
+def _render_batch(batch: Batch, device: str) -> Output:
     specs = batch.specs
     first = specs[0]
     seeds = [spec.seed for spec in specs]
 
     # 1. Load or reuse the pipelines; a fresh scheduler of the asked-for class.
+    loads = len(pipelines.loaded_models())
+    tic = time.perf_counter()
     base = pipelines.base_pipeline(first, device)
+    refiner = None if first.refiner_id is None else pipelines.refiner_pipeline(first, base, device)
+    load_seconds = time.perf_counter() - tic if len(pipelines.loaded_models()) > loads else None
+    warmup = pipelines.first_call(base)
     pipelines.set_scheduler(base, first, seeds)
-    refiner = None
-    if first.refiner_id is not None:
-        refiner = pipelines.refiner_pipeline(first, base, device)
+    if refiner is not None:
         pipelines.set_scheduler(refiner, first, seeds)
 
     # 2. One CPU generator per image.
@@ -75,20 +97,20 @@ def render_batch(batch: Batch, device: str) -> Output:
     embeddings, warnings = prompt_embeddings(base, specs, device)
     if refiner is None:
         out = base(**size, output_type="np", **embeddings, **kwargs)
-        return Output(out.images, _nsfw(out), _steps_run(base, first, "base"), None, warnings)
+        return Output(out.images, _nsfw(out), _steps_run(base, first, "base"), None, warnings, load_seconds, warmup)
     if first.refiner_mode == "ensemble":
         latents = base(**size, denoising_end=first.refiner_split, output_type="latent", **embeddings, **kwargs).images
         base_steps = _steps_run(base, first, "base")
         # 5. Refiner takes the latents mid-denoising (ensemble of experts).
         pipelines.activate(refiner, first, device)
         out = refiner(image=latents, denoising_start=first.refiner_split, output_type="np", **prompt_embeddings(refiner, specs, device)[0], **kwargs)
-        return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings)
+        return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings, load_seconds, warmup)
     latents = base(**size, output_type="latent", **embeddings, **kwargs).images
     base_steps = _steps_run(base, first, "base")
     # 5. Refiner re-noises the finished latents by 1 - split and denoises them again.
     pipelines.activate(refiner, first, device)
     out = refiner(image=latents, strength=1.0 - first.refiner_split, output_type="np", **prompt_embeddings(refiner, specs, device)[0], **kwargs)
-    return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings)
+    return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings, load_seconds, warmup)
 
 
 def _steps_run(pipe, spec: ImageSpec, who: str) -> int:

@@ -19,6 +19,7 @@ import argparse
 import html
 import json
 import os
+import re
 import shlex
 import sys
 from collections import Counter, defaultdict
@@ -35,6 +36,7 @@ import pyarrow as pa
 import yaml  # PyYAML, installed with Hydra: reads the sweep's multirun.yaml
 
 from sweeper import manifest
+from sweeper.run import PLAN_FILE
 from sweeper.errors import UnsafePath
 from sweeper.files import is_regular_inside, open_image, write_atomic
 from sweeper.store import THUMB_EXT, THUMBS_DIR, needs_thumbnail, thumbnail_bytes, thumbnail_path
@@ -81,15 +83,17 @@ def label(value: Any) -> str:
     return str(value)
 
 
-def sort_key(value: Any) -> tuple:
-    """Numbers in numeric order, lists item by item, then text, nulls last."""
+def sort_key(value: Any, text_order: dict[str, int] | None = None) -> tuple:
+    """Numbers in numeric order, lists item by item, then text (in `text_order`, the order the
+    sweep gave it, else by label), nulls last."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return (0, value)
     if isinstance(value, list):
         return (1, tuple(sort_key(item) for item in value))
     if value is None:
         return (3,)
-    return (2, label(value))
+    text = label(value)
+    return (2, text_order.get(text, len(text_order)) if text_order is not None else 0, text)
 
 
 @dataclass
@@ -99,6 +103,7 @@ class Sweep:
     dir: Path
     rows: list[dict[str, Any]]
     columns: list[str]
+    planned: set[str] | None = None  # the ids of every image the sweep asks for (its plan.parquet), if known
     text: list[dict[str, str]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -120,11 +125,25 @@ class Sweep:
 
     @cached_property
     def _values(self) -> dict[str, list[Any]]:
+        # Rows come in job order, so text values (prompts, schedulers) first seen first are the sweep's own order.
         first: dict[str, dict[str, Any]] = {name: {} for name in self.columns}
         for row, text in zip(self.rows, self.text):
             for name in self.columns:
                 first[name].setdefault(text[name], row[name])
-        return {name: sorted(found.values(), key=sort_key) for name, found in first.items()}
+        return {
+            name: sorted(found.values(), key=lambda value, order={t: n for n, t in enumerate(found)}: sort_key(value, order))
+            for name, found in first.items()
+        }
+
+    def rank(self, column: str, value: Any) -> int:
+        """Where `value` comes among the column's values, in display order."""
+        if column not in self._ranks:
+            self._ranks[column] = {text: n for n, text in enumerate(self.labels(column))}
+        return self._ranks[column].get(label(value), len(self._ranks[column]))
+
+    @cached_property
+    def _ranks(self) -> dict[str, dict[str, int]]:
+        return {}
 
     @cached_property
     def swept(self) -> list[str]:
@@ -132,8 +151,17 @@ class Sweep:
         return [name for name in KEY_COLUMNS if not self.constant(name)]
 
     def mean_seconds(self, indices: Iterable[int]) -> float | None:
-        seconds = [self.rows[i]["seconds"] for i in indices if self.rows[i]["status"] == "ok" and self.rows[i]["seconds"] is not None]
-        return sum(seconds) / len(seconds) if seconds else None
+        """Mean render seconds per image; warm-up calls (a pipeline's first) count only when nothing else does."""
+        timed = [self.rows[i] for i in indices if self.rows[i]["status"] == "ok" and self.rows[i]["seconds"] is not None]
+        steady = [row for row in timed if not row.get("warmup")] or timed
+        return sum(row["seconds"] for row in steady) / len(steady) if steady else None
+
+    @property
+    def still_to_do(self) -> int | None:
+        """Planned images without an ok row yet (None when the plan is not known)."""
+        if self.planned is None:
+            return None
+        return len(self.planned - {row["image_id"] for row in self.rows if row["status"] == "ok"})
 
     def by_value(self, column: str) -> dict[str, list[int]]:
         """Row indices per value label, in display order."""
@@ -155,7 +183,21 @@ def load_sweep(sweep_dir: Path, table: pa.Table | None = None) -> Sweep:
         raise ReportError(f"cannot read the manifest in {sweep_dir}: {error}") from None
     if table.num_rows == 0:
         raise ReportError(f"no images in {sweep_dir}: {manifest.MANIFEST} is missing or empty")
-    return Sweep(sweep_dir, table.to_pylist(), table.column_names)
+    return Sweep(sweep_dir, table.to_pylist(), table.column_names, _planned(sweep_dir))
+
+
+def _planned(sweep_dir: Path) -> set[str] | None:
+    """The image ids of the sweep's plan.parquet, if it has a readable one of its own."""
+    from pyarrow import parquet
+
+    path = sweep_dir / PLAN_FILE
+    if not is_regular_inside(path, sweep_dir):
+        return None
+    try:
+        return set(parquet.read_table(path, columns=["image_id"]).column("image_id").to_pylist())
+    except (OSError, pa.ArrowException, KeyError) as error:
+        print(f"sweeper: warning: skipping {path}: {error}", file=sys.stderr, flush=True)
+        return None
 
 
 def choose_axes(sweep: Sweep, x: str | None = None, y: str | None = None) -> tuple[str | None, str | None]:
@@ -261,7 +303,7 @@ def compare(a: Sweep, b: Sweep) -> Comparison:
     in_a, in_b = groups(a), groups(b)
     shown = [name for name in match_on if not (a.constant(name) and b.constant(name))]
     pairs = [(rows, in_b[key]) for key, rows in in_a.items() if key in in_b]
-    pairs.sort(key=lambda pair: tuple(sort_key(a.rows[pair[0][0]][name]) for name in shown))
+    pairs.sort(key=lambda pair: tuple(a.rank(name, a.rows[pair[0][0]][name]) for name in shown))
     only_a = sum(len(rows) for key, rows in in_a.items() if key not in in_b)
     only_b = sum(len(rows) for key, rows in in_b.items() if key not in in_a)
     return Comparison(differ, shown, pairs, only_a, only_b)
@@ -343,10 +385,14 @@ def _overview(sweep: Sweep, states: list[str]) -> str:
     starts = [row["started_at"] for row in sweep.rows if row["started_at"] is not None]
     ends = [row["finished_at"] for row in sweep.rows if row["finished_at"] is not None]
     total = sum(row["seconds"] or 0 for row in sweep.rows)
-    facts = [
-        ("images", f"{len(sweep.rows)} ({ok} ok, {counts['error']} failed, {counts['missing']} files missing)"),
+    loads = sum(row.get("load_seconds") or 0 for row in sweep.rows if row["batch_index"] in (0, None))
+    facts = [("images", f"{len(sweep.rows)} ({ok} ok, {counts['error']} failed, {counts['missing']} files missing)")]
+    if sweep.still_to_do:
+        facts.append(("still to do", f"{sweep.still_to_do} of {len(sweep.planned)} planned images: run the same command to render them"))
+    facts += [
         ("swept", " × ".join(f"{name} ({len(sweep.values(name))})" for name in sweep.swept) or "nothing varies"),
-        ("render time", f"{seconds_text(total)} in all, {seconds_text(sweep.mean_seconds(range(len(sweep.rows))))} per image"),
+        ("render time", f"{seconds_text(total)} in all, {seconds_text(sweep.mean_seconds(range(len(sweep.rows))))} per image"
+                        f"; model loads {seconds_text(loads)} apart; a pipeline's first call (warm-up) is left out of the means"),
     ]
     if starts and ends:
         facts.append(("wall clock", f"{label(min(starts))} → {label(max(ends))} ({seconds_text((max(ends) - min(starts)).total_seconds())})"))
@@ -450,7 +496,26 @@ def _sweep_data(sweep: Sweep, states: list[str], out_dir: Path, axes: list[str])
         "state": states,
         "swept": sweep.swept,
         "values": {name: sweep.labels(name) for name in axes},
+        "short": {name: short_labels(sweep.labels(name)) for name in axes},
     }
+
+
+SHORT_LABEL = 28  # characters of an axis label before it is cut
+
+
+def short_labels(labels: list[str], width: int = SHORT_LABEL) -> dict[str, str]:
+    """Long labels cut to where they differ, the full text stays in the tooltip:
+    prompts of one template vary in a word or at their end (`a blue car, emerald gr…`, `…a man, watercolor`)."""
+    if not any(len(text) > width for text in labels):
+        return {}
+    common = len(os.path.commonprefix(labels)) if len(labels) > 1 else 0
+    start = max(0, common - 10)  # a little of what they share, before where they differ
+    short = {}
+    for text in labels:
+        if len(text) > width:
+            piece = text[start : start + width].strip()
+            short[text] = ("…" if start else "") + piece + ("…" if start + width < len(text) else "")
+    return short
 
 
 def relative_url(target: Path, start: Path) -> str:
@@ -546,7 +611,7 @@ def grids(sweep: Sweep, x: str | None, y: str | None) -> list[Grid]:
     groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for index, text in enumerate(sweep.text):
         groups[tuple(text[name] for name in sections)].append(index)
-    ordered = sorted(groups.items(), key=lambda item: tuple(sort_key(sweep.rows[item[1][0]][name]) for name in sections))
+    ordered = sorted(groups.items(), key=lambda item: tuple(sweep.rank(name, sweep.rows[item[1][0]][name]) for name in sections))
     axis_names = ", ".join(f"{axis}: {name}" for axis, name in (("x", x), ("y", y)) if name)
     result = []
     for key, indices in ordered:
@@ -582,7 +647,10 @@ def write_grid_png(sweep: Sweep, x: str | None, y: str | None, out: Path, cell: 
 
 def _write_html(sweep: Sweep, x: str | None, y: str | None, other: Sweep | None, output: Path | None) -> Path:
     # A path the user gave is theirs to route through links; inside the sweep dir none is followed.
-    output = Path(output).resolve() if output is not None else sweep.dir / REPORT
+    if output is None:  # a comparison does not replace the sweep's own report
+        output = sweep.dir / (REPORT if other is None else f"compare-{re.sub(r'[^A-Za-z0-9._-]+', '_', other.name)}.html")
+    else:
+        output = Path(output).resolve()
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         page = render_html(sweep, x, y, output.parent, other)
@@ -631,7 +699,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--x", metavar="KEY", help="manifest column along the grids' columns (default: the most varied swept key)")
     parser.add_argument("--y", metavar="KEY", help="manifest column along the grids' rows (default: the next most varied)")
     parser.add_argument("--compare", type=Path, metavar="OTHER_DIR", help="another sweep dir to show side by side")
-    parser.add_argument("-o", "--output", type=Path, metavar="FILE", help=f"where to write the HTML (default: SWEEP_DIR/{REPORT})")
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE",
+                        help=f"where to write the HTML (default: SWEEP_DIR/{REPORT}, or SWEEP_DIR/compare-OTHER.html with --compare)")
     parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw the grids as a labelled PNG (tiled as PNG-1.png... when big)")
     parser.add_argument("--cell", type=int, default=GRID_CELL, metavar="PX", help=f"largest cell of --grid in pixels (default {GRID_CELL})")
     args = parser.parse_args(argv)
@@ -734,6 +803,7 @@ class Sweep {
     return rank ? (a, b) => rank.get(a) - rank.get(b) : (a, b) => (a < b ? -1 : a > b ? 1 : 0);
   }
   describe(i) { return this.swept.map((name) => `${name}=${this.value(i, name)}`).join(", "); }
+  shortLabel(name, v) { return (name && this.short[name] && this.short[name][v]) || v; }
 }
 const sweeps = D.sweeps.map((data, i) => new Sweep(data, i));
 const main = sweeps[0];
@@ -894,9 +964,9 @@ function paginate(blocks) {
 function blockNode(block) {
   const {x, y} = view;
   const corner = el("th", {class: "corner"}, el("span", {class: "axis-x", text: x ? `${x} →` : ""}), el("span", {class: "axis-y", text: y ? `${y} ↓` : ""}));
-  const head = el("tr", {}, corner, ...block.xs.map((v) => el("th", {class: "xlabel", scope: "col", title: x ? `${x} = ${v}` : "", text: v})));
+  const head = el("tr", {}, corner, ...block.xs.map((v) => el("th", {class: "xlabel", scope: "col", title: x ? `${x} = ${v}` : "", text: main.shortLabel(x, v)})));
   const body = block.ys.map((yv) => el("tr", {},
-    el("th", {class: "ylabel", scope: "row", title: y ? `${y} = ${yv}` : "", text: yv}),
+    el("th", {class: "ylabel", scope: "row", title: y ? `${y} = ${yv}` : "", text: main.shortLabel(y, yv)}),
     ...block.xs.map((xv) => {
       const rows = block.cells.get(`${yv}\u0000${xv}`);
       return rows ? el("td", {class: "cell"}, ...rows.map((i) => tile(main, i))) : el("td", {class: "empty"});

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
+import json
 import os
 import secrets
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
 from sweeper import devices, distributed, faults, hub, schedule
-from sweeper.errors import DeviceFailed, StorageError, UnsafePath
+from sweeper.errors import DeviceFailed, Interrupted, StorageError, UnsafePath
 from sweeper.files import check_sweep_dir
 from sweeper.plan import ImageSpec, Job, PlanError, plan
 
@@ -121,6 +125,23 @@ def check_devices(specs: Sequence[ImageSpec], processes: int = 1, processes_per_
             )
 
 
+PLAN_FILE = "plan.parquet"
+
+
+def write_plan(prepared: Prepared, out_dir: Path) -> None:
+    """Every image the sweep asks for, as a table of specs in the sweep dir: what is still
+    to do is the plan less the manifest (the report says it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sweeper.files import write_atomic
+
+    rows = [dict(spec.to_dict(), image_id=spec.image_id) for spec in prepared.specs]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    write_atomic(Path(out_dir) / PLAN_FILE, buffer.getvalue())
+
+
 def _check_writable(out_dir: Path) -> None:
     """Refuse an output dir that cannot be made or written, before anything renders."""
     existing = out_dir.absolute()
@@ -131,28 +152,100 @@ def _check_writable(out_dir: Path) -> None:
         raise PlanError(f"invalid output dir {out_dir}: {existing} {reason}")
 
 
+# The keys a sweep can vary, in the order the start line names them (seed last).
+AXES = (
+    "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "init_image", "mask_image", "model", "refiner",
+    "refiner_split", "refiner_mode", "scheduler", "mode", "strength", "guidance", "steps", "width", "height",
+    "original_size", "target_size", "crops_coords_top_left", "negative_original_size", "negative_target_size",
+    "negative_crops_coords_top_left", "dtype", "watermark", "safety_checker", "vae_tiling", "seed",
+)
+
+
+def axes(specs: Sequence[ImageSpec]) -> str:
+    """`prompt (2) x guidance (3) x seed (3) = 18 images`: the keys that vary and how many values each has.
+
+    Keys that vary together (zipped, or set per CSV row) are joined: `scheduler+steps (2)`.
+    A prompt split at a comma by Hydra shows here, before anything renders.
+    """
+    values = {name: [getattr(spec, name) for spec in specs] for name in AXES}
+    counts = {name: len(set(column)) for name, column in values.items()}
+    varying = [name for name in AXES if counts[name] > 1]
+    groups: list[list[str]] = []
+    for name in varying:
+        for group in groups:
+            if len(set(zip(values[group[0]], values[name]))) == max(counts[group[0]], counts[name]):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    product = 1
+    for group in groups:
+        product *= counts[group[0]]
+    total = _count(len(specs), "image")
+    if not groups:
+        return total
+    text = " x ".join(f"{'+'.join(group)} ({counts[group[0]]})" for group in groups)
+    return f"{text} = {total}" if product == len(specs) else f"{text}: {total}"
+
+
+# Sigma schedules that crowd the low-noise end: where they cut, only the render knows.
+_SIGMA_OPTIONS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+
+
+def notes(specs: Sequence[ImageSpec]) -> list[str]:
+    """What the user should know before rendering: refiner splits that cut the schedule
+    in the same place render the same pictures under different ids."""
+    from collections import defaultdict
+
+    from sweeper.plan import split_steps
+
+    splits: dict[tuple, set[float]] = defaultdict(set)
+    for steps, mode, split, kwargs in {(s.steps, s.refiner_mode, s.refiner_split, s.scheduler_kwargs) for s in specs if s.refiner_id}:
+        options = json.loads(kwargs)
+        if mode == "ensemble" and any(options.get(name) for name in _SIGMA_OPTIONS):
+            continue
+        spacing = options.get("timestep_spacing", "leading")
+        splits[(steps, mode, spacing, split_steps(steps, split, mode, spacing))].add(split)
+    return [
+        f"refiner.split {' and '.join(f'{s:g}' for s in sorted(same))} give the base the same {cut[0]} and the refiner the same "
+        f"{cut[1]} of {steps} steps (refiner.mode={mode}): the same pictures under {len(same)} image ids"
+        for (steps, mode, _, cut), same in sorted(splits.items(), key=str)
+        if len(same) > 1
+    ]
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def announce(prepared: Prepared, out_dir: Path) -> None:
-    seconds = schedule.estimate_seconds(prepared.todo)
+    seconds = schedule.startup_seconds(prepared.todo) + schedule.estimate_seconds(prepared.todo)
     message = (
-        f"sweeper: {len(prepared.specs)} images from {prepared.jobs} job(s) into {out_dir}: "
+        f"sweeper: {axes(prepared.specs)} from {_count(prepared.jobs, 'job')} into {out_dir}: "
         f"{prepared.done} already done, {len(prepared.todo)} to render"
     )
     if prepared.todo:
         message += f", estimated {dt.timedelta(seconds=round(seconds))} on {prepared.todo[0].device}"
     print(message, file=sys.stderr, flush=True)
+    for note in notes(prepared.specs):
+        print(f"sweeper: note: {note}", file=sys.stderr, flush=True)
     if prepared.dry_run:
         print("sweeper: dry_run=true: stopping before rendering", file=sys.stderr, flush=True)
     elif not prepared.todo:
         print("sweeper: nothing to render: every image is already in the manifest", file=sys.stderr, flush=True)
 
 
-def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 1, gpu: int = 0, progress: Progress | None = None) -> Summary:
+def execute(
+    prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 1, gpu: int = 0, progress: Progress | None = None, stop: Any = None
+) -> Summary:
     """Render this rank's share of what is not done; store PNGs and manifest parts.
 
     `gpu` is the CUDA device index of this rank when the specs ask for cuda
     (device=cuda:N pins it). `progress` counts images; by default a tqdm bar on rank 0.
-    Raises DeviceFailed when a CUDA error leaves this process unable to render on:
-    its images not rendered are error rows by then.
+    `stop` (with `is_set()`) ends the work after the batch in flight; by default
+    Ctrl-C sets it (a second Ctrl-C stops at once). Raises Interrupted then, with
+    everything rendered so far stored; DeviceFailed when a CUDA error leaves this
+    process unable to render on: its images not rendered are error rows by then.
     """
     summary = Summary()
     batches = schedule.shard(schedule.make_batches(prepared.todo), rank, world_size)
@@ -172,8 +265,11 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
     writer = BackgroundWriter()
     threads = torch.get_num_threads()  # on the CPU, pixels depend on it (replay repeats it)
     total = sum(len(batch.specs) for batch in batches)
-    with progress or progress_bar(total, disable=rank != 0) as progress, _storage_errors(out_dir):
+    with progress or progress_bar(total, disable=rank != 0) as progress, _storage_errors(out_dir), _ctrl_c(progress, stop) as stop:
         for number, batch in enumerate(batches):
+            if stop.is_set():
+                writer.close()
+                raise Interrupted(out_dir, len(prepared.specs))
             device = render_device(batch.specs[0], gpu)
             for done in _render_backing_off(batch, device, progress):
                 writer.submit(lambda done=done: _store(done, out_dir, versions, dict(facts, device=device), threads))
@@ -197,6 +293,26 @@ def execute(prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 
                     )
         writer.close()
     return summary
+
+
+@contextlib.contextmanager
+def _ctrl_c(progress: Progress, stop: Any) -> Iterator[Any]:
+    """`stop`, or an event that the first Ctrl-C sets (the second one interrupts at once)."""
+    if stop is not None or threading.current_thread() is not threading.main_thread():
+        yield stop or threading.Event()
+        return
+    event = threading.Event()
+
+    def first(signum: int, frame: Any) -> None:
+        event.set()
+        signal.signal(signal.SIGINT, previous)
+        progress.write("sweeper: stopping after the batch in flight (Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield event
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def render_device(spec: ImageSpec, gpu: int) -> str:
@@ -236,6 +352,8 @@ class _Rendered:
     seconds: float  # per image
     steps: tuple[int | None, int | None] = (None, None)  # (base, refiner) steps that really ran
     fatal: bool = False  # a CUDA error that leaves the process unable to render on
+    load_seconds: float | None = None  # models loaded for this call, apart from `seconds`
+    warmup: bool = False  # the first call of its pipeline in this process
 
 
 @dataclass
@@ -288,11 +406,11 @@ def _render_backing_off(batch: schedule.Batch, device: str, progress: Progress) 
         progress.write(f"sweeper: out of memory with {len(batch.specs)} images per call; retrying with {half}")
         halves = (schedule.Batch(batch.specs[:half]), schedule.Batch(batch.specs[half:]))
         return [done for part in halves for done in _render_backing_off(part, device, progress)]
-    seconds = (time.perf_counter() - tic) / len(batch.specs)
+    elapsed = time.perf_counter() - tic
     finished = dt.datetime.now(dt.timezone.utc)
     count = len(batch.specs)
     if attempt.failure is not None:
-        return [_Rendered(batch, None, None, attempt.message, [attempt.message] * count, [None] * count, started, finished, seconds,
+        return [_Rendered(batch, None, None, attempt.message, [attempt.message] * count, [None] * count, started, finished, elapsed / count,
                           fatal=attempt.failure == "fatal")]
     output = attempt.output
     problems = [problem(array) for array in output.images]
@@ -300,7 +418,9 @@ def _render_backing_off(batch: schedule.Batch, device: str, progress: Progress) 
     warnings = ["; ".join(w for w in found if w) or None for found in zip([w for _, w in problems], output.warnings, flagged)]
     errors = [image_error for image_error, _ in problems]
     steps = (output.base_steps, output.refiner_steps)
-    return [_Rendered(batch, output.images, output.nsfw, None, errors, warnings, started, finished, seconds, steps)]
+    seconds = (elapsed - (output.load_seconds or 0.0)) / count  # render time: a model load is not the images' cost
+    return [_Rendered(batch, output.images, output.nsfw, None, errors, warnings, started, finished, seconds, steps,
+                      load_seconds=output.load_seconds, warmup=output.warmup)]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -316,7 +436,7 @@ def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict
     call = call_record(done.batch.specs, threads)
     rows = []
     timing = dict(seconds=done.seconds, started_at=done.started_at, finished_at=done.finished_at, batch_size=len(done.batch.specs),
-                  base_steps=done.steps[0], refiner_steps=done.steps[1])
+                  base_steps=done.steps[0], refiner_steps=done.steps[1], load_seconds=done.load_seconds, warmup=done.warmup)
     for index, spec in enumerate(done.batch.specs):
         path = image_path(spec)
         error = done.errors[index]

@@ -53,6 +53,21 @@ def cost(spec: ImageSpec) -> float:
     return spec.width * spec.height * (steps * calls + DECODE_FORWARDS)
 
 
+# What a run pays before its first image: importing torch and diffusers, then loading each model.
+STARTUP_SECONDS = 8.0
+LOAD_SECONDS = {"tiny": 1.0, "full": 20.0}
+
+
+def startup_seconds(specs: Iterable[ImageSpec]) -> float:
+    """Seconds before the first image: imports, and a load per model (and refiner)."""
+    models = {(spec.model_id, spec.refiner_id) for spec in specs}
+    if not models:
+        return 0.0
+    return STARTUP_SECONDS + sum(
+        LOAD_SECONDS["tiny" if model in TINY_MODELS else "full"] for pair in models for model in pair if model is not None
+    )
+
+
 def estimate_seconds(specs: Iterable[ImageSpec], seconds_per_unit: float | None = None) -> float:
     """Seconds to render `specs` on one device; `seconds_per_unit` if measured, else the table."""
     seconds: dict[tuple, float] = {}  # per kind of image: 100k specs are a handful of kinds
@@ -88,25 +103,44 @@ def batch_key(spec: ImageSpec) -> tuple:
 
 
 def make_batches(specs: Sequence[ImageSpec]) -> list[Batch]:
-    """Group specs that can share a forward, order groups by switch cost, chunk by batch size."""
+    """Group specs that can share a forward and chunk them by batch size, in the order that
+    shows the whole grid early.
+
+    Model and refiner loads are the costly switches: each model (and its refiner)
+    comes once, in the order first seen. Within it, batches take turns among the
+    groups (schedulers, guidances, sizes...), and each group renders its images'
+    first seeds first: the first batches cover every cell of the grid with its
+    first seed, then its second, and so on. Batches stay full: only a group's last is smaller.
+    """
     groups: dict[tuple, list[ImageSpec]] = {}
     for spec in specs:
         groups.setdefault(batch_key(spec), []).append(spec)
-    first_seen: dict[tuple, int] = {}
+    loads: dict[tuple, int] = {}
     for spec in specs:
-        model, refiner, scheduler = _switch_levels(spec)
-        for level in ((model,), (model, refiner), (model, refiner, scheduler)):
-            first_seen.setdefault(level, len(first_seen))
-
-    def order(group: list[ImageSpec]) -> tuple[int, int, int]:
-        model, refiner, scheduler = _switch_levels(group[0])
-        return first_seen[(model,)], first_seen[(model, refiner)], first_seen[(model, refiner, scheduler)]
-
-    batches = []
-    for group in sorted(groups.values(), key=order):
+        model, refiner, _ = _switch_levels(spec)
+        loads.setdefault((model, refiner), len(loads))
+    blocks: dict[int, list[list[Batch]]] = {}
+    for group in groups.values():
+        model, refiner, _ = _switch_levels(group[0])
         size = group[0].batch_size or auto_batch_size(group[0])
-        batches.extend(Batch(tuple(group[i : i + size])) for i in range(0, len(group), size))
+        ordered = _by_seed_turn(group)
+        blocks.setdefault(loads[(model, refiner)], []).append([Batch(tuple(ordered[i : i + size])) for i in range(0, len(ordered), size)])
+    batches = []
+    for block in (blocks[number] for number in sorted(blocks)):
+        for turn in range(max(len(chunks) for chunks in block)):
+            batches.extend(chunks[turn] for chunks in block if turn < len(chunks))
     return batches
+
+
+def _by_seed_turn(group: list[ImageSpec]) -> list[ImageSpec]:
+    """The group's specs, every prompt (and init image) with its first seed first, then its second..."""
+    seen: dict[tuple, int] = {}
+    turns = []
+    for spec in group:
+        row = (spec.job_num, spec.prompt, spec.negative_prompt, spec.prompt_2, spec.negative_prompt_2, spec.init_image_sha, spec.mask_image_sha)
+        turns.append(seen.get(row, 0))
+        seen[row] = turns[-1] + 1
+    return [spec for _, spec in sorted(zip(turns, group), key=lambda pair: pair[0])]
 
 
 def shard(batches: Sequence[Batch], rank: int, world_size: int) -> list[Batch]:

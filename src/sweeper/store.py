@@ -10,9 +10,12 @@ keeps rendering while PNGs are encoded; a finished image is never half a file.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import io
 import json
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -22,7 +25,9 @@ from PIL import Image, PngImagePlugin
 
 from sweeper.files import ensure_dir, open_nofollow
 from sweeper.errors import DirBusy
-from sweeper.plan import PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec
+from sweeper.files import write_atomic
+from sweeper.plan import PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec, public_model_name
+from sweeper.tiny import sweeper_cache
 
 IMAGES_DIR = "images"
 THUMBS_DIR = ".thumbs"  # the report's thumbnails, made as images land
@@ -50,13 +55,44 @@ def parameters_text(spec: ImageSpec, versions: dict[str, str]) -> str:
     ]
     if spec.strength is not None:
         pairs.append(("Denoising strength", f"{spec.strength:g}"))
-    if spec.model_revision:
-        pairs.append(("Model hash", spec.model_revision))
+    if spec.model_id.endswith(SINGLE_FILE_SUFFIXES) and Path(spec.model_id).is_file():
+        pairs.append(("Model hash", checkpoint_hash(spec.model_id)))  # what A1111 and civitai know a checkpoint by
     if spec.refiner_id:
         pairs += [("Refiner", public_model_name(spec.refiner_id)), ("Refiner switch at", f"{spec.refiner_split:g}")]
     pairs.append(("Version", f"sweeper {versions.get('sweeper', '')}".strip()))
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs))
     return "\n".join(lines)
+
+
+def checkpoint_hash(path: str) -> str:
+    """The first 10 hex digits of the file's sha256 (A1111's model hash), kept in the cache by path, size and time."""
+    info = os.stat(path)
+    key = f"{Path(path).resolve()}|{info.st_size}|{info.st_mtime_ns}"
+    with _HASHES_LOCK:
+        known = _checkpoint_hashes()
+        if key not in known:
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(block)
+            known[key] = digest.hexdigest()[:10]
+            try:
+                write_atomic(sweeper_cache() / "checkpoint-hashes.json", json.dumps(known).encode("utf-8"), durable=False)
+            except OSError:
+                pass  # a read-only cache: hashed again next time
+        return known[key]
+
+
+_HASHES_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _checkpoint_hashes() -> dict[str, str]:
+    try:
+        known = json.loads((sweeper_cache() / "checkpoint-hashes.json").read_text(encoding="utf-8"))
+        return {str(k): str(v) for k, v in known.items()} if isinstance(known, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
 def _quote(value: object) -> str:
@@ -159,12 +195,6 @@ def _a1111_model(model_id: str) -> str:
     return name.rsplit(".", 1)[0] if name.endswith(SINGLE_FILE_SUFFIXES) else name
 
 
-def public_model_name(model_id: str) -> str:
-    """A hub id or tiny model as it is; a local file or folder by its base name."""
-    path = Path(model_id)
-    if path.is_absolute() or model_id.startswith(("~", ".")) or model_id.endswith(SINGLE_FILE_SUFFIXES) or path.exists():
-        return path.name
-    return model_id
 
 
 class BackgroundWriter:

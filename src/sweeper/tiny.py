@@ -23,10 +23,14 @@ TINY_MODELS = ("tiny-sdxl", "tiny-sdxl-refiner", "tiny-sd")
 _SEED = 0
 
 
+def sweeper_cache() -> Path:
+    """sweeper's cache dir: $SWEEPER_CACHE, else ~/.cache/sweeper."""
+    return Path(os.environ.get("SWEEPER_CACHE") or Path.home() / ".cache" / "sweeper")
+
+
 def cache_root() -> Path:
-    """Where tiny models are kept: $SWEEPER_CACHE, else ~/.cache/sweeper."""
-    root = os.environ.get("SWEEPER_CACHE") or Path.home() / ".cache" / "sweeper"
-    return Path(root) / "tiny" / RECIPE_VERSION
+    """Where tiny models are kept."""
+    return sweeper_cache() / "tiny" / RECIPE_VERSION
 
 
 def tiny_model_dir(name: str) -> Path:

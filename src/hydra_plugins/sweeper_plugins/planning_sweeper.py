@@ -115,8 +115,10 @@ class PlanningSweeper(BasicSweeper):
         every_job = [job for batch in self.overrides for job in batch]
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
 
+        prepared = None
         if self.task_function is render_job:
-            if self._plan_says_stop(every_job, sweep_dir):
+            prepared = self._plan(every_job, sweep_dir)
+            if prepared.dry_run:
                 return []
         else:
             self.validate_batch_is_legal(every_job)
@@ -124,6 +126,10 @@ class PlanningSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if distributed.rank() == 0:
             write_atomic(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config).encode("utf-8"))
+            if prepared is not None:
+                from sweeper import run
+
+                run.write_plan(prepared, sweep_dir)  # what the sweep asks for, whichever launcher renders it
         returns: List[Sequence[JobReturn]] = []
         initial_job_idx = 0
         for batch in self.overrides:
@@ -134,8 +140,8 @@ class PlanningSweeper(BasicSweeper):
             returns.append(results)
         return returns
 
-    def _plan_says_stop(self, every_job: list, sweep_dir: Path) -> bool:
-        """Plan and check all jobs (raises PlanError); True for a dry run."""
+    def _plan(self, every_job: list, sweep_dir: Path):
+        """Plan and check all jobs (raises PlanError); says what will happen."""
         from sweeper import run
         from sweeper.hydra_jobs import JobComposer
 
@@ -152,4 +158,4 @@ class PlanningSweeper(BasicSweeper):
             run.announce(prepared, sweep_dir)
         if ours and len(self.overrides) == 1:  # one launch of every job: it renders this plan, not a second one
             self.launcher.planned = ((0, [list(o) for o in every_job]), jobs, prepared)
-        return prepared.dry_run
+        return prepared

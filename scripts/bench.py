@@ -157,6 +157,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--wait-idle", type=float, default=0, metavar="S",
                         help="before each timed run wait up to S seconds for the machine to be idle (shared machines)")
     parser.add_argument("--out", default=None, help="keep everything in this dir (default: a temp dir, removed afterwards)")
+    parser.add_argument("--scale", type=int, default=None, metavar="N",
+                        help="instead: N images as N jobs (tiny, 1 step): the costs around the rendering (scripts/bench_scale.py)")
     args = parser.parse_args(argv)
     tiny = args.model == "tiny"
     if args.seeds is None:
@@ -523,6 +525,11 @@ def flop_figures(args, result: dict) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.scale:
+        sys.path.insert(0, str(HERE))
+        import bench_scale
+
+        return bench_scale.main(args.scale, args.out)
     import diffusers
     import torch
 

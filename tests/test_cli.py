@@ -8,6 +8,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from conftest import CONTRACT_COLUMNS, only_dir, run_cli
 from PIL import Image
 
@@ -23,10 +24,32 @@ def pixels(run_dir, row) -> np.ndarray:
     return np.asarray(Image.open(run_dir / row["path"]).convert("RGB"), dtype=np.int16)
 
 
+PROBE = """
+import json
+from pathlib import Path
+from hydra.experimental.callback import Callback
+
+class Probe(Callback):  # a user's own Hydra callback, beside sweeper's
+    def on_multirun_start(self, config, **kwargs):
+        Path("probe.json").write_text(json.dumps({"start": str(config.hydra.sweep.dir)}))
+
+    def on_multirun_end(self, config, **kwargs):
+        seen = json.loads(Path("probe.json").read_text())
+        Path("probe.json").write_text(json.dumps({**seen, "end": str(config.hydra.sweep.dir), "tasks": list(config.hydra.overrides.task)}))
+"""
+
+
 def test_multirun_renders_one_job_per_value_into_one_sweep_dir(tmp_path, tiny_models):
-    result = run_cli("-m", "model=tiny", "guidance=5,7.5,10", cwd=tmp_path)
+    (tmp_path / "probe.py").write_text(PROBE)
+    result = run_cli("-m", "model=tiny", "guidance=5,7.5,10", "+hydra.callbacks.probe._target_=probe.Probe", cwd=tmp_path,
+                     env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    probe = json.loads((tmp_path / "probe.json").read_text())  # Hydra's callbacks still run around our launcher
+    assert (tmp_path / probe["start"]).resolve() == (tmp_path / probe["end"]).resolve() == sweep.resolve()
+    assert probe["tasks"] == ["model=tiny", "guidance=5,7.5,10"]  # hydra.* overrides are Hydra's own, not the task's
+    recorded = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    assert recorded["hydra"]["overrides"]["task"] == probe["tasks"] and recorded["guidance"] == 5.0
     df = manifest_of(sweep)
     assert CONTRACT_COLUMNS <= set(df.columns)
     assert len(df) == 3 and set(df.status) == {"ok"}

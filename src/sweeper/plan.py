@@ -261,8 +261,9 @@ def plan(jobs: Sequence[Job], auto_device: str = "cpu", seed_nonce: int = 0) -> 
     specs: dict[str, ImageSpec] = {}
     asked = 0
     firsts = []
+    settings = _Settings()
     for job in jobs:
-        job_specs = plan_job(job, auto_device, seed_nonce, budget=_max_images(job.config) - asked)
+        job_specs = plan_job(job, auto_device, seed_nonce, budget=_max_images(job.config) - asked, settings=settings)
         asked += len(job_specs)
         firsts.append(job_specs[0])
         for spec in job_specs:
@@ -291,25 +292,32 @@ def _max_images(c: Mapping[str, Any]) -> int:
     return _limit(c, "max_images", DEFAULT_MAX_IMAGES)
 
 
-def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: int | None = None) -> list[ImageSpec]:
-    """The job's images: prompts x init images x seeds. More than `budget` is refused (max_images)."""
+def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: int | None = None, settings: _Settings | None = None) -> list[ImageSpec]:
+    """The job's images: prompts x init images x seeds. More than `budget` is refused (max_images).
+
+    `settings` carries what earlier jobs of the sweep planned: a job that differs
+    from one of them only in its seeds or prompts reuses that job's checked settings.
+    """
     c = job.config
-    _check_keys(c)
+    settings = settings or _Settings()
     rows, prompt_file = prompt_rows(c, limit=budget if budget is not None else _max_images(c))
     # A list of negative prompts zips with the prompts as written, before templates expand.
     texts = {key: _per_prompt(c, key, rows[-1].source + 1) for key in PER_PROMPT_KEYS}
-    makers: dict[str, tuple[_SpecMaker, list[int], list[dict], bool]] = {}
+    labels = {"job_num": job.num, "overrides": " ".join(job.overrides)}
     specs: list[ImageSpec] = []
     for row in rows:
-        key = _canonical(row.params) if row.params else ""
-        if key not in makers:
-            rc = {**c, **row.params} if row.params else c
+        rc = {**c, **row.params} if row.params else c
+
+        def checked() -> tuple[_SpecMaker, list[dict], bool]:
+            _check_keys(c)
             template = _template(rc, job, prompt_file, auto_device)
-            # Every job draws the same random seeds for -1 (by position), so a `guidance=3,5,7
-            # seed=-1` sweep compares guidance on one seed, as A1111's X/Y plot does.
             roots = _csv_paths(c, rc, row.params, prompt_file)
-            makers[key] = (_SpecMaker(template), _seeds(rc, str(seed_nonce)), _init_images(rc, template.mode, roots), template.uses_cfg)
-        maker, seeds, inits, cfg = makers[key]
+            return _SpecMaker(template), _init_images(rc, template.mode, roots), template.uses_cfg
+
+        maker, inits, cfg = settings.get(c, row.params, checked)
+        # Every job draws the same random seeds for -1 (by position), so a `guidance=3,5,7
+        # seed=-1` sweep compares guidance on one seed, as A1111's X/Y plot does.
+        seeds = _seeds(rc, str(seed_nonce))
         if budget is not None and len(specs) + len(inits) * len(seeds) > budget:
             limit = _max_images(c)
             raise _fail("max_images", limit, f"the sweep asks for more than {limit} images; raise max_images to render them all")
@@ -317,8 +325,33 @@ def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: in
         if not cfg:  # guidance <= 1: diffusers never reads a negative prompt; null, so one picture has one id
             prompt.update(negative_prompt=None, negative_prompt_2=None)
         for init in inits:
-            specs.extend(maker.row(seeds, prompt=row.prompt, prompt_template=row.template, **prompt, **init))
+            specs.extend(maker.row(seeds, prompt=row.prompt, prompt_template=row.template, **prompt, **init, **labels))
     return specs
+
+
+# Keys that a job's images differ in without their settings changing (planned per job).
+_PER_JOB_KEYS = frozenset({"seed", "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "dry_run", "name"})
+
+
+class _Settings:
+    """A sweep's jobs that differ only in seeds or prompts share their checked settings.
+
+    `-m seed=range(0,100000)` is 100,000 jobs of one setting: checking and hashing
+    it once, not per job, is most of planning's time. Jobs composed by
+    hydra_jobs.JobComposer share the value objects they do not change, so a
+    setting is found by the identity of its values (kept alive here, so no id is reused).
+    """
+
+    def __init__(self) -> None:
+        self._known: dict[tuple, tuple[tuple, Any]] = {}
+
+    def get(self, c: Mapping[str, Any], params: Mapping[str, Any], make: Any) -> Any:
+        values = tuple((key, value) for key, value in c.items() if key not in _PER_JOB_KEYS)
+        key = (tuple((name, id(value)) for name, value in values), _canonical(params) if params else "")
+        known = self._known.get(key)
+        if known is None:
+            known = self._known[key] = (values, make())
+        return known[1]
 
 
 PER_PROMPT_KEYS = ("negative_prompt", "prompt_2", "negative_prompt_2")

@@ -39,7 +39,7 @@ from sweeper import manifest
 from sweeper.run import PLAN_FILE
 from sweeper.errors import UnsafePath
 from sweeper.files import is_regular_inside, open_image, write_atomic
-from sweeper.store import THUMB_EXT, THUMBS_DIR, needs_thumbnail, thumbnail_bytes, thumbnail_path
+from sweeper.store import IMAGES_DIR, THUMB_EXT, THUMBS_DIR, needs_thumbnail, thumbnail_bytes, thumbnail_path
 from sweeper.report_grid import Cell, Grid, write_grid
 
 REPORT = "report.html"
@@ -107,7 +107,31 @@ class Sweep:
     text: list[dict[str, str]] = field(init=False)
 
     def __post_init__(self) -> None:
-        self.text = [{name: label(row[name]) for name in self.columns} for row in self.rows]
+        self._first: dict[str, dict[str, Any]] = {}  # per column: label -> a value, in the order first seen
+        self.text = []
+
+    @classmethod
+    def of(cls, sweep_dir: Path, table: pa.Table, planned: set[str] | None) -> Sweep:
+        """The sweep of a manifest table, labelled column by column: each distinct value once
+        (100,000 rows hold a few hundred values). Rows come in job order, so values in the
+        order first seen are the sweep's own order."""
+        sweep = cls(sweep_dir, table.to_pylist(), table.column_names, planned)
+        columns = []
+        for name in sweep.columns:
+            column = table.column(name)
+            if pa.types.is_list(column.type):  # no dictionary encoding for lists: few rows have them set
+                encoded = pa.array([None if value is None else json.dumps(value) for value in column.to_pylist()]).dictionary_encode("encode")
+                values = [None if value is None else json.loads(value) for value in encoded.dictionary.to_pylist()]
+            else:
+                encoded = column.combine_chunks().dictionary_encode("encode")
+                values = encoded.dictionary.to_pylist()
+            labels = [label(value) for value in values]
+            sweep._first[name] = {}
+            for text, value in zip(labels, values):
+                sweep._first[name].setdefault(text, value)
+            columns.append([labels[index] for index in encoded.indices.to_pylist()])
+        sweep.text = [dict(zip(sweep.columns, texts)) for texts in zip(*columns)]
+        return sweep
 
     @property
     def name(self) -> str:
@@ -125,14 +149,9 @@ class Sweep:
 
     @cached_property
     def _values(self) -> dict[str, list[Any]]:
-        # Rows come in job order, so text values (prompts, schedulers) first seen first are the sweep's own order.
-        first: dict[str, dict[str, Any]] = {name: {} for name in self.columns}
-        for row, text in zip(self.rows, self.text):
-            for name in self.columns:
-                first[name].setdefault(text[name], row[name])
         return {
             name: sorted(found.values(), key=lambda value, order={t: n for n, t in enumerate(found)}: sort_key(value, order))
-            for name, found in first.items()
+            for name, found in self._first.items()
         }
 
     def rank(self, column: str, value: Any) -> int:
@@ -183,7 +202,7 @@ def load_sweep(sweep_dir: Path, table: pa.Table | None = None) -> Sweep:
         raise ReportError(f"cannot read the manifest in {sweep_dir}: {error}") from None
     if table.num_rows == 0:
         raise ReportError(f"no images in {sweep_dir}: {manifest.MANIFEST} is missing or empty")
-    return Sweep(sweep_dir, table.to_pylist(), table.column_names, _planned(sweep_dir))
+    return Sweep.of(sweep_dir, table, _planned(sweep_dir))
 
 
 def _planned(sweep_dir: Path) -> set[str] | None:
@@ -219,16 +238,19 @@ def choose_axes(sweep: Sweep, x: str | None = None, y: str | None = None) -> tup
 # Thumbnails
 
 
-def _cached_thumb(source: Path, thumb: Path) -> str:
-    """'ok' when an up-to-date thumbnail is there, 'missing' without an image file, else '' (to make)."""
+def _regular_files(folder: Path, root: Path) -> dict[str, int]:
+    """Name -> mtime of the regular files (no links) of a folder of the sweep dir; {} if it is not one."""
+    if folder.is_symlink() or not is_regular_inside(folder / ".", root) and not folder.is_dir():
+        return {}
+    found = {}
     try:
-        source_time = source.lstat().st_mtime_ns
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    found[entry.name] = entry.stat(follow_symlinks=False).st_mtime_ns
     except OSError:
-        return "missing"
-    try:
-        return "ok" if thumb.lstat().st_mtime_ns >= source_time and not thumb.is_symlink() else ""
-    except OSError:
-        return ""
+        return {}
+    return found
 
 
 def _make_thumb(source: Path, thumb: Path, root: Path) -> str:
@@ -251,18 +273,23 @@ def _make_thumb(source: Path, thumb: Path, root: Path) -> str:
 
 def image_states(sweep: Sweep) -> list[str]:
     """Per row: 'ok' (thumbnail made or cached), 'full', 'missing' (no file) or 'error' (failed render)."""
+    images = _regular_files(sweep.dir / IMAGES_DIR, sweep.dir)  # one listing, not a stat per image
+    thumbs = _regular_files(sweep.dir / THUMBS_DIR, sweep.dir)
     states, todo = [], []
     for row in sweep.rows:
         if row["status"] != "ok":
             states.append("error")
             continue
-        job = (sweep.dir / row["path"], sweep.dir / thumbnail_path(row["image_id"]))
-        if not needs_thumbnail(row["width"], row["height"]):
-            states.append("full" if is_regular_inside(job[0], sweep.dir) else "missing")
-            continue
-        states.append(_cached_thumb(*job))
-        if not states[-1]:
-            todo.append((len(states) - 1, job))
+        name = f"{row['image_id']}.png"
+        if name not in images:
+            states.append("missing")
+        elif not needs_thumbnail(row["width"], row["height"]):
+            states.append("full")
+        elif thumbs.get(f"{row['image_id']}{THUMB_EXT}", -1) >= images[name]:
+            states.append("ok")
+        else:
+            states.append("")
+            todo.append((len(states) - 1, (sweep.dir / row["path"], sweep.dir / thumbnail_path(row["image_id"]))))
     if todo:
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             for (index, _), state in zip(todo, pool.map(lambda item: _make_thumb(*item[1], sweep.dir), todo)):
@@ -976,9 +1003,15 @@ function blockNode(block) {
     el("div", {class: "scroll"}, el("table", {class: "grid"}, el("thead", {}, head), el("tbody", {}, ...body))));
 }
 
+let laidOut = {key: null};  // the grid's pages for the current axes and filters: paging only draws
+
 function renderGrid() {
-  const {blocks, sections, shown} = gridBlocks();
-  const pages = paginate(blocks);
+  const key = JSON.stringify([view.x, view.y, view.filters]);
+  if (laidOut.key !== key) {
+    const {blocks, sections, shown} = gridBlocks();
+    laidOut = {key, sections, shown, pages: paginate(blocks)};
+  }
+  const {pages, sections, shown} = laidOut;
   view.page = Math.min(view.page, Math.max(0, pages.length - 1));
   document.getElementById("grid-blocks").replaceChildren(...(pages[view.page] || []).map(blockNode));
   document.getElementById("grid-status").textContent =
@@ -1067,6 +1100,8 @@ document.addEventListener("keydown", (event) => {
 
 renderGrid();
 renderCompare();
+// Milliseconds from the start of loading to the first page of grids drawn (benchmarks read it).
+document.documentElement.dataset.readyMs = Math.round(performance.now());
 const wanted = (params.get("img") || "").split(":");
 const shared = sweeps[Number(wanted[0])];
 if (shared && wanted.length === 2) {

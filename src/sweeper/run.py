@@ -255,24 +255,24 @@ def execute(
     import diffusers
     import torch
 
-    from sweeper import __version__, pipelines
+    from sweeper import __version__, manifest, pipelines
     from sweeper.store import BackgroundWriter
 
     pipelines.check_scheduler_classes(prepared.todo)
     out_dir = Path(out_dir)
     versions = {"sweeper": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
     facts = dict(rank=rank, world_size=world_size, host=socket.gethostname(), **versions)
-    writer = BackgroundWriter()
+    writer, parts = BackgroundWriter(), manifest.PartWriter(out_dir)
     threads = torch.get_num_threads()  # on the CPU, pixels depend on it (replay repeats it)
     total = sum(len(batch.specs) for batch in batches)
     with progress or progress_bar(total, disable=rank != 0) as progress, _storage_errors(out_dir), _ctrl_c(progress, stop) as stop:
         for number, batch in enumerate(batches):
             if stop.is_set():
-                writer.close()
+                _drain(writer, parts)
                 raise Interrupted(out_dir, len(prepared.specs))
             device = render_device(batch.specs[0], gpu)
             for done in _render_backing_off(batch, device, progress):
-                writer.submit(lambda done=done: _store(done, out_dir, versions, dict(facts, device=device), threads))
+                writer.submit(lambda done=done: _store(done, out_dir, versions, dict(facts, device=device), threads, parts))
                 for spec, error in zip(done.batch.specs, done.errors):
                     if error is None:
                         summary.rendered += 1
@@ -285,14 +285,20 @@ def execute(
                     rest = [spec for later in batches[number + 1 :] for spec in later.specs]
                     reason = f"not rendered: rank {rank} stopped after a CUDA error ({done.batch_error})"
                     writer.submit(lambda: _store_errors(rest, reason, out_dir, dict(facts, device=device)))
-                    writer.close()
+                    _drain(writer, parts)
                     summary.failed.extend((spec.image_id, reason) for spec in rest)
                     raise DeviceFailed(
                         f"rank {rank} on {device}: {done.batch_error}; the CUDA context cannot be used any more, so this process "
                         f"stopped ({len(rest) + len(done.batch.specs)} image(s) recorded as errors); run the same command again to render them"
                     )
-        writer.close()
+        _drain(writer, parts)
     return summary
+
+
+def _drain(writer: Any, parts: Any) -> None:
+    """Every PNG written, then every row in a part file."""
+    writer.close()
+    parts.close()
 
 
 @contextlib.contextmanager
@@ -427,8 +433,8 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
 
-def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any], threads: int) -> None:
-    """PNGs of the good images, then one manifest part for the call (on a writer thread)."""
+def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any], threads: int, parts: Any) -> None:
+    """PNGs of the good images, then the call's manifest rows to `parts` (on a writer thread)."""
     from sweeper import manifest
     from sweeper.files import write_atomic
     from sweeper.store import call_record, image_path, needs_thumbnail, png_bytes, thumbnail_bytes, thumbnail_path, to_image
@@ -449,8 +455,7 @@ def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict
             if needs_thumbnail(spec.width, spec.height):  # for the report, made while the device renders on
                 write_atomic(out_dir / thumbnail_path(spec.image_id), thumbnail_bytes(image), durable=False)
         rows.append(row)
-    manifest.write_part(out_dir, rows)
-    faults.event("part")
+    parts.add(rows)
 
 
 def _store_errors(specs: Sequence[ImageSpec], error: str, out_dir: Path, facts: dict[str, Any]) -> None:

@@ -61,7 +61,8 @@ def finish(out_dir: Path) -> None:
 
     table = manifest.merge(out_dir)
     try:
-        print(f"sweeper: report: {report.write_report(out_dir, table=table)}", file=sys.stderr, flush=True)
+        if report.is_stale(out_dir):
+            print(f"sweeper: report: {report.write_report(out_dir, table=table)}", file=sys.stderr, flush=True)
     except Exception as error:  # the images and the manifest are what matter; say it and go on
         print(f"sweeper: warning: no report: {error}", file=sys.stderr, flush=True)
     exit_if_failed(out_dir, table)

@@ -281,10 +281,11 @@ def merge(out_dir: Path) -> pa.Table:
     Returns the merged rows (empty, and nothing written, when the dir holds none)."""
     out_dir = Path(out_dir)
     parts = _part_files(out_dir)
-    tables = {}
+    tables: dict[Path, pa.Table | None] = {}
     table = read(out_dir, tables)
-    if table.num_rows == 0:
-        return table
+    merged = tables.get(out_dir / MANIFEST)
+    if table.num_rows == 0 or (not parts and merged is not None and merged.num_rows == table.num_rows):
+        return table  # nothing new: a re-run of a finished sweep leaves the manifest as it is
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     write_atomic(out_dir / MANIFEST, buffer.getvalue())

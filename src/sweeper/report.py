@@ -687,6 +687,16 @@ def _write_html(sweep: Sweep, x: str | None, y: str | None, other: Sweep | None,
     return output
 
 
+def is_stale(sweep_dir: Path) -> bool:
+    """True unless report.html is newer than the manifest and the plan it shows."""
+    try:
+        written = (Path(sweep_dir) / REPORT).stat().st_mtime_ns
+    except OSError:
+        return True
+    sources = [Path(sweep_dir) / name for name in (manifest.MANIFEST, PLAN_FILE)]
+    return any(source.exists() and source.stat().st_mtime_ns >= written for source in sources)
+
+
 def write_report(
     sweep_dir: Path,
     x: str | None = None,

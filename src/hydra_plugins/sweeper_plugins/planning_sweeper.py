@@ -126,9 +126,9 @@ class PlanningSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if distributed.rank() == 0:
             write_atomic(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config).encode("utf-8"))
-            if prepared is not None:
-                from sweeper import run
+            from sweeper import run
 
+            if prepared is not None and (prepared.todo or not (sweep_dir / run.PLAN_FILE).exists()):
                 run.write_plan(prepared, sweep_dir)  # what the sweep asks for, whichever launcher renders it
         returns: List[Sequence[JobReturn]] = []
         initial_job_idx = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -63,6 +64,33 @@ def run_cli(*args: str, cwd: Path, module: str = "sweeper", timeout: int = 300, 
         timeout=timeout,
         env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
+
+
+# Runs `python -m sweeper ARGS` for many ARGS in one interpreter (one start-up instead of one per case).
+MAIN_PER_CASE = """
+import contextlib, io, json, os, sys
+from sweeper.app import main
+results = []
+for args in json.loads(sys.argv[1]):
+    sys.argv = ["sweeper", *args]
+    err, code = io.StringIO(), 0
+    with contextlib.redirect_stderr(err):
+        try:
+            main()
+        except SystemExit as exit:
+            code = exit.code
+    results.append([code, err.getvalue()])
+print(json.dumps({"results": results, "torch": "torch" in sys.modules, "outputs": os.path.exists("outputs")}))
+"""
+
+
+def main_per_case(cases: list[list[str]], cwd: Path, env: dict | None = None) -> dict:
+    """Each case's exit code and stderr, and whether torch was imported or outputs/ made."""
+    out = subprocess.run(
+        [sys.executable, "-c", MAIN_PER_CASE, json.dumps(cases)], cwd=cwd, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
+    )
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def only_dir(parent: Path) -> Path:

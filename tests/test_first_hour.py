@@ -5,7 +5,6 @@ really happened. Command-line messages go through the real `python -m sweeper`
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -17,27 +16,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import plan_config, render_in_process
+from conftest import main_per_case, plan_config, render_in_process
 
 from sweeper import manifest, report, run, schedule
 from sweeper.cli_errors import quoted_override
 from sweeper.plan import Job, PlanError, plan
-
-MAIN_PER_CASE = """
-import contextlib, io, json, os, sys
-from sweeper.app import main
-results = []
-for args in json.loads(sys.argv[1]):
-    sys.argv = ["sweeper", *args]
-    err, code = io.StringIO(), 0
-    with contextlib.redirect_stderr(err):
-        try:
-            main()
-        except SystemExit as exit:
-            code = exit.code
-    results.append([code, err.getvalue()])
-print(json.dumps({"results": results, "torch": "torch" in sys.modules, "outputs": os.path.exists("outputs")}))
-"""
 
 A1111_PROMPTS = [
     "a fox, in snow",
@@ -45,12 +28,6 @@ A1111_PROMPTS = [
     "it's a \"cat\" {red|blue} car",
     "back\\slash and ${not_a_key} and 100%",
 ]
-
-
-def main_per_case(cases: list[list[str]], cwd: Path) -> dict:
-    out = subprocess.run([sys.executable, "-c", MAIN_PER_CASE, json.dumps(cases)], cwd=cwd, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize("prompt", A1111_PROMPTS)

@@ -128,17 +128,20 @@ def test_the_scheduler_check_also_guards_the_render_path():
 # 2. No write in a sweep dir follows a link
 
 
-def test_a_planted_lock_link_is_refused_and_its_target_kept(tmp_path):
+def test_planted_claims_and_merge_locks_are_never_written_through(tmp_path):
+    from sweeper import writers
+
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     sweep = tmp_path / "sweep"
-    sweep.mkdir()
-    (sweep / store.LOCK_FILE).symlink_to(victim)
+    (sweep / writers.CLAIMS_DIR).mkdir(parents=True)
+    (spec,) = plan([Job(0, plan_config())])
+    (sweep / writers.CLAIMS_DIR / spec.image_id).symlink_to(victim)  # a claim that is a link
+    (sweep / writers.MERGE_LOCK).symlink_to(victim)
+    assert writers.Claims(sweep).take([spec]) == [spec]  # the planted link is replaced, never written through
+    assert not (sweep / writers.CLAIMS_DIR / spec.image_id).is_symlink()
     with pytest.raises(UnsafePath, match="is a symbolic link"):
         run.prepare([Job(0, plan_config())], sweep)
-    with pytest.raises(UnsafePath, match="is a symbolic link"):
-        with store.exclusive(sweep):
-            pass
     assert victim.read_text() == "precious"
 
 

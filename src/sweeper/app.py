@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from sweeper.errors import DeviceFailed, DirBusy, Interrupted, RankLost, RanksDisagree, StorageError, UnsafePath
+from sweeper.errors import DeviceFailed, Interrupted, RankLost, RanksDisagree, StorageError, SubmitFailed, UnsafePath
 from sweeper.plan import PlanError
 
 
@@ -120,9 +120,9 @@ def _run(show_traceback: bool) -> None:
             print_help([arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")])
         else:
             hydra_main()
-    except (PlanError, DirBusy, UnsafePath, RanksDisagree) as error:
+    except (PlanError, UnsafePath, RanksDisagree) as error:
         fail(str(error))
-    except (StorageError, DeviceFailed, RankLost) as error:
+    except (StorageError, DeviceFailed, RankLost, SubmitFailed) as error:
         fail(str(error), code=1)
     except Interrupted as stop:
         stopped(stop.out_dir, stop.planned)

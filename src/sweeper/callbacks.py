@@ -119,5 +119,6 @@ class SweeperCallback(Callback):
         from sweeper.app import finish
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        if sweep_dir.is_dir() and distributed.rank() == 0 and not config.get("dry_run"):  # a dry run writes nothing
+        submitted_only = config.hydra.launcher.get("wait", True) is False  # a SLURM array still rendering
+        if sweep_dir.is_dir() and distributed.rank() == 0 and not config.get("dry_run") and not submitted_only:  # a dry run writes nothing
             finish(sweep_dir)

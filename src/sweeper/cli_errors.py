@@ -48,9 +48,15 @@ def explain(message: str, override: str | None, known: Iterable[str]) -> str | N
             f"to pass it as one text, type {quoted_override(key.lstrip('+~'), value)}"
         )
     unknown = re.match(r"Could not override '([^']*)'", message)
-    if unknown:
+    if unknown and not _exists(unknown.group(1), known):
         return unknown_key(unknown.group(1), known)
-    return None
+    return None  # a key that exists (a dict getting new keys): Hydra's own line says to add a `+`
+
+
+def _exists(key: str, known: Iterable[str]) -> bool:
+    if key.startswith("refiner."):
+        return False  # refiner=none has none of them: unknown_key says to choose a refiner
+    return key in [*known, *_launcher_keys()]
 
 
 def unknown_key(key: str, known: Iterable[str]) -> str:
@@ -58,6 +64,17 @@ def unknown_key(key: str, known: Iterable[str]) -> str:
     group, _, field = key.partition(".")
     if group == "refiner" and field in ("split", "mode", "id", "revision"):
         return f"invalid {key}: refiner=none has no {field}; choose a refiner first: refiner=sdxl or refiner=tiny"
+    if key.startswith("hydra.launcher."):
+        known = _launcher_keys()
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else "; python -m sweeper --help lists every key"
     return f"unknown key {key}{hint}"
+
+
+def _launcher_keys() -> list[str]:
+    from dataclasses import fields
+
+    from hydra_plugins.sweeper_plugins import config
+
+    schemas = (config.SlurmLauncherConf, config.AccelerateLauncherConf)
+    return [f"hydra.launcher.{field.name}" for schema in schemas for field in fields(schema) if not field.name.startswith("_")]

@@ -9,10 +9,6 @@ class StorageError(RuntimeError):
     """Writing into the output dir failed (full, gone, read-only): the sweep stops."""
 
 
-class DirBusy(RuntimeError):
-    """Another sweeper process is writing into the same output dir."""
-
-
 class UnsafePath(RuntimeError):
     """A path inside a sweep dir that sweeper will not write or read through (a planted link)."""
 
@@ -27,6 +23,10 @@ class RanksDisagree(RuntimeError):
 
 class RankLost(RuntimeError):
     """Another rank of the launch died or failed: this one stops too."""
+
+
+class SubmitFailed(RuntimeError):
+    """The cluster refused the array (sbatch said why): nothing was submitted."""
 
 
 class Interrupted(RuntimeError):

@@ -8,6 +8,8 @@
     SWEEPER_FAULT=kill:part=1       ... after its 1st manifest part file is stored
     SWEEPER_FAULT=kill:temp=1       ... after writing a temp file, before renaming it (a torn write)
 
+    SWEEPER_FAULT_WORKER=1          only in the SLURM array's worker 1 (sweeper/slurm.py)
+
 Unset (the normal case) every check is one dict lookup.
 """
 
@@ -25,6 +27,9 @@ _events: Counter[str] = Counter()
 def _fault() -> tuple[str, str, str] | None:
     value = os.environ.get("SWEEPER_FAULT")
     if not value:
+        return None
+    worker = os.environ.get("SWEEPER_FAULT_WORKER")
+    if worker is not None and worker != os.environ.get("SWEEPER_WORKER"):
         return None
     kind, _, rest = value.partition(":")
     key, _, arg = rest.partition("=")

@@ -6,7 +6,6 @@ so what lies in one is data, not a place to be trusted:
 - writes go to a temp file with a random name (O_EXCL), then rename into
   place; a rename replaces a link planted at the target instead of writing
   through it, and the folders written into must not be links themselves;
-- the lock file is opened with O_NOFOLLOW;
 - files read from a sweep dir must be regular files inside it (a link to
   someone's private image is not an image of the sweep), of bounded size;
 - image files given to render from (init images, masks) must be regular
@@ -71,16 +70,6 @@ def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def open_nofollow(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> int:
-    """os.open that refuses a link at `path` (O_NOFOLLOW) in one line."""
-    try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    except OSError as error:
-        if Path(path).is_symlink():
-            check_not_link(path)
-        raise error
 
 
 def is_regular_inside(path: Path, root: Path) -> bool:

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sweeper import devices, distributed, manifest, run, schedule
-from sweeper.errors import DeviceFailed, DirBusy, Interrupted, RankLost
+from sweeper.errors import DeviceFailed, Interrupted, RankLost
 from sweeper.plan import PlanError
-from sweeper.store import exclusive, image_path, remove_stale_temps
+from sweeper.store import image_path
+from sweeper.writers import remove_stale_temps
 
 
 def num_processes(value: Any) -> int:
@@ -38,14 +39,13 @@ def num_processes(value: Any) -> int:
 
 
 def render(prepared: run.Prepared, out_dir: Path, processes: int) -> run.Summary:
-    """Render what is to do; raises DirBusy if another run is writing into `out_dir`."""
+    """Render what is to do (other writers may render into `out_dir` at the same time: writers.py)."""
     if distributed.launched():
         return _render_as_rank(prepared, out_dir)
-    with exclusive(out_dir):
-        remove_stale_temps(out_dir)
-        if processes == 1 or len(prepared.todo) <= 1:
-            return run.execute(prepared, out_dir, gpu=_gpu(0))
-        return _spawn(prepared, out_dir, processes)
+    remove_stale_temps(out_dir)
+    if processes == 1 or len(prepared.todo) <= 1:
+        return run.execute(prepared, out_dir, gpu=_gpu(0))
+    return _spawn(prepared, out_dir, processes)
 
 
 def _gpu(local_rank: int) -> int:
@@ -55,33 +55,25 @@ def _gpu(local_rank: int) -> int:
 
 def _render_as_rank(prepared: run.Prepared, out_dir: Path) -> run.Summary:
     rank, world_size = distributed.rank(), distributed.world_size()
-    with contextlib.ExitStack() as stack:
-        todo_ids, busy = None, None
+    todo_ids = None
+    if rank == 0:
+        remove_stale_temps(out_dir)
+        todo_ids = [spec.image_id for spec in prepared.todo]
+    share = prepared.only(distributed.broadcast(todo_ids))
+    failure: BaseException | None = None
+    try:
+        with distributed.heartbeat():
+            summary = run.execute(share, out_dir, rank, world_size, gpu=_gpu(distributed.local_rank()))
+    except (DeviceFailed, OSError, RuntimeError) as error:  # say so to the others before stopping
+        failure = error
+    try:
+        distributed.finish_together(failed=failure is not None)
+    except RankLost as lost:
         if rank == 0:
-            try:
-                stack.enter_context(exclusive(out_dir))
-                remove_stale_temps(out_dir)
-                todo_ids = [spec.image_id for spec in prepared.todo]
-            except DirBusy as error:
-                busy = str(error)
-        todo_ids, busy = distributed.broadcast((todo_ids, busy))
-        if busy:
-            raise DirBusy(busy)
-        share = prepared.only(todo_ids)
-        failure: BaseException | None = None
-        try:
-            with distributed.heartbeat():
-                summary = run.execute(share, out_dir, rank, world_size, gpu=_gpu(distributed.local_rank()))
-        except (DeviceFailed, OSError, RuntimeError) as error:  # say so to the others before stopping
-            failure = error
-        try:
-            distributed.finish_together(failed=failure is not None)
-        except RankLost as lost:
-            if rank == 0:
-                _record_losses(share, out_dir, world_size, str(lost))
-            raise lost from None
-        if failure is not None:
-            raise failure
+            _record_losses(share, out_dir, world_size, str(lost))
+        raise lost from None
+    if failure is not None:
+        raise failure
     return summary
 
 

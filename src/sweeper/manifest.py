@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 from sweeper import faults
 from sweeper.errors import UnsafePath
 from sweeper.files import check_not_link, ensure_dir, open_image, write_atomic
+from sweeper.writers import forget_stored, merging
 from sweeper.store import IMAGES_DIR
 
 MANIFEST = "manifest.parquet"
@@ -207,6 +208,8 @@ def _read_table(path: Path) -> pa.Table | None:
         for name in missing:  # written by an older sweeper
             table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
         return table.select(SCHEMA.names).cast(SCHEMA)
+    except FileNotFoundError:
+        return None  # merged (and removed) by another writer since it was listed
     except (pa.ArrowException, OSError, UnsafePath) as error:
         _warn(f"skipping damaged manifest file {path}: {error}")
         return None
@@ -280,21 +283,23 @@ def merge(out_dir: Path) -> pa.Table:
     drop the merged parts; damaged parts move to `.manifest-parts/damaged/` for a look.
     Returns the merged rows (empty, and nothing written, when the dir holds none)."""
     out_dir = Path(out_dir)
-    parts = _part_files(out_dir)
-    tables: dict[Path, pa.Table | None] = {}
-    table = read(out_dir, tables)
-    merged = tables.get(out_dir / MANIFEST)
-    if table.num_rows == 0 or (not parts and merged is not None and merged.num_rows == table.num_rows):
-        return table  # nothing new: a re-run of a finished sweep leaves the manifest as it is
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    write_atomic(out_dir / MANIFEST, buffer.getvalue())
-    for part in parts:
-        if tables.get(part) is None:
-            ensure_dir(part.parent / "damaged")
-            part.rename(part.parent / "damaged" / part.name)
-        else:
-            part.unlink(missing_ok=True)
+    with merging(out_dir):  # other writers may merge into this dir too: one at a time
+        forget_stored(out_dir)
+        parts = _part_files(out_dir)
+        tables: dict[Path, pa.Table | None] = {}
+        table = read(out_dir, tables)
+        merged = tables.get(out_dir / MANIFEST)
+        if table.num_rows == 0 or (not parts and merged is not None and merged.num_rows == table.num_rows):
+            return table  # nothing new: a re-run of a finished sweep leaves the manifest as it is
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        write_atomic(out_dir / MANIFEST, buffer.getvalue())
+        for part in parts:
+            if tables.get(part) is None and part.exists():
+                ensure_dir(part.parent / "damaged")
+                part.rename(part.parent / "damaged" / part.name)
+            else:
+                part.unlink(missing_ok=True)
     if parts:
         try:
             (out_dir / PARTS_DIR).rmdir()

@@ -177,7 +177,12 @@ class ImageSpec:
     @classmethod
     def from_json(cls, text: str) -> ImageSpec:
         """The spec of `to_json`; fields added since it was written get their defaults."""
-        data = {**DEFAULTS, **json.loads(text)}
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, fields: Mapping[str, Any]) -> ImageSpec:
+        """The spec of `to_dict` (or a row of plan.parquet); fields added since get their defaults."""
+        data = {**DEFAULTS, **{name: value for name, value in fields.items() if name in FIELD_NAMES}}
         for key in (*SIZE_KEYS, *CROP_KEYS):
             if data.get(key) is not None:
                 data[key] = tuple(data[key])

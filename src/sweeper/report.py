@@ -744,6 +744,8 @@ def main(argv: list[str] | None = None) -> int:
     if not 16 <= args.cell <= 2048:
         fail(f"--cell must be between 16 and 2048 pixels, not {args.cell}")
     try:
+        if (args.sweep_dir / manifest.PARTS_DIR).is_dir():  # rows that workers wrote (a SLURM array's, say): one manifest first
+            manifest.merge(args.sweep_dir)
         sweep = load_sweep(args.sweep_dir)
         x, y = choose_axes(sweep, args.x, args.y)
         other = load_sweep(args.compare) if args.compare is not None else None

@@ -28,6 +28,7 @@ from typing import Any, Iterator, Protocol, Sequence
 from sweeper import devices, distributed, faults, hub, schedule
 from sweeper.errors import DeviceFailed, Interrupted, StorageError, UnsafePath
 from sweeper.files import check_sweep_dir
+from sweeper.writers import Claims
 from sweeper.plan import ImageSpec, Job, PlanError, plan
 
 # manifest (pyarrow), store (numpy, PIL) and torch are imported where used:
@@ -70,16 +71,21 @@ class Summary:
     failed: list[tuple[str, str]] = field(default_factory=list)
 
 
-def prepare(jobs: Sequence[Job], out_dir: Path, processes: int = 1, processes_per_gpu: int = 1) -> Prepared:
+def prepare(
+    jobs: Sequence[Job], out_dir: Path, processes: int = 1, processes_per_gpu: int = 1, auto_device: str | None = None, devices_here: bool = True
+) -> Prepared:
     """Plan and check every job, and find what `out_dir` already holds. Raises PlanError, UnsafePath.
 
     `processes` (and `processes_per_gpu`) are the workers the launcher will spawn
-    here: check_devices refuses more than the GPUs can take.
+    here: check_devices refuses more than the GPUs can take. A launcher whose
+    workers run elsewhere (SLURM) says what `device: auto` means there and that
+    this machine's devices are not the ones to check (`devices_here=False`).
     """
     _check_writable(Path(out_dir))
     check_sweep_dir(Path(out_dir))
-    specs = plan(jobs, devices.auto_device(), _seed_nonce)
-    check_devices(specs, processes, processes_per_gpu)
+    specs = plan(jobs, auto_device or devices.auto_device(), _seed_nonce)
+    if devices_here:
+        check_devices(specs, processes, processes_per_gpu)
     to_check = set()
     for model_id, revision, refiner_id, refiner_revision, config in {(s.model_id, s.model_revision, s.refiner_id, s.refiner_revision, s.model_config) for s in specs}:
         to_check.add(("model.id", model_id, revision))
@@ -262,7 +268,7 @@ def execute(
     out_dir = Path(out_dir)
     versions = {"sweeper": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
     facts = dict(rank=rank, world_size=world_size, host=socket.gethostname(), **versions)
-    writer, parts = BackgroundWriter(), manifest.PartWriter(out_dir)
+    writer, parts, claims = BackgroundWriter(), manifest.PartWriter(out_dir), Claims(out_dir)
     threads = torch.get_num_threads()  # on the CPU, pixels depend on it (replay repeats it)
     total = sum(len(batch.specs) for batch in batches)
     with progress or progress_bar(total, disable=rank != 0) as progress, _storage_errors(out_dir), _ctrl_c(progress, stop) as stop:
@@ -270,9 +276,15 @@ def execute(
             if stop.is_set():
                 _drain(writer, parts)
                 raise Interrupted(out_dir, len(prepared.specs))
+            mine = claims.take(batch.specs)  # another writer may have rendered or claimed some since the plan
+            if len(mine) < len(batch.specs):
+                progress.update(len(batch.specs) - len(mine))
+                if not mine:
+                    continue
+                batch = schedule.Batch(tuple(mine))
             device = render_device(batch.specs[0], gpu)
             for done in _render_backing_off(batch, device, progress):
-                writer.submit(lambda done=done: _store(done, out_dir, versions, dict(facts, device=device), threads, parts))
+                writer.submit(lambda done=done: _store(done, out_dir, versions, dict(facts, device=device), threads, parts, claims))
                 for spec, error in zip(done.batch.specs, done.errors):
                     if error is None:
                         summary.rendered += 1
@@ -433,8 +445,8 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
 
-def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any], threads: int, parts: Any) -> None:
-    """PNGs of the good images, then the call's manifest rows to `parts` (on a writer thread)."""
+def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any], threads: int, parts: Any, claims: Any) -> None:
+    """PNGs of the good images, then the call's manifest rows to `parts`, then the claims go (on a writer thread)."""
     from sweeper import manifest
     from sweeper.files import write_atomic
     from sweeper.store import call_record, image_path, needs_thumbnail, png_bytes, thumbnail_bytes, thumbnail_path, to_image
@@ -456,6 +468,7 @@ def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict
                 write_atomic(out_dir / thumbnail_path(spec.image_id), thumbnail_bytes(image), durable=False)
         rows.append(row)
     parts.add(rows)
+    claims.release(done.batch.specs)
 
 
 def _store_errors(specs: Sequence[ImageSpec], error: str, out_dir: Path, facts: dict[str, Any]) -> None:

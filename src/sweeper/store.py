@@ -9,7 +9,6 @@ keeps rendering while PNGs are encoded; a finished image is never half a file.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
@@ -18,13 +17,11 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from sweeper.files import ensure_dir, open_nofollow
-from sweeper.errors import DirBusy
 from sweeper.files import write_atomic
 from sweeper.plan import PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec, public_model_name
 from sweeper.tiny import sweeper_cache
@@ -101,7 +98,6 @@ def _quote(value: object) -> str:
     return json.dumps(text, ensure_ascii=False) if any(mark in text for mark in ",:\n") else text
 
 
-LOCK_FILE = ".sweeper.lock"
 NAN_ERROR = "NaN in the output (in float16 the VAE can overflow: try dtype=bfloat16 or dtype=float32)"
 BLACK_WARNING = "all black"
 
@@ -220,38 +216,3 @@ class BackgroundWriter:
                 future.result()
         finally:
             self._pool.shutdown(wait=True)
-
-
-def remove_stale_temps(out_dir: Path) -> None:
-    """Temp files of writes that a kill interrupted; only call this holding the dir's lock."""
-    for folder in (Path(out_dir), Path(out_dir) / IMAGES_DIR, Path(out_dir) / ".manifest-parts"):
-        for temp in folder.glob(".*.tmp"):
-            temp.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def exclusive(out_dir: Path) -> Iterator[None]:
-    """Hold `<out_dir>/.sweeper.lock` while rendering; a second run into the dir is refused.
-
-    flock is released by the kernel when the holder dies, even by kill -9,
-    so a crashed run never leaves the dir locked. The lock file is opened
-    without following links: one planted there would truncate its target.
-    """
-    import fcntl
-    import socket
-
-    ensure_dir(out_dir)
-    with os.fdopen(open_nofollow(Path(out_dir) / LOCK_FILE), "r+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = handle.read().strip() or "another process"
-            raise DirBusy(f"another sweeper run ({holder}) is writing into {out_dir}; wait for it to finish or pick another name=") from None
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            handle.truncate(0)
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -1,8 +1,9 @@
-"""The work of the `accelerate` launcher (imported only when it launches)."""
+"""The work of the `accelerate` and `slurm` launchers (imported only when they launch)."""
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -19,29 +20,63 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     configure_log(launcher.config.hydra.hydra_logging, launcher.config.hydra.verbose)
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    if launcher.task_function is render_job:
-        return _render_all(launcher, job_overrides, initial_job_idx, sweep_dir)
-    return _run_each(launcher, job_overrides, initial_job_idx)
+    if launcher.task_function is not render_job:
+        return _run_each(launcher, job_overrides, initial_job_idx)
+    if hasattr(launcher, "prepare_options"):  # the SLURM launcher
+        return _render_array(launcher, job_overrides, initial_job_idx, sweep_dir)
+    return _render_all(launcher, job_overrides, initial_job_idx, sweep_dir)
 
 
 def _render_all(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) -> list[JobReturn]:
     """All jobs planned together; images batched across jobs and shared among processes."""
-    from collections import Counter
-
     from sweeper import launch as sweeper_launch
-    from sweeper import run
     from sweeper.hydra_jobs import JobComposer
 
     composer = JobComposer(launcher.hydra_context.config_loader, launcher.config)
     processes = sweeper_launch.num_processes(launcher.num_processes)
-    planned = getattr(launcher, "planned", None)  # what our sweeper planned and checked for exactly these jobs
-    if planned is not None and planned[0] == (initial_job_idx, [list(o) for o in job_overrides]):
-        jobs, prepared = planned[1], planned[2]
-    else:
-        jobs = composer.jobs(job_overrides, initial_job_idx)
-        prepared = run.prepare(jobs, sweep_dir, processes, launcher.processes_per_gpu)
+    jobs, prepared = _planned(launcher, composer, job_overrides, initial_job_idx, sweep_dir, processes=processes, processes_per_gpu=launcher.processes_per_gpu)
     summary = sweeper_launch.render(prepared, sweep_dir, processes)
-    failed = {image_id for image_id, _ in summary.failed}
+    return _returns(launcher, composer, jobs, prepared, sweep_dir, [image_id for image_id, _ in summary.failed])
+
+
+def _render_array(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) -> list[JobReturn]:
+    """All jobs planned here, rendered by an array of workers (sweeper/slurm.py)."""
+    from sweeper import run, slurm
+    from sweeper.hydra_jobs import JobComposer
+
+    composer = JobComposer(launcher.hydra_context.config_loader, launcher.config)
+    jobs, prepared = _planned(launcher, composer, job_overrides, initial_job_idx, sweep_dir, **launcher.prepare_options())
+    if not prepared.todo:
+        return _returns(launcher, composer, jobs, prepared, sweep_dir, [])
+    if not (sweep_dir / run.PLAN_FILE).exists():
+        run.write_plan(prepared, sweep_dir)
+    array = slurm.submit(prepared, sweep_dir, launcher.settings)
+    if not launcher.settings.get("wait", True):
+        print(
+            f"sweeper: submitted array {array.job_id} ({len(array.jobs)} workers); when it ends, "
+            f"`python -m sweeper.report {sweep_dir}` merges the manifest and writes the report",
+            file=sys.stderr, flush=True,
+        )
+        return _returns(launcher, composer, jobs, prepared, sweep_dir, [])
+    lost = slurm.wait(array, prepared, sweep_dir)
+    return _returns(launcher, composer, jobs, prepared, sweep_dir, [image_id for image_id, _ in lost])
+
+
+def _planned(launcher, composer, job_overrides, initial_job_idx: int, sweep_dir: Path, **prepare) -> tuple[list, object]:
+    """The jobs and their plan: what our sweeper planned and checked for exactly these jobs, else planned now."""
+    from sweeper import run
+
+    planned = launcher.planned
+    if planned is not None and planned[0] == (initial_job_idx, [list(o) for o in job_overrides]):
+        return planned[1], planned[2]
+    jobs = composer.jobs(job_overrides, initial_job_idx)
+    return jobs, run.prepare(jobs, sweep_dir, **prepare)
+
+
+def _returns(launcher, composer, jobs, prepared, sweep_dir: Path, failed_ids) -> list[JobReturn]:
+    from collections import Counter
+
+    failed = set(failed_ids)
     images = Counter(spec.job_num for spec in prepared.specs)
     failures = Counter(spec.job_num for spec in prepared.specs if spec.image_id in failed)
     return [

@@ -1,6 +1,6 @@
 """Config schemas of sweeper's Hydra plugins (light: read at plugin discovery)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -28,5 +28,34 @@ class AccelerateLauncherConf:
     processes_per_gpu: int = 1
 
 
+@dataclass
+class SlurmLauncherConf:
+    _target_: str = "hydra_plugins.sweeper_plugins.slurm_launcher.SlurmLauncher"
+    # slurm: an array submitted with sbatch; local: submitit's local executor (no SLURM: try it, test it)
+    cluster: str = "slurm"
+    # Array tasks: each one long-lived process that loads the model once and renders its share.
+    workers: int = 1
+    # As submitit (and sbatch) name them.
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    constraint: Optional[str] = None
+    timeout_min: int = 24 * 60
+    gpus_per_worker: int = 1
+    cpus_per_worker: Optional[int] = None
+    mem_gb: Optional[int] = None
+    # Shell lines run before each worker starts (module load ..., source venv/bin/activate).
+    setup: Optional[List[str]] = None
+    # Any other sbatch option: {"mail-user": "me@lab.org"}.
+    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    # Requeues of a worker that hit its time limit (preempted workers are requeued as often as SLURM does).
+    max_num_timeout: int = 3
+    # false: submit and return at once, printing the job id and the command that merges and reports later.
+    wait: bool = True
+    # submitit's pickles and logs; null: sweeper's cache in your home (never the sweep dir, which others may write to).
+    submitit_folder: Optional[str] = None
+
+
 ConfigStore.instance().store(group="hydra/sweeper", name="sweeper", node=PlanningSweeperConf, provider="sweeper")
+ConfigStore.instance().store(group="hydra/launcher", name="slurm", node=SlurmLauncherConf, provider="sweeper")
 ConfigStore.instance().store(group="hydra/launcher", name="accelerate", node=AccelerateLauncherConf, provider="sweeper")

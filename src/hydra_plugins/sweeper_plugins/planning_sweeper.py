@@ -148,10 +148,17 @@ class PlanningSweeper(BasicSweeper):
         from hydra_plugins.sweeper_plugins.accelerate_launcher import AccelerateLauncher
         from sweeper import launch
 
+        launcher = self.launcher
+        if hasattr(launcher, "check"):
+            launcher.check()  # its settings, before anything is written or submitted
         jobs = JobComposer(self.hydra_context.config_loader, self.config).jobs(every_job)
-        ours = isinstance(self.launcher, AccelerateLauncher)
-        processes = launch.num_processes(self.launcher.num_processes) if ours else 1
-        prepared = run.prepare(jobs, sweep_dir, processes, self.launcher.processes_per_gpu if ours else 1)
+        if isinstance(launcher, AccelerateLauncher):
+            prepared = run.prepare(jobs, sweep_dir, launch.num_processes(launcher.num_processes), launcher.processes_per_gpu)
+        elif hasattr(launcher, "prepare_options"):  # the SLURM launcher: workers maybe elsewhere
+            prepared = run.prepare(jobs, sweep_dir, **launcher.prepare_options())
+        else:
+            prepared = run.prepare(jobs, sweep_dir)
+        ours = hasattr(launcher, "planned")
         if distributed.launched():
             distributed.agree_on_plan(prepared.specs)
         if distributed.rank() == 0:

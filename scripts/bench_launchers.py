@@ -1,0 +1,77 @@
+"""Benchmark: a SLURM array of local workers against sweeper's own processes (`bench.py --launcher slurm-local`).
+
+The same tiny sweep (32 seeds x 8 guidance = 256 images, 4 steps, 64x64 unless
+--seeds/--guidance/--steps/--size say otherwise) rendered twice on this machine,
+each command in a cold process timed wall to wall:
+
+  processes    python -m sweeper -m ... hydra.launcher.num_processes=W
+  slurm_local  python -m sweeper -m ... hydra/launcher=slurm hydra.launcher.cluster=local hydra.launcher.workers=W
+               (submitit's local executor: each worker its own interpreter, torch import
+               and model load, the waiting command's polling, merge and report included)
+
+Both sweeps must hold the same images with the same pixels (same shards, same
+batches, same thread counts: bit-identical). One JSON line last; `ratio` is
+slurm_local / processes (goal <= 1.15).
+
+    python scripts/bench.py --launcher slurm-local
+    python scripts/bench.py --launcher slurm-local --seeds 8 --guidance 5,7     # quicker
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from bench_scale import timed
+
+
+def command(args, sweep_dir: Path, launcher: list[str]) -> list[str]:
+    guidance = ",".join(f"{value:g}" for value in args.guidance_values)
+    return [
+        sys.executable, "-m", "sweeper", "-m", "model=tiny", f"seed=range(0,{args.seeds})", f"guidance={guidance}",
+        f"steps={args.steps}", f"width={args.size}", f"height={args.size}", f"hydra.sweep.dir={sweep_dir}", *launcher,
+    ]  # fmt: skip
+
+
+def pixels_by_id(sweep_dir: Path) -> dict[str, object]:
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    table = pd.read_parquet(sweep_dir / "manifest.parquet")
+    return {row.image_id: np.asarray(Image.open(sweep_dir / row.path).convert("RGB")).astype(int) for row in table.itertuples() if row.status == "ok"}
+
+
+def main(args) -> int:
+    if args.model != "tiny" or args.device != "cpu":
+        raise SystemExit("bench: --launcher slurm-local runs the tiny model on the CPU")
+    work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sweeper-bench-launchers-"))
+    work.mkdir(parents=True, exist_ok=True)
+    workers = args.workers
+    runs = {
+        "processes": [f"hydra.launcher.num_processes={workers}"],
+        "slurm_local": ["hydra/launcher=slurm", "hydra.launcher.cluster=local", f"hydra.launcher.workers={workers}",
+                        f"hydra.launcher.submitit_folder={work / 'submitit'}"],
+    }  # fmt: skip
+    images = args.seeds * len(args.guidance_values)
+    result = dict(images=images, workers=workers, steps=args.steps, size=args.size, cpus=os.cpu_count())
+    try:
+        timed(command(args, work / "warm", ["dry_run=true"]), work)  # page cache and bytecode warm for both
+        for name, launcher in runs.items():
+            wall, _, _ = timed(command(args, work / name, launcher), work)
+            result[f"{name}_s"] = wall
+            print(f"bench: {name}: {wall:.1f} s", file=sys.stderr, flush=True)
+        ours, theirs = pixels_by_id(work / "slurm_local"), pixels_by_id(work / "processes")
+        result["same_images"] = ours.keys() == theirs.keys() and len(ours) == images
+        result["max_pixel_diff"] = max((int(abs(ours[key] - theirs[key]).max()) for key in ours.keys() & theirs.keys()), default=None)
+        result["ratio"] = result["slurm_local_s"] / result["processes_s"]
+        result["load_average_1m"] = os.getloadavg()[0]  # other work on this machine skews wall times
+    finally:
+        if not args.out:
+            shutil.rmtree(work, ignore_errors=True)
+    print(json.dumps({key: round(value, 4) if isinstance(value, float) else value for key, value in result.items()}))
+    return 0 if result["same_images"] and result["max_pixel_diff"] == 0 else 1

@@ -1,0 +1,49 @@
+"""Hydra launcher `slurm`: a SLURM array of long-lived workers (submitit), sweeper/slurm.py does the work.
+
+The sweep is planned and checked once, here; the workers render their shares
+of it, each loading the model once. Any other task function runs job by job
+here, as with Hydra's basic launcher. submitit is imported only when it launches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+
+class SlurmLauncher(Launcher):
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.planned = None  # (job numbers and overrides, jobs, prepared), set by our sweeper that planned them
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def check(self) -> None:
+        """Refuse bad settings (or no submitit) in one line, before anything is written or submitted."""
+        from sweeper import slurm
+
+        slurm.check(self.settings)
+
+    def prepare_options(self) -> dict:
+        """How run.prepare plans for the workers: on a cluster they run on its nodes, not here,
+        so `device: auto` means what the settings ask for and this machine's devices are not checked."""
+        from sweeper.devices import auto_device
+
+        if self.settings.get("cluster") == "local":
+            return {"auto_device": auto_device(), "devices_here": True}
+        return {"auto_device": "cuda" if self.settings.get("gpus_per_worker") else "cpu", "devices_here": False}
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from . import _core
+
+        return _core.launch(self, job_overrides, initial_job_idx)

@@ -1,0 +1,184 @@
+"""Many writers, one sweep dir.
+
+Jobs of any Hydra launcher (joblib, submitit), ranks, SLURM array tasks, two
+runs of one command: any number of processes, on one host or several sharing
+a filesystem (NFS included), may render into one sweep dir at once. No lock
+covers the dir while they render; what keeps them apart:
+
+- names: every temp file and part file has a random name of its own
+  (files.write_atomic, manifest.write_part), so no writer touches another's;
+- claims: before rendering a batch, a writer claims its images with an atomic
+  create (`.claims/<image_id>`) and leaves out images claimed by another or
+  already stored, so two runs of one command at once render each image once.
+  A claim goes when its image is stored; one left by a writer that died is
+  taken over once its process is gone (same host) or it is CLAIM_STALE_SECONDS
+  old, and one on an image that is stored goes at the next merge;
+- the merge: folding part files into manifest.parquet happens under a short
+  lock file, made with an atomic create, so merges never interleave and
+  whoever merges last leaves one complete manifest;
+- cleanup: only temp files older than TEMP_STALE_SECONDS are removed (a live
+  writer's temp lives for the length of one write).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+import stat
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from sweeper.errors import StorageError
+from sweeper.files import ensure_dir
+
+CLAIMS_DIR = ".claims"
+IMAGES_DIR = "images"
+CLAIM_STALE_SECONDS = 30 * 60  # a claim this old was left by a writer on another host that died
+TEMP_STALE_SECONDS = 15 * 60
+MERGE_LOCK = ".manifest.merging"
+MERGE_STALE_SECONDS = 10 * 60  # a merge takes seconds: a lock this old was left by a writer that died
+TORN_SECONDS = 10  # a claim or lock still empty this long after its create was cut short
+
+
+def _me() -> str:
+    return f"{socket.gethostname()} {os.getpid()}"
+
+
+def _create(path: Path, text: str) -> bool:
+    """Create `path` with `text` if nothing is there (atomic, also on NFS); False if something is."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return True
+
+
+def _left_by_the_dead(path: Path, stale_seconds: float) -> str | None:
+    """The text of a claim or lock whose writer is gone (its process on this host ended,
+    or it is too old), else None. Planted links count as gone; so do torn files
+    once they are older than a write takes (a fresh empty one is being written)."""
+    try:
+        info = os.lstat(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # a planted link is not read through
+        with os.fdopen(fd, "r", encoding="utf-8") as handle:
+            text = handle.read(200)
+    except FileNotFoundError:
+        return None  # released meanwhile: the next create decides
+    except OSError:
+        return ""
+    try:
+        host, pid = text.split()[:2]
+    except ValueError:
+        return text if time.time() - info.st_mtime > TORN_SECONDS else None
+    if time.time() - info.st_mtime > stale_seconds:
+        return text
+    if host != socket.gethostname():
+        return None  # no pid checks across hosts
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return text
+    except (PermissionError, ValueError):
+        return None
+    return None
+
+
+def _take_over(path: Path, dead: str) -> bool:
+    """Replace a dead writer's claim or lock with ours; False if another writer got there first.
+
+    The claim is moved aside (one rename wins) and compared with the one judged
+    dead, so a live writer's fresh claim made meanwhile is put back, never lost.
+    """
+    aside = path.with_name(f".{path.name}.{secrets.token_hex(6)}.dead")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    try:
+        fd = os.open(aside, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "r", encoding="utf-8") as handle:
+            found = handle.read(200)
+    except OSError:
+        found = ""
+    os.unlink(aside)
+    if found != dead:
+        _create(path, found)  # a live writer's: back where it was
+        return False
+    return _create(path, _me())
+
+
+class Claims:
+    """This writer's claims on images of a sweep dir."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self._out_dir = Path(out_dir)
+        self._dir = self._out_dir / CLAIMS_DIR
+
+    def take(self, specs: Sequence) -> list:
+        """The specs of `specs` this writer may render now: claimed here, not by another, not stored yet."""
+        ensure_dir(self._dir)
+        mine = []
+        for spec in specs:
+            if _is_file(self._out_dir / IMAGES_DIR / f"{spec.image_id}.png"):
+                continue  # stored by another writer since the sweep was planned
+            path = self._dir / spec.image_id
+            if _create(path, _me()):
+                mine.append(spec)
+            elif (dead := _left_by_the_dead(path, CLAIM_STALE_SECONDS)) is not None and _take_over(path, dead):
+                mine.append(spec)
+        return mine
+
+    def release(self, specs: Sequence) -> None:
+        for spec in specs:
+            (self._dir / spec.image_id).unlink(missing_ok=True)
+
+
+def forget_stored(out_dir: Path) -> None:
+    """Remove claims on images that are stored (a writer killed between storing and
+    releasing leaves them; nobody needs a claim on a stored image)."""
+    claims = Path(out_dir) / CLAIMS_DIR
+    if not claims.is_dir() or claims.is_symlink():
+        return
+    for claim in claims.iterdir():
+        if _is_file(Path(out_dir) / IMAGES_DIR / f"{claim.name}.png"):
+            claim.unlink(missing_ok=True)
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def merging(out_dir: Path, wait_seconds: float = MERGE_STALE_SECONDS) -> Iterator[None]:
+    """Hold the sweep dir's merge lock: wait for another writer's merge to end, take over one left by the dead."""
+    lock = Path(out_dir) / MERGE_LOCK
+    deadline = time.monotonic() + wait_seconds
+    while not _create(lock, _me()):
+        dead = _left_by_the_dead(lock, MERGE_STALE_SECONDS)
+        if dead is not None and _take_over(lock, dead):
+            break
+        if time.monotonic() > deadline:
+            raise StorageError(f"{lock} has been held for {wait_seconds:.0f} s; if no sweeper is merging into {out_dir}, remove it")
+        time.sleep(0.1)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def remove_stale_temps(out_dir: Path) -> None:
+    """Temp files that a killed write left behind: only old ones, never a live writer's."""
+    cutoff = time.time() - TEMP_STALE_SECONDS
+    for folder in (Path(out_dir), Path(out_dir) / IMAGES_DIR, Path(out_dir) / ".manifest-parts", Path(out_dir) / ".thumbs"):
+        for temp in folder.glob(".*.tmp"):
+            with contextlib.suppress(OSError):
+                if os.lstat(temp).st_mtime < cutoff:
+                    temp.unlink()

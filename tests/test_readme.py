@@ -9,6 +9,7 @@ read (photos/, masks/, wildcards/) are made first.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -61,7 +62,12 @@ def test_the_readme_examples_plan_as_written(tmp_path, tiny_models):
     commands = readme_commands()
     assert len(commands) >= 12 and any("--help" in c for c in commands) and any("wildcards=" in c for c in commands)
     cases = [(command, as_tested(command)) for command in commands]
-    results = main_per_case([args for _, args in cases], tmp_path)["results"]
+    slurm_bin = tmp_path / "bin"  # a login node's commands, for hydra/launcher=slurm (a dry run calls neither)
+    slurm_bin.mkdir()
+    for name in ("sbatch", "srun"):
+        (slurm_bin / name).write_text("#!/bin/sh\nexit 1\n")
+        (slurm_bin / name).chmod(0o755)
+    results = main_per_case([args for _, args in cases], tmp_path, env={"PATH": f"{slurm_bin}:{os.environ['PATH']}"})["results"]
     for (command, args), (code, stderr) in zip(cases, results):
         assert code == 0, f"README: {command}\n{stderr}"
         if "--help" not in args:

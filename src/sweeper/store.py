@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from sweeper.files import write_atomic
-from sweeper.plan import PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec, public_model_name
+from sweeper.spec import PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec, public_model_name
 from sweeper.tiny import sweeper_cache
 
 IMAGES_DIR = "images"

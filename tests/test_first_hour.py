@@ -21,7 +21,8 @@ from conftest import main_per_case, plan_config, render_in_process
 
 from sweeper import manifest, report, run, schedule
 from sweeper.cli_errors import quoted_override
-from sweeper.plan import Job, PlanError, plan
+from sweeper.errors import PlanError
+from sweeper.plan import Job, plan
 
 A1111_PROMPTS = [
     "a fox, in snow",
@@ -220,7 +221,7 @@ def test_the_config_keys_are_the_ones_planning_knows():
     import yaml
 
     from sweeper.app import config_dir
-    from sweeper.plan import CONFIG_KEYS
+    from sweeper.validate import CONFIG_KEYS
 
     config = yaml.safe_load((Path(config_dir()) / "config.yaml").read_text())
     assert set(config) - {"defaults", "hydra"} == set(CONFIG_KEYS)

@@ -20,7 +20,8 @@ from PIL import Image
 
 from sweeper import devices, launch, manifest, pipelines, run
 from sweeper.errors import DeviceFailed
-from sweeper.plan import Job, PlanError, plan
+from sweeper.errors import PlanError
+from sweeper.plan import Job, plan
 
 SMALL = dict(width=32, height=32, steps=2, device="cpu")
 
@@ -273,7 +274,7 @@ def test_compile_with_offload_is_refused_in_one_line(monkeypatch):
 
 
 def test_the_manifest_records_the_steps_each_model_really_ran(tmp_path, fresh):
-    from sweeper.plan import split_steps
+    from sweeper.validate import split_steps
 
     render_in_process(tmp_path, jobs(
         dict(refiner="tiny", steps=4, seed=0),

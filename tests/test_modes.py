@@ -23,7 +23,8 @@ from conftest import composed_job, only_dir, plan_config, render_in_process, run
 from PIL import Image
 
 from sweeper import manifest, pipelines, run
-from sweeper.plan import Job, PlanError, plan
+from sweeper.errors import PlanError
+from sweeper.plan import Job, plan
 from sweeper.render import _image, render_batch
 from sweeper.schedule import Batch
 

@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig
 
 from sweeper.errors import DeviceFailed, Interrupted, RankLost, RanksDisagree, StorageError, SubmitFailed, UnsafePath
-from sweeper.plan import PlanError
+from sweeper.errors import PlanError
 
 
 def config_dir() -> str:
@@ -136,7 +136,7 @@ def _run(show_traceback: bool) -> None:
         if show_traceback:
             raise
         from sweeper.cli_errors import explain
-        from sweeper.plan import known_keys
+        from sweeper.validate import known_keys
 
         fail(explain(str(error), getattr(error, "override", None), known_keys()) or " ".join(line.strip() for line in str(error).splitlines() if line.strip()))
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from sweeper.plan import EXECUTION_FIELDS
+from sweeper.spec import EXECUTION_FIELDS
 
 # Overrides that change neither which images a sweep holds nor their pixels:
 # left out of the default name, so adding them still resumes the same dir.
@@ -94,7 +94,7 @@ class SweeperCallback(Callback):
         from sweeper.app import fail
         from sweeper.hydra_jobs import job_from_config
         from sweeper.errors import RankLost, RanksDisagree, UnsafePath
-        from sweeper.plan import PlanError
+        from sweeper.errors import PlanError
 
         _name_output_dir(config, "run")
         _agree_among_ranks(config, "run")

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from sweeper import devices, distributed, manifest, run, schedule
 from sweeper.errors import DeviceFailed, Interrupted, RankLost
-from sweeper.plan import PlanError
+from sweeper.errors import PlanError
 from sweeper.store import image_path
 from sweeper.writers import remove_stale_temps
 

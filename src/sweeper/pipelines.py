@@ -25,7 +25,7 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from sweeper.plan import EXECUTION_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec
+from sweeper.spec import EXECUTION_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec
 from sweeper.tiny import TINY_MODELS, tiny_model_dir
 
 diffusers_logging.disable_progress_bar()
@@ -260,7 +260,7 @@ def scheduler_class(class_name: str, kwargs: dict[str, Any]) -> type:
     Only diffusers' own scheduler classes: a name that reached `from_config` of
     anything else (an Auto* loader) could load and run code named in a config.
     """
-    from sweeper.plan import PlanError
+    from sweeper.errors import PlanError
 
     found = getattr(diffusers, class_name, None) if class_name.isidentifier() else None
     is_scheduler = isinstance(found, type) and issubclass(found, diffusers.SchedulerMixin) and found is not diffusers.SchedulerMixin

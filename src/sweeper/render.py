@@ -26,7 +26,8 @@ from PIL import Image, ImageOps
 
 from sweeper import pipelines
 from sweeper.files import read_image_file
-from sweeper.plan import CROP_KEYS, SIZE_KEYS, ImageSpec, content_sha
+from sweeper.image_files import content_sha
+from sweeper.spec import CROP_KEYS, SIZE_KEYS, ImageSpec
 from sweeper.schedule import Batch
 
 # Prompt embeddings kept per process (pipelines.EMBEDDINGS): SDXL's take ~0.6 MB per prompt in float16.

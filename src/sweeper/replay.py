@@ -29,7 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.plan import ImageSpec, PlanError, recorded_specs
+from sweeper.errors import PlanError
+from sweeper.plan import recorded_specs
+from sweeper.spec import ImageSpec
 from sweeper.tiny import TINY_MODELS
 
 _CALL_LIMIT = 64  # images in one recorded pipeline call (sweeper's batches are at most 16 by default)

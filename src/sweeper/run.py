@@ -29,7 +29,9 @@ from sweeper import devices, distributed, faults, hub, schedule
 from sweeper.errors import DeviceFailed, Interrupted, StorageError, UnsafePath
 from sweeper.files import check_sweep_dir
 from sweeper.writers import Claims
-from sweeper.plan import ImageSpec, Job, PlanError, plan
+from sweeper.errors import PlanError
+from sweeper.plan import Job, plan
+from sweeper.spec import ImageSpec
 
 # manifest (pyarrow), store (numpy, PIL) and torch are imported where used:
 # planning a sweep needs none of them.
@@ -203,7 +205,7 @@ def notes(specs: Sequence[ImageSpec]) -> list[str]:
     in the same place render the same pictures under different ids."""
     from collections import defaultdict
 
-    from sweeper.plan import split_steps
+    from sweeper.validate import split_steps
 
     splits: dict[tuple, set[float]] = defaultdict(set)
     for steps, mode, split, kwargs in {(s.steps, s.refiner_mode, s.refiner_split, s.scheduler_kwargs) for s in specs if s.refiner_id}:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from sweeper.errors import SubmitFailed
-from sweeper.plan import PlanError
+from sweeper.errors import PlanError
 
 CLUSTERS = ("slurm", "local")
 # Our settings -> submitit's AutoExecutor parameters for SLURM.
@@ -186,7 +186,7 @@ def read_plan(sweep_dir: Path, digest: str) -> list[Any]:
     """The specs of the sweep dir's plan.parquet, if it is the one submitted (its digest)."""
     import pyarrow.parquet as pq
 
-    from sweeper.plan import FIELD_NAMES, ImageSpec
+    from sweeper.spec import FIELD_NAMES, ImageSpec
     from sweeper.run import PLAN_FILE
 
     data = (Path(sweep_dir) / PLAN_FILE).read_bytes()

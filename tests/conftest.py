@@ -46,6 +46,16 @@ def hydra_version_base():
     VersionBase.instance().version_base = saved
 
 
+@pytest.fixture
+def fresh_runtime(monkeypatch):
+    """A runtime of its own as this process's for the test: no pipelines, no caches."""
+    from sweeper import runtime
+
+    fresh = runtime.Runtime()
+    monkeypatch.setattr(runtime, "_this_process", fresh)
+    return fresh
+
+
 @pytest.fixture(scope="session")
 def tiny_models(sweeper_env) -> dict[str, Path]:
     """Build the three tiny models once per session (subprocesses find them in the cache)."""

@@ -161,10 +161,7 @@ def test_text_values_come_in_the_order_the_sweep_gave_them(tmp_path):
     assert report.load_sweep(tmp_path).values("scheduler") == ["unipc", "euler", "ddim"]  # not alphabetical
 
 
-def test_timing_keeps_loads_and_warm_up_apart_and_the_estimate_pays_start_up(tmp_path, tiny_models, monkeypatch):
-    from sweeper import pipelines
-
-    monkeypatch.setattr(pipelines, "_PIPELINES", {})
+def test_timing_keeps_loads_and_warm_up_apart_and_the_estimate_pays_start_up(tmp_path, tiny_models, fresh_runtime):
     render_in_process(tmp_path, [Job(n, plan_config(guidance=g, seed=[0, 1], steps=2, batch_size=2)) for n, g in enumerate((3.0, 5.0, 7.0))])
     df = pd.read_parquet(tmp_path / manifest.MANIFEST).sort_values("started_at")
     first, rest = df.iloc[:2], df.iloc[2:]

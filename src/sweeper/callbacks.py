@@ -75,17 +75,18 @@ def _agree_among_ranks(config: DictConfig, key: str) -> None:
 
     Each rank would stamp its own ${now:...} (hydra #2070) and draw its own seeds for -1.
     """
-    from sweeper import distributed, run
+    from sweeper import distributed
     from sweeper.app import fail
     from sweeper.errors import RankLost
+    from sweeper.runtime import this_process
 
     if distributed.launched():
+        runtime = this_process()  # the one the sweeper plugin and the jobs plan with next
         try:
-            out_dir, nonce = distributed.broadcast((str(config.hydra[key].dir), run.seed_nonce()))
+            out_dir, runtime.seed_nonce = distributed.broadcast((str(config.hydra[key].dir), runtime.seed_nonce))
         except RankLost as error:
             fail(str(error), code=1)  # not raised: Hydra turns a callback's exception into a warning
         _set_output_dir(config, key, out_dir)
-        run.set_seed_nonce(nonce)
 
 
 class SweeperCallback(Callback):

@@ -31,6 +31,7 @@ import numpy as np
 
 from sweeper.errors import PlanError
 from sweeper.plan import recorded_specs
+from sweeper.runtime import Runtime, this_process
 from sweeper.spec import ImageSpec
 from sweeper.tiny import TINY_MODELS
 
@@ -122,8 +123,8 @@ def _local_images(fields: dict[str, Any], args: argparse.Namespace) -> dict[str,
     return found
 
 
-def replay(recorded: Recorded, specs: list[ImageSpec]) -> np.ndarray:
-    """Render the recorded call again; the image's pixels (H, W, 3) uint8."""
+def replay(recorded: Recorded, specs: list[ImageSpec], runtime: Runtime) -> np.ndarray:
+    """Render the recorded call again with `runtime`'s pipelines; the image's pixels (H, W, 3) uint8."""
     import torch
 
     from sweeper.render import render_batch
@@ -133,7 +134,7 @@ def replay(recorded: Recorded, specs: list[ImageSpec]) -> np.ndarray:
     device = "cuda:0" if specs[0].device == "cuda" else specs[0].device
     if device == "cpu" and recorded.threads:
         torch.set_num_threads(recorded.threads)
-    images = render_batch(Batch(tuple(specs)), device).images
+    images = render_batch(Batch(tuple(specs)), device, runtime).images
     return np.asarray(to_image(images[recorded.index]))
 
 
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     changed = [f"{name} {recorded.versions.get(name)} -> {now}" for name, now in versions.items() if recorded.versions.get(name) != now]
     if changed:
         print(f"sweeper.replay: warning: versions differ ({', '.join(changed)}): pixels may differ", file=sys.stderr)
-    pixels = replay(recorded, specs)
+    pixels = replay(recorded, specs, this_process())
     spec = specs[recorded.index]
     if args.output:
         from PIL import Image

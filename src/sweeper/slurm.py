@@ -153,6 +153,7 @@ class Worker:
 
     def __call__(self, rank: int) -> dict[str, int]:
         from sweeper import run
+        from sweeper.runtime import Runtime
 
         os.environ["SWEEPER_WORKER"] = str(rank)  # for the fault hook (tests)
         if self.threads:
@@ -164,7 +165,7 @@ class Worker:
         todo = [spec for spec in specs if spec.image_id in wanted]
         _check_device(todo)
         prepared = run.Prepared(jobs=len({spec.job_num for spec in specs}), specs=specs, todo=todo, dry_run=False)
-        summary = run.execute(prepared, Path(self.sweep_dir), rank, self.world_size, gpu=0, progress=_Quiet())
+        summary = run.execute(prepared, Path(self.sweep_dir), rank, self.world_size, gpu=0, progress=_Quiet(), runtime=Runtime())
         return {"rendered": summary.rendered, "failed": len(summary.failed)}
 
     def checkpoint(self, rank: int) -> Any:

@@ -13,10 +13,9 @@ a `.safetensors`/`.ckpt` file loads with `from_single_file`.
 from __future__ import annotations
 
 import copy
-import gc
 import inspect
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import diffusers
 import torch
@@ -24,11 +23,9 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
+from sweeper.runtime import Runtime, release_memory
 from sweeper.spec import EXECUTION_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec
 from sweeper.tiny import TINY_MODELS, tiny_model_dir
-
-if TYPE_CHECKING:
-    from sweeper.runtime import Runtime
 
 diffusers_logging.disable_progress_bar()
 diffusers_logging.set_verbosity_error()
@@ -237,10 +234,3 @@ def scheduler_class(class_name: str, kwargs: dict[str, Any]) -> type:
     if unknown:
         raise PlanError(f"invalid scheduler.kwargs: {unknown[0]!r} is not a config value of {class_name}; allowed: {', '.join(allowed)}")
     return found
-
-
-def release_memory(device: str) -> None:
-    """Give back what a failed call left allocated, before a smaller retry."""
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()

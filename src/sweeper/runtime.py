@@ -12,6 +12,7 @@ here: planning reads the nonce without importing it.
 
 from __future__ import annotations
 
+import gc
 import secrets
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -91,7 +92,6 @@ class Runtime:
         for key in [key for key in self.embeddings if any(key[0] is pipe for pipe in gone)]:
             del self.embeddings[key]
         del gone
-        from sweeper.pipelines import release_memory  # torch: only a process that renders evicts
 
         release_memory(keys[0][1][3])  # the device of the base key
         return keys
@@ -107,3 +107,12 @@ def this_process() -> Runtime:
     if _this_process is None:
         _this_process = Runtime()
     return _this_process
+
+
+def release_memory(device: str) -> None:
+    """Give back what evicted pipelines or a failed call left allocated."""
+    import torch  # only a process that renders frees memory
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()

@@ -96,6 +96,8 @@ def _take_over(path: Path, dead: str) -> bool:
 
     The claim is moved aside (one rename wins) and compared with the one judged
     dead, so a live writer's fresh claim made meanwhile is put back, never lost.
+    While it is aside a third writer may create the path; then two believe they
+    hold it: that needs three writers at one dead claim within microseconds.
     """
     aside = path.with_name(f".{path.name}.{secrets.token_hex(6)}.dead")
     try:

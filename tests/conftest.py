@@ -90,12 +90,13 @@ for args in json.loads(sys.argv[1]):
         except SystemExit as exit:
             code = exit.code
     results.append([code, err.getvalue()])
-print(json.dumps({"results": results, "torch": "torch" in sys.modules, "outputs": os.path.exists("outputs")}))
+heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
+print(json.dumps({"results": results, "torch": "torch" in sys.modules, "heavy": heavy, "outputs": os.path.exists("outputs")}))
 """
 
 
 def main_per_case(cases: list[list[str]], cwd: Path, env: dict | None = None) -> dict:
-    """Each case's exit code and stderr, and whether torch was imported or outputs/ made."""
+    """Each case's exit code and stderr, and whether torch (and which heavy modules) were imported or outputs/ made."""
     out = subprocess.run(
         [sys.executable, "-c", MAIN_PER_CASE, json.dumps(cases)], cwd=cwd, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
     )

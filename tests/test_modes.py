@@ -9,17 +9,13 @@ with the init image as the tiny VAE reproduces it (`vae_round_trip`) and state r
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import composed_job, only_dir, plan_config, render_in_process, run_cli
+from conftest import composed_job, main_per_case, only_dir, plan_config, render_in_process, run_cli
 from PIL import Image
 
 from sweeper import calls, manifest, pipelines, run
@@ -222,24 +218,6 @@ def test_sd15_img2img_and_inpaint_with_and_without_the_safety_checker(tmp_path, 
         check_inpaint_keeps_the_unmasked_region(sweep, row, tiny_models["tiny-sd"])
 
 
-REFUSALS = """
-import contextlib, io, json, os, sys
-from sweeper.app import main
-results = []
-for args in json.loads(sys.argv[1]):
-    sys.argv = ["sweeper", *args]
-    err, code = io.StringIO(), 0
-    with contextlib.redirect_stderr(err):
-        try:
-            main()
-        except SystemExit as exit:
-            code = exit.code
-    results.append([code, err.getvalue()])
-heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
-print(json.dumps({"results": results, "heavy": heavy, "outputs": os.path.exists("outputs")}))
-"""
-
-
 @pytest.mark.slow
 def test_bad_mode_image_and_option_values_are_refused_in_one_line_before_anything_loads(tmp_path, images):
     """`sweeper.app.main` (what `python -m sweeper` runs) once per case, all in one subprocess."""
@@ -272,12 +250,7 @@ def test_bad_mode_image_and_option_values_are_refused_in_one_line_before_anythin
     (tmp_path / "x.safetensors").write_bytes(b"")
     runs = [(["-m", "model=tiny", *args], named) for args, named in cases]
     runs += [(["model=tiny", *args], named) for args, named in cases if not any("," in a for a in args)]  # single runs too
-    out = subprocess.run(
-        [sys.executable, "-c", REFUSALS, json.dumps([args for args, _ in runs])],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ},
-    )
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = main_per_case([args for args, _ in runs], tmp_path)
     for (args, named), (code, stderr) in zip(runs, report["results"]):
         lines = stderr.strip().splitlines()
         assert code == 2 and len(lines) == 1, (args, code, stderr)

@@ -36,7 +36,10 @@ MANIFEST = "manifest.parquet"
 IMAGE_ID_PATTERN = "^[0-9a-f]{20}$"  # spec.py's ids: 20 hex digits of a sha256
 PARTS_DIR = ".manifest-parts"
 
-_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(), "pair": pa.list_(pa.int64())}
+_TYPES = {
+    "string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(), "pair": pa.list_(pa.int64()),
+    "strings": pa.list_(pa.string()), "floats": pa.list_(pa.float64()),
+}
 # How each image's rendering went; the spec's own columns come from its field table (spec.py).
 _RUN_HEAD = [("image_id", pa.string()), ("path", pa.string()), ("status", pa.string()), ("error", pa.string()), ("warning", pa.string())]
 # Run facts that sit beside a spec column, where manifests have always had them.

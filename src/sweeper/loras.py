@@ -62,7 +62,7 @@ def _load(pipe: Any, value: str, sha: str, family: str) -> None:
             if "PEFT backend is required" in str(error):
                 raise RuntimeError("LoRA adapters need peft: pip install peft") from None
             raise LoraMismatch(_mismatch(value, family, str(error))) from None
-    unfit = [message for message in warned + warned_peft if "unexpected" in message.lower()]
+    unfit = [message for message in warned + warned_peft if "led to unexpected keys" in message or "led to missing keys" in message]
     loaded = any(adapter_name(sha) in names for names in pipe.get_list_adapters().values())
     if unfit or not loaded:
         raise LoraMismatch(_mismatch(value, family, unfit[0] if unfit else "no weight of it fits the model"))

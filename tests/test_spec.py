@@ -98,7 +98,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-PLANNING = ("errors", "spec", "validate", "image_files", "plan", "prompts", "prompt_files", "templates", "wildcards")
+PLANNING = ("errors", "spec", "validate", "image_files", "lora_files", "plan", "prompts", "prompt_files", "templates", "wildcards")
 
 
 def test_planning_modules_are_small_and_import_no_torch():

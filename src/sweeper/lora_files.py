@@ -9,6 +9,7 @@ again, a moved one does not. No torch here.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import os
@@ -78,6 +79,7 @@ def _in_folder(value: str, folder: Path) -> Path:
     return files[0].absolute()
 
 
+@functools.lru_cache(maxsize=64)  # asked again for every PNG's text: one hub request per process
 def _hub_snapshot(value: str) -> Path:
     """The hub repo's LoRA files (only those), from the local cache when HF_HUB_OFFLINE is set."""
     from sweeper.hub import is_hub_or_tiny

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -55,7 +56,9 @@ def _load(pipe: Any, value: str, sha: str, family: str) -> None:
     path = lora_files.weights_file(value)
     if lora_files.file_hashes(path)[0] != sha:
         raise RuntimeError(f"{path} changed since the sweep was planned; run the command again to plan it anew")
-    with _warnings("diffusers") as warned, _warnings("peft") as warned_peft:
+    with _warnings("diffusers") as warned, _warnings("peft") as warned_peft, warnings.catch_warnings():
+        # peft warns whenever a second adapter joins a model: that is what lora lists are for
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
         try:
             pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=adapter_name(sha))
         except Exception as error:  # diffusers and peft raise ValueError, RuntimeError, KeyError on keys that do not fit

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from sweeper import faults
 from sweeper.errors import UnsafePath
 from sweeper.files import check_not_link, ensure_dir, open_image, write_atomic
-from sweeper.spec import FIELDS
+from sweeper.spec import FIELDS, public_model_name
 from sweeper.writers import forget_stored, merging
 from sweeper.store import IMAGES_DIR
 
@@ -82,6 +82,8 @@ def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> di
         if isinstance(value, tuple):
             values[name] = list(value)
     values["compile"] = spec.compile or "false"  # as the config says it; null would read as unknown
+    if spec.lora:  # by name, as grids and PNGs show them (plan.parquet keeps where they are; lora_sha what they are)
+        values["lora"] = [public_model_name(value) for value in spec.lora]
     return {"image_id": spec.image_id, "path": path, "status": status, "error": error, **values, **run_facts}
 
 

@@ -29,8 +29,10 @@ PIXEL_FIELDS = {
     "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "dtype", "device",
     "strength", "init_image_sha", "mask_image_sha", "watermark", "safety_checker", "vae_tiling",
 }
+# Pixel fields that are part of the id only when set (no LoRA: the ids of earlier sweeps).
+OPTIONAL_PIXEL_FIELDS = {"lora_scale", "lora_sha"}
 NON_PIXEL_FIELDS = {
-    "model", "model_config", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template", "init_image", "mask_image",
+    "lora", "model", "model_config", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template", "init_image", "mask_image",
     "job_num", "overrides", *EXECUTION_FIELDS,
 }
 
@@ -217,7 +219,7 @@ def test_random_seeds_differ_across_many_nonces(base):
 def test_render_fields_hold_the_pixel_fields_and_no_label(base):
     keys = set(one(base).render_fields())
     assert keys == PIXEL_FIELDS
-    assert {f.name for f in dataclasses.fields(ImageSpec)} == PIXEL_FIELDS | NON_PIXEL_FIELDS
+    assert {f.name for f in dataclasses.fields(ImageSpec)} == PIXEL_FIELDS | OPTIONAL_PIXEL_FIELDS | NON_PIXEL_FIELDS
     assert not keys & NON_PIXEL_FIELDS
     assert set(LABEL_FIELDS) <= NON_PIXEL_FIELDS
 

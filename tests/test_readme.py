@@ -4,7 +4,7 @@ Each command from the README's code blocks is run as written through the real
 entry point (all in one interpreter), planned and checked with `dry_run=true`.
 There is no hub here: where an example names a hub model (the default SDXL,
 `refiner=sdxl`), `model=tiny` / `refiner=tiny` stand in. The files examples
-read (photos/, masks/, wildcards/) are made first.
+read (photos/, masks/, wildcards/, loras/) are made first.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from conftest import main_per_case
 from PIL import Image
+from safetensors.numpy import save_file
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -59,6 +60,9 @@ def test_the_readme_examples_plan_as_written(tmp_path, tiny_models):
     Image.fromarray((np.indices((64, 64)).sum(axis=0) % 256).astype("uint8")).convert("RGB").save(tmp_path / "photos" / "a.png")
     Image.new("L", (64, 64), 255).save(tmp_path / "masks" / "a.png")
     (tmp_path / "wildcards" / "colors.txt").write_text("red\nemerald green\n")
+    (tmp_path / "loras").mkdir()
+    for name in ("style", "detail"):  # planning hashes the files; no model loads in a dry run
+        save_file({"lora_unet_x.lora_down.weight": np.full((4, 8), len(name), dtype="float32")}, tmp_path / "loras" / f"{name}.safetensors")
     commands = readme_commands()
     assert len(commands) >= 12 and any("--help" in c for c in commands) and any("wildcards=" in c for c in commands)
     cases = [(command, as_tested(command)) for command in commands]

@@ -16,7 +16,7 @@ SRC = Path(spec.__file__).parent
 # The lists as they were written out by hand before the table: image ids depend on them.
 LABEL = {
     "model", "model_config", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template",
-    "init_image", "mask_image", "job_num", "overrides",
+    "init_image", "mask_image", "job_num", "overrides", "lora",
 }
 EXECUTION = ("batch_size", "attention", "channels_last", "fuse_qkv", "compile", "vae_upcast", "offload", "vae_slicing", "gpu")
 PER_IMAGE = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "init_image_sha", "mask_image_sha", "seed")
@@ -24,13 +24,14 @@ DEFAULTS = dict(
     strength=None, init_image_sha=None, mask_image_sha=None, watermark=False, safety_checker=False,
     model_config=None, prompt_template=None, init_image=None, mask_image=None, attention="sdpa", channels_last=False,
     fuse_qkv=False, compile=None, vae_upcast=None, offload="none", vae_slicing=False, vae_tiling=False, gpu=None,
+    lora=None, lora_scale=None, lora_sha=None,
 )
 MANIFEST_COLUMNS = [
     "image_id", "path", "status", "error", "warning", "model", "refiner", "refiner_split", "refiner_mode", "scheduler",
     "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "prompt_file", "seed", "guidance", "steps", "width", "height",
     "original_size", "target_size", "crops_coords_top_left", "negative_original_size", "negative_target_size",
     "negative_crops_coords_top_left", "mode", "strength", "init_image", "mask_image", "init_image_sha", "mask_image_sha",
-    "prompt_template", "watermark", "safety_checker", "vae_tiling", "nsfw", "job_num", "overrides", "model_id", "model_revision",
+    "prompt_template", "watermark", "safety_checker", "vae_tiling", "nsfw", "lora", "lora_scale", "lora_sha", "job_num", "overrides", "model_id", "model_revision",
     "model_config", "refiner_id", "dtype", "device", "rank", "world_size", "batch_size", "batch_index", "attention",
     "channels_last", "fuse_qkv", "compile", "vae_upcast", "offload", "vae_slicing", "base_steps", "refiner_steps", "seconds",
     "load_seconds", "warmup", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
@@ -38,6 +39,7 @@ MANIFEST_COLUMNS = [
 A1111 = {
     "Refiner switch at": ("refiner_split",), "Sampler": ("scheduler_label",), "Seed": ("seed",), "CFG scale": ("guidance",),
     "Steps": ("steps",), "Size": ("width", "height"), "Denoising strength": ("strength",), "Model": ("model_id",), "Refiner": ("refiner_id",),
+    "Lora hashes": ("lora",),
 }
 
 
@@ -96,7 +98,7 @@ def _imports(path: Path) -> set[str]:
     return found
 
 
-PLANNING = ("errors", "spec", "validate", "image_files", "plan", "prompts", "prompt_files", "templates", "wildcards")
+PLANNING = ("errors", "spec", "validate", "image_files", "lora_files", "plan", "prompts", "prompt_files", "templates", "wildcards")
 
 
 def test_planning_modules_are_small_and_import_no_torch():

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from sweeper import faults
 from sweeper.errors import UnsafePath
 from sweeper.files import check_not_link, ensure_dir, open_image, write_atomic
-from sweeper.spec import FIELDS
+from sweeper.spec import FIELDS, public_model_name
 from sweeper.writers import forget_stored, merging
 from sweeper.store import IMAGES_DIR
 
@@ -36,7 +36,10 @@ MANIFEST = "manifest.parquet"
 IMAGE_ID_PATTERN = "^[0-9a-f]{20}$"  # spec.py's ids: 20 hex digits of a sha256
 PARTS_DIR = ".manifest-parts"
 
-_TYPES = {"string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(), "pair": pa.list_(pa.int64())}
+_TYPES = {
+    "string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(), "pair": pa.list_(pa.int64()),
+    "strings": pa.list_(pa.string()), "floats": pa.list_(pa.float64()),
+}
 # How each image's rendering went; the spec's own columns come from its field table (spec.py).
 _RUN_HEAD = [("image_id", pa.string()), ("path", pa.string()), ("status", pa.string()), ("error", pa.string()), ("warning", pa.string())]
 # Run facts that sit beside a spec column, where manifests have always had them.
@@ -79,6 +82,8 @@ def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> di
         if isinstance(value, tuple):
             values[name] = list(value)
     values["compile"] = spec.compile or "false"  # as the config says it; null would read as unknown
+    if spec.lora:  # by name, as grids and PNGs show them (plan.parquet keeps where they are; lora_sha what they are)
+        values["lora"] = [public_model_name(value) for value in spec.lora]
     return {"image_id": spec.image_id, "path": path, "status": status, "error": error, **values, **run_facts}
 
 

@@ -54,14 +54,14 @@ def _options(spec: ImageSpec) -> tuple:
     return (spec.watermark, spec.safety_checker, *(getattr(spec, name) for name in EXECUTION_FIELDS if name != "batch_size"))
 
 
-def _base_key(spec: ImageSpec, device: str) -> tuple:
+def base_key(spec: ImageSpec, device: str) -> tuple:
     return (spec.model_id, spec.model_revision, spec.dtype, device, _options(spec))
 
 
 def base_pipeline(runtime: Runtime, spec: ImageSpec, device: str) -> Any:
     """The model's pipeline for the spec's mode (txt2img, img2img, inpaint); loading a
     model frees the one loaded before (one base resident per runtime)."""
-    key = _base_key(spec, device)
+    key = base_key(spec, device)
     base = runtime.pipeline(("base", key))
     if base is None:
         runtime.evict(lambda resident: resident[1] != key)
@@ -107,7 +107,7 @@ def _check_loaded(pipe, path: str) -> None:
 
 def refiner_pipeline(runtime: Runtime, spec: ImageSpec, base: Any, device: str) -> Any:
     """The refiner for the resident base, sharing its text_encoder_2 and vae; another refiner is freed first."""
-    key = ("refiner", _base_key(spec, device), (spec.refiner_id, spec.refiner_revision))
+    key = ("refiner", base_key(spec, device), (spec.refiner_id, spec.refiner_revision))
     refiner = runtime.pipeline(key)
     if refiner is None:
         runtime.evict(lambda resident: resident[0] == "refiner" and resident != key)

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-from sweeper import image_files, validate
+from sweeper import image_files, lora_files, validate
 from sweeper.errors import PlanError, invalid, show
 from sweeper.prompts import prompt_rows
 from sweeper.spec import (
@@ -187,6 +187,9 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     if fuse_qkv and attention == "eager":
         # diffusers' fused projections come with its SDPA processor only: eager would be replaced silently.
         raise invalid("fuse_qkv", fuse_qkv, "fused Q/K/V projections run through torch's SDPA; not with attention=eager")
+    adapters = lora_files.loras(c)
+    if fuse_qkv and adapters["lora"]:  # the fused projection would bypass the adapters on to_q, to_k, to_v
+        raise invalid("fuse_qkv", fuse_qkv, "LoRA adapters act on the separate Q/K/V projections; not with lora")
     return ImageSpec(
         model_id=model["id"],
         model_revision=model["revision"],
@@ -235,6 +238,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         vae_slicing=validate.flag(c, "vae_slicing"),
         vae_tiling=validate.flag(c, "vae_tiling"),
         gpu=gpu,
+        **adapters,
         **_conditioning(sizes, mode, width, height),
     )
 
@@ -292,6 +296,8 @@ def config_of(spec: ImageSpec) -> dict[str, Any]:
         "batch_size": "auto" if spec.batch_size is None else spec.batch_size,
         "compile": False if spec.compile is None else spec.compile,
         "vae_upcast": "auto" if spec.vae_upcast is None else spec.vae_upcast,
+        "lora": None if spec.lora is None else list(spec.lora),
+        "lora_scale": 1.0 if spec.lora_scale is None else list(spec.lora_scale),
     }
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from sweeper import pipelines
+from sweeper import loras, pipelines
 from sweeper.files import read_image_file
 from sweeper.image_files import content_sha
 from sweeper.runtime import Runtime
@@ -67,6 +67,7 @@ def _render_batch(batch: Batch, device: str, runtime: Runtime) -> Output:
     loads = len(runtime.loads)
     tic = time.perf_counter()
     base = pipelines.base_pipeline(runtime, first, device)
+    loras.apply(runtime, pipelines.base_key(first, device), base, first)
     refiner = None if first.refiner_id is None else pipelines.refiner_pipeline(runtime, first, base, device)
     load_seconds = time.perf_counter() - tic if len(runtime.loads) > loads else None
     warmup = runtime.first_call(base)
@@ -103,14 +104,20 @@ def _render_batch(batch: Batch, device: str, runtime: Runtime) -> Output:
         base_steps = _steps_run(base, first, "base")
         # 5. Refiner takes the latents mid-denoising (ensemble of experts).
         pipelines.activate(runtime, refiner, first, device)
-        out = refiner(image=latents, denoising_start=first.refiner_split, output_type="np", **prompt_embeddings(runtime, refiner, specs, device)[0], **kwargs)
+        out = refiner(image=latents, denoising_start=first.refiner_split, output_type="np", **_refiner_embeddings(runtime, base, refiner, specs, device), **kwargs)
         return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings, load_seconds, warmup)
     latents = base(**size, output_type="latent", **embeddings, **kwargs).images
     base_steps = _steps_run(base, first, "base")
     # 5. Refiner re-noises the finished latents by 1 - split and denoises them again.
     pipelines.activate(runtime, refiner, first, device)
-    out = refiner(image=latents, strength=1.0 - first.refiner_split, output_type="np", **prompt_embeddings(runtime, refiner, specs, device)[0], **kwargs)
+    out = refiner(image=latents, strength=1.0 - first.refiner_split, output_type="np", **_refiner_embeddings(runtime, base, refiner, specs, device), **kwargs)
     return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings, load_seconds, warmup)
+
+
+def _refiner_embeddings(runtime: Runtime, base: Any, refiner: Any, specs: tuple[ImageSpec, ...], device: str) -> dict[str, torch.Tensor]:
+    """The refiner's prompt embeddings, without the base's LoRA (text_encoder_2 is the base's)."""
+    with loras.disabled(base, specs[0]):
+        return prompt_embeddings(runtime, refiner, specs, device, lora=False)[0]
 
 
 def _steps_run(pipe, spec: ImageSpec, who: str) -> int:
@@ -129,19 +136,23 @@ def _nsfw(out) -> list[bool] | None:
     return None if flags is None else [bool(flag) for flag in flags]
 
 
-def prompt_embeddings(runtime: Runtime, pipe: Any, specs: tuple[ImageSpec, ...], device: str) -> tuple[dict[str, torch.Tensor], list[str | None]]:
+def prompt_embeddings(
+    runtime: Runtime, pipe: Any, specs: tuple[ImageSpec, ...], device: str, lora: bool = True
+) -> tuple[dict[str, torch.Tensor], list[str | None]]:
     """The batch's prompt embeddings as the pipeline's keyword arguments, each prompt encoded once,
-    and per image which prompts the tokenizer cut."""
+    and per image which prompts the tokenizer cut. `lora`: with the spec's adapters active
+    (a LoRA may hold text encoder weights, so its adapters and weights key the cache)."""
     cfg = specs[0].uses_cfg
-    per_image = [_encoded(runtime, pipe, spec, cfg, device) for spec in specs]
+    per_image = [_encoded(runtime, pipe, spec, cfg, device, lora) for spec in specs]
     names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
     embeddings = {name: torch.cat([parts[i] for parts in per_image]) for i, name in enumerate(names) if per_image[0][i] is not None}
     return embeddings, [parts[4] for parts in per_image]
 
 
-def _encoded(runtime: Runtime, pipe: Any, spec: ImageSpec, cfg: bool, device: str) -> tuple:
+def _encoded(runtime: Runtime, pipe: Any, spec: ImageSpec, cfg: bool, device: str, lora: bool) -> tuple:
     """(embeds, negative, pooled, negative pooled, truncation warning) of one image's prompts; None where unused."""
-    key = (pipe, spec.prompt, spec.negative_prompt, spec.prompt_2, spec.negative_prompt_2, cfg)
+    adapters = (spec.lora_sha, spec.lora_scale) if lora else None
+    key = (pipe, spec.prompt, spec.negative_prompt, spec.prompt_2, spec.negative_prompt_2, cfg, adapters)
     cached = runtime.cached_embeddings(key)
     if cached is not None:
         return cached

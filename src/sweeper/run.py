@@ -153,7 +153,7 @@ AXES = (
     "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "init_image", "mask_image", "model", "refiner",
     "refiner_split", "refiner_mode", "scheduler", "mode", "strength", "guidance", "steps", "width", "height",
     "original_size", "target_size", "crops_coords_top_left", "negative_original_size", "negative_target_size",
-    "negative_crops_coords_top_left", "dtype", "watermark", "safety_checker", "vae_tiling", "seed",
+    "negative_crops_coords_top_left", "dtype", "watermark", "safety_checker", "vae_tiling", "lora", "lora_scale", "seed",
 )
 
 

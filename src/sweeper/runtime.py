@@ -3,7 +3,7 @@
     seed_nonce     drawn once: every plan of the sweep gives seeds of -1 the same values
     residents      the loaded pipelines, each with its own caches (Resident)
     embeddings     prompt embeddings per (pipeline, prompts, cfg), least recently used first
-    loads          every model loaded, in order (logs and tests count them)
+    loads          every model and LoRA adapter loaded, in order (logs and tests count them)
 
 Loading a new model evicts the old one (`evict`): the pipelines go, and with
 them everything cached for them. Two Runtime objects share nothing. No torch
@@ -30,6 +30,7 @@ class Resident:
     scheduler_config: Any  # the model's own scheduler config: every swap starts from it
     schedulers: dict[tuple, Any] = field(default_factory=dict)  # (class, kwargs) -> a scheduler to copy
     called: bool = False  # its first call is its warm-up
+    adapters: set[str] = field(default_factory=set)  # the LoRA adapters loaded into its modules (content hashes)
 
 
 class Runtime:

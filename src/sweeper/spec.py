@@ -10,7 +10,9 @@ Each field is declared once, on its line of `ImageSpec`, with its role:
 
 with its manifest column type (None: not a manifest column), its key in the
 A1111 `parameters` text if it has one, and the value a spec written by an
-older sweeper gets when it lacks the field. The id fields, the manifest
+older sweeper gets when it lacks the field. An id field added after ids were
+in use is `optional`: at that default it is left out of the hash, so the
+images of earlier sweeps keep their ids. The id fields, the manifest
 schema (manifest.py) and the PNG text (store.py) are derived from them.
 """
 
@@ -25,7 +27,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 IDENTITY, PER_IMAGE, EXECUTION, LABEL = "identity", "per-image", "execution", "label"
 ROLES = (IDENTITY, PER_IMAGE, EXECUTION, LABEL)
-COLUMN_TYPES = ("string", "int64", "float64", "bool", "pair")  # manifest.py maps them to pyarrow types
+COLUMN_TYPES = ("string", "int64", "float64", "bool", "pair", "strings", "floats")  # manifest.py maps them to pyarrow types
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # loaded with from_single_file
 SIZE_KEYS = ("original_size", "target_size", "negative_original_size", "negative_target_size")
 CROP_KEYS = ("crops_coords_top_left", "negative_crops_coords_top_left")
@@ -39,10 +41,11 @@ class Field(NamedTuple):
     column: str | None  # the manifest column's type (COLUMN_TYPES); None: not in the manifest
     a1111: str | None  # its key in the A1111 parameters text
     default: Any  # for a spec written before the field existed; MISSING: always written
+    optional: bool  # an id field hashed only when it is not at its default
 
 
-def _f(role: str, column: str | None, a1111: str | None = None, default: Any = MISSING) -> Any:
-    return field(metadata={"role": role, "column": column, "a1111": a1111, "default": default})
+def _f(role: str, column: str | None, a1111: str | None = None, default: Any = MISSING, optional: bool = False) -> Any:
+    return field(metadata={"role": role, "column": column, "a1111": a1111, "default": default, "optional": optional})
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,11 @@ class ImageSpec:
     safety_checker: bool = _f(IDENTITY, "bool", default=False)
     # Decoding in tiles blends their seams: other pixels once an image is larger than a tile.
     vae_tiling: bool = _f(IDENTITY, "bool", default=False)
+    # LoRA adapters applied together: where they are (absolute paths, or hub ids), their
+    # content hashes (an edited file renders again, a moved one does not) and weights.
+    lora: tuple[str, ...] | None = _f(LABEL, "strings", "Lora hashes", default=None)
+    lora_scale: tuple[float, ...] | None = _f(IDENTITY, "floats", default=None, optional=True)
+    lora_sha: tuple[str, ...] | None = _f(IDENTITY, "strings", default=None, optional=True)
     job_num: int = _f(LABEL, "int64")
     overrides: str = _f(LABEL, "string")
     model_id: str = _f(IDENTITY, "string", "Model")
@@ -111,8 +119,8 @@ class ImageSpec:
     gpu: int | None = _f(EXECUTION, None, default=None)
 
     def render_fields(self) -> dict[str, Any]:
-        """The fields that change the pixels, in canonical (JSON-ready) form."""
-        return {name: getattr(self, name) for name in ID_FIELDS}
+        """The fields that change the pixels, in canonical (JSON-ready) form (optional ones only when set)."""
+        return {name: getattr(self, name) for name in ID_FIELDS if not _unset(name, getattr(self, name))}
 
     @cached_property
     def image_id(self) -> str:
@@ -147,7 +155,7 @@ class ImageSpec:
     def from_dict(cls, values: Mapping[str, Any]) -> ImageSpec:
         """The spec of `to_dict` (or a row of plan.parquet); fields added since get their defaults."""
         data = {**DEFAULTS, **{name: value for name, value in values.items() if name in FIELD_NAMES}}
-        for key in PAIR_FIELDS:
+        for key in TUPLE_FIELDS:
             if data.get(key) is not None:
                 data[key] = tuple(data[key])
         return cls(**data)
@@ -163,7 +171,9 @@ ROW_ID_FIELDS = tuple(f.name for f in FIELDS if f.role == PER_IMAGE and f.name !
 PER_IMAGE_FIELDS = (*ROW_ID_FIELDS, "seed")
 SHARED_ID_FIELDS = tuple(f.name for f in FIELDS if f.role == IDENTITY)
 PAIR_FIELDS = tuple(f.name for f in FIELDS if f.column == "pair")
+TUPLE_FIELDS = tuple(f.name for f in FIELDS if f.column in ("pair", "strings", "floats"))  # lists in JSON
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in FIELDS if f.default is not MISSING}
+OPTIONAL_ID_FIELDS = frozenset(f.name for f in FIELDS if f.optional)
 # A1111 key -> the fields it shows (Size: width and height), in table order.
 A1111_KEYS: dict[str, tuple[str, ...]] = {
     key: tuple(f.name for f in FIELDS if f.a1111 == key) for key in dict.fromkeys(f.a1111 for f in FIELDS if f.a1111)
@@ -177,9 +187,14 @@ def canonical_json(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
+def _unset(name: str, value: Any) -> bool:
+    return name in OPTIONAL_ID_FIELDS and value == DEFAULTS[name]
+
+
 def shared_hash(spec: ImageSpec) -> Any:
-    """sha256 fed with the id fields that the images of a call share."""
-    return hashlib.sha256(canonical_json({name: getattr(spec, name) for name in SHARED_ID_FIELDS}).encode("utf-8"))
+    """sha256 fed with the id fields that the images of a call share (optional ones only when set)."""
+    values = {name: getattr(spec, name) for name in SHARED_ID_FIELDS}
+    return hashlib.sha256(canonical_json({name: value for name, value in values.items() if not _unset(name, value)}).encode("utf-8"))
 
 
 def row_hash(shared: Any, row: Sequence[Any]) -> Any:

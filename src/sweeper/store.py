@@ -22,6 +22,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from sweeper import lora_files
+from sweeper.errors import PlanError
 from sweeper.files import write_atomic
 from sweeper.spec import A1111_KEYS, PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec, public_model_name
 from sweeper.tiny import sweeper_cache
@@ -38,13 +40,16 @@ def image_path(spec: ImageSpec) -> str:
 
 
 # The order A1111 writes its keys in; a key added to the field table (spec.py) and not named here goes last.
-A1111_ORDER = ("Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Denoising strength", "Model hash", "Refiner", "Refiner switch at")
+A1111_ORDER = (
+    "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Denoising strength", "Model hash", "Refiner", "Refiner switch at", "Lora hashes",
+)
 
 
 def parameters_text(spec: ImageSpec, versions: dict[str, str]) -> str:
     """The A1111-style `parameters` text: prompt, negative prompt, then `Key: value` pairs
-    (the fields with an A1111 key in the field table, and the model hash; unset ones left out)."""
-    lines = [spec.prompt]
+    (the fields with an A1111 key in the field table, and the model hash; unset ones left out).
+    LoRA adapters are named in the prompt line as A1111 writes them: `<lora:name:weight>`."""
+    lines = [" ".join([spec.prompt, *(f"<lora:{lora_files.a1111_name(v)}:{w:g}>" for v, w in zip(spec.lora or (), spec.lora_scale or ()))])]
     if spec.negative_prompt:
         lines.append(f"Negative prompt: {spec.negative_prompt}")
     values = {key: _a1111_value(key, [getattr(spec, name) for name in names]) for key, names in A1111_KEYS.items()}
@@ -67,7 +72,17 @@ def _a1111_value(key: str, values: list[Any]) -> object | None:
         return _a1111_model(values[0])
     if key == "Refiner":
         return public_model_name(values[0])
+    if key == "Lora hashes":
+        return _lora_hashes(values[0])
     return f"{values[0]:g}" if isinstance(values[0], float) else values[0]
+
+
+def _lora_hashes(adapters: tuple[str, ...]) -> str | None:
+    """`name: hash, ...` with A1111's short LoRA hashes (civitai finds the adapters by them); None if one is gone."""
+    try:
+        return ", ".join(f"{lora_files.a1111_name(v)}: {lora_files.file_hashes(lora_files.weights_file(v))[1]}" for v in adapters)
+    except (OSError, PlanError):
+        return None
 
 
 def checkpoint_hash(path: str) -> str:
@@ -189,6 +204,8 @@ def _public(fields: dict[str, Any]) -> dict[str, Any]:
     for name in _MODEL_FIELDS:
         if public.get(name):
             public[name] = public_model_name(public[name])
+    if public.get("lora"):  # files and folders by base name, hub ids as they are
+        public["lora"] = [public_model_name(value) for value in public["lora"]]
     if "overrides" in public:
         public["overrides"] = ""
     return public

@@ -23,6 +23,7 @@ covers the dir while they render; what keeps them apart:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import socket
@@ -50,16 +51,28 @@ def _create(path: Path, text: str) -> bool:
     """Create `path` with `text` if nothing is there; False if something is. Written aside and
     linked into place (atomic, also on NFS), so a writer killed midway leaves no empty claim."""
     temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    _write_new(temp, text)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
         os.link(temp, path)
         return True
     except FileExistsError:
         return False
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        try:  # a filesystem without hard links (some FUSE and SMB mounts): an exclusive create
+            _write_new(path, text)
+        except FileExistsError:
+            return False
+        return True
     finally:
         os.unlink(temp)
+
+
+def _write_new(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _left_by_the_dead(path: Path, stale_seconds: float) -> str | None:

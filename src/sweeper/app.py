@@ -20,8 +20,7 @@ from typing import Any, NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from sweeper.errors import DeviceFailed, Interrupted, RankLost, RanksDisagree, StorageError, SubmitFailed, UnsafePath
-from sweeper.errors import PlanError
+from sweeper.errors import DeviceFailed, Interrupted, PlanError, RankLost, RanksDisagree, StorageError, SubmitFailed, UnsafePath
 
 
 def config_dir() -> str:

@@ -94,8 +94,7 @@ class SweeperCallback(Callback):
         from sweeper import distributed, run
         from sweeper.app import fail
         from sweeper.hydra_jobs import job_from_config
-        from sweeper.errors import RankLost, RanksDisagree, UnsafePath
-        from sweeper.errors import PlanError
+        from sweeper.errors import PlanError, RankLost, RanksDisagree, UnsafePath
 
         _name_output_dir(config, "run")
         _agree_among_ranks(config, "run")

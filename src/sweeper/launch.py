@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sweeper import devices, distributed, manifest, run, schedule
-from sweeper.errors import DeviceFailed, Interrupted, RankLost
-from sweeper.errors import PlanError
+from sweeper.errors import DeviceFailed, Interrupted, PlanError, RankLost
 from sweeper.runtime import Runtime
 from sweeper.store import image_path
 from sweeper.writers import remove_stale_temps

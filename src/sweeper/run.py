@@ -25,10 +25,9 @@ from typing import Any, Iterator, Protocol, Sequence
 
 from sweeper import devices, distributed, hub, schedule
 from sweeper.calls import render_backing_off, store, store_errors
-from sweeper.errors import DeviceFailed, Interrupted, StorageError, UnsafePath
+from sweeper.errors import DeviceFailed, Interrupted, PlanError, StorageError, UnsafePath
 from sweeper.files import check_sweep_dir
 from sweeper.writers import Claims
-from sweeper.errors import PlanError
 from sweeper.plan import Job, plan
 from sweeper.runtime import Runtime, this_process
 from sweeper.spec import ImageSpec

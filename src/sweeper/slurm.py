@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from sweeper.errors import SubmitFailed
-from sweeper.errors import PlanError
+from sweeper.errors import PlanError, SubmitFailed
 
 CLUSTERS = ("slurm", "local")
 # Our settings -> submitit's AutoExecutor parameters for SLURM.

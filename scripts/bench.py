@@ -27,6 +27,7 @@ sweeper / loop, `sweeper_vs_batched_loop` sweeper / batched_loop.
     python scripts/bench.py --model sdxl-random --device cuda          # full-size SDXL, random weights, 1024x1024, 30 steps
     python scripts/bench.py --model sdxl-random --device cpu --size 128 --steps 1 --seeds 1 --guidance 5   # smoke test
     python scripts/bench.py --launcher slurm-local       # a local SLURM-style array against num_processes=2
+    python scripts/bench.py --launcher ray               # 2 Ray actors (a local Ray) against num_processes=2
 
 `sdxl-random` is SDXL base built from its real configs with random weights
 (scripts/sdxl_random.py), saved once into the cache and loaded by both sides
@@ -160,8 +161,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out", default=None, help="keep everything in this dir (default: a temp dir, removed afterwards)")
     parser.add_argument("--scale", type=int, default=None, metavar="N",
                         help="instead: N images as N jobs (tiny, 1 step): the costs around the rendering (scripts/bench_scale.py)")
-    parser.add_argument("--launcher", choices=["slurm-local"], default=None,
-                        help="instead: the sweep on a local SLURM-style array against sweeper's own processes (scripts/bench_launchers.py)")
+    parser.add_argument("--launcher", choices=["slurm-local", "ray"], default=None,
+                        help="instead: the sweep on a local SLURM-style array, or Ray actors, against sweeper's own processes (scripts/bench_launchers.py)")
     parser.add_argument("--workers", type=int, default=2, help="with --launcher: workers or processes (default: 2)")
     args = parser.parse_args(argv)
     tiny = args.model == "tiny"

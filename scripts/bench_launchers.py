@@ -1,4 +1,5 @@
-"""Benchmark: a SLURM array of local workers against sweeper's own processes (`bench.py --launcher slurm-local`).
+"""Benchmark: a SLURM array of local workers, or Ray actors, against sweeper's own processes
+(`bench.py --launcher slurm-local`, `bench.py --launcher ray`).
 
 The same tiny sweep (32 seeds x 8 guidance = 256 images, 4 steps, 64x64 unless
 --seeds/--guidance/--steps/--size say otherwise) rendered twice on this machine,
@@ -8,12 +9,16 @@ each command in a cold process timed wall to wall:
   slurm_local  python -m sweeper -m ... hydra/launcher=slurm hydra.launcher.cluster=local hydra.launcher.workers=W
                (submitit's local executor: each worker its own interpreter, torch import
                and model load, the waiting command's polling, merge and report included)
+  ray          python -m sweeper -m ... hydra/launcher=ray_actors hydra.launcher.workers=W
+               hydra.launcher.cpus_per_worker=CPUS/W (a local Ray started by the command:
+               Ray's start-up, the actors' imports and model loads, PNGs sent back and written)
 
-Both sweeps must hold the same images with the same pixels (same shards, same
-batches, same thread counts: bit-identical). One JSON line last; `ratio` is
-slurm_local / processes (goal <= 1.15).
+Both sweeps must hold the same images with the same pixels (same batches, same
+thread counts: bit-identical). One JSON line last; `ratio` is slurm_local (or
+ray) / processes (goal <= 1.15).
 
     python scripts/bench.py --launcher slurm-local
+    python scripts/bench.py --launcher ray
     python scripts/bench.py --launcher slurm-local --seeds 8 --guidance 5,7     # quicker
 """
 
@@ -48,15 +53,17 @@ def pixels_by_id(sweep_dir: Path) -> dict[str, object]:
 
 def main(args) -> int:
     if args.model != "tiny" or args.device != "cpu":
-        raise SystemExit("bench: --launcher slurm-local runs the tiny model on the CPU")
+        raise SystemExit(f"bench: --launcher {args.launcher} runs the tiny model on the CPU")
     work = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="sweeper-bench-launchers-"))
     work.mkdir(parents=True, exist_ok=True)
     workers = args.workers
-    runs = {
-        "processes": [f"hydra.launcher.num_processes={workers}"],
-        "slurm_local": ["hydra/launcher=slurm", "hydra.launcher.cluster=local", f"hydra.launcher.workers={workers}",
-                        f"hydra.launcher.submitit_folder={work / 'submitit'}"],
-    }  # fmt: skip
+    theirs = {
+        "slurm-local": ("slurm_local", ["hydra/launcher=slurm", "hydra.launcher.cluster=local", f"hydra.launcher.workers={workers}",
+                                        f"hydra.launcher.submitit_folder={work / 'submitit'}"]),
+        "ray": ("ray", ["hydra/launcher=ray_actors", f"hydra.launcher.workers={workers}",
+                        f"hydra.launcher.cpus_per_worker={max(1, (os.cpu_count() or 1) // workers)}"]),
+    }[args.launcher]  # fmt: skip
+    runs = {"processes": [f"hydra.launcher.num_processes={workers}"], theirs[0]: theirs[1]}
     images = args.seeds * len(args.guidance_values)
     result = dict(images=images, workers=workers, steps=args.steps, size=args.size, cpus=os.cpu_count())
     try:
@@ -65,10 +72,10 @@ def main(args) -> int:
             wall, _, _ = timed(command(args, work / name, launcher), work)
             result[f"{name}_s"] = wall
             print(f"bench: {name}: {wall:.1f} s", file=sys.stderr, flush=True)
-        ours, theirs = pixels_by_id(work / "slurm_local"), pixels_by_id(work / "processes")
-        result["same_images"] = ours.keys() == theirs.keys() and len(ours) == images
-        result["max_pixel_diff"] = max((int(abs(ours[key] - theirs[key]).max()) for key in ours.keys() & theirs.keys()), default=None)
-        result["ratio"] = result["slurm_local_s"] / result["processes_s"]
+        ours, processes = pixels_by_id(work / theirs[0]), pixels_by_id(work / "processes")
+        result["same_images"] = ours.keys() == processes.keys() and len(ours) == images
+        result["max_pixel_diff"] = max((int(abs(ours[key] - processes[key]).max()) for key in ours.keys() & processes.keys()), default=None)
+        result["ratio"] = result[f"{theirs[0]}_s"] / result["processes_s"]
         result["load_average_1m"] = os.getloadavg()[0]  # other work on this machine skews wall times
     finally:
         if not args.out:

@@ -90,7 +90,7 @@ for args in json.loads(sys.argv[1]):
         except SystemExit as exit:
             code = exit.code
     results.append([code, err.getvalue()])
-heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
+heavy = sorted(m for m in ("torch", "diffusers", "transformers", "ray") if m in sys.modules)
 print(json.dumps({"results": results, "torch": "torch" in sys.modules, "heavy": heavy, "outputs": os.path.exists("outputs")}))
 """
 

@@ -1,7 +1,8 @@
 """Calls: one batch's pipeline call, retried in halves out of memory, and its outcome stored.
 
     render_backing_off(batch, ...) -> [Rendered]   PNG-ready arrays, or the error of each image
-    store(done, ...)                                PNGs, then manifest rows (on a writer thread)
+    store(done, ...)                                PNGs, then manifest rows (on a writer thread):
+                                                    encode (PNG bytes, rows), then write them
     store_errors(specs, ...)                        error rows for images that will not render here
 
 torch, the pipelines and the store are imported where used: run.py imports this to plan too.
@@ -110,14 +111,22 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
 
 
-def store(done: Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any], threads: int, parts: Any, claims: Any) -> None:
-    """PNGs of the good images, then the call's manifest rows to `parts`, then the claims go (on a writer thread)."""
+@dataclass
+class Encoded:
+    """A call's outcome as it lands in the sweep dir: files (path in the sweep dir, bytes, durable) and manifest rows."""
+
+    specs: tuple[ImageSpec, ...]
+    files: list[tuple[str, bytes, bool]]
+    rows: list[dict[str, Any]]
+
+
+def encode(done: Rendered, versions: dict[str, str], facts: dict[str, Any], threads: int) -> Encoded:
+    """PNGs of the good images (and their thumbnails for the report), and the call's manifest rows."""
     from sweeper import manifest
-    from sweeper.files import write_atomic
     from sweeper.store import call_record, image_path, needs_thumbnail, png_bytes, thumbnail_bytes, thumbnail_path, to_image
 
     call = call_record(done.batch.specs, threads)
-    rows = []
+    files, rows = [], []
     timing = dict(seconds=done.seconds, started_at=done.started_at, finished_at=done.finished_at, batch_size=len(done.batch.specs),
                   base_steps=done.steps[0], refiner_steps=done.steps[1], load_seconds=done.load_seconds, warmup=done.warmup)
     for index, spec in enumerate(done.batch.specs):
@@ -127,13 +136,28 @@ def store(done: Rendered, out_dir: Path, versions: dict[str, str], facts: dict[s
         row = manifest.row(spec, path, "ok" if error is None else "error", error, warning=done.warnings[index], nsfw=nsfw, batch_index=index, **timing, **facts)
         if error is None:
             image = to_image(done.arrays[index])
-            write_atomic(out_dir / path, png_bytes(image, spec, versions, row, call))
-            faults.event("png")
+            files.append((path, png_bytes(image, spec, versions, row, call), True))
             if needs_thumbnail(spec.width, spec.height):  # for the report, made while the device renders on
-                write_atomic(out_dir / thumbnail_path(spec.image_id), thumbnail_bytes(image), durable=False)
+                files.append((thumbnail_path(spec.image_id), thumbnail_bytes(image), False))
         rows.append(row)
-    parts.add(rows)
-    claims.release(done.batch.specs)
+    return Encoded(done.batch.specs, files, rows)
+
+
+def write(encoded: Encoded, out_dir: Path, parts: Any, claims: Any) -> None:
+    """The files, then the rows to `parts`, then the claims go (on a writer thread)."""
+    from sweeper.files import write_atomic
+
+    for path, data, durable in encoded.files:
+        write_atomic(out_dir / path, data, durable=durable)
+        if durable:
+            faults.event("png")
+    parts.add(encoded.rows)
+    claims.release(encoded.specs)
+
+
+def store(done: Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any], threads: int, parts: Any, claims: Any) -> None:
+    """PNGs of the good images, then the call's manifest rows to `parts`, then the claims go (on a writer thread)."""
+    write(encode(done, versions, facts, threads), out_dir, parts, claims)
 
 
 def store_errors(specs: Sequence[ImageSpec], error: str, out_dir: Path, facts: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """Fault injection for tests: one explicit hook, switched on by the environment.
 
     SWEEPER_FAULT=render:seed=3     rendering a batch that holds an image with seed 3 raises
+    SWEEPER_FAULT=die:seed=3        the process SIGKILLs itself rendering a batch that holds an image with seed 3
     SWEEPER_FAULT=oom:batch=2       rendering a batch of more than 2 images runs out of memory
     SWEEPER_FAULT=nan:seed=3        the image with seed 3 comes out as NaN (the fp16 VAE trap)
     SWEEPER_FAULT=enospc:write=2    the 2nd file write (PNG or manifest part) fails: no space left on device
@@ -8,7 +9,7 @@
     SWEEPER_FAULT=kill:part=1       ... after its 1st manifest part file is stored
     SWEEPER_FAULT=kill:temp=1       ... after writing a temp file, before renaming it (a torn write)
 
-    SWEEPER_FAULT_WORKER=1          only in the SLURM array's worker 1 (sweeper/slurm.py)
+    SWEEPER_FAULT_WORKER=1          only in the SLURM array's worker 1 (sweeper/slurm.py), or Ray actor 1
 
 Unset (the normal case) every check is one dict lookup.
 """
@@ -22,6 +23,11 @@ from collections import Counter
 from typing import Sequence
 
 _events: Counter[str] = Counter()
+
+
+def environment() -> dict[str, str]:
+    """The fault settings of this process, for workers that do not inherit its environment (Ray actors)."""
+    return {name: value for name, value in os.environ.items() if name in ("SWEEPER_FAULT", "SWEEPER_FAULT_WORKER")}
 
 
 def _fault() -> tuple[str, str, str] | None:
@@ -50,6 +56,8 @@ def before_render(specs: Sequence) -> None:
         return
     if fault[0] == "render" and any(_matches(spec, fault) for spec in specs):
         raise InjectedFault(f"injected fault for {fault[1]}={fault[2]}")
+    if fault[0] == "die" and any(_matches(spec, fault) for spec in specs):
+        os.kill(os.getpid(), signal.SIGKILL)
     if fault[0] == "oom" and len(specs) > int(fault[2]):
         import torch
 

@@ -94,6 +94,12 @@ def _switch_levels(spec: ImageSpec) -> tuple[tuple, tuple, tuple]:
     return model, refiner, scheduler
 
 
+def load_key(spec: ImageSpec) -> tuple:
+    """The models a spec needs loaded (base and refiner): switching them is the costly switch."""
+    model, refiner, _ = _switch_levels(spec)
+    return model, refiner
+
+
 def batch_key(spec: ImageSpec) -> tuple:
     """What must be equal for two images to share one pipeline call."""
     shared = tuple(getattr(spec, name) for name in _SHARED_FIELDS)
@@ -117,14 +123,12 @@ def make_batches(specs: Sequence[ImageSpec]) -> list[Batch]:
         groups.setdefault(batch_key(spec), []).append(spec)
     loads: dict[tuple, int] = {}
     for spec in specs:
-        model, refiner, _ = _switch_levels(spec)
-        loads.setdefault((model, refiner), len(loads))
+        loads.setdefault(load_key(spec), len(loads))
     blocks: dict[int, list[list[Batch]]] = {}
     for group in groups.values():
-        model, refiner, _ = _switch_levels(group[0])
         size = group[0].batch_size or auto_batch_size(group[0])
         ordered = _by_seed_turn(group)
-        blocks.setdefault(loads[(model, refiner)], []).append([Batch(tuple(ordered[i : i + size])) for i in range(0, len(ordered), size)])
+        blocks.setdefault(loads[load_key(group[0])], []).append([Batch(tuple(ordered[i : i + size])) for i in range(0, len(ordered), size)])
     batches = []
     for block in (blocks[number] for number in sorted(blocks)):
         for turn in range(max(len(chunks) for chunks in block)):

@@ -81,6 +81,24 @@ def plan_digest(sweep_dir: Path) -> str:
     return hashlib.sha256((Path(sweep_dir) / PLAN_FILE).read_bytes()).hexdigest()
 
 
+def render(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Submit the array of workers for `prepared.todo` and wait for it, unless `wait=false`.
+    Returns (image_id, error) for the images of workers that were lost."""
+    from sweeper import run
+
+    if not (Path(sweep_dir) / run.PLAN_FILE).exists():
+        run.write_plan(prepared, sweep_dir)
+    array = submit(prepared, sweep_dir, conf)
+    if not conf.get("wait", True):
+        print(
+            f"sweeper: submitted array {array.job_id} ({len(array.jobs)} workers); when it ends, "
+            f"`python -m sweeper.report {sweep_dir}` merges the manifest and writes the report",
+            file=sys.stderr, flush=True,
+        )
+        return []
+    return wait(array, prepared, sweep_dir)
+
+
 @dataclass
 class Array:
     """A submitted array, as the command that submitted it sees it."""

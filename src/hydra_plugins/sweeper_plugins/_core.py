@@ -1,9 +1,8 @@
-"""The work of the `accelerate` and `slurm` launchers (imported only when they launch)."""
+"""The work of the `accelerate`, `slurm` and `ray_actors` launchers (imported only when they launch)."""
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -22,8 +21,8 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     sweep_dir.mkdir(parents=True, exist_ok=True)
     if launcher.task_function is not render_job:
         return _run_each(launcher, job_overrides, initial_job_idx)
-    if hasattr(launcher, "prepare_options"):  # the SLURM launcher
-        return _render_array(launcher, job_overrides, initial_job_idx, sweep_dir)
+    if hasattr(launcher, "render_elsewhere"):  # SLURM arrays, Ray actors
+        return _render_elsewhere(launcher, job_overrides, initial_job_idx, sweep_dir)
     return _render_all(launcher, job_overrides, initial_job_idx, sweep_dir)
 
 
@@ -40,27 +39,14 @@ def _render_all(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) 
     return _returns(launcher, composer, jobs, prepared, sweep_dir, [image_id for image_id, _ in summary.failed])
 
 
-def _render_array(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) -> list[JobReturn]:
-    """All jobs planned here, rendered by an array of workers (sweeper/slurm.py)."""
-    from sweeper import run, slurm
+def _render_elsewhere(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) -> list[JobReturn]:
+    """All jobs planned here, rendered by workers the launcher starts (sweeper/slurm.py, sweeper/ray_actors.py)."""
     from sweeper.hydra_jobs import JobComposer
 
     composer = JobComposer(launcher.hydra_context.config_loader, launcher.config)
     jobs, prepared = _planned(launcher, composer, job_overrides, initial_job_idx, sweep_dir, **launcher.prepare_options())
-    if not prepared.todo:
-        return _returns(launcher, composer, jobs, prepared, sweep_dir, [])
-    if not (sweep_dir / run.PLAN_FILE).exists():
-        run.write_plan(prepared, sweep_dir)
-    array = slurm.submit(prepared, sweep_dir, launcher.settings)
-    if not launcher.settings.get("wait", True):
-        print(
-            f"sweeper: submitted array {array.job_id} ({len(array.jobs)} workers); when it ends, "
-            f"`python -m sweeper.report {sweep_dir}` merges the manifest and writes the report",
-            file=sys.stderr, flush=True,
-        )
-        return _returns(launcher, composer, jobs, prepared, sweep_dir, [])
-    lost = slurm.wait(array, prepared, sweep_dir)
-    return _returns(launcher, composer, jobs, prepared, sweep_dir, [image_id for image_id, _ in lost])
+    failed = launcher.render_elsewhere(prepared, sweep_dir) if prepared.todo else []
+    return _returns(launcher, composer, jobs, prepared, sweep_dir, [image_id for image_id, _ in failed])
 
 
 def _planned(launcher, composer, job_overrides, initial_job_idx: int, sweep_dir: Path, **prepare) -> tuple[list, object]:

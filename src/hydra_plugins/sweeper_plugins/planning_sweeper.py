@@ -154,7 +154,7 @@ class PlanningSweeper(BasicSweeper):
         jobs = JobComposer(self.hydra_context.config_loader, self.config).jobs(every_job)
         if isinstance(launcher, AccelerateLauncher):
             prepared = run.prepare(jobs, sweep_dir, launch.num_processes(launcher.num_processes), launcher.processes_per_gpu)
-        elif hasattr(launcher, "prepare_options"):  # the SLURM launcher: workers maybe elsewhere
+        elif hasattr(launcher, "prepare_options"):  # SLURM, Ray: workers maybe elsewhere
             prepared = run.prepare(jobs, sweep_dir, **launcher.prepare_options())
         else:
             prepared = run.prepare(jobs, sweep_dir)

@@ -43,6 +43,12 @@ class SlurmLauncher(Launcher):
             return {"auto_device": auto_device(), "devices_here": True}
         return {"auto_device": "cuda" if self.settings.get("gpus_per_worker") else "cpu", "devices_here": False}
 
+    def render_elsewhere(self, prepared: Any, sweep_dir: Any) -> list[tuple[str, str]]:
+        """Submit the array and wait for it (unless wait=false); (image_id, error) of the images lost."""
+        from sweeper import slurm
+
+        return slurm.render(prepared, sweep_dir, self.settings)
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from . import _core
 

@@ -1,0 +1,192 @@
+"""`hydra/launcher=ray_actors` on a local Ray with 2 CPU actors (one Ray start-up for the module):
+pixels as one process renders them, an actor killed mid-sweep, a batch that kills every
+actor it meets, and settings refused before Ray starts."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import contextlib
+import io
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import ray
+from conftest import composed_job, main_per_case, plan_config, render_in_process, run_cli
+from PIL import Image
+
+from sweeper import calls, manifest, ray_actors, replay, schedule, writers
+from sweeper.errors import PlanError
+from sweeper.plan import Job, plan
+
+ACTORS = ["hydra/launcher=ray_actors", "hydra.launcher.workers=2", "hydra.launcher.cpus_per_worker=1"]
+
+
+@pytest.fixture(scope="module")
+def local_ray(tiny_models):
+    """One local Ray for the module, 2 CPUs; the sweeps below join it (a Ray already running in the process)."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False, namespace="sweeper")
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def sweep(*args: str) -> tuple[int, str]:
+    """`python -m sweeper -m ARGS` in this process (its Ray is the module's): exit code and stderr."""
+    from sweeper.app import main
+
+    saved, err, code = sys.argv, io.StringIO(), 0
+    sys.argv = ["sweeper", "-m", *args]
+    try:
+        with contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exit:
+        code = exit.code
+    finally:
+        sys.argv = saved
+    return code, err.getvalue()
+
+
+def counting_writes(monkeypatch) -> collections.Counter:
+    """How often the driver writes each image (calls.write, on its writer threads)."""
+    written: collections.Counter = collections.Counter()
+    real = calls.write
+
+    def write(encoded, *args):
+        written.update(spec.image_id for spec in encoded.specs)
+        real(encoded, *args)
+
+    monkeypatch.setattr(calls, "write", write)
+    return written
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path)).astype(int)
+
+
+def test_two_actors_render_what_one_process_renders_quietly_and_a_rerun_renders_nothing(tmp_path, local_ray):
+    """The real `python -m sweeper`, joining the running Ray (address=auto) as on a cluster."""
+    out = tmp_path / "sweep"
+    args = ["model=tiny", "steps=2", "guidance=3,7", "seed=range(0,4)", *ACTORS, "hydra.launcher.address=auto", f"hydra.sweep.dir={out}"]
+    done = run_cli("-m", *args, cwd=tmp_path, env={"RAY_ADDRESS": local_ray})
+    assert done.returncode == 0, done.stderr
+    lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert all(line.startswith("sweeper:") for line in lines) and done.stdout == "", done.stderr  # no Ray log lines, no dashboard
+    df = pd.read_parquet(out / manifest.MANIFEST)
+    assert len(df) == 8 and df.image_id.is_unique and set(df.status) == {"ok"}
+    assert set(df["rank"]) == {0, 1} and set(df.world_size) == {2} and set(df.host) == {socket.gethostname()}
+    assert not list((out / writers.CLAIMS_DIR).iterdir())
+    assert {replay.read(out / path).threads for path in df.path} == {1}  # each actor's torch threads: its cpus_per_worker
+
+    import torch
+
+    alone, threads = tmp_path / "alone", torch.get_num_threads()
+    jobs = [composed_job(num, "model=tiny", "steps=2", f"guidance={g}", f"seed={s}") for num, (g, s) in enumerate((g, s) for g in (3, 7) for s in range(4))]
+    torch.set_num_threads(1)  # on the CPU, pixels depend on it
+    try:
+        render_in_process(alone, jobs)
+    finally:
+        torch.set_num_threads(threads)
+    for path in df.path:  # the actors' batches are the one process's batches: bit-identical
+        assert np.array_equal(pixels(out / path), pixels(alone / path)), path
+
+    kept = {path: (out / path).stat().st_mtime_ns for path in df.path}
+    code, stderr = sweep(*args)
+    assert code == 0 and "nothing to render" in stderr, stderr
+    assert {path: (out / path).stat().st_mtime_ns for path in df.path} == kept
+
+
+def test_an_actor_killed_mid_sweep_loses_nothing_and_renders_nothing_twice(tmp_path, local_ray, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    written = counting_writes(monkeypatch)
+    out = tmp_path / "sweep"
+    killed = []
+
+    def kill_actor_0_once_images_land() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list((out / "images").glob("*.png")):
+            time.sleep(0.02)
+        for found in ray.util.list_named_actors():
+            if found.startswith("sweeper-") and found.endswith("-0"):
+                ray.kill(ray.get_actor(found), no_restart=False)  # Ray restarts it
+                killed.append(found)
+
+    killer = threading.Thread(target=kill_actor_0_once_images_land)
+    killer.start()
+    code, stderr = sweep("model=tiny", "steps=3", "batch_size=1", "seed=range(0,16)", *ACTORS, f"hydra.sweep.dir={out}")
+    killer.join()
+    assert code == 0, stderr
+    assert len(killed) == 1 and "sweeper: Ray actor 0 died; its batch goes to the next free actor" in stderr, stderr
+    df = pd.read_parquet(out / manifest.MANIFEST)
+    assert sorted(df.seed) == list(range(16)) and set(df.status) == {"ok"}
+    assert written == collections.Counter(df.image_id) and set(written.values()) == {1}  # nothing written twice
+    assert not list((out / writers.CLAIMS_DIR).iterdir())
+
+
+def test_a_batch_that_kills_every_actor_it_meets_becomes_error_rows(tmp_path, local_ray, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SWEEPER_FAULT", "die:seed=3")  # the actor rendering seed 3 SIGKILLs itself
+    out = tmp_path / "sweep"
+    code, stderr = sweep("model=tiny", "steps=2", "batch_size=1", "seed=range(0,6)", *ACTORS, "hydra.launcher.max_retries=1", f"hydra.sweep.dir={out}")
+    assert code == 1, stderr
+    df = pd.read_parquet(out / manifest.MANIFEST).set_index("seed")
+    assert sorted(df.index) == list(range(6)) and set(df.drop(index=3).status) == {"ok"}
+    assert df.loc[3, "status"] == "error" and df.loc[3, "error"].startswith("not rendered: its Ray actor died 2 times rendering this batch")
+    assert not (out / df.loc[3, "path"]).exists()
+    assert "sweeper: error: 1 image(s) failed (first: not rendered: its Ray actor died 2 times" in stderr
+    assert not list((out / writers.CLAIMS_DIR).iterdir())
+
+
+def test_bad_settings_are_refused_in_one_line_before_ray_starts(tmp_path):
+    base = ["-m", "model=tiny", "seed=range(0,8)", "hydra/launcher=ray_actors", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    cases = {
+        "hydra.launcher.address=localhost": "invalid hydra.launcher.address='localhost': allowed: null (a local Ray), auto (the running cluster) or ray://host:port",
+        "hydra.launcher.workers=0": "invalid hydra.launcher.workers=0: allowed: auto or an integer >= 1",
+        "hydra.launcher.gpus_per_worker=-1": "invalid hydra.launcher.gpus_per_worker=-1: must be null or a number >= 0",
+        "hydra.launcher.max_retries=-1": "invalid hydra.launcher.max_retries=-1: must be an integer >= 0",
+        f"hydra.launcher.workers={2 * os.cpu_count()}": (  # a local Ray could never place them
+            f"{2 * os.cpu_count()} Ray actors x 1 CPU need {2 * os.cpu_count()} CPUs; this machine has {os.cpu_count()}: "
+            "lower hydra.launcher.workers or hydra.launcher.cpus_per_worker"
+        ),
+    }
+    results = main_per_case([[*base, case, "hydra.launcher.cpus_per_worker=1", "batch_size=1"] for case in cases], tmp_path)
+    for (case, line), (code, stderr) in zip(cases.items(), results["results"]):
+        assert code == 2 and stderr.strip().splitlines()[-1] == f"sweeper: error: {line}", (case, stderr)
+    assert not results["torch"] and "ray" not in results["heavy"]
+
+
+def test_auto_workers_are_one_per_gpu_or_one_per_machine_of_cpus():
+    conf = {"workers": "auto", "gpus_per_worker": None, "cpus_per_worker": None}
+    gpus = ray_actors.Resources(cpus=64, gpus=8, machine_cpus=32)
+    assert ray_actors.pool(conf, "cuda", 100, gpus, must_fit=False) == ray_actors.Pool(workers=8, gpus=1, cpus=1)
+    assert ray_actors.pool({**conf, "gpus_per_worker": 2}, "cuda", 100, gpus, must_fit=False).workers == 4
+    assert ray_actors.pool(conf, "cuda", 3, gpus, must_fit=False).workers == 3  # never more actors than batches
+    cpus = ray_actors.Resources(cpus=64, gpus=0, machine_cpus=32)
+    assert ray_actors.pool(conf, "cpu", 100, cpus, must_fit=False) == ray_actors.Pool(workers=2, gpus=0, cpus=32)
+    with pytest.raises(PlanError, match="device=cuda needs GPUs: hydra.launcher.gpus_per_worker=0"):
+        ray_actors.pool({**conf, "gpus_per_worker": 0}, "cuda", 100, gpus, must_fit=False)
+    with pytest.raises(PlanError, match="device=cuda, but Ray finds no GPU here"):
+        ray_actors.pool(conf, "cuda", 100, cpus, must_fit=True)
+
+
+def test_actors_take_the_costliest_batch_of_the_models_they_have_loaded_first():
+    from sweeper.ray_dispatch import Queue
+
+    (spec,) = plan([Job(0, plan_config())])
+
+    def batch(model: str, steps: int, seed: int) -> schedule.Batch:
+        return schedule.Batch((dataclasses.replace(spec, model_id=model, steps=steps, seed=seed),))
+
+    a_cheap, a_dear, b_cheap, b_dear = batch("a", 2, 0), batch("a", 8, 1), batch("b", 2, 2), batch("b", 30, 3)
+    queue = Queue([a_cheap, a_dear, b_cheap, b_dear])
+    a, b = (schedule.load_key(x.specs[0]) for x in (a_cheap, b_cheap))
+    assert queue.take(None) is b_dear  # nothing loaded yet: the costliest of all
+    assert queue.take(a) is a_dear and queue.take(a) is a_cheap  # model a stays loaded while it has work
+    queue.put_back(b_dear)  # its actor died: first again
+    assert queue.take(a) is b_dear and queue.take(b) is b_cheap and not queue

@@ -46,6 +46,16 @@ def hydra_version_base():
     VersionBase.instance().version_base = saved
 
 
+@pytest.fixture
+def fresh_runtime(monkeypatch):
+    """A runtime of its own as this process's for the test: no pipelines, no caches."""
+    from sweeper import runtime
+
+    fresh = runtime.Runtime()
+    monkeypatch.setattr(runtime, "_this_process", fresh)
+    return fresh
+
+
 @pytest.fixture(scope="session")
 def tiny_models(sweeper_env) -> dict[str, Path]:
     """Build the three tiny models once per session (subprocesses find them in the cache)."""
@@ -80,12 +90,13 @@ for args in json.loads(sys.argv[1]):
         except SystemExit as exit:
             code = exit.code
     results.append([code, err.getvalue()])
-print(json.dumps({"results": results, "torch": "torch" in sys.modules, "outputs": os.path.exists("outputs")}))
+heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
+print(json.dumps({"results": results, "torch": "torch" in sys.modules, "heavy": heavy, "outputs": os.path.exists("outputs")}))
 """
 
 
 def main_per_case(cases: list[list[str]], cwd: Path, env: dict | None = None) -> dict:
-    """Each case's exit code and stderr, and whether torch was imported or outputs/ made."""
+    """Each case's exit code and stderr, and whether torch (and which heavy modules) were imported or outputs/ made."""
     out = subprocess.run(
         [sys.executable, "-c", MAIN_PER_CASE, json.dumps(cases)], cwd=cwd, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
     )

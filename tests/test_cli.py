@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import CONTRACT_COLUMNS, only_dir, run_cli
+from conftest import CONTRACT_COLUMNS, main_per_case, only_dir, run_cli
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -124,9 +124,7 @@ def test_refiner_ensemble_and_img2img(tmp_path, tiny_models):
     assert "Refiner: tiny-sdxl-refiner" in params and "Refiner switch at:" in params
 
 
-@pytest.mark.parametrize(
-    "args, named",
-    [
+BAD_INPUT = [
         (["steps=0"], "steps=0"),
         (["width=100"], "width=100"),
         (["height=-8"], "height=-8"),
@@ -149,18 +147,20 @@ def test_refiner_ensemble_and_img2img(tmp_path, tiny_models):
         (["device=tpu"], "device='tpu'"),
         (["model=tiny-sd", "refiner=tiny"], "refiner"),
         (["hydra.sweep.dir=/etc/hostname/sweep", "hydra.run.dir=/etc/hostname/run"], "/etc/hostname is not a directory"),
-    ],
-)
-def test_bad_input_is_refused_in_one_line_before_anything_loads(tmp_path, args, named):
-    for mode in (["-m"], []):
-        if "," in " ".join(args) and not mode:
-            continue
-        result = run_cli(*mode, "model=tiny", *args, cwd=tmp_path, timeout=60)
-        assert result.returncode == 2, result.stderr
-        lines = result.stderr.strip().splitlines()
-        assert len(lines) == 1, result.stderr
-        assert lines[0].startswith("sweeper: error: ") and named in lines[0]
-        assert not (tmp_path / "outputs").exists(), "a refused sweep must leave no files"
+]
+
+
+def test_bad_input_is_refused_in_one_line_before_anything_loads(tmp_path):
+    runs = [[*mode, "model=tiny", *args] for args, _ in BAD_INPUT for mode in (["-m"], []) if mode or "," not in " ".join(args)]
+    named = [named for args, named in BAD_INPUT for mode in (["-m"], []) if mode or "," not in " ".join(args)]
+    report = main_per_case(runs, tmp_path)  # one interpreter for all of them
+    for args, name, (code, stderr) in zip(runs, named, report["results"]):
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1, (args, stderr)
+        assert lines[0].startswith("sweeper: error: ") and name in lines[0], (args, lines[0])
+    assert not report["torch"] and not report["outputs"], "refused before torch loads, leaving no files"
+    result = run_cli("-m", "model=tiny", "steps=0", cwd=tmp_path, timeout=60)  # and through `python -m sweeper` itself
+    assert result.returncode == 2 and result.stderr.strip() == "sweeper: error: invalid steps=0: must be an integer >= 1", result.stderr
 
 
 def test_offline_hub_model_says_offline_and_names_the_tiny_model(tmp_path):

@@ -13,7 +13,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from sweeper.app import config_dir
-from sweeper.plan import Job, PlanError, plan
+from sweeper.errors import PlanError
+from sweeper.plan import Job, plan
 
 CONF = Path(config_dir())
 

@@ -19,6 +19,7 @@ from conftest import only_dir, plan_config, run_cli
 
 from sweeper import manifest, pipelines, run
 from sweeper.plan import Job
+from sweeper.runtime import this_process
 
 DEVICE = os.environ.get("SWEEPER_TEST_DEVICE", "cuda")
 ON_GPU = DEVICE == "cuda"
@@ -30,11 +31,8 @@ gpu_only = pytest.mark.skipif(not ON_GPU, reason="Requires: a CUDA GPU (offload,
 
 
 @pytest.fixture
-def fresh(tiny_models, monkeypatch):
-    monkeypatch.setattr(pipelines, "_PIPELINES", {})
-    pipelines.EMBEDDINGS.clear()
+def fresh(tiny_models, fresh_runtime):
     yield
-    pipelines.EMBEDDINGS.clear()
     if ON_GPU:
         torch.cuda.empty_cache()
 
@@ -61,7 +59,7 @@ def test_tiny_renders_in_half_precision_match_float32(tmp_path, fresh, dtype):
     assert set(half.status) == {"ok"} and set(half.dtype) == {dtype}
     assert set(half.device) == ({"cuda:0"} if ON_GPU else {"cpu"})
     (spec,) = run.prepare([Job(0, plan_config(device=DEVICE, dtype=dtype, width=64, height=64))], tmp_path / "x").todo
-    base = pipelines.base_pipeline(spec, half.device.iloc[0])
+    base = pipelines.base_pipeline(this_process(), spec, half.device.iloc[0])
     assert {p.dtype for p in base.unet.parameters()} == {pipelines.TORCH_DTYPES[dtype]}
     assert base.vae.dtype == pipelines.TORCH_DTYPES[dtype], "the VAE stayed upcast after the decode"
     # The same pictures: random weights amplify rounding, so compare means, not pixels.
@@ -83,7 +81,7 @@ def test_a_real_out_of_memory_error_halves_the_batch_and_every_image_lands(tmp_p
     assert "out of memory with 16 images per call" in capsys.readouterr().err
     assert len(df) == 16 and set(df.status) == {"ok"} and df.batch_size.max() < 16
     (spec,) = run.prepare([Job(0, plan_config(device="cuda", dtype="float16", width=512, height=512))], tmp_path / "x").todo
-    assert pipelines.base_pipeline(spec, "cuda:0").vae.dtype == torch.float16  # not left upcast by the failed decode
+    assert pipelines.base_pipeline(this_process(), spec, "cuda:0").vae.dtype == torch.float16  # not left upcast by the failed decode
 
 
 @gpu_only

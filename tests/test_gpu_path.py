@@ -20,19 +20,17 @@ from PIL import Image
 
 from sweeper import devices, launch, manifest, pipelines, run
 from sweeper.errors import DeviceFailed
-from sweeper.plan import Job, PlanError, plan
+from sweeper.errors import PlanError
+from sweeper.plan import Job, plan
+from sweeper.runtime import this_process
 
 SMALL = dict(width=32, height=32, steps=2, device="cpu")
 
 
 @pytest.fixture
-def fresh(tiny_models, monkeypatch):
+def fresh(tiny_models, fresh_runtime):
     """Empty pipeline caches for this test (it changes modules and dtypes)."""
-    monkeypatch.setattr(pipelines, "_PIPELINES", {})
-    monkeypatch.setattr(pipelines, "_LOADS", [])
-    pipelines.EMBEDDINGS.clear()
-    yield
-    pipelines.EMBEDDINGS.clear()
+    return fresh_runtime
 
 
 def jobs(*configs: dict) -> list[Job]:
@@ -79,7 +77,7 @@ def test_out_of_memory_anywhere_in_the_call_recovers_by_halving(tmp_path, fresh,
     specs_jobs = jobs(dict(dtype=dtype, seed=[0, 1, 2, 3, 4, 5, 6, 7], batch_size=4, prompt=["a fox", "a cat"][:1], **refiner))
     prepared = run.prepare(specs_jobs, tmp_path)
     first = prepared.todo[0]
-    base = pipelines.base_pipeline(first, "cpu")
+    base = pipelines.base_pipeline(this_process(), first, "cpu")
     if where == "cublas":
         error = lambda: RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")  # noqa: E731
     else:
@@ -92,7 +90,7 @@ def test_out_of_memory_anywhere_in_the_call_recovers_by_halving(tmp_path, fresh,
         handle = base.text_encoder.register_forward_pre_hook(hook)
     elif where == "refiner":
         hook, state = _raise_once(error)
-        handle = pipelines.refiner_pipeline(first, base, "cpu").unet.register_forward_pre_hook(hook)
+        handle = pipelines.refiner_pipeline(this_process(), first, base, "cpu").unet.register_forward_pre_hook(hook)
     else:
         hook, state = _raise_once(error)
         handle = base.unet.register_forward_pre_hook(hook)
@@ -116,7 +114,7 @@ def test_out_of_memory_anywhere_in_the_call_recovers_by_halving(tmp_path, fresh,
 
 def test_a_poisoned_cuda_context_stops_the_process_with_its_images_as_error_rows(tmp_path, fresh):
     prepared = run.prepare(jobs(dict(seed=[0, 1, 2, 3, 4, 5], batch_size=2)), tmp_path)
-    base = pipelines.base_pipeline(prepared.todo[0], "cpu")
+    base = pipelines.base_pipeline(this_process(), prepared.todo[0], "cpu")
     calls = []
 
     def poisoned(module, args):
@@ -224,16 +222,16 @@ def test_switching_models_frees_the_previous_one_and_each_loads_once(tmp_path, f
     # Jobs alternate between two models; the schedule groups them, so each loads once.
     configs = [dict(model=model, seed=seed) for seed in range(3) for model in ("tiny", "tiny-sd")]
     prepared = run.prepare(jobs(*configs), tmp_path)
-    first = pipelines.base_pipeline(prepared.todo[0], "cpu")
+    first = pipelines.base_pipeline(this_process(), prepared.todo[0], "cpu")
     gone = weakref.ref(first)
     unet = weakref.ref(first.unet)
     del first
     summary = run.execute(prepared, tmp_path)
     assert summary.rendered == 6
-    assert [key[0] for key in pipelines.loaded_models()] == ["tiny-sdxl", "tiny-sd"]
+    assert [key[0] for key in this_process().loads] == ["tiny-sdxl", "tiny-sd"]
     gc.collect()
     assert gone() is None and unet() is None, "the first model is still held after the switch"
-    assert len([key for key in pipelines._PIPELINES if key[0] == "base"]) == 1
+    assert len([key for key in this_process().residents if key[0] == "base"]) == 1
 
 
 # --- offload and the options that change modules -----------------------------------------------
@@ -259,7 +257,7 @@ def test_offload_hooks_go_on_after_the_modules_are_final_and_move_with_the_pipel
     assert calls == ["set_progress_bar_config", "fuse_qkv_projections", "to", "to"]  # fused, channels_last; offload hooks come after
     calls.clear()
     for pipe in (base, base, img2img, base):
-        pipelines.activate(pipe, spec, "cuda:0")
+        pipelines.activate(this_process(), pipe, spec, "cuda:0")
     assert calls == ["enable_model_cpu_offload"] * 3  # once per switch between pipelines sharing modules
 
 
@@ -273,7 +271,7 @@ def test_compile_with_offload_is_refused_in_one_line(monkeypatch):
 
 
 def test_the_manifest_records_the_steps_each_model_really_ran(tmp_path, fresh):
-    from sweeper.plan import split_steps
+    from sweeper.validate import split_steps
 
     render_in_process(tmp_path, jobs(
         dict(refiner="tiny", steps=4, seed=0),

@@ -9,22 +9,20 @@ with the init image as the tiny VAE reproduces it (`vae_round_trip`) and state r
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import composed_job, only_dir, plan_config, render_in_process, run_cli
+from conftest import composed_job, main_per_case, only_dir, plan_config, render_in_process, run_cli
 from PIL import Image
 
-from sweeper import manifest, pipelines, run
-from sweeper.plan import Job, PlanError, plan
+from sweeper import calls, manifest, pipelines, run
+from sweeper.errors import PlanError
+from sweeper.plan import Job, plan
 from sweeper.render import _image, render_batch
+from sweeper.runtime import this_process
 from sweeper.schedule import Batch
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -122,9 +120,8 @@ def images(tmp_path) -> dict[str, Path]:
 
 
 @pytest.fixture
-def fresh_cache(tiny_models, monkeypatch):
+def fresh_cache(tiny_models, fresh_runtime):
     """An empty pipeline cache for this test: what it changes in a pipeline stays here."""
-    monkeypatch.setattr(pipelines, "_PIPELINES", {})
 
 
 # --- img2img and inpaint through the CLI --------------------------------------------------------
@@ -221,24 +218,6 @@ def test_sd15_img2img_and_inpaint_with_and_without_the_safety_checker(tmp_path, 
         check_inpaint_keeps_the_unmasked_region(sweep, row, tiny_models["tiny-sd"])
 
 
-REFUSALS = """
-import contextlib, io, json, os, sys
-from sweeper.app import main
-results = []
-for args in json.loads(sys.argv[1]):
-    sys.argv = ["sweeper", *args]
-    err, code = io.StringIO(), 0
-    with contextlib.redirect_stderr(err):
-        try:
-            main()
-        except SystemExit as exit:
-            code = exit.code
-    results.append([code, err.getvalue()])
-heavy = sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules)
-print(json.dumps({"results": results, "heavy": heavy, "outputs": os.path.exists("outputs")}))
-"""
-
-
 @pytest.mark.slow
 def test_bad_mode_image_and_option_values_are_refused_in_one_line_before_anything_loads(tmp_path, images):
     """`sweeper.app.main` (what `python -m sweeper` runs) once per case, all in one subprocess."""
@@ -271,12 +250,7 @@ def test_bad_mode_image_and_option_values_are_refused_in_one_line_before_anythin
     (tmp_path / "x.safetensors").write_bytes(b"")
     runs = [(["-m", "model=tiny", *args], named) for args, named in cases]
     runs += [(["model=tiny", *args], named) for args, named in cases if not any("," in a for a in args)]  # single runs too
-    out = subprocess.run(
-        [sys.executable, "-c", REFUSALS, json.dumps([args for args, _ in runs])],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ},
-    )
-    assert out.returncode == 0, out.stderr
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = main_per_case([args for args, _ in runs], tmp_path)
     for (args, named), (code, stderr) in zip(runs, report["results"]):
         lines = stderr.strip().splitlines()
         assert code == 2 and len(lines) == 1, (args, code, stderr)
@@ -312,14 +286,14 @@ def test_speed_and_memory_options_run_are_recorded_and_keep_the_images(tmp_path,
 def test_speed_options_are_applied_to_the_pipeline(fresh_cache):
     options = dict(channels_last=True, fuse_qkv=True, vae_slicing=True, vae_tiling=True, compile="max-autotune")
     (spec,) = plan([Job(0, plan_config(**options))])
-    pipe = pipelines.base_pipeline(spec, "cpu")
+    pipe = pipelines.base_pipeline(this_process(), spec, "cpu")
     assert pipe.unet._compiled_call_impl is not None  # nn.Module.compile: compiles at the first call
     assert {type(p).__name__ for p in pipe.unet.attn_processors.values()} == {"FusedAttnProcessor2_0"}
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert pipe.vae.decoder.conv_in.weight.is_contiguous(memory_format=torch.channels_last)
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
     (plain,) = plan([Job(0, plan_config())])
-    default = pipelines.base_pipeline(plain, "cpu")
+    default = pipelines.base_pipeline(this_process(), plain, "cpu")
     assert default is not pipe and not default.vae.use_tiling and default.unet._compiled_call_impl is None
     assert {type(p).__name__ for p in default.unet.attn_processors.values()} == {"AttnProcessor2_0"}
 
@@ -328,11 +302,11 @@ def test_eager_attention_runs_eager_and_renders_the_same_images(fresh_cache):
     specs = plan([Job(0, plan_config(seed=[0, 1]))])
     eager_specs = plan([Job(0, plan_config(seed=[0, 1], attention="eager"))])
     assert [s.image_id for s in specs] == [s.image_id for s in eager_specs]
-    eager = pipelines.base_pipeline(eager_specs[0], "cpu")
+    eager = pipelines.base_pipeline(this_process(), eager_specs[0], "cpu")
     assert {type(p).__name__ for p in eager.unet.attn_processors.values()} == {"AttnProcessor"}
     assert {type(p).__name__ for p in eager.vae.attn_processors.values()} == {"AttnProcessor"}
-    a = np.round(render_batch(Batch(tuple(specs)), "cpu").images * 255)
-    b = np.round(render_batch(Batch(tuple(eager_specs)), "cpu").images * 255)
+    a = np.round(render_batch(Batch(tuple(specs)), "cpu", this_process()).images * 255)
+    b = np.round(render_batch(Batch(tuple(eager_specs)), "cpu", this_process()).images * 255)
     assert np.abs(a - b).max() <= 2
     # Fused projections come only with diffusers' SDPA processor: eager would be dropped silently.
     with pytest.raises(PlanError, match=r"^invalid fuse_qkv=true: .*attention=eager"):
@@ -348,7 +322,7 @@ def test_flagged_images_come_out_black_with_nsfw_and_a_warning(tmp_path, fresh_c
     jobs = [Job(0, config), Job(1, img2img)]
     specs = plan(jobs)
     assert all(s.safety_checker for s in specs)
-    checker = pipelines.base_pipeline(specs[0], "cpu").safety_checker
+    checker = pipelines.base_pipeline(this_process(), specs[0], "cpu").safety_checker
     assert checker is not None
     checker.concept_embeds_weights.data[:] = -2  # every image is over every threshold
     summary = run.execute(run.prepare(jobs, tmp_path), tmp_path)
@@ -357,7 +331,7 @@ def test_flagged_images_come_out_black_with_nsfw_and_a_warning(tmp_path, fresh_c
     df = manifest_of(tmp_path)
     assert len(df) == 3 and set(df.status) == {"ok"}
     assert df.nsfw.tolist() == [True] * 3 and df.safety_checker.all()
-    assert all(run.SAFETY_WARNING in w for w in df.warning), df.warning.tolist()
+    assert all(calls.SAFETY_WARNING in w for w in df.warning), df.warning.tolist()
     for _, row in df.iterrows():
         assert pixels(tmp_path, row).max() == 0, "flagged images are black"
 

@@ -10,6 +10,7 @@ import pytest
 from sweeper import pipelines, run
 from sweeper.plan import Job, plan
 from sweeper.render import render_batch
+from sweeper.runtime import this_process
 from sweeper.schedule import Batch
 
 SCHEDULERS = {
@@ -32,9 +33,8 @@ def job(num: int, scheduler: str = "euler", refiner: str | None = None, **values
 
 
 @pytest.fixture
-def fresh_cache(tiny_models, monkeypatch):
+def fresh_cache(tiny_models, fresh_runtime, monkeypatch):
     """An empty pipeline cache, and a count of every from_pretrained call."""
-    monkeypatch.setattr(pipelines, "_PIPELINES", {})
     calls = []
     for cls in (diffusers.StableDiffusionXLPipeline, diffusers.StableDiffusionXLImg2ImgPipeline):
         original = cls.from_pretrained.__func__
@@ -48,33 +48,33 @@ def test_a_multirun_loads_each_model_once_and_swaps_schedulers(tmp_path, fresh_c
     summary = run.execute(prepared, tmp_path)
     assert summary.rendered == 6 and not summary.failed
     assert fresh_cache == ["StableDiffusionXLPipeline"]
-    (pipe,) = pipelines._PIPELINES.values()
+    (pipe,) = this_process().pipes()
     assert type(pipe.scheduler).__name__ == "DPMSolverSDEScheduler"  # the last scheduler of the sweep
 
 
 def test_a_scheduler_swap_starts_from_the_models_own_config(fresh_cache):
     karras, euler = plan([job(0, "dpmpp_2m_karras"), job(1, "euler")])
-    pipe = pipelines.base_pipeline(karras, "cpu")
-    pipelines.set_scheduler(pipe, karras, [0])
+    pipe = pipelines.base_pipeline(this_process(), karras, "cpu")
+    pipelines.set_scheduler(this_process(), pipe, karras, [0])
     assert pipe.scheduler.config.use_karras_sigmas is True
-    pipelines.set_scheduler(pipe, euler, [0])
+    pipelines.set_scheduler(this_process(), pipe, euler, [0])
     assert type(pipe.scheduler) is diffusers.EulerDiscreteScheduler
     assert pipe.scheduler.config.use_karras_sigmas is False, "kwargs of one scheduler leaked into the next"
 
 
 def test_the_refiner_reuses_the_bases_text_encoder_2_and_vae(fresh_cache):
     (spec,) = plan([job(0, refiner="tiny")])
-    base = pipelines.base_pipeline(spec, "cpu")
-    refiner = pipelines.refiner_pipeline(spec, base, "cpu")
+    base = pipelines.base_pipeline(this_process(), spec, "cpu")
+    refiner = pipelines.refiner_pipeline(this_process(), spec, base, "cpu")
     assert refiner.text_encoder_2 is base.text_encoder_2 and refiner.vae is base.vae
-    assert pipelines.refiner_pipeline(spec, base, "cpu") is refiner
+    assert pipelines.refiner_pipeline(this_process(), spec, base, "cpu") is refiner
     assert fresh_cache == ["StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline"]
 
 
 def test_sde_noise_is_per_image_so_batching_keeps_each_image(fresh_cache):
     specs = plan([job(0, "dpmpp_sde_karras", seed=[5, 6])])
-    together = render_batch(Batch(tuple(specs)), "cpu").images
-    alone = np.stack([render_batch(Batch((spec,)), "cpu").images[0] for spec in specs])
+    together = render_batch(Batch(tuple(specs)), "cpu", this_process()).images
+    alone = np.stack([render_batch(Batch((spec,)), "cpu", this_process()).images[0] for spec in specs])
     levels = np.abs(np.round(together * 255) - np.round(alone * 255))
     assert levels.max() <= 2
     assert np.abs(np.round(alone[0] * 255) - np.round(alone[1] * 255)).max() > 10  # and the seeds still differ
@@ -83,10 +83,10 @@ def test_sde_noise_is_per_image_so_batching_keeps_each_image(fresh_cache):
 def test_the_invisible_watermark_is_on_only_when_asked(tmp_path, tiny_models):
     # The watermark encoder needs 256 x 256 at least (diffusers skips narrower images).
     size = dict(width=256, height=256, steps=1)
-    plain = render_batch(Batch(tuple(plan([job(0, **size)]))), "cpu").images
+    plain = render_batch(Batch(tuple(plan([job(0, **size)]))), "cpu", this_process()).images
     (marked_spec,) = plan([job(0, watermark=True, **size)])
-    marked = render_batch(Batch((marked_spec,)), "cpu").images
-    assert pipelines.base_pipeline(marked_spec, "cpu").watermark is not None
+    marked = render_batch(Batch((marked_spec,)), "cpu", this_process()).images
+    assert pipelines.base_pipeline(this_process(), marked_spec, "cpu").watermark is not None
     levels = np.abs(np.round(plain * 255) - np.round(marked * 255))
     assert 0 < levels.mean() < 10  # marked, and still the same picture
     assert marked_spec.watermark and marked_spec.image_id != plan([job(0, **size)])[0].image_id

@@ -16,7 +16,10 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from sweeper.app import config_dir
-from sweeper.plan import EXECUTION_FIELDS, LABEL_FIELDS, PER_IMAGE_FIELDS, SEED_LIMIT, ImageSpec, Job, PlanError, plan, plan_job
+from sweeper.errors import PlanError
+from sweeper.plan import Job, plan, plan_job
+from sweeper.spec import EXECUTION_FIELDS, LABEL_FIELDS, PER_IMAGE_FIELDS, ImageSpec
+from sweeper.validate import SEED_LIMIT
 from sweeper.tiny import RECIPE_VERSION
 
 PIXEL_FIELDS = {
@@ -26,8 +29,10 @@ PIXEL_FIELDS = {
     "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "dtype", "device",
     "strength", "init_image_sha", "mask_image_sha", "watermark", "safety_checker", "vae_tiling",
 }
+# Pixel fields that are part of the id only when set (no LoRA: the ids of earlier sweeps).
+OPTIONAL_PIXEL_FIELDS = {"lora_scale", "lora_sha"}
 NON_PIXEL_FIELDS = {
-    "model", "model_config", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template", "init_image", "mask_image",
+    "lora", "model", "model_config", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template", "init_image", "mask_image",
     "job_num", "overrides", *EXECUTION_FIELDS,
 }
 
@@ -214,7 +219,7 @@ def test_random_seeds_differ_across_many_nonces(base):
 def test_render_fields_hold_the_pixel_fields_and_no_label(base):
     keys = set(one(base).render_fields())
     assert keys == PIXEL_FIELDS
-    assert {f.name for f in dataclasses.fields(ImageSpec)} == PIXEL_FIELDS | NON_PIXEL_FIELDS
+    assert {f.name for f in dataclasses.fields(ImageSpec)} == PIXEL_FIELDS | OPTIONAL_PIXEL_FIELDS | NON_PIXEL_FIELDS
     assert not keys & NON_PIXEL_FIELDS
     assert set(LABEL_FIELDS) <= NON_PIXEL_FIELDS
 
@@ -308,7 +313,7 @@ def test_negative_size_conditioning_takes_effect_alone_and_is_passed_whole(base)
      (4, 0.75, "img2img", "leading", (4, 1)), (10, 0.5, "ensemble", "trailing", (5, 5)), (10, 0.5, "ensemble", "linspace", (5, 5))],
 )
 def test_split_steps_cut_as_diffusers_does(steps, split, mode, spacing, expected):
-    from sweeper.plan import split_steps
+    from sweeper.validate import split_steps
 
     assert split_steps(steps, split, mode, spacing) == expected
 

@@ -8,7 +8,8 @@ import pytest
 from conftest import only_dir, plan_config, run_cli
 from PIL import Image
 
-from sweeper.plan import Job, PlanError, plan
+from sweeper.errors import PlanError
+from sweeper.plan import Job, plan
 
 CSV = (
     "prompt,negative_prompt,seed,guidance,steps\n"

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from sweeper import prompts as prompts_module
-from sweeper.plan import PlanError
-from sweeper.prompts import CSV_PARAMS, PromptRow, prompt_rows
+from sweeper import prompt_files, templates
+from sweeper.errors import PlanError
+from sweeper.prompts import PromptRow, prompt_rows
 
 
 def texts(c, limit=100_000):
@@ -71,12 +71,10 @@ def test_bad_prompt_values_keep_plan_wording(value, message):
 def test_plain_prompts_take_the_fast_path_without_an_expander(monkeypatch):
     # Their speed is the benchmark's to measure (scripts/bench.py plans 100k images);
     # here: plain prompts never reach template expansion at all.
-    import sweeper.prompts as prompts
-
     def no_expander(*args):
         raise AssertionError("a plain prompt built a template expander")
 
-    monkeypatch.setattr(prompts, "_Expander", no_expander)
+    monkeypatch.setattr(templates, "Expander", no_expander)
     c = {"prompt": [f"prompt number {i}, a {i % 7} legged table" for i in range(1000)]}
     rows, _ = prompt_rows(c)
     assert [(r.prompt, r.template, r.params, r.source) for r in rows] == [(p, None, {}, i) for i, p in enumerate(c["prompt"])]
@@ -349,13 +347,13 @@ def test_csv_bad_number_names_row_column_and_value(tmp_path, column, cell, must)
 def test_csv_unknown_column_is_refused_naming_it_and_the_allowed_ones(tmp_path):
     path = write(tmp_path / "p.csv", "prompt,cfg\na,7\n")
     assert refusal({"prompt_file": str(path)}) == (
-        f"invalid prompt_file={str(path)!r}: unknown column 'cfg'; allowed columns: prompt, {', '.join(CSV_PARAMS)}"
+        f"invalid prompt_file={str(path)!r}: unknown column 'cfg'; allowed columns: prompt, {', '.join(prompt_files.CSV_PARAMS)}"
     )
 
 
 def test_csv_params_can_be_extended(tmp_path, monkeypatch):
-    monkeypatch.setattr(prompts_module, "CSV_PARAMS", (*CSV_PARAMS, "clip_skip"))
-    monkeypatch.setitem(prompts_module.CSV_TYPES, "clip_skip", int)
+    monkeypatch.setattr(prompt_files, "CSV_PARAMS", (*prompt_files.CSV_PARAMS, "clip_skip"))
+    monkeypatch.setitem(prompt_files.CSV_TYPES, "clip_skip", int)
     path = write(tmp_path / "p.csv", "prompt,clip_skip\na,2\n")
     assert prompt_rows({"prompt_file": str(path)})[0][0].params == {"clip_skip": 2}
 

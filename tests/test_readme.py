@@ -4,11 +4,12 @@ Each command from the README's code blocks is run as written through the real
 entry point (all in one interpreter), planned and checked with `dry_run=true`.
 There is no hub here: where an example names a hub model (the default SDXL,
 `refiner=sdxl`), `model=tiny` / `refiner=tiny` stand in. The files examples
-read (photos/, masks/, wildcards/) are made first.
+read (photos/, masks/, wildcards/, loras/) are made first.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from conftest import main_per_case
 from PIL import Image
+from safetensors.numpy import save_file
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -58,10 +60,18 @@ def test_the_readme_examples_plan_as_written(tmp_path, tiny_models):
     Image.fromarray((np.indices((64, 64)).sum(axis=0) % 256).astype("uint8")).convert("RGB").save(tmp_path / "photos" / "a.png")
     Image.new("L", (64, 64), 255).save(tmp_path / "masks" / "a.png")
     (tmp_path / "wildcards" / "colors.txt").write_text("red\nemerald green\n")
+    (tmp_path / "loras").mkdir()
+    for name in ("style", "detail"):  # planning hashes the files; no model loads in a dry run
+        save_file({"lora_unet_x.lora_down.weight": np.full((4, 8), len(name), dtype="float32")}, tmp_path / "loras" / f"{name}.safetensors")
     commands = readme_commands()
     assert len(commands) >= 12 and any("--help" in c for c in commands) and any("wildcards=" in c for c in commands)
     cases = [(command, as_tested(command)) for command in commands]
-    results = main_per_case([args for _, args in cases], tmp_path)["results"]
+    slurm_bin = tmp_path / "bin"  # a login node's commands, for hydra/launcher=slurm (a dry run calls neither)
+    slurm_bin.mkdir()
+    for name in ("sbatch", "srun"):
+        (slurm_bin / name).write_text("#!/bin/sh\nexit 1\n")
+        (slurm_bin / name).chmod(0o755)
+    results = main_per_case([args for _, args in cases], tmp_path, env={"PATH": f"{slurm_bin}:{os.environ['PATH']}"})["results"]
     for (command, args), (code, stderr) in zip(cases, results):
         assert code == 0, f"README: {command}\n{stderr}"
         if "--help" not in args:

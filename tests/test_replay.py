@@ -17,7 +17,7 @@ def replay_args(*argv: str):
     """replay's parsed command line for a PNG, as `checked` takes it."""
     import argparse
 
-    args = argparse.Namespace(init_image=None, mask_image=None, model=None, model_config=None, refiner=None, download=False)
+    args = argparse.Namespace(init_image=None, mask_image=None, model=None, model_config=None, refiner=None, lora=None, download=False)
     for flag, value in zip(argv[::2], argv[1::2]):
         setattr(args, flag.lstrip("-").replace("-", "_"), Path(value))
     return args

@@ -9,7 +9,8 @@ import pytest
 
 from conftest import REFINERS, SCHEDULERS, plan_config
 
-from sweeper.plan import ImageSpec, Job, plan
+from sweeper.plan import Job, plan
+from sweeper.spec import ImageSpec
 from sweeper.schedule import (
     DECODE_FORWARDS,
     SECONDS_PER_UNIT,

@@ -23,7 +23,9 @@ from PIL import Image
 
 from sweeper import files, manifest, replay, report, run, store
 from sweeper.errors import UnsafePath
-from sweeper.plan import ImageSpec, Job, PlanError, plan
+from sweeper.errors import PlanError
+from sweeper.plan import Job, plan
+from sweeper.spec import ImageSpec
 from sweeper.prompts import prompt_rows
 
 VERSIONS = {"sweeper": "0.1.0", "diffusers": "0.42.1", "torch": "2.13.0"}

@@ -17,7 +17,8 @@ from conftest import composed_job, main_per_case, plan_config, render_in_process
 from PIL import Image
 
 from sweeper import manifest, replay, run, schedule, slurm, writers
-from sweeper.plan import Job, PlanError, plan
+from sweeper.errors import PlanError
+from sweeper.plan import Job, plan
 
 pytest.importorskip("submitit")
 

@@ -20,7 +20,8 @@ from PIL import Image
 from conftest import CONTRACT_COLUMNS, plan_config
 
 from sweeper import manifest, store
-from sweeper.plan import ImageSpec, Job, plan
+from sweeper.plan import Job, plan
+from sweeper.spec import ImageSpec
 from sweeper.files import write_atomic
 from sweeper.store import BackgroundWriter, image_path, parameters_text, png_bytes
 

@@ -6,6 +6,7 @@ all rendering into one sweep dir; two runs of one command may do the same.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
@@ -109,3 +110,16 @@ def test_two_runs_of_one_command_at_once_render_every_image_once(tmp_path, tiny_
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr
     whole(sweep, 12)
+
+
+def test_claims_work_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
+    def no_links(*args):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    mine, theirs = specs(2)
+    claims = writers.Claims(tmp_path)
+    assert claims.take([mine, theirs]) == [mine, theirs]
+    assert writers.Claims(tmp_path).take([mine, theirs]) == []  # another writer: already claimed
+    assert (tmp_path / writers.CLAIMS_DIR / mine.image_id).read_text() == f"{socket.gethostname()} {os.getpid()}"
+    assert sorted(p.name for p in (tmp_path / writers.CLAIMS_DIR).iterdir()) == sorted([mine.image_id, theirs.image_id])  # no temp left

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.sweeper_plugins.planning_sweeper import sweep_axes, zipped_jobs
 from sweeper.app import config_dir
-from sweeper.plan import PlanError
+from sweeper.errors import PlanError
 
 
 def jobs(*overrides: str, zip: list[list[str]] | None = None) -> list[list[str]]:

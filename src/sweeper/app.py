@@ -20,8 +20,7 @@ from typing import Any, NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from sweeper.errors import DeviceFailed, Interrupted, RankLost, RanksDisagree, StorageError, SubmitFailed, UnsafePath
-from sweeper.plan import PlanError
+from sweeper.errors import DeviceFailed, Interrupted, PlanError, RankLost, RanksDisagree, StorageError, SubmitFailed, UnsafePath
 
 
 def config_dir() -> str:
@@ -37,19 +36,21 @@ def render_job(cfg: DictConfig) -> dict[str, Any]:
 
     from sweeper import distributed, launch, run
     from sweeper.hydra_jobs import job_from_config
+    from sweeper.runtime import this_process
 
     hydra_cfg = HydraConfig.get()
     single = hydra_cfg.mode == RunMode.RUN
     out_dir = Path(hydra_cfg.runtime.output_dir if single else hydra_cfg.sweep.dir)
     job = job_from_config(cfg, 0 if single else hydra_cfg.job.num, hydra_cfg.overrides.task)
-    prepared = run.prepare([job], out_dir)
+    runtime = this_process()  # a launcher running us job by job keeps the model loaded for the next job
+    prepared = run.prepare([job], out_dir, runtime=runtime)
     if not single:  # another launcher runs us job by job; the single run announced in the callback
         run.announce(prepared, out_dir)
         if prepared.dry_run:
             return {"rendered": 0, "failed": 0}
     elif distributed.rank() == 0:
         run.write_plan(prepared, out_dir)
-    summary = launch.render(prepared, out_dir, processes=1)  # several ranks only under accelerate launch
+    summary = launch.render(prepared, out_dir, processes=1, runtime=runtime)  # several ranks only under accelerate launch
     if single and distributed.rank() == 0:
         finish(out_dir)
     return {"rendered": summary.rendered, "failed": len(summary.failed)}
@@ -136,7 +137,7 @@ def _run(show_traceback: bool) -> None:
         if show_traceback:
             raise
         from sweeper.cli_errors import explain
-        from sweeper.plan import known_keys
+        from sweeper.validate import known_keys
 
         fail(explain(str(error), getattr(error, "override", None), known_keys()) or " ".join(line.strip() for line in str(error).splitlines() if line.strip()))
 

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from sweeper.plan import EXECUTION_FIELDS
+from sweeper.spec import EXECUTION_FIELDS
 
 # Overrides that change neither which images a sweep holds nor their pixels:
 # left out of the default name, so adding them still resumes the same dir.
@@ -75,17 +75,18 @@ def _agree_among_ranks(config: DictConfig, key: str) -> None:
 
     Each rank would stamp its own ${now:...} (hydra #2070) and draw its own seeds for -1.
     """
-    from sweeper import distributed, run
+    from sweeper import distributed
     from sweeper.app import fail
     from sweeper.errors import RankLost
+    from sweeper.runtime import this_process
 
     if distributed.launched():
+        runtime = this_process()  # the one the sweeper plugin and the jobs plan with next
         try:
-            out_dir, nonce = distributed.broadcast((str(config.hydra[key].dir), run.seed_nonce()))
+            out_dir, runtime.seed_nonce = distributed.broadcast((str(config.hydra[key].dir), runtime.seed_nonce))
         except RankLost as error:
             fail(str(error), code=1)  # not raised: Hydra turns a callback's exception into a warning
         _set_output_dir(config, key, out_dir)
-        run.set_seed_nonce(nonce)
 
 
 class SweeperCallback(Callback):
@@ -93,8 +94,7 @@ class SweeperCallback(Callback):
         from sweeper import distributed, run
         from sweeper.app import fail
         from sweeper.hydra_jobs import job_from_config
-        from sweeper.errors import RankLost, RanksDisagree, UnsafePath
-        from sweeper.plan import PlanError
+        from sweeper.errors import PlanError, RankLost, RanksDisagree, UnsafePath
 
         _name_output_dir(config, "run")
         _agree_among_ranks(config, "run")

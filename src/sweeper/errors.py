@@ -4,6 +4,32 @@ Kept apart from the modules that raise them, so the command line can catch
 them without importing what those modules need (numpy, pyarrow, PIL).
 """
 
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class PlanError(ValueError):
+    """A config value that cannot be rendered; the message is one line."""
+
+
+def invalid(key: str, value: Any, allowed: str) -> PlanError:
+    """The one line of a refused value: invalid {key}={value}: {allowed}."""
+    return PlanError(f"invalid {key}={show(value)}: {allowed}")
+
+
+def one_line(text: Any) -> str:
+    """A library's message on one line."""
+    return " ".join(str(text).split())
+
+
+def show(value: Any) -> str:
+    """A value as a user would write it: strings quoted, the rest as JSON."""
+    if isinstance(value, str):
+        return repr(value)
+    return json.dumps(value, ensure_ascii=False, default=str)
+
 
 class StorageError(RuntimeError):
     """Writing into the output dir failed (full, gone, read-only): the sweep stops."""

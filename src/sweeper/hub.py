@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sweeper.plan import SINGLE_FILE_SUFFIXES, PlanError
+from sweeper.errors import PlanError
+from sweeper.spec import SINGLE_FILE_SUFFIXES
 from sweeper.tiny import TINY_MODELS
 
 def offline_hint(key: str) -> str:

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sweeper import devices, distributed, manifest, run, schedule
-from sweeper.errors import DeviceFailed, Interrupted, RankLost
-from sweeper.plan import PlanError
+from sweeper.errors import DeviceFailed, Interrupted, PlanError, RankLost
+from sweeper.runtime import Runtime
 from sweeper.store import image_path
 from sweeper.writers import remove_stale_temps
 
@@ -38,13 +38,14 @@ def num_processes(value: Any) -> int:
     return value
 
 
-def render(prepared: run.Prepared, out_dir: Path, processes: int) -> run.Summary:
-    """Render what is to do (other writers may render into `out_dir` at the same time: writers.py)."""
+def render(prepared: run.Prepared, out_dir: Path, processes: int, runtime: Runtime | None = None) -> run.Summary:
+    """Render what is to do (other writers may render into `out_dir` at the same time: writers.py);
+    in this process with `runtime`'s pipelines, or in spawned workers with their own."""
     if distributed.launched():
-        return _render_as_rank(prepared, out_dir)
+        return _render_as_rank(prepared, out_dir, runtime)
     remove_stale_temps(out_dir)
     if processes == 1 or len(prepared.todo) <= 1:
-        return run.execute(prepared, out_dir, gpu=_gpu(0))
+        return run.execute(prepared, out_dir, gpu=_gpu(0), runtime=runtime)
     return _spawn(prepared, out_dir, processes)
 
 
@@ -53,7 +54,7 @@ def _gpu(local_rank: int) -> int:
     return local_rank % max(1, devices.usable_gpus())
 
 
-def _render_as_rank(prepared: run.Prepared, out_dir: Path) -> run.Summary:
+def _render_as_rank(prepared: run.Prepared, out_dir: Path, runtime: Runtime | None) -> run.Summary:
     rank, world_size = distributed.rank(), distributed.world_size()
     todo_ids = None
     if rank == 0:
@@ -63,7 +64,7 @@ def _render_as_rank(prepared: run.Prepared, out_dir: Path) -> run.Summary:
     failure: BaseException | None = None
     try:
         with distributed.heartbeat():
-            summary = run.execute(share, out_dir, rank, world_size, gpu=_gpu(distributed.local_rank()))
+            summary = run.execute(share, out_dir, rank, world_size, gpu=_gpu(distributed.local_rank()), runtime=runtime)
     except (DeviceFailed, OSError, RuntimeError) as error:  # say so to the others before stopping
         failure = error
     try:
@@ -148,7 +149,7 @@ def _worker(prepared: run.Prepared, out_dir: Path, rank: int, world_size: int, d
     if prepared.todo[0].device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # share the cores, don't fight
     try:
-        summary = run.execute(prepared, out_dir, rank, world_size, gpu=_gpu(rank), progress=_SharedCount(done), stop=stop)
+        summary = run.execute(prepared, out_dir, rank, world_size, gpu=_gpu(rank), progress=_SharedCount(done), stop=stop, runtime=Runtime())
     except Interrupted:
         return
     except DeviceFailed as error:  # its images are error rows already

@@ -28,90 +28,51 @@ import pyarrow.parquet as pq
 from sweeper import faults
 from sweeper.errors import UnsafePath
 from sweeper.files import check_not_link, ensure_dir, open_image, write_atomic
+from sweeper.spec import FIELDS, public_model_name
 from sweeper.writers import forget_stored, merging
 from sweeper.store import IMAGES_DIR
 
 MANIFEST = "manifest.parquet"
-IMAGE_ID_PATTERN = "^[0-9a-f]{20}$"  # plan.py's ids: 20 hex digits of a sha256
+IMAGE_ID_PATTERN = "^[0-9a-f]{20}$"  # spec.py's ids: 20 hex digits of a sha256
 PARTS_DIR = ".manifest-parts"
 
-_PAIR = pa.list_(pa.int64())
-SCHEMA = pa.schema(
-    [
-        ("image_id", pa.string()),
-        ("path", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("warning", pa.string()),
-        ("model", pa.string()),
-        ("refiner", pa.string()),
-        ("refiner_split", pa.float64()),
-        ("refiner_mode", pa.string()),
-        ("scheduler", pa.string()),
-        ("prompt", pa.string()),
-        ("negative_prompt", pa.string()),
-        ("prompt_2", pa.string()),
-        ("negative_prompt_2", pa.string()),
-        ("prompt_file", pa.string()),
-        ("seed", pa.int64()),
-        ("guidance", pa.float64()),
-        ("steps", pa.int64()),
-        ("width", pa.int64()),
-        ("height", pa.int64()),
-        ("original_size", _PAIR),
-        ("target_size", _PAIR),
-        ("crops_coords_top_left", _PAIR),
-        ("negative_original_size", _PAIR),
-        ("negative_target_size", _PAIR),
-        ("negative_crops_coords_top_left", _PAIR),
-        ("mode", pa.string()),
-        ("strength", pa.float64()),
-        ("init_image", pa.string()),
-        ("mask_image", pa.string()),
-        ("init_image_sha", pa.string()),
-        ("mask_image_sha", pa.string()),
-        ("prompt_template", pa.string()),
-        ("watermark", pa.bool_()),
-        ("safety_checker", pa.bool_()),
-        ("vae_tiling", pa.bool_()),
-        ("nsfw", pa.bool_()),
-        ("job_num", pa.int64()),
-        ("overrides", pa.string()),
-        ("model_id", pa.string()),
-        ("model_revision", pa.string()),
-        ("model_config", pa.string()),
-        ("refiner_id", pa.string()),
-        ("dtype", pa.string()),
-        ("device", pa.string()),
+_TYPES = {
+    "string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(), "pair": pa.list_(pa.int64()),
+    "strings": pa.list_(pa.string()), "floats": pa.list_(pa.float64()),
+}
+# How each image's rendering went; the spec's own columns come from its field table (spec.py).
+_RUN_HEAD = [("image_id", pa.string()), ("path", pa.string()), ("status", pa.string()), ("error", pa.string()), ("warning", pa.string())]
+# Run facts that sit beside a spec column, where manifests have always had them.
+_RUN_AFTER = {
+    "vae_tiling": [("nsfw", pa.bool_())],
+    "dtype": [
+        ("device", pa.string()),  # the one used (cuda:1), not the spec's device type
         ("rank", pa.int64()),
         ("world_size", pa.int64()),
-        ("batch_size", pa.int64()),
+        ("batch_size", pa.int64()),  # of the image's pipeline call
         ("batch_index", pa.int64()),
-        ("attention", pa.string()),
-        ("channels_last", pa.bool_()),
-        ("fuse_qkv", pa.bool_()),
-        ("compile", pa.string()),
-        ("vae_upcast", pa.bool_()),
-        ("offload", pa.string()),
-        ("vae_slicing", pa.bool_()),
-        ("base_steps", pa.int64()),
-        ("refiner_steps", pa.int64()),
-        ("seconds", pa.float64()),
-        ("load_seconds", pa.float64()),
-        ("warmup", pa.bool_()),
-        ("started_at", pa.timestamp("us", tz="UTC")),
-        ("finished_at", pa.timestamp("us", tz="UTC")),
-        ("host", pa.string()),
-        ("sweeper", pa.string()),
-        ("diffusers", pa.string()),
-        ("torch", pa.string()),
-    ]
-)
-RUN_COLUMNS = {
-    "image_id", "path", "status", "error", "warning", "nsfw", "device", "rank", "world_size", "batch_size", "batch_index", "base_steps", "refiner_steps",
-    "seconds", "load_seconds", "warmup", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
+    ],
 }
-SPEC_COLUMNS = [name for name in SCHEMA.names if name not in RUN_COLUMNS]
+_RUN_TAIL = [
+    ("base_steps", pa.int64()),
+    ("refiner_steps", pa.int64()),
+    ("seconds", pa.float64()),
+    ("load_seconds", pa.float64()),
+    ("warmup", pa.bool_()),
+    ("started_at", pa.timestamp("us", tz="UTC")),
+    ("finished_at", pa.timestamp("us", tz="UTC")),
+    ("host", pa.string()),
+    ("sweeper", pa.string()),
+    ("diffusers", pa.string()),
+    ("torch", pa.string()),
+]
+SPEC_COLUMNS = [f.name for f in FIELDS if f.column is not None]
+SCHEMA = pa.schema(
+    _RUN_HEAD
+    + [column for f in FIELDS if f.column is not None for column in [(f.name, _TYPES[f.column]), *_RUN_AFTER.get(f.name, [])]]
+    + _RUN_TAIL
+)
+RUN_COLUMNS = {name for name in SCHEMA.names if name not in SPEC_COLUMNS}
 
 
 def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> dict[str, Any]:
@@ -121,6 +82,8 @@ def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> di
         if isinstance(value, tuple):
             values[name] = list(value)
     values["compile"] = spec.compile or "false"  # as the config says it; null would read as unknown
+    if spec.lora:  # by name, as grids and PNGs show them (plan.parquet keeps where they are; lora_sha what they are)
+        values["lora"] = [public_model_name(value) for value in spec.lora]
     return {"image_id": spec.image_id, "path": path, "status": status, "error": error, **values, **run_facts}
 
 

@@ -1,6 +1,6 @@
-"""Pipelines: each model loaded once per process, then reused.
+"""Pipelines: each model loaded once per runtime (runtime.py), then reused.
 
-One cache per process keyed by (model id, revision, dtype, device, options).
+Resident pipelines are keyed by (model id, revision, dtype, device, options).
 img2img and inpaint pipelines are made from the loaded base with `from_pipe`
 (the same modules, no reload); the refiner reuses the base's `text_encoder_2`
 and `vae` objects. Schedulers are swapped with `from_config` on the
@@ -13,10 +13,8 @@ a `.safetensors`/`.ckpt` file loads with `from_single_file`.
 from __future__ import annotations
 
 import copy
-import gc
 import inspect
 import json
-from collections import OrderedDict
 from typing import Any
 
 import diffusers
@@ -25,7 +23,8 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from sweeper.plan import EXECUTION_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec
+from sweeper.runtime import Runtime, release_memory
+from sweeper.spec import EXECUTION_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec
 from sweeper.tiny import TINY_MODELS, tiny_model_dir
 
 diffusers_logging.disable_progress_bar()
@@ -34,17 +33,6 @@ transformers_logging.disable_progress_bar()
 transformers_logging.set_verbosity_error()
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-# Resident pipelines: one base model (its img2img/inpaint pipelines made with from_pipe,
-# and its refiner) per process. Keys: ("base", base key), ("mode", base key, mode),
-# ("refiner", base key, refiner key).
-_PIPELINES: dict[tuple, Any] = {}
-_ORIGINAL_SCHEDULER_CONFIG: dict[int, Any] = {}
-_SCHEDULERS: dict[tuple, Any] = {}  # (id of the pipeline, class, kwargs) -> a scheduler to copy (set_scheduler)
-# Prompt embeddings per (id of the pipeline, prompts, cfg): see render.prompt_embeddings.
-EMBEDDINGS: OrderedDict[tuple, tuple] = OrderedDict()
-_LOADS: list[tuple] = []  # every model this process loaded, in order (tests count them)
-_CALLED: set[int] = set()  # ids of the resident pipelines called at least once
-_HOOKED: list[Any] = [None]  # with CPU offload: the pipeline whose hooks are installed
 BASE_CLASSES = {"sdxl": diffusers.StableDiffusionXLPipeline, "sd15": diffusers.StableDiffusionPipeline}
 MODE_CLASSES = {
     ("sdxl", "img2img"): diffusers.StableDiffusionXLImg2ImgPipeline,
@@ -52,11 +40,6 @@ MODE_CLASSES = {
     ("sd15", "img2img"): diffusers.StableDiffusionImg2ImgPipeline,
     ("sd15", "inpaint"): diffusers.StableDiffusionInpaintPipeline,
 }
-
-
-def loaded_models() -> list[tuple]:
-    """The models this process has loaded, in order (for tests and logs)."""
-    return list(_LOADS)
 
 
 def source(model_id: str, revision: str | None) -> dict[str, Any]:
@@ -71,29 +54,31 @@ def _options(spec: ImageSpec) -> tuple:
     return (spec.watermark, spec.safety_checker, *(getattr(spec, name) for name in EXECUTION_FIELDS if name != "batch_size"))
 
 
-def _base_key(spec: ImageSpec, device: str) -> tuple:
+def base_key(spec: ImageSpec, device: str) -> tuple:
     return (spec.model_id, spec.model_revision, spec.dtype, device, _options(spec))
 
 
-def base_pipeline(spec: ImageSpec, device: str):
+def base_pipeline(runtime: Runtime, spec: ImageSpec, device: str) -> Any:
     """The model's pipeline for the spec's mode (txt2img, img2img, inpaint); loading a
-    model frees the one loaded before (one base resident per process)."""
-    key = _base_key(spec, device)
-    if ("base", key) not in _PIPELINES:
-        _evict(lambda resident: resident[1] != key)
-        _PIPELINES[("base", key)] = _ready(_load_base(spec), spec, device)
-        _LOADS.append(key)
-    base = _PIPELINES[("base", key)]
+    model frees the one loaded before (one base resident per runtime)."""
+    key = base_key(spec, device)
+    base = runtime.pipeline(("base", key))
+    if base is None:
+        runtime.evict(lambda resident: resident[1] != key)
+        pipe = _load_base(spec)
+        scheduler_config = pipe.scheduler.config
+        base = runtime.add(("base", key), _ready(pipe, spec, device), scheduler_config)
+        runtime.loads.append(key)
     if spec.mode == "txt2img":
         return base
-    if ("mode", key, spec.mode) not in _PIPELINES:
+    pipe = runtime.pipeline(("mode", key, spec.mode))
+    if pipe is None:
         extra = {"add_watermarker": spec.watermark} if spec.family == "sdxl" else {}
         # from_pipe converts the shared modules to its dtype, float32 unless told
         pipe = MODE_CLASSES[(spec.family, spec.mode)].from_pipe(base, dtype=TORCH_DTYPES[spec.dtype], **extra)
         pipe.set_progress_bar_config(disable=True)  # from_pipe does not carry it over
-        _ORIGINAL_SCHEDULER_CONFIG[id(pipe)] = _ORIGINAL_SCHEDULER_CONFIG[id(base)]
-        _PIPELINES[("mode", key, spec.mode)] = pipe
-    return _PIPELINES[("mode", key, spec.mode)]
+        runtime.add(("mode", key, spec.mode), pipe, runtime.resident(base).scheduler_config)
+    return pipe
 
 
 def _load_base(spec: ImageSpec):
@@ -120,11 +105,12 @@ def _check_loaded(pipe, path: str) -> None:
             raise RuntimeError(f"{path}: the checkpoint holds no weights for the pipeline's {name} (does model.config match it?)")
 
 
-def refiner_pipeline(spec: ImageSpec, base, device: str):
+def refiner_pipeline(runtime: Runtime, spec: ImageSpec, base: Any, device: str) -> Any:
     """The refiner for the resident base, sharing its text_encoder_2 and vae; another refiner is freed first."""
-    key = ("refiner", _base_key(spec, device), (spec.refiner_id, spec.refiner_revision))
-    if key not in _PIPELINES:
-        _evict(lambda resident: resident[0] == "refiner" and resident != key)
+    key = ("refiner", base_key(spec, device), (spec.refiner_id, spec.refiner_revision))
+    refiner = runtime.pipeline(key)
+    if refiner is None:
+        runtime.evict(lambda resident: resident[0] == "refiner" and resident != key)
         pipe = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(
             **source(spec.refiner_id, spec.refiner_revision),
             dtype=TORCH_DTYPES[spec.dtype],
@@ -132,25 +118,10 @@ def refiner_pipeline(spec: ImageSpec, base, device: str):
             vae=base.vae,
             add_watermarker=spec.watermark,
         )
-        _PIPELINES[key] = _ready(pipe, spec, device)
-        _LOADS.append(key[2])
-    return _PIPELINES[key]
-
-
-def _evict(drop) -> None:
-    """Free the resident pipelines for which `drop(key)` holds, and what refers to them."""
-    keys = [key for key in _PIPELINES if drop(key)]
-    if not keys:
-        return
-    for key in keys:
-        pipe = _PIPELINES.pop(key)
-        _ORIGINAL_SCHEDULER_CONFIG.pop(id(pipe), None)
-        if _HOOKED[0] is pipe:
-            _HOOKED[0] = None
-    EMBEDDINGS.clear()  # keyed by the id of a pipeline, which a new one may reuse
-    _SCHEDULERS.clear()
-    _CALLED.clear()
-    release_memory(keys[0][1][3])  # the device of the base key
+        scheduler_config = pipe.scheduler.config
+        refiner = runtime.add(key, _ready(pipe, spec, device), scheduler_config)
+        runtime.loads.append(key[2])
+    return refiner
 
 
 def _ready(pipe, spec: ImageSpec, device: str):
@@ -160,7 +131,6 @@ def _ready(pipe, spec: ImageSpec, device: str):
     offload hooks must then see; torch.compile with offload is refused at planning.
     """
     pipe.set_progress_bar_config(disable=True)
-    _ORIGINAL_SCHEDULER_CONFIG[id(pipe)] = pipe.scheduler.config
     if spec.attention == "eager":
         from diffusers.models.attention_processor import AttnProcessor
 
@@ -186,27 +156,19 @@ def _ready(pipe, spec: ImageSpec, device: str):
     return pipe
 
 
-def first_call(pipe) -> bool:
-    """True the first time it is asked for a pipeline: its first call is its warm-up."""
-    if id(pipe) in _CALLED:
-        return False
-    _CALLED.add(id(pipe))
-    return True
-
-
-def activate(pipe, spec: ImageSpec, device: str):
+def activate(runtime: Runtime, pipe: Any, spec: ImageSpec, device: str) -> Any:
     """Before calling `pipe`: with CPU offload, install its hooks if another pipeline
     sharing its modules (img2img from_pipe, the refiner) had them installed."""
-    if spec.offload != "none" and _HOOKED[0] is not pipe:
+    if spec.offload != "none" and runtime.hooked is not pipe:
         if spec.offload == "model":
             pipe.enable_model_cpu_offload(device=device)
         else:
             pipe.enable_sequential_cpu_offload(device=device)
-        _HOOKED[0] = pipe
+        runtime.hooked = pipe
     return pipe
 
 
-def restore(spec: ImageSpec, device: str) -> None:
+def restore(runtime: Runtime, spec: ImageSpec, device: str) -> None:
     """After a failed call: every resident module back in the spec's dtype (and on the
     device), and what the call left allocated freed, so the next call runs as the first did.
 
@@ -215,7 +177,7 @@ def restore(spec: ImageSpec, device: str) -> None:
     make every later float16 call fail.
     """
     dtype = TORCH_DTYPES[spec.dtype]
-    for pipe in _PIPELINES.values():
+    for pipe in runtime.pipes():
         for module in pipe.components.values():
             if not isinstance(module, torch.nn.Module):
                 continue
@@ -229,18 +191,19 @@ def restore(spec: ImageSpec, device: str) -> None:
     release_memory(device)
 
 
-def set_scheduler(pipe, spec: ImageSpec, noise_seeds: list[int]) -> None:
+def set_scheduler(runtime: Runtime, pipe: Any, spec: ImageSpec, noise_seeds: list[int]) -> None:
     """Give `pipe` a fresh scheduler of the spec's class, built from the model's own config.
 
     Fresh for every call (schedulers keep state between calls: multistep
     history, an SDE's noise sampler); copied from one made once, because
     `from_config` inspects signatures on every call (~30 ms).
     """
-    key = (id(pipe), spec.scheduler_class, spec.scheduler_kwargs)
-    if key not in _SCHEDULERS:
+    resident = runtime.resident(pipe)
+    key = (spec.scheduler_class, spec.scheduler_kwargs)
+    if key not in resident.schedulers:
         kwargs = json.loads(spec.scheduler_kwargs)
-        _SCHEDULERS[key] = scheduler_class(spec.scheduler_class, kwargs).from_config(_ORIGINAL_SCHEDULER_CONFIG[id(pipe)], **kwargs)
-    scheduler = copy.deepcopy(_SCHEDULERS[key])
+        resident.schedulers[key] = scheduler_class(spec.scheduler_class, kwargs).from_config(resident.scheduler_config, **kwargs)
+    scheduler = copy.deepcopy(resident.schedulers[key])
     if hasattr(scheduler, "noise_sampler_seed"):
         # SDE schedulers draw Brownian noise from their own seed: one per image
         # keeps it independent of the batch, like the per-image generators.
@@ -260,7 +223,7 @@ def scheduler_class(class_name: str, kwargs: dict[str, Any]) -> type:
     Only diffusers' own scheduler classes: a name that reached `from_config` of
     anything else (an Auto* loader) could load and run code named in a config.
     """
-    from sweeper.plan import PlanError
+    from sweeper.errors import PlanError
 
     found = getattr(diffusers, class_name, None) if class_name.isidentifier() else None
     is_scheduler = isinstance(found, type) and issubclass(found, diffusers.SchedulerMixin) and found is not diffusers.SchedulerMixin
@@ -271,10 +234,3 @@ def scheduler_class(class_name: str, kwargs: dict[str, Any]) -> type:
     if unknown:
         raise PlanError(f"invalid scheduler.kwargs: {unknown[0]!r} is not a config value of {class_name}; allowed: {', '.join(allowed)}")
     return found
-
-
-def release_memory(device: str) -> None:
-    """Give back what a failed call left allocated, before a smaller retry."""
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()

@@ -2,7 +2,7 @@
 
 One CPU `torch.Generator` per image, so an image's noise does not depend on
 the batch, the rank or the order it runs in. Each prompt is encoded once
-(per pipeline) and its embeddings reused by every batch that holds it; the
+(per pipeline, in the runtime's cache) and its embeddings reused by every batch that holds it; the
 text encoders then see the prompt alone, as in a plain one-image loop.
 Same batch composition: bit identical pixels; across batch sizes: within a
 couple of levels (batched float math is not batch-invariant), which is why
@@ -24,13 +24,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from sweeper import pipelines
+from sweeper import loras, pipelines
 from sweeper.files import read_image_file
-from sweeper.plan import CROP_KEYS, SIZE_KEYS, ImageSpec, content_sha
+from sweeper.image_files import content_sha
+from sweeper.runtime import Runtime
+from sweeper.spec import CROP_KEYS, SIZE_KEYS, ImageSpec
 from sweeper.schedule import Batch
-
-# Prompt embeddings kept per process (pipelines.EMBEDDINGS): SDXL's take ~0.6 MB per prompt in float16.
-EMBEDDING_CACHE_SIZE = 256
 
 
 @dataclass
@@ -44,10 +43,10 @@ class Output:
     warmup: bool = False  # the pipeline's first call: it pays one-time costs (allocations, kernel choice, compile)
 
 
-def render_batch(batch: Batch, device: str) -> Output:
-    """diffusers' own post-processing, before its conversion to PIL."""
+def render_batch(batch: Batch, device: str, runtime: Runtime) -> Output:
+    """diffusers' own post-processing, before its conversion to PIL; with the pipelines `runtime` holds or loads."""
     with quiet_torchsde():
-        return _render_batch(batch, device)
+        return _render_batch(batch, device, runtime)
 
 
 @contextlib.contextmanager
@@ -59,21 +58,23 @@ def quiet_torchsde() -> Iterator[None]:
         yield
 
 
-def _render_batch(batch: Batch, device: str) -> Output:
+def _render_batch(batch: Batch, device: str, runtime: Runtime) -> Output:
     specs = batch.specs
     first = specs[0]
     seeds = [spec.seed for spec in specs]
 
     # 1. Load or reuse the pipelines; a fresh scheduler of the asked-for class.
-    loads = len(pipelines.loaded_models())
+    loads = len(runtime.loads)
     tic = time.perf_counter()
-    base = pipelines.base_pipeline(first, device)
-    refiner = None if first.refiner_id is None else pipelines.refiner_pipeline(first, base, device)
-    load_seconds = time.perf_counter() - tic if len(pipelines.loaded_models()) > loads else None
-    warmup = pipelines.first_call(base)
-    pipelines.set_scheduler(base, first, seeds)
+    base = pipelines.base_pipeline(runtime, first, device)
+    loras.apply(runtime, pipelines.base_key(first, device), base, first)
+    refiner = None if first.refiner_id is None else pipelines.refiner_pipeline(runtime, first, base, device)
+    load_seconds = time.perf_counter() - tic if len(runtime.loads) > loads else None
+    warmup = runtime.first_call(base)
+    pipelines.set_scheduler(runtime, base, first, seeds)
     if refiner is not None:
-        pipelines.set_scheduler(refiner, first, seeds)
+        warmup = runtime.first_call(refiner) or warmup  # a newly loaded refiner warms up too
+        pipelines.set_scheduler(runtime, refiner, first, seeds)
 
     # 2. One CPU generator per image.
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
@@ -93,8 +94,8 @@ def _render_batch(batch: Batch, device: str) -> Output:
         size = {}  # img2img takes its size from the (resized) image
 
     # 4. Base: every step, or up to the refiner's split.
-    pipelines.activate(base, first, device)
-    embeddings, warnings = prompt_embeddings(base, specs, device)
+    pipelines.activate(runtime, base, first, device)
+    embeddings, warnings = prompt_embeddings(runtime, base, specs, device)
     if refiner is None:
         out = base(**size, output_type="np", **embeddings, **kwargs)
         return Output(out.images, _nsfw(out), _steps_run(base, first, "base"), None, warnings, load_seconds, warmup)
@@ -102,15 +103,21 @@ def _render_batch(batch: Batch, device: str) -> Output:
         latents = base(**size, denoising_end=first.refiner_split, output_type="latent", **embeddings, **kwargs).images
         base_steps = _steps_run(base, first, "base")
         # 5. Refiner takes the latents mid-denoising (ensemble of experts).
-        pipelines.activate(refiner, first, device)
-        out = refiner(image=latents, denoising_start=first.refiner_split, output_type="np", **prompt_embeddings(refiner, specs, device)[0], **kwargs)
+        pipelines.activate(runtime, refiner, first, device)
+        out = refiner(image=latents, denoising_start=first.refiner_split, output_type="np", **_refiner_embeddings(runtime, base, refiner, specs, device), **kwargs)
         return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings, load_seconds, warmup)
     latents = base(**size, output_type="latent", **embeddings, **kwargs).images
     base_steps = _steps_run(base, first, "base")
     # 5. Refiner re-noises the finished latents by 1 - split and denoises them again.
-    pipelines.activate(refiner, first, device)
-    out = refiner(image=latents, strength=1.0 - first.refiner_split, output_type="np", **prompt_embeddings(refiner, specs, device)[0], **kwargs)
+    pipelines.activate(runtime, refiner, first, device)
+    out = refiner(image=latents, strength=1.0 - first.refiner_split, output_type="np", **_refiner_embeddings(runtime, base, refiner, specs, device), **kwargs)
     return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings, load_seconds, warmup)
+
+
+def _refiner_embeddings(runtime: Runtime, base: Any, refiner: Any, specs: tuple[ImageSpec, ...], device: str) -> dict[str, torch.Tensor]:
+    """The refiner's prompt embeddings, without the base's LoRA (text_encoder_2 is the base's)."""
+    with loras.disabled(base, specs[0]):
+        return prompt_embeddings(runtime, refiner, specs, device, lora=False)[0]
 
 
 def _steps_run(pipe, spec: ImageSpec, who: str) -> int:
@@ -129,23 +136,26 @@ def _nsfw(out) -> list[bool] | None:
     return None if flags is None else [bool(flag) for flag in flags]
 
 
-def prompt_embeddings(pipe, specs: tuple[ImageSpec, ...], device: str) -> tuple[dict[str, torch.Tensor], list[str | None]]:
+def prompt_embeddings(
+    runtime: Runtime, pipe: Any, specs: tuple[ImageSpec, ...], device: str, lora: bool = True
+) -> tuple[dict[str, torch.Tensor], list[str | None]]:
     """The batch's prompt embeddings as the pipeline's keyword arguments, each prompt encoded once,
-    and per image which prompts the tokenizer cut."""
+    and per image which prompts the tokenizer cut. `lora`: with the spec's adapters active
+    (a LoRA may hold text encoder weights, so its adapters and weights key the cache)."""
     cfg = specs[0].uses_cfg
-    per_image = [_encoded(pipe, spec, cfg, device) for spec in specs]
+    per_image = [_encoded(runtime, pipe, spec, cfg, device, lora) for spec in specs]
     names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
     embeddings = {name: torch.cat([parts[i] for parts in per_image]) for i, name in enumerate(names) if per_image[0][i] is not None}
     return embeddings, [parts[4] for parts in per_image]
 
 
-def _encoded(pipe, spec: ImageSpec, cfg: bool, device: str) -> tuple:
+def _encoded(runtime: Runtime, pipe: Any, spec: ImageSpec, cfg: bool, device: str, lora: bool) -> tuple:
     """(embeds, negative, pooled, negative pooled, truncation warning) of one image's prompts; None where unused."""
-    key = (id(pipe), spec.prompt, spec.negative_prompt, spec.prompt_2, spec.negative_prompt_2, cfg)
-    cache = pipelines.EMBEDDINGS
-    if key in cache:
-        cache.move_to_end(key)
-        return cache[key]
+    adapters = (spec.lora_sha, spec.lora_scale) if lora else None
+    key = (pipe, spec.prompt, spec.negative_prompt, spec.prompt_2, spec.negative_prompt_2, cfg, adapters)
+    cached = runtime.cached_embeddings(key)
+    if cached is not None:
+        return cached
     with torch.no_grad():
         if spec.family == "sdxl":
             encoded = pipe.encode_prompt(
@@ -157,10 +167,7 @@ def _encoded(pipe, spec: ImageSpec, cfg: bool, device: str) -> tuple:
             encoded = (embeds, negative, None, None)
     if not cfg:
         encoded = (encoded[0], None, encoded[2], None)
-    cache[key] = (*encoded, _truncation(pipe, spec))
-    if len(cache) > EMBEDDING_CACHE_SIZE:
-        cache.popitem(last=False)
-    return cache[key]
+    return runtime.store_embeddings(key, (*encoded, _truncation(pipe, spec)))
 
 
 def _truncation(pipe, spec: ImageSpec) -> str | None:

@@ -3,6 +3,7 @@
     python -m sweeper.replay outputs/sweeps/<name>/images/<id>.png [-o again.png]
     python -m sweeper.replay IMAGE.png --init-image photos/      # img2img/inpaint: where its init images are
     python -m sweeper.replay IMAGE.png --model /models/mine.safetensors   # made with a local model
+    python -m sweeper.replay IMAGE.png --lora loras/                   # with LoRA adapters: where they are
 
 The PNG's `sweeper` chunk holds the full spec and its pipeline call: the
 other images rendered with it (batched float math is not batch-invariant)
@@ -14,7 +15,7 @@ it says would not pass as a sweep's config.
 A PNG may come from anyone: what it says is checked as a sweep's config is
 (plan.recorded_specs), schedulers must be diffusers' own, and nothing is
 downloaded unless you add --download. A PNG names local files (models, init
-images) by their base names only; you say where they are.
+images, LoRA files) by their base names only; you say where they are.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.plan import ImageSpec, PlanError, recorded_specs
+from sweeper.errors import PlanError
+from sweeper.plan import recorded_specs
+from sweeper.runtime import Runtime, this_process
+from sweeper.spec import ImageSpec
 from sweeper.tiny import TINY_MODELS
 
 _CALL_LIMIT = 64  # images in one recorded pipeline call (sweeper's batches are at most 16 by default)
@@ -89,6 +93,8 @@ def checked(recorded: Recorded, args: argparse.Namespace) -> list[ImageSpec]:
         elif value is not None and not hub.is_hub_or_tiny(value):
             flag = "--" + name.removesuffix("_id").replace("_", "-")
             raise PlanError(f"the image was made with a local model {value!r}; pass {flag} PATH to say where it is")
+    if spec.lora is not None:
+        spec = dataclasses.replace(spec, lora=_local_loras(spec.lora, args.lora or []))
     call = [dict(fields, **_local_images(fields, args)) for fields in recorded.call]
     specs = recorded_specs(spec, call, devices.auto_device())
     first = specs[0]
@@ -120,8 +126,30 @@ def _local_images(fields: dict[str, Any], args: argparse.Namespace) -> dict[str,
     return found
 
 
-def replay(recorded: Recorded, specs: list[ImageSpec]) -> np.ndarray:
-    """Render the recorded call again; the image's pixels (H, W, 3) uint8."""
+def _local_loras(recorded: Any, given: list[Path]) -> tuple[str, ...]:
+    """Where the image's LoRA files are: each recorded base name in a folder given, or a file given
+    of that name (one file given for one adapter: that file). A recorded hub id stays one; the
+    files are then checked and hashed as a sweep's are (lora_files)."""
+    from sweeper import hub
+
+    if not isinstance(recorded, tuple) or not recorded or not all(isinstance(name, str) and name for name in recorded):
+        raise PlanError(f"invalid lora={recorded!r}: recorded LoRA adapters must be a list of names")
+    found = []
+    for name in recorded:
+        base = Path(name).name  # a base name: never a way out of a folder given
+        matches = [g for g in given if g.is_file() and (g.name == base or len(recorded) == len(given) == 1)]
+        matches += [g / base for g in given if g.is_dir() and (g / base).exists()]
+        if matches:
+            found.append(str(matches[0]))
+        elif hub.is_hub_or_tiny(name):
+            found.append(name)  # from the local Hugging Face cache unless --download
+        else:
+            raise PlanError(f"the image was made with the LoRA {name!r}; pass --lora FILE_OR_FOLDER to say where it is")
+    return tuple(found)
+
+
+def replay(recorded: Recorded, specs: list[ImageSpec], runtime: Runtime) -> np.ndarray:
+    """Render the recorded call again with `runtime`'s pipelines; the image's pixels (H, W, 3) uint8."""
     import torch
 
     from sweeper.render import render_batch
@@ -131,7 +159,7 @@ def replay(recorded: Recorded, specs: list[ImageSpec]) -> np.ndarray:
     device = "cuda:0" if specs[0].device == "cuda" else specs[0].device
     if device == "cpu" and recorded.threads:
         torch.set_num_threads(recorded.threads)
-    images = render_batch(Batch(tuple(specs)), device).images
+    images = render_batch(Batch(tuple(specs)), device, runtime).images
     return np.asarray(to_image(images[recorded.index]))
 
 
@@ -144,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", type=Path, help="the local model (file or folder) the image was made with")
     parser.add_argument("--model-config", type=Path, help="the local diffusers folder a single-file model's configs came from")
     parser.add_argument("--refiner", type=Path, help="the local refiner model the image was made with")
+    parser.add_argument("--lora", type=Path, action="append", help="a LoRA file the image was made with, or a folder holding them by their recorded names (repeatable)")
     parser.add_argument("--download", action="store_true", help="let the hub model the PNG names be downloaded (default: only the local cache)")
     args = parser.parse_args(argv)
     if not args.download:
@@ -166,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     changed = [f"{name} {recorded.versions.get(name)} -> {now}" for name, now in versions.items() if recorded.versions.get(name) != now]
     if changed:
         print(f"sweeper.replay: warning: versions differ ({', '.join(changed)}): pixels may differ", file=sys.stderr)
-    pixels = replay(recorded, specs)
+    pixels = replay(recorded, specs, this_process())
     spec = specs[recorded.index]
     if args.output:
         from PIL import Image

@@ -15,38 +15,25 @@ import datetime as dt
 import io
 import json
 import os
-import secrets
 import signal
 import socket
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
-from sweeper import devices, distributed, faults, hub, schedule
-from sweeper.errors import DeviceFailed, Interrupted, StorageError, UnsafePath
+from sweeper import devices, distributed, hub, schedule
+from sweeper.calls import render_backing_off, store, store_errors
+from sweeper.errors import DeviceFailed, Interrupted, PlanError, StorageError, UnsafePath
 from sweeper.files import check_sweep_dir
 from sweeper.writers import Claims
-from sweeper.plan import ImageSpec, Job, PlanError, plan
+from sweeper.plan import Job, plan
+from sweeper.runtime import Runtime, this_process
+from sweeper.spec import ImageSpec
 
 # manifest (pyarrow), store (numpy, PIL) and torch are imported where used:
 # planning a sweep needs none of them.
-
-# Drawn once per process (and broadcast from rank 0 under several ranks):
-# every plan of this sweep gives seeds of -1 the same random values.
-_seed_nonce = secrets.randbelow(2**32)
-
-
-def set_seed_nonce(value: int) -> None:
-    global _seed_nonce
-    _seed_nonce = value
-
-
-def seed_nonce() -> int:
-    return _seed_nonce
-
 
 @dataclass
 class Prepared:
@@ -72,7 +59,8 @@ class Summary:
 
 
 def prepare(
-    jobs: Sequence[Job], out_dir: Path, processes: int = 1, processes_per_gpu: int = 1, auto_device: str | None = None, devices_here: bool = True
+    jobs: Sequence[Job], out_dir: Path, processes: int = 1, processes_per_gpu: int = 1, auto_device: str | None = None, devices_here: bool = True,
+    runtime: Runtime | None = None,
 ) -> Prepared:
     """Plan and check every job, and find what `out_dir` already holds. Raises PlanError, UnsafePath.
 
@@ -80,10 +68,11 @@ def prepare(
     here: check_devices refuses more than the GPUs can take. A launcher whose
     workers run elsewhere (SLURM) says what `device: auto` means there and that
     this machine's devices are not the ones to check (`devices_here=False`).
+    Seeds of -1 come from `runtime`'s seed nonce (this process's runtime by default).
     """
     _check_writable(Path(out_dir))
     check_sweep_dir(Path(out_dir))
-    specs = plan(jobs, auto_device or devices.auto_device(), _seed_nonce)
+    specs = plan(jobs, auto_device or devices.auto_device(), (runtime or this_process()).seed_nonce)
     if devices_here:
         check_devices(specs, processes, processes_per_gpu)
     to_check = set()
@@ -163,7 +152,7 @@ AXES = (
     "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "init_image", "mask_image", "model", "refiner",
     "refiner_split", "refiner_mode", "scheduler", "mode", "strength", "guidance", "steps", "width", "height",
     "original_size", "target_size", "crops_coords_top_left", "negative_original_size", "negative_target_size",
-    "negative_crops_coords_top_left", "dtype", "watermark", "safety_checker", "vae_tiling", "seed",
+    "negative_crops_coords_top_left", "dtype", "watermark", "safety_checker", "vae_tiling", "lora", "lora_scale", "seed",
 )
 
 
@@ -203,7 +192,7 @@ def notes(specs: Sequence[ImageSpec]) -> list[str]:
     in the same place render the same pictures under different ids."""
     from collections import defaultdict
 
-    from sweeper.plan import split_steps
+    from sweeper.validate import split_steps
 
     splits: dict[tuple, set[float]] = defaultdict(set)
     for steps, mode, split, kwargs in {(s.steps, s.refiner_mode, s.refiner_split, s.scheduler_kwargs) for s in specs if s.refiner_id}:
@@ -242,7 +231,8 @@ def announce(prepared: Prepared, out_dir: Path) -> None:
 
 
 def execute(
-    prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 1, gpu: int = 0, progress: Progress | None = None, stop: Any = None
+    prepared: Prepared, out_dir: Path, rank: int = 0, world_size: int = 1, gpu: int = 0, progress: Progress | None = None, stop: Any = None,
+    runtime: Runtime | None = None,
 ) -> Summary:
     """Render this rank's share of what is not done; store PNGs and manifest parts.
 
@@ -252,6 +242,7 @@ def execute(
     Ctrl-C sets it (a second Ctrl-C stops at once). Raises Interrupted then, with
     everything rendered so far stored; DeviceFailed when a CUDA error leaves this
     process unable to render on: its images not rendered are error rows by then.
+    The pipelines are `runtime`'s (this process's runtime by default): loaded once, kept for later calls.
     """
     summary = Summary()
     batches = schedule.shard(schedule.make_batches(prepared.todo), rank, world_size)
@@ -265,6 +256,7 @@ def execute(
     from sweeper.store import BackgroundWriter
 
     pipelines.check_scheduler_classes(prepared.todo)
+    runtime = runtime or this_process()
     out_dir = Path(out_dir)
     versions = {"sweeper": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
     facts = dict(rank=rank, world_size=world_size, host=socket.gethostname(), **versions)
@@ -283,8 +275,8 @@ def execute(
                     continue
                 batch = schedule.Batch(tuple(mine))
             device = render_device(batch.specs[0], gpu)
-            for done in _render_backing_off(batch, device, progress):
-                writer.submit(lambda done=done: _store(done, out_dir, versions, dict(facts, device=device), threads, parts, claims))
+            for done in render_backing_off(batch, device, progress, runtime):
+                writer.submit(lambda done=done: store(done, out_dir, versions, dict(facts, device=device), threads, parts, claims))
                 for spec, error in zip(done.batch.specs, done.errors):
                     if error is None:
                         summary.rendered += 1
@@ -296,7 +288,7 @@ def execute(
                 if done.fatal:
                     rest = [spec for later in batches[number + 1 :] for spec in later.specs]
                     reason = f"not rendered: rank {rank} stopped after a CUDA error ({done.batch_error})"
-                    writer.submit(lambda: _store_errors(rest, reason, out_dir, dict(facts, device=device)))
+                    writer.submit(lambda: store_errors(rest, reason, out_dir, dict(facts, device=device)))
                     _drain(writer, parts)
                     summary.failed.extend((spec.image_id, reason) for spec in rest)
                     raise DeviceFailed(
@@ -353,131 +345,6 @@ def _storage_errors(out_dir: Path) -> Iterator[None]:
             f"cannot write into {out_dir}: {getattr(error, 'strerror', None) or error}; what was stored so far is kept, "
             "run the same command again once it is writable"
         ) from error
-
-
-@dataclass
-class _Rendered:
-    """One pipeline call's outcome: an array per image, or the error of the whole call."""
-
-    batch: schedule.Batch
-    arrays: Any  # (N, H, W, 3) floats, or None when the call failed
-    nsfw: list[bool] | None  # the safety checker's verdicts, when one ran
-    batch_error: str | None
-    errors: list[str | None]  # per image: the call's error, or NaN in its output
-    warnings: list[str | None]  # per image: all black, a prompt cut at 77 tokens
-    started_at: dt.datetime
-    finished_at: dt.datetime
-    seconds: float  # per image
-    steps: tuple[int | None, int | None] = (None, None)  # (base, refiner) steps that really ran
-    fatal: bool = False  # a CUDA error that leaves the process unable to render on
-    load_seconds: float | None = None  # models loaded for this call, apart from `seconds`
-    warmup: bool = False  # the first call of its pipeline in this process
-
-
-@dataclass
-class _Attempt:
-    """What one pipeline call gave: its output, or what went wrong (no exception object:
-    its traceback would keep the failed call's tensors alive through a retry)."""
-
-    output: Any = None
-    failure: str | None = None  # None, "oom", "fatal" or "error"
-    message: str | None = None
-
-
-SAFETY_WARNING = "flagged by the safety checker"
-# Allocation failures that torch reports as a RuntimeError, not as OutOfMemoryError.
-_OOM_MARKERS = ("out of memory", "CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED", "CUDNN_STATUS_NOT_ENOUGH_MEMORY")
-# CUDA errors after which the process's CUDA context is unusable (every later call fails).
-_FATAL_MARKERS = ("illegal memory access", "device-side assert", "unspecified launch failure", "illegal instruction", "misaligned address", "uncorrectable ECC")
-
-
-def _attempt(batch: schedule.Batch, device: str) -> _Attempt:
-    import torch
-
-    from sweeper.render import render_batch
-
-    try:
-        faults.before_render(batch.specs)
-        output = render_batch(batch, device)
-        faults.after_render(batch.specs, output.images)
-        return _Attempt(output)
-    except Exception as exc:  # one failing batch must not stop the sweep
-        text = str(exc)
-        if isinstance(exc, torch.cuda.OutOfMemoryError) or any(marker in text for marker in _OOM_MARKERS):
-            return _Attempt(failure="oom", message=_one_line(exc))
-        if type(exc).__name__ == "AcceleratorError" or any(marker in text for marker in _FATAL_MARKERS):
-            return _Attempt(failure="fatal", message=_one_line(exc))
-        return _Attempt(failure="error", message=_one_line(exc))
-
-
-def _render_backing_off(batch: schedule.Batch, device: str, progress: Progress) -> list[_Rendered]:
-    """Render a batch; out of memory, restore the pipelines and retry the halves, down to one image."""
-    from sweeper import pipelines
-    from sweeper.store import problem
-
-    started, tic = dt.datetime.now(dt.timezone.utc), time.perf_counter()
-    attempt = _attempt(batch, device)
-    if attempt.failure in ("oom", "error"):
-        pipelines.restore(batch.specs[0], device)  # the failed call's tensors are gone with its frames
-    if attempt.failure == "oom" and len(batch.specs) > 1:
-        half = len(batch.specs) // 2
-        progress.write(f"sweeper: out of memory with {len(batch.specs)} images per call; retrying with {half}")
-        halves = (schedule.Batch(batch.specs[:half]), schedule.Batch(batch.specs[half:]))
-        return [done for part in halves for done in _render_backing_off(part, device, progress)]
-    elapsed = time.perf_counter() - tic
-    finished = dt.datetime.now(dt.timezone.utc)
-    count = len(batch.specs)
-    if attempt.failure is not None:
-        return [_Rendered(batch, None, None, attempt.message, [attempt.message] * count, [None] * count, started, finished, elapsed / count,
-                          fatal=attempt.failure == "fatal")]
-    output = attempt.output
-    problems = [problem(array) for array in output.images]
-    flagged = [SAFETY_WARNING if verdict else None for verdict in output.nsfw or [False] * count]
-    warnings = ["; ".join(w for w in found if w) or None for found in zip([w for _, w in problems], output.warnings, flagged)]
-    errors = [image_error for image_error, _ in problems]
-    steps = (output.base_steps, output.refiner_steps)
-    seconds = (elapsed - (output.load_seconds or 0.0)) / count  # render time: a model load is not the images' cost
-    return [_Rendered(batch, output.images, output.nsfw, None, errors, warnings, started, finished, seconds, steps,
-                      load_seconds=output.load_seconds, warmup=output.warmup)]
-
-
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
-
-
-def _store(done: _Rendered, out_dir: Path, versions: dict[str, str], facts: dict[str, Any], threads: int, parts: Any, claims: Any) -> None:
-    """PNGs of the good images, then the call's manifest rows to `parts`, then the claims go (on a writer thread)."""
-    from sweeper import manifest
-    from sweeper.files import write_atomic
-    from sweeper.store import call_record, image_path, needs_thumbnail, png_bytes, thumbnail_bytes, thumbnail_path, to_image
-
-    call = call_record(done.batch.specs, threads)
-    rows = []
-    timing = dict(seconds=done.seconds, started_at=done.started_at, finished_at=done.finished_at, batch_size=len(done.batch.specs),
-                  base_steps=done.steps[0], refiner_steps=done.steps[1], load_seconds=done.load_seconds, warmup=done.warmup)
-    for index, spec in enumerate(done.batch.specs):
-        path = image_path(spec)
-        error = done.errors[index]
-        nsfw = None if done.nsfw is None else done.nsfw[index]
-        row = manifest.row(spec, path, "ok" if error is None else "error", error, warning=done.warnings[index], nsfw=nsfw, batch_index=index, **timing, **facts)
-        if error is None:
-            image = to_image(done.arrays[index])
-            write_atomic(out_dir / path, png_bytes(image, spec, versions, row, call))
-            faults.event("png")
-            if needs_thumbnail(spec.width, spec.height):  # for the report, made while the device renders on
-                write_atomic(out_dir / thumbnail_path(spec.image_id), thumbnail_bytes(image), durable=False)
-        rows.append(row)
-    parts.add(rows)
-    claims.release(done.batch.specs)
-
-
-def _store_errors(specs: Sequence[ImageSpec], error: str, out_dir: Path, facts: dict[str, Any]) -> None:
-    """Error rows for images that will not be rendered here, so the summary and a re-run know."""
-    from sweeper import manifest
-    from sweeper.store import image_path
-
-    if specs:
-        manifest.write_part(out_dir, [manifest.row(spec, image_path(spec), "error", error, **facts) for spec in specs])
 
 
 class Progress(Protocol):

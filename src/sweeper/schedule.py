@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from sweeper.plan import EXECUTION_FIELDS, ID_FIELDS, PER_IMAGE_FIELDS, ImageSpec
+from sweeper.spec import EXECUTION_FIELDS, ID_FIELDS, PER_IMAGE_FIELDS, ImageSpec
 from sweeper.tiny import TINY_MODELS
 
 _SHARED_FIELDS = tuple(name for name in ID_FIELDS if name not in PER_IMAGE_FIELDS) + EXECUTION_FIELDS

@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from sweeper.errors import SubmitFailed
-from sweeper.plan import PlanError
+from sweeper.errors import PlanError, SubmitFailed
 
 CLUSTERS = ("slurm", "local")
 # Our settings -> submitit's AutoExecutor parameters for SLURM.
@@ -153,6 +152,7 @@ class Worker:
 
     def __call__(self, rank: int) -> dict[str, int]:
         from sweeper import run
+        from sweeper.runtime import Runtime
 
         os.environ["SWEEPER_WORKER"] = str(rank)  # for the fault hook (tests)
         if self.threads:
@@ -164,7 +164,7 @@ class Worker:
         todo = [spec for spec in specs if spec.image_id in wanted]
         _check_device(todo)
         prepared = run.Prepared(jobs=len({spec.job_num for spec in specs}), specs=specs, todo=todo, dry_run=False)
-        summary = run.execute(prepared, Path(self.sweep_dir), rank, self.world_size, gpu=0, progress=_Quiet())
+        summary = run.execute(prepared, Path(self.sweep_dir), rank, self.world_size, gpu=0, progress=_Quiet(), runtime=Runtime())
         return {"rendered": summary.rendered, "failed": len(summary.failed)}
 
     def checkpoint(self, rank: int) -> Any:
@@ -186,7 +186,7 @@ def read_plan(sweep_dir: Path, digest: str) -> list[Any]:
     """The specs of the sweep dir's plan.parquet, if it is the one submitted (its digest)."""
     import pyarrow.parquet as pq
 
-    from sweeper.plan import FIELD_NAMES, ImageSpec
+    from sweeper.spec import FIELD_NAMES, ImageSpec
     from sweeper.run import PLAN_FILE
 
     data = (Path(sweep_dir) / PLAN_FILE).read_bytes()

@@ -22,8 +22,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, PngImagePlugin
 
+from sweeper import lora_files
+from sweeper.errors import PlanError
 from sweeper.files import write_atomic
-from sweeper.plan import PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec, public_model_name
+from sweeper.spec import A1111_KEYS, PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec, public_model_name
 from sweeper.tiny import sweeper_cache
 
 IMAGES_DIR = "images"
@@ -37,28 +39,50 @@ def image_path(spec: ImageSpec) -> str:
     return f"{IMAGES_DIR}/{spec.image_id}.png"
 
 
+# The order A1111 writes its keys in; a key added to the field table (spec.py) and not named here goes last.
+A1111_ORDER = (
+    "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Denoising strength", "Model hash", "Refiner", "Refiner switch at", "Lora hashes",
+)
+
+
 def parameters_text(spec: ImageSpec, versions: dict[str, str]) -> str:
-    """The A1111-style `parameters` text: prompt, negative prompt, then `Key: value` pairs."""
-    lines = [spec.prompt]
+    """The A1111-style `parameters` text: prompt, negative prompt, then `Key: value` pairs
+    (the fields with an A1111 key in the field table, and the model hash; unset ones left out).
+    LoRA adapters are named in the prompt line as A1111 writes them: `<lora:name:weight>`."""
+    lines = [" ".join([spec.prompt, *(f"<lora:{lora_files.a1111_name(v)}:{w:g}>" for v, w in zip(spec.lora or (), spec.lora_scale or ()))])]
     if spec.negative_prompt:
         lines.append(f"Negative prompt: {spec.negative_prompt}")
-    pairs = [
-        ("Steps", spec.steps),
-        ("Sampler", spec.scheduler_label),
-        ("CFG scale", f"{spec.guidance:g}"),
-        ("Seed", spec.seed),
-        ("Size", f"{spec.width}x{spec.height}"),
-        ("Model", _a1111_model(spec.model_id)),
-    ]
-    if spec.strength is not None:
-        pairs.append(("Denoising strength", f"{spec.strength:g}"))
+    values = {key: _a1111_value(key, [getattr(spec, name) for name in names]) for key, names in A1111_KEYS.items()}
     if spec.model_id.endswith(SINGLE_FILE_SUFFIXES) and Path(spec.model_id).is_file():
-        pairs.append(("Model hash", checkpoint_hash(spec.model_id)))  # what A1111 and civitai know a checkpoint by
-    if spec.refiner_id:
-        pairs += [("Refiner", public_model_name(spec.refiner_id)), ("Refiner switch at", f"{spec.refiner_split:g}")]
+        values["Model hash"] = checkpoint_hash(spec.model_id)  # what A1111 and civitai know a checkpoint by
+    order = [*A1111_ORDER, *(key for key in values if key not in A1111_ORDER)]
+    pairs = [(key, values[key]) for key in order if values.get(key) is not None]
     pairs.append(("Version", f"sweeper {versions.get('sweeper', '')}".strip()))
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs))
     return "\n".join(lines)
+
+
+def _a1111_value(key: str, values: list[Any]) -> object | None:
+    """A field's value as A1111 writes it; None when unset (the pair is left out)."""
+    if any(value is None for value in values):
+        return None
+    if key == "Size":
+        return "x".join(str(value) for value in values)
+    if key == "Model":
+        return _a1111_model(values[0])
+    if key == "Refiner":
+        return public_model_name(values[0])
+    if key == "Lora hashes":
+        return _lora_hashes(values[0])
+    return f"{values[0]:g}" if isinstance(values[0], float) else values[0]
+
+
+def _lora_hashes(adapters: tuple[str, ...]) -> str | None:
+    """`name: hash, ...` with A1111's short LoRA hashes (civitai finds the adapters by them); None if one is gone."""
+    try:
+        return ", ".join(f"{lora_files.a1111_name(v)}: {lora_files.file_hashes(lora_files.weights_file(v))[1]}" for v in adapters)
+    except (OSError, PlanError):
+        return None
 
 
 def checkpoint_hash(path: str) -> str:
@@ -180,6 +204,8 @@ def _public(fields: dict[str, Any]) -> dict[str, Any]:
     for name in _MODEL_FIELDS:
         if public.get(name):
             public[name] = public_model_name(public[name])
+    if public.get("lora"):  # files and folders by base name, hub ids as they are
+        public["lora"] = [public_model_name(value) for value in public["lora"]]
     if "overrides" in public:
         public["overrides"] = ""
     return public

@@ -23,6 +23,7 @@ covers the dir while they render; what keeps them apart:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import socket
@@ -40,7 +41,6 @@ CLAIM_STALE_SECONDS = 30 * 60  # a claim this old was left by a writer on anothe
 TEMP_STALE_SECONDS = 15 * 60
 MERGE_LOCK = ".manifest.merging"
 MERGE_STALE_SECONDS = 10 * 60  # a merge takes seconds: a lock this old was left by a writer that died
-TORN_SECONDS = 10  # a claim or lock still empty this long after its create was cut short
 
 
 def _me() -> str:
@@ -48,20 +48,36 @@ def _me() -> str:
 
 
 def _create(path: Path, text: str) -> bool:
-    """Create `path` with `text` if nothing is there (atomic, also on NFS); False if something is."""
+    """Create `path` with `text` if nothing is there; False if something is. Written aside and
+    linked into place (atomic, also on NFS), so a writer killed midway leaves no empty claim."""
+    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    _write_new(temp, text)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        os.link(temp, path)
+        return True
     except FileExistsError:
         return False
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        try:  # a filesystem without hard links (some FUSE and SMB mounts): an exclusive create
+            _write_new(path, text)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        os.unlink(temp)
+
+
+def _write_new(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
-    return True
 
 
 def _left_by_the_dead(path: Path, stale_seconds: float) -> str | None:
     """The text of a claim or lock whose writer is gone (its process on this host ended,
-    or it is too old), else None. Planted links count as gone; so do torn files
-    once they are older than a write takes (a fresh empty one is being written)."""
+    or it is too old), else None. Planted links and torn files count as gone."""
     try:
         info = os.lstat(path)
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # a planted link is not read through
@@ -74,7 +90,7 @@ def _left_by_the_dead(path: Path, stale_seconds: float) -> str | None:
     try:
         host, pid = text.split()[:2]
     except ValueError:
-        return text if time.time() - info.st_mtime > TORN_SECONDS else None
+        return text
     if time.time() - info.st_mtime > stale_seconds:
         return text
     if host != socket.gethostname():
@@ -93,6 +109,8 @@ def _take_over(path: Path, dead: str) -> bool:
 
     The claim is moved aside (one rename wins) and compared with the one judged
     dead, so a live writer's fresh claim made meanwhile is put back, never lost.
+    While it is aside a third writer may create the path; then two believe they
+    hold it: that needs three writers at one dead claim within microseconds.
     """
     aside = path.with_name(f".{path.name}.{secrets.token_hex(6)}.dead")
     try:
@@ -177,7 +195,7 @@ def merging(out_dir: Path, wait_seconds: float = MERGE_STALE_SECONDS) -> Iterato
 def remove_stale_temps(out_dir: Path) -> None:
     """Temp files that a killed write left behind: only old ones, never a live writer's."""
     cutoff = time.time() - TEMP_STALE_SECONDS
-    for folder in (Path(out_dir), Path(out_dir) / IMAGES_DIR, Path(out_dir) / ".manifest-parts", Path(out_dir) / ".thumbs"):
+    for folder in (Path(out_dir), *(Path(out_dir) / name for name in (IMAGES_DIR, ".manifest-parts", ".thumbs", CLAIMS_DIR))):
         for temp in folder.glob(".*.tmp"):
             with contextlib.suppress(OSError):
                 if os.lstat(temp).st_mtime < cutoff:

@@ -31,11 +31,12 @@ def _render_all(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) 
     """All jobs planned together; images batched across jobs and shared among processes."""
     from sweeper import launch as sweeper_launch
     from sweeper.hydra_jobs import JobComposer
+    from sweeper.runtime import this_process
 
     composer = JobComposer(launcher.hydra_context.config_loader, launcher.config)
     processes = sweeper_launch.num_processes(launcher.num_processes)
     jobs, prepared = _planned(launcher, composer, job_overrides, initial_job_idx, sweep_dir, processes=processes, processes_per_gpu=launcher.processes_per_gpu)
-    summary = sweeper_launch.render(prepared, sweep_dir, processes)
+    summary = sweeper_launch.render(prepared, sweep_dir, processes, runtime=this_process())
     return _returns(launcher, composer, jobs, prepared, sweep_dir, [image_id for image_id, _ in summary.failed])
 
 

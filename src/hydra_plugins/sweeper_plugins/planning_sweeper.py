@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweeper import distributed
 from sweeper.files import write_atomic
-from sweeper.plan import PlanError
+from sweeper.errors import PlanError
 
 
 def sweep_axes(overrides: List[Override]) -> Dict[str, List[str]]:

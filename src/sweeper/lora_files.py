@@ -1,0 +1,130 @@
+"""LoRA files: the adapters and weights of a job, found, checked and hashed at planning.
+
+`lora` is null, one adapter or a list applied together; an adapter is a
+`.safetensors` file, a folder holding one, or a hub id whose repo holds one.
+`lora_scale` is one weight for all of them or a list as long. An adapter's
+content hash, not its path, goes into the image id: an edited file renders
+again, a moved one does not. No torch here.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+import os
+import threading
+from pathlib import Path
+from typing import Any, Mapping
+
+from sweeper.errors import PlanError, invalid, one_line
+
+SUFFIX = ".safetensors"  # pickled .pt/.ckpt LoRAs could run code when loaded
+DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
+
+
+def loras(c: Mapping[str, Any]) -> dict[str, tuple | None]:
+    """The spec fields of `lora` and `lora_scale`: paths (or hub ids), weights, content hashes."""
+    value, scale = c.get("lora"), c.get("lora_scale", 1.0)
+    if value is None or value == []:
+        if isinstance(scale, (list, tuple)) and scale:
+            raise invalid("lora_scale", list(scale), "a list of weights needs as many adapters in lora (it is null)")
+        return {"lora": None, "lora_scale": None, "lora_sha": None}
+    entries = [value] if isinstance(value, str) else value
+    if not isinstance(entries, (list, tuple)) or not all(isinstance(entry, str) and entry for entry in entries):
+        raise invalid("lora", value, f"must be null, a LoRA file ({SUFFIX}), a folder or hub id holding one, or a list of them")
+    found = [(entry, weights_file(entry)) for entry in entries]
+    shas = tuple(file_hashes(path)[0] for _, path in found)
+    if len(set(shas)) < len(shas):
+        raise invalid("lora", value, "lists one adapter twice (the same file content); give it one weight instead")
+    return {"lora": tuple(_located(entry) for entry, _ in found), "lora_scale": scales(scale, len(entries)), "lora_sha": shas}
+
+
+def scales(value: Any, count: int) -> tuple[float, ...]:
+    """One weight per adapter: a number for all of them, or a list of `count` numbers."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value] * count
+    if len(values) != count or not all(_is_number(v) and math.isfinite(v) for v in values):
+        raise invalid("lora_scale", value, f"must be a number, or a list of {count} numbers (one per adapter in lora)")
+    return tuple(float(v) for v in values)
+
+
+def weights_file(value: str) -> Path:
+    """The `.safetensors` file an adapter's value names: the file, the one in a folder, or the one
+    in a hub repo (from the local cache when offline). PlanError (one line) otherwise."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        return _in_folder(value, path)
+    if path.exists() or path.is_symlink() or value.endswith(SUFFIX) or value.startswith(("/", ".", "~")):
+        if not path.is_file():  # is_file: a regular file (after links), never a FIFO or a device
+            raise invalid("lora", value, "no such file" if not path.exists() else "not a regular file")
+        if path.suffix != SUFFIX:
+            raise invalid("lora", value, f"not a {SUFFIX} file (pickled .pt/.ckpt files are not loaded)")
+        return path.absolute()
+    return _in_folder(value, _hub_snapshot(value))
+
+
+def _located(value: str) -> str:
+    """A local adapter by its absolute path; a hub id as it is."""
+    path = Path(value).expanduser()
+    return str(path.absolute()) if path.exists() else value
+
+
+def _in_folder(value: str, folder: Path) -> Path:
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(SUFFIX) and p.is_file())
+    if any(p.name == DIFFUSERS_NAME for p in files):
+        return folder.absolute() / DIFFUSERS_NAME
+    if len(files) != 1:
+        what = "no" if not files else f"{len(files)}"
+        raise invalid("lora", value, f"the folder holds {what} {SUFFIX} files; name the file")
+    return files[0].absolute()
+
+
+@functools.lru_cache(maxsize=64)  # asked again for every PNG's text: one hub request per process
+def _hub_snapshot(value: str) -> Path:
+    """The hub repo's LoRA files (only those), from the local cache when HF_HUB_OFFLINE is set."""
+    from sweeper.hub import is_hub_or_tiny
+
+    if not is_hub_or_tiny(value):
+        raise invalid("lora", value, "no such file or folder, and not a hub id of the form org/name")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(value, allow_patterns=[f"*{SUFFIX}"]))
+    except Exception as error:  # offline, no such repo: either way it cannot be had
+        raise PlanError(f"invalid lora={value!r}: not in the local Hugging Face cache and not downloadable "
+                        f"({one_line(error)[:120]}); download it first (huggingface-cli download)") from None
+
+
+_HASHES: dict[tuple, tuple[str, str]] = {}
+_HASHES_LOCK = threading.Lock()
+
+
+def file_hashes(path: Path) -> tuple[str, str]:
+    """(content hash for the image id: 20 hex digits of the file's sha256, A1111's short hash), kept per
+    process by path, size and time. A1111 (and civitai, which reads its PNGs) knows a LoRA by the first
+    12 hex digits of the sha256 of its tensor data, after the safetensors header (kohya's "addnet" hash)."""
+    info = os.stat(path)
+    key = (str(path), info.st_size, info.st_mtime_ns)
+    with _HASHES_LOCK:
+        if key not in _HASHES:
+            whole, data = hashlib.sha256(), hashlib.sha256()
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+                whole.update(head)
+                header = handle.read(int.from_bytes(head, "little")) if len(head) == 8 else b""
+                whole.update(header)
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    whole.update(block)
+                    data.update(block)
+            _HASHES[key] = (whole.hexdigest()[:20], data.hexdigest()[:12])
+        return _HASHES[key]
+
+
+def a1111_name(value: str) -> str:
+    """How A1111 names an adapter in `<lora:name:weight>`: its file name without the suffix."""
+    name = Path(value).name
+    return name[: -len(SUFFIX)] if name.endswith(SUFFIX) else name
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

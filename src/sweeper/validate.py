@@ -1,0 +1,341 @@
+"""Validate: each config value a user can get wrong, checked before anything renders.
+
+A value that cannot be rendered raises `PlanError` with one line naming the
+key, the value and what is allowed; a key the config does not have is a typo
+and names the closest key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from sweeper.cli_errors import unknown_key
+from sweeper.errors import PlanError, invalid
+from sweeper.spec import CROP_KEYS, SINGLE_FILE_SUFFIXES, SIZE_KEYS
+from sweeper.tiny import RECIPE_VERSION, TINY_MODELS
+
+FAMILIES = ("sdxl", "sd15")
+REFINER_MODES = ("ensemble", "img2img")
+MODES = ("txt2img", "img2img", "inpaint")
+DTYPES = ("auto", "float16", "bfloat16", "float32")
+ATTENTION = ("sdpa", "eager")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+OFFLOAD = ("none", "model", "sequential")
+SDXL_ONLY_KEYS = ("prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS)
+DEFAULT_MAX_IMAGES = 100_000
+DEFAULT_MAX_SIZE = 4096  # pixels per side: beyond the largest real use of SD models
+DEFAULT_MAX_STEPS = 1000  # the models' own training schedule has 1000 timesteps
+SEED_LIMIT = 2**63  # int64 in the manifest (torch itself takes up to 2**64 - 1)
+RANDOM_SEED_LIMIT = 2**32  # what a seed of -1 draws from, as other SD tools do
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+# The keys of conf/config.yaml (a test keeps the two equal) and of its groups: any other is a typo.
+CONFIG_KEYS = (
+    "name", "prompt", "prompt_file", "prompt_file_paths", "wildcards", "negative_prompt", "prompt_2", "negative_prompt_2",
+    "seed", "guidance", "steps", "width", "height", "original_size", "target_size", "crops_coords_top_left",
+    "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "mode", "init_image", "mask_image",
+    "strength", "watermark", "safety_checker", "dtype", "device", "batch_size", "attention", "channels_last", "fuse_qkv",
+    "compile", "vae_upcast", "offload", "vae_slicing", "vae_tiling", "lora", "lora_scale", "max_images", "max_size", "max_steps", "dry_run",
+)
+GROUP_KEYS = {
+    "model": ("name", "id", "revision", "config", "family"),
+    "refiner": ("name", "id", "revision", "split", "mode"),
+    "scheduler": ("name", "class_name", "label", "kwargs"),
+}
+
+
+def known_keys() -> list[str]:
+    """Every key a command line may set (for the closest match to a typo)."""
+    return [*CONFIG_KEYS, *GROUP_KEYS, *(f"{group}.{field}" for group, fields in GROUP_KEYS.items() for field in fields)]
+
+
+def check_keys(c: Mapping[str, Any]) -> None:
+    """Refuse a key the config does not have (`+guidnace=7` would render at the default guidance)."""
+    for key, value in c.items():
+        if key not in GROUP_KEYS:
+            if key not in CONFIG_KEYS:
+                raise PlanError(unknown_key(key, known_keys()))
+            continue
+        fields = value if isinstance(value, Mapping) else {}
+        allowed = ("name",) if key == "refiner" and fields.get("name", "none") == "none" else GROUP_KEYS[key]
+        for field in fields:
+            if field not in allowed:
+                raise PlanError(unknown_key(f"{key}.{field}", known_keys()))
+
+
+PER_PROMPT_KEYS = ("negative_prompt", "prompt_2", "negative_prompt_2")
+
+
+def max_images(c: Mapping[str, Any]) -> int:
+    return _limit(c, "max_images", DEFAULT_MAX_IMAGES)
+
+
+def model(model: Any) -> dict[str, Any]:
+    if not isinstance(model, Mapping) or not model.get("id") or not isinstance(model.get("id"), str):
+        raise invalid("model.id", None if not isinstance(model, Mapping) else model.get("id"), "must name a model (model=sdxl, sd15, tiny, tiny-sd)")
+    family = model.get("family")
+    if family not in FAMILIES:
+        raise invalid("model.family", family, f"allowed: {', '.join(FAMILIES)}")
+    revision = model.get("revision")
+    if model["id"] in TINY_MODELS and revision is None:
+        revision = RECIPE_VERSION  # a new tiny recipe makes new images, never mixes with old ones
+    config = model.get("config")
+    if config is not None and not (isinstance(config, str) and config):
+        raise invalid("model.config", config, "must be null, or a diffusers model dir or hub id")
+    if model["id"].endswith(SINGLE_FILE_SUFFIXES):
+        path = Path(model["id"]).expanduser()
+        if not path.is_file():
+            raise invalid("model.id", model["id"], "no such checkpoint file")
+        if revision is None:  # a changed checkpoint makes new images; hashing gigabytes at every plan would not do
+            stat = path.stat()
+            revision = f"file:{stat.st_size}:{stat.st_mtime_ns}"
+    return {"name": model.get("name") or model["id"], "id": model["id"], "revision": revision, "family": family, "config": config}
+
+
+def refiner(refiner: Any, family: str) -> dict[str, Any]:
+    if refiner is None or refiner.get("name", "none") == "none":
+        return {"name": "none", "id": None, "revision": None, "split": None, "mode": None}
+    if family != "sdxl":
+        raise PlanError(f"invalid refiner={refiner['name']}: needs an SDXL base model, but the model is {family}")
+    if not isinstance(refiner.get("id"), str) or not refiner["id"]:
+        raise invalid("refiner.id", refiner.get("id"), "must name a refiner model")
+    split = refiner.get("split")
+    if not _is_number(split) or not 0 < split < 1:
+        raise invalid("refiner.split", split, "must be a fraction of the steps strictly between 0 and 1")
+    mode = refiner.get("mode")
+    if mode not in REFINER_MODES:
+        raise invalid("refiner.mode", mode, f"allowed: {', '.join(REFINER_MODES)}")
+    revision = refiner.get("revision")
+    if refiner["id"] in TINY_MODELS and revision is None:
+        revision = RECIPE_VERSION
+    return {"name": refiner["name"], "id": refiner["id"], "revision": revision, "split": float(split), "mode": mode}
+
+
+def scheduler(scheduler: Any) -> dict[str, Any]:
+    if not isinstance(scheduler, Mapping) or not isinstance(scheduler.get("class_name"), str):
+        value = scheduler.get("class_name") if isinstance(scheduler, Mapping) else scheduler
+        raise invalid("scheduler.class_name", value, "each scheduler config needs the name of a diffusers scheduler class")
+    kwargs = scheduler.get("kwargs") or {}
+    if not isinstance(kwargs, Mapping):
+        raise invalid("scheduler.kwargs", kwargs, "must be a mapping of scheduler config values")
+    name = scheduler.get("name") or scheduler["class_name"]
+    return {"name": name, "class_name": scheduler["class_name"], "kwargs": dict(kwargs), "label": scheduler.get("label") or name}
+
+
+def check_split(refiner: Mapping[str, Any], steps: int, scheduler_kwargs: Mapping[str, Any]) -> None:
+    """Refuse a refiner split that leaves the base or the refiner no step."""
+    if refiner["id"] is None:
+        return
+    base, refined = split_steps(steps, refiner["split"], refiner["mode"], scheduler_kwargs.get("timestep_spacing", "leading"))
+    if min(base, refined) < 1:
+        who = "base" if base < 1 else "refiner"
+        raise invalid(
+            "refiner.split", refiner["split"], f"with steps={steps} (refiner.mode={refiner['mode']}) the {who} gets no step "
+            f"(base {base}, refiner {refined}); choose a split nearer 0.5 or more steps",
+        )
+
+
+def split_steps(steps: int, split: float, mode: str, spacing: str = "leading", train_steps: int = 1000) -> tuple[int, int]:
+    """(base steps, refiner steps) of a refiner split, as diffusers cuts them.
+
+    img2img: the base runs every step, the refiner int(steps * (1 - split)).
+    ensemble: the split cuts the noise schedule, not the steps: the base runs the
+    timesteps >= (1 - split) * 1000, the refiner the rest. Exact for schedules
+    spaced evenly in time (`timestep_spacing` leading, as SDXL ships, trailing or
+    linspace); Karras-style sigmas crowd the low-noise end, so render records the
+    counts that really ran (base_steps, refiner_steps).
+    """
+    if mode == "img2img":
+        return steps, min(int(steps * (1.0 - split)), steps)
+    if spacing == "trailing":
+        timesteps = [round(train_steps - i * train_steps / steps) - 1 for i in range(steps)]
+    elif spacing == "linspace":
+        timesteps = [round((train_steps - 1) * (1 - i / max(steps - 1, 1))) for i in range(steps)]
+    else:  # leading, with SD's steps_offset of 1
+        timesteps = [(steps - 1 - i) * (train_steps // steps) + 1 for i in range(steps)]
+    cutoff = int(round(train_steps - split * train_steps))
+    base = sum(t >= cutoff for t in timesteps)
+    return base, steps - base
+
+
+def device(value: Any, auto_device: str) -> tuple[str, int | None]:
+    """(device type, GPU index or None) of `device`."""
+    if not isinstance(value, str) or not _DEVICE.match(value):
+        raise invalid("device", value, "allowed: auto, cpu, cuda, cuda:N, mps")
+    kind, _, index = value.partition(":")
+    return (auto_device if value == "auto" else kind), (int(index) if index else None)
+
+
+def dtype(value: Any, device: str) -> str:
+    if value not in DTYPES:
+        raise invalid("dtype", value, f"allowed: {', '.join(DTYPES)}")
+    if value == "auto":
+        return "float16" if device == "cuda" else "float32"
+    return value
+
+
+def size(c: Mapping[str, Any], key: str) -> int:
+    value = c.get(key)
+    if not is_int(value) or value <= 0 or value % 8:
+        raise invalid(key, value, "must be a positive multiple of 8")
+    limit = _limit(c, "max_size", DEFAULT_MAX_SIZE)
+    if value > limit:
+        raise invalid(key, value, f"over max_size={limit} (a bound against typos and crafted CSV rows; raise max_size to render it)")
+    return value
+
+
+def steps(c: Mapping[str, Any]) -> int:
+    value = _int(c, "steps", minimum=1)
+    limit = _limit(c, "max_steps", DEFAULT_MAX_STEPS)
+    if value > limit:
+        raise invalid("steps", value, f"over max_steps={limit} (a bound against typos and crafted CSV rows; raise max_steps to render it)")
+    return value
+
+
+def _limit(c: Mapping[str, Any], key: str, default: int) -> int:
+    return default if c.get(key) is None else _int(c, key, minimum=1)
+
+
+def guidance(c: Mapping[str, Any]) -> float:
+    value = c.get("guidance")
+    if not _is_number(value) or not 0 <= value < math.inf:
+        raise invalid("guidance", value, "must be a finite number >= 0")
+    return float(value)
+
+
+def choice(c: Mapping[str, Any], key: str, allowed: Sequence[str], default: str | None = None) -> str:
+    value = c.get(key, default)
+    if value not in allowed:
+        raise invalid(key, value, f"allowed: {', '.join(allowed)}")
+    return value
+
+
+def pair(c: Mapping[str, Any], key: str, minimum: int) -> tuple[int, int] | None:
+    value = c.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(is_int(v) and v >= minimum for v in value):
+        what = "[height, width]" if key in SIZE_KEYS else "[top, left]"
+        raise invalid(key, value, f"must be null or {what}, two integers >= {minimum}")
+    return (value[0], value[1])
+
+
+def flag(c: Mapping[str, Any], key: str) -> bool:
+    value = c.get(key, False)
+    if not isinstance(value, bool):
+        raise invalid(key, value, "must be true or false")
+    return value
+
+
+def strength(c: Mapping[str, Any], steps: int) -> float:
+    value = c.get("strength")
+    if not _is_number(value) or not 0 < value <= 1:
+        raise invalid("strength", value, "must be a number in (0, 1]: the fraction of the init image that is re-noised")
+    if int(steps * value) < 1:  # diffusers runs int(steps * strength) steps; none fails mid-render
+        raise invalid("strength", value, f"with steps={steps} it leaves no denoising step (int(steps * strength) = 0); raise strength or steps")
+    return float(value)
+
+
+def watermark(c: Mapping[str, Any], family: str) -> bool:
+    value = flag(c, "watermark")
+    if value and family != "sdxl":
+        raise invalid("watermark", value, "only SDXL pipelines have the invisible watermark")
+    if value:
+        import importlib.util
+
+        if importlib.util.find_spec("imwatermark") is None:
+            raise invalid("watermark", value, "needs the invisible-watermark package: pip install invisible-watermark")
+    return value
+
+
+def safety_checker(c: Mapping[str, Any], model: Mapping[str, Any]) -> bool:
+    value = c.get("safety_checker", "auto")
+    if value not in ("auto", True, False):
+        raise invalid("safety_checker", value, "allowed: auto (the model's own, if it has one), true, false")
+    if value is True and model["family"] != "sd15":
+        raise invalid("safety_checker", value, "only Stable Diffusion 1.x pipelines have a safety checker")
+    # A checkpoint file holds no safety checker (from_single_file loads none); true takes model.config's.
+    single_file = model["id"].endswith(SINGLE_FILE_SUFFIXES)
+    if value is True and single_file and model["config"] is None:
+        raise invalid("safety_checker", value, "a single-file checkpoint holds no safety checker; set model.config to a diffusers model that has one")
+    return model["family"] == "sd15" and not single_file if value == "auto" else value
+
+
+def compile_mode(c: Mapping[str, Any]) -> str | None:
+    value = c.get("compile")
+    if value is False or value is None:
+        return None
+    if value is True:
+        return "default"
+    if value not in COMPILE_MODES:
+        raise invalid("compile", value, f"allowed: false, true, {', '.join(COMPILE_MODES)} (torch.compile modes)")
+    return value
+
+
+def vae_upcast(c: Mapping[str, Any]) -> bool | None:
+    value = c.get("vae_upcast", "auto")
+    if value not in ("auto", True, False):
+        raise invalid("vae_upcast", value, "allowed: auto (the VAE's own force_upcast), true, false")
+    return None if value == "auto" else value
+
+
+def offload(c: Mapping[str, Any], device: str) -> str:
+    value = choice(c, "offload", OFFLOAD, default="none")
+    if value != "none" and device != "cuda":
+        raise invalid("offload", value, f"CPU offload moves models between the CPU and a GPU; it needs device=cuda, not {device}")
+    return value
+
+
+def batch_size(c: Mapping[str, Any]) -> int | None:
+    value = c.get("batch_size", "auto")
+    if value == "auto":
+        return None
+    if not is_int(value) or value < 1:
+        raise invalid("batch_size", value, "must be auto or an integer >= 1")
+    return value
+
+
+def per_prompt(c: Mapping[str, Any], key: str, count: int) -> list[str | None]:
+    """A value for every prompt: one string for all, or a list zipped with the prompts."""
+    value = c.get(key)
+    if value is None or isinstance(value, str):
+        return [value] * count
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) and len(value) == count:
+        return list(value)
+    raise invalid(key, value, f"must be null, a string, or a list of {count} strings (one per prompt)")
+
+
+def seeds(c: Mapping[str, Any], random_key: str) -> list[int]:
+    value = c.get("seed")
+    seeds = value if isinstance(value, (list, tuple)) else [value]
+    if not seeds:
+        raise invalid("seed", value, "needs at least one seed")
+    planned = []
+    for position, seed in enumerate(seeds):
+        if not is_int(seed) or not -1 <= seed < SEED_LIMIT:
+            raise invalid("seed", value, f"must be an integer 0 .. {SEED_LIMIT - 1}, a list of them, or -1 for a random seed")
+        if seed == -1:
+            digest = hashlib.sha256(f"{random_key}:{position}".encode()).digest()
+            seed = int.from_bytes(digest[:8], "big") % RANDOM_SEED_LIMIT
+        planned.append(seed)
+    return planned
+
+
+def is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _int(c: Mapping[str, Any], key: str, minimum: int) -> int:
+    value = c.get(key)
+    if not is_int(value) or value < minimum:
+        raise invalid(key, value, f"must be an integer >= {minimum}")
+    return value

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import pyarrow as pa
+import pytest
+from test_report import base_row, browse, labels, write_manifest
 
-from sweeper import manifest
-from sweeper.report.data import layouts_data
+from sweeper import manifest, report
+from sweeper.report.data import page_data
 from sweeper.report.grid_png import grids
-from sweeper.report.layout import layout
+from sweeper.report.layout import codes, layout
 from sweeper.report.sweep import Sweep
 
 
@@ -56,18 +59,46 @@ def test_without_axes_each_combination_is_a_section_and_a_cell_holds_all_its_ima
     assert by_host.sections[3].xs == ["h"] and by_host.sections[3].cells == {(0, 0): [3, 5]}
 
 
-def test_the_page_gets_each_pair_of_axes_once_as_indices_into_the_values(tmp_path):
+def test_codes_number_each_axis_values_in_display_order(tmp_path):
     sweep = sweep_of(ROWS, tmp_path)
-    data = layouts_data(sweep, sweep.swept)
-    assert sweep.swept == ["prompt", "seed", "guidance"]
-    assert {x: sorted(ys) for x, ys in data.items()} == {
-        "": ["", "guidance", "prompt", "seed"], "prompt": ["guidance", "seed"], "seed": ["guidance"],
-    }
-    found = data["seed"]["guidance"]
-    assert found["keys"] == ["prompt"]
-    # [key, xs, ys, cells]: labels as places in sweep.labels(name); cells row by row, null where no image
-    assert found["sections"][0] == [[0], [0, 1], [0, 1], [1, 0, 2, None]]
     assert sweep.labels("prompt") == ["b", "a"] and sweep.labels("seed") == ["2", "10"]
+    assert codes(sweep, "prompt") == [0, 0, 0, 1, 1]
+    assert codes(sweep, "seed") == [1, 0, 0, 0, 1]
+    assert codes(sweep, "host") == [0] * 5
+
+
+def test_the_page_gets_codes_for_the_axes_that_vary_and_labels_for_the_rest(tmp_path):
+    sweep = sweep_of(ROWS, tmp_path)
+    data = page_data(sweep, ["ok"] * 5, "seed", "host", tmp_path)
+    assert data["axes"] == ["prompt", "seed", "guidance", "host"]
+    (page,) = data["sweeps"]
+    assert page["codes"] == {name: codes(sweep, name) for name in ("prompt", "seed", "guidance")}  # host is constant
+    assert page["values"]["guidance"] == ["3", "7.5"] and page["values"]["host"] == ["h"]
+    assert page["columns"] == ["image_id", "path", "job_num"] and page["rows"][4] == ["id4", "images/id4.png", "4"]
+
+
+@pytest.mark.parametrize("fragment", ["", "#x=guidance&y=prompt", "#x=&y=seed", "#x=prompt&y=seed&f.guidance=7.5"])
+def test_the_page_places_images_as_the_layout_does(tmp_path, fragment):
+    rows = [base_row(image_id=f"{n:020d}", path=f"images/{n:020d}.png", job_num=n, **values) for n, values in enumerate(ROWS)]
+    write_manifest(tmp_path / "sweep", rows)
+    page = browse(report.write_report(tmp_path / "sweep", x="seed", y="guidance"), tmp_path, fragment=fragment)
+    assert page.console == []
+    view = dict(parse_qsl(fragment[1:], keep_blank_values=True)) or {"x": "seed", "y": "guidance"}
+    sweep = report.load_sweep(tmp_path / "sweep")
+    keep = [i for i, text in enumerate(sweep.text) if all(text[key[2:]] == v for key, v in view.items() if key.startswith("f."))]
+    expected = []
+    for section in layout(sweep, view["x"] or None, view["y"] or None).sections:
+        cells = {place: [i for i in found if i in keep] for place, found in section.cells.items()}
+        xs = [x for c, x in enumerate(section.xs) if any(cells.get((r, c)) for r in range(len(section.ys)))]
+        ys = [y for r, y in enumerate(section.ys) if any(cells.get((r, c)) for c in range(len(section.xs)))]
+        grid = [[cells.get((section.ys.index(y), section.xs.index(x)), []) for x in xs] for y in ys]
+        if xs:
+            expected.append((xs, ys, grid))
+    shown = []
+    for block in page.dom.by_id("grid-blocks").find_all("div", "block"):
+        grid = [[[int(tile.attrs["data-i"]) for tile in td.find_all("button")] for td in tr.find_all("td")] for tr in block.find_all("tr")[1:]]
+        shown.append((labels(block, "xlabel"), labels(block, "ylabel"), grid))
+    assert shown == expected
 
 
 def test_png_grids_have_the_same_cells_and_titles(tmp_path):

@@ -9,7 +9,7 @@ from typing import Any
 from urllib.parse import quote
 
 from sweeper.report.compare import Comparison
-from sweeper.report.layout import Layout, layout
+from sweeper.report.layout import codes
 from sweeper.report.sweep import Sweep
 from sweeper.store import THUMB_EXT, THUMBS_DIR
 
@@ -29,7 +29,6 @@ def page_data(
         "x": x or "",
         "y": y or "",
         "axes": axes,
-        "layouts": layouts_data(sweep, axes),
         "pageCells": PAGE_CELLS,
         "maxCols": MAX_COLS,
         "pagePairs": PAGE_PAIRS,
@@ -43,15 +42,20 @@ def page_data(
 
 
 def sweep_data(sweep: Sweep, states: list[str], out_dir: Path, axes: list[str]) -> dict[str, Any]:
+    """A sweep's rows for the page: the axes that vary as codes (layout.codes), the other columns
+    that vary as labels row by row, the constant ones once."""
     varying = [name for name in sweep.columns if not sweep.constant(name)]
+    coded = [name for name in axes if name in varying]
+    plain = [name for name in varying if name not in coded]
     return {
         "name": sweep.name,
         "base": relative_url(sweep.dir, out_dir),
         "thumbs": f"{THUMBS_DIR}/",
         "ext": THUMB_EXT,
         "order": sweep.columns,
-        "columns": varying,
-        "rows": [[text[name] for name in varying] for text in sweep.text],
+        "columns": plain,
+        "rows": [[text[name] for name in plain] for text in sweep.text],
+        "codes": {name: codes(sweep, name) for name in coded},
         "constants": {name: sweep.text[0][name] for name in sweep.columns if name not in varying},
         "state": states,
         "swept": sweep.swept,
@@ -59,32 +63,6 @@ def sweep_data(sweep: Sweep, states: list[str], out_dir: Path, axes: list[str]) 
         "short": {name: short_labels(sweep.labels(name)) for name in axes},
     }
 
-
-
-def layouts_data(sweep: Sweep, axes: list[str]) -> dict[str, dict[str, Any]]:
-    """The layout of every choice of axes the page offers, by x then y ('' for no axis). Only one of
-    (x, y) and (y, x) is here: the page turns it around for the other."""
-    index = {name: {text: n for n, text in enumerate(sweep.labels(name))} for name in axes}
-    choices = ["", *axes]
-    layouts: dict[str, dict[str, Any]] = {}
-    for x, y in [("", ""), *((x, y) for n, x in enumerate(choices) for y in choices[n + 1 :])]:
-        layouts.setdefault(x, {})[y] = _layout_data(layout(sweep, x or None, y or None), index)
-    return layouts
-
-
-def _layout_data(found: Layout, index: dict[str, dict[str, int]]) -> dict[str, Any]:
-    """Sections as [key, xs, ys, cells]: labels as indices into the axes' values, cells row by row,
-    each null (empty), a row index, or a list of them."""
-    sections = []
-    for section in found.sections:
-        cells: list[int | list[int] | None] = [None] * (len(section.xs) * len(section.ys))
-        for (row, column), rows in section.cells.items():
-            cells[row * len(section.xs) + column] = rows[0] if len(rows) == 1 else rows
-        key = [index[name][text] for name, text in zip(found.keys, section.key)]
-        xs = [index[found.x][text] for text in section.xs] if found.x else [0]
-        ys = [index[found.y][text] for text in section.ys] if found.y else [0]
-        sections.append([key, xs, ys, cells])
-    return {"keys": found.keys, "sections": sections}
 
 SHORT_LABEL = 28  # characters of an axis label before it is cut
 

@@ -1,10 +1,15 @@
 """The grid layout, the one place that decides which image goes in which cell.
 
-For axes x and y, the images are grouped into sections by the other swept
-keys; each section is one grid with the x values that occur in it as columns,
-the y values as rows, and the images in each cell in manifest order. The
-browser draws these layouts (it only leaves out cells that its filters hide)
-and the PNG grids are drawn from them too.
+Each axis numbers its values in display order (`codes`: an image's code on an
+axis is its value's place in `Sweep.labels`). For axes x and y the images are
+grouped into sections by their codes on the other swept keys, sections in
+code order key by key; a section's columns and rows are the x and y codes that
+occur in it, in order; a cell holds its images in manifest order.
+
+The page gets the codes of every axis it offers (grows with axes x images, not
+with pairs of axes) and its script follows these rules for whichever axes and
+filters are picked (`gridBlocks` in assets/report.js, checked against
+`layout` by tests/test_report_layout.py); the PNG grids are drawn from `layout`.
 """
 
 from __future__ import annotations
@@ -35,30 +40,35 @@ class Layout:
     sections: list[Section]
 
 
+def codes(sweep: Sweep, axis: str) -> list[int]:
+    """Per image, the place of its value among the axis' values in display order."""
+    place = {text: n for n, text in enumerate(sweep.labels(axis))}
+    return [place[text[axis]] for text in sweep.text]
+
+
 def layout(sweep: Sweep, x: str | None, y: str | None) -> Layout:
     """The sweep's grids along x and y, sections in the order of their keys' values."""
     keys = [name for name in sweep.swept if name not in (x, y)]
-    groups: dict[tuple[str, ...], list[int]] = defaultdict(list)
-    for index, text in enumerate(sweep.text):
-        groups[tuple([text[name] for name in keys])].append(index)
-    key_ranks = [_ranks(sweep, name) for name in keys]
-    ordered = sorted(groups.items(), key=lambda item: [ranks[text] for ranks, text in zip(key_ranks, item[0])])
-    x_rank, y_rank = _ranks(sweep, x), _ranks(sweep, y)
-    if not x and not y:  # a section per image, often: the general case below is 10 times slower
-        return Layout(x, y, keys, [Section(key, [""], [""], {(0, 0): indices}) for key, indices in ordered])
+    count = len(sweep.text)
+    key_codes = list(zip(*(codes(sweep, name) for name in keys))) if keys else [()] * count
+    x_codes = codes(sweep, x) if x else [0] * count
+    y_codes = codes(sweep, y) if y else [0] * count
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for index, key in enumerate(key_codes):
+        groups[key].append(index)
+    labels = {name: sweep.labels(name) for name in (*keys, *(axis for axis in (x, y) if axis))}
     sections = []
-    for key, indices in ordered:
-        places = [(sweep.text[i][y] if y else "", sweep.text[i][x] if x else "") for i in indices]
-        xs = sorted({place[1] for place in places}, key=x_rank.__getitem__)
-        ys = sorted({place[0] for place in places}, key=y_rank.__getitem__)
-        column, row = {text: n for n, text in enumerate(xs)}, {text: n for n, text in enumerate(ys)}
+    for key in sorted(groups):
+        indices = groups[key]
+        xs, ys = sorted({x_codes[i] for i in indices}), sorted({y_codes[i] for i in indices})
+        column, row = {code: n for n, code in enumerate(xs)}, {code: n for n, code in enumerate(ys)}
         cells: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, (y_text, x_text) in zip(indices, places):
-            cells[(row[y_text], column[x_text])].append(i)
-        sections.append(Section(key, xs, ys, dict(cells)))
+        for i in indices:
+            cells[(row[y_codes[i]], column[x_codes[i]])].append(i)
+        sections.append(Section(
+            tuple(labels[name][code] for name, code in zip(keys, key)),
+            [labels[x][code] for code in xs] if x else [""],
+            [labels[y][code] for code in ys] if y else [""],
+            dict(cells),
+        ))
     return Layout(x, y, keys, sections)
-
-
-def _ranks(sweep: Sweep, axis: str | None) -> dict[str, int]:
-    """Label -> place in display order of the axis' values; one '' without an axis."""
-    return {text: n for n, text in enumerate(sweep.labels(axis))} if axis else {"": 0}

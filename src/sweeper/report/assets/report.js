@@ -21,7 +21,11 @@ class Sweep {
     this.rank = new Map(Object.entries(data.values).map(([name, labels]) => [name, new Map(labels.map((v, i) => [v, i]))]));
   }
   get size() { return this.rows.length; }
-  value(i, name) { return this.at.has(name) ? this.rows[i][this.at.get(name)] : this.constants[name]; }
+  value(i, name) {
+    if (name in this.codes) return this.values[name][this.codes[name][i]];
+    return this.at.has(name) ? this.rows[i][this.at.get(name)] : this.constants[name];
+  }
+  label(name, code) { return name ? this.values[name][code] : ""; }
   href(path) { return this.base + path.split("/").map(encodeURIComponent).join("/"); }
   full(i) { return this.href(this.value(i, "path")); }
   thumb(i) { return this.state[i] === "ok" ? this.href(this.thumbs + this.value(i, "image_id") + this.ext) : this.full(i); }
@@ -79,7 +83,6 @@ const view = {
 };
 if (params.get("x") === "") view.x = "";
 if (params.get("y") === "") view.y = "";
-if (view.x && view.x === view.y) view.y = "";  // a hand-made link: one axis cannot be both
 for (const name of main.swept) {
   const value = params.get(`f.${name}`);
   if (value !== null && main.rank.get(name).has(value)) view.filters[name] = value;
@@ -124,35 +127,42 @@ function controls() {
   }
 }
 
-// The layouts (which image goes in which cell) come from Python, one per pair of axes, turned
-// around here for the other order; filters only leave out cells, and what is left empty.
+// Which image goes in which cell follows sweeper/report/layout.py, on the codes it gives each image
+// (its value's place in display order, per axis): sections by the codes of the other swept keys in
+// order, columns and rows the x and y codes that occur in a section, cells in manifest order.
 function gridBlocks() {
   const {x, y, filters} = view;
-  const turned = !(D.layouts[x] && y in D.layouts[x]);
-  const {keys, sections} = turned ? D.layouts[y][x] : D.layouts[x][y];
-  const labels = (name) => (name ? main.values[name] : [""]);
-  const wanted = (name, value) => !(name in filters) || filters[name] === value;
+  const keys = main.swept.filter((name) => name !== x && name !== y && !(name in filters));
+  const none = new Array(main.size).fill(0);  // no axis, or a constant one: one column or row
+  const along = (name) => main.codes[name] || none;
+  const kept = Object.entries(filters).map(([name, v]) => [along(name), main.rank.get(name).get(v)]);
+  const keyCodes = keys.map(along), xCodes = along(x), yCodes = along(y);
+  const width = x ? main.values[x].length : 1;
+  const sections = new Map();
+  let shown = 0;
+  for (let i = 0; i < main.size; i++) {
+    if (!kept.every(([codes, code]) => codes[i] === code)) continue;
+    const key = keyCodes.map((codes) => codes[i]);
+    const id = key.join(",");
+    let section = sections.get(id);
+    if (!section) sections.set(id, (section = {key, xs: new Set(), ys: new Set(), cells: new Map()}));
+    const xc = xCodes[i], yc = yCodes[i], at = yc * width + xc;
+    section.xs.add(xc);
+    section.ys.add(yc);
+    if (!section.cells.has(at)) section.cells.set(at, []);
+    section.cells.get(at).push(i);
+    shown++;
+  }
+  const ordered = [...sections.values()].sort((a, b) => {
+    for (let n = 0; n < keys.length; n++) {
+      if (a.key[n] !== b.key[n]) return a.key[n] - b.key[n];
+    }
+    return 0;
+  });
   const blocks = [];
-  let shown = 0, kept = 0;
-  for (const section of sections) {
-    const [keyAt, xsAt, ysAt, cellsAt] = turned ? [section[0], section[2], section[1], section[3]] : section;
-    const key = keys.map((name, n) => main.values[name][keyAt[n]]);
-    if (!keys.every((name, n) => wanted(name, key[n]))) continue;
-    const allXs = xsAt.map((n) => labels(x)[n]), allYs = ysAt.map((n) => labels(y)[n]);
-    const cells = new Map(), usedXs = new Set(), usedYs = new Set();
-    allYs.forEach((yv, r) => allXs.forEach((xv, c) => {
-      const at = turned ? cellsAt[c * allYs.length + r] : cellsAt[r * allXs.length + c];
-      if (at === null || !wanted(y, yv) || !wanted(x, xv)) return;
-      const rows = typeof at === "number" ? [at] : at;
-      cells.set(`${yv}\u0000${xv}`, rows);
-      usedXs.add(xv);
-      usedYs.add(yv);
-      shown += rows.length;
-    }));
-    if (!cells.size) continue;
-    kept++;
-    const xs = allXs.filter((v) => usedXs.has(v)), ys = allYs.filter((v) => usedYs.has(v));
-    const title = keys.map((name, n) => [name, key[n]]).filter(([name]) => !(name in filters)).map(([name, v]) => `${name} = ${v}`).join(" · ");
+  for (const section of ordered) {
+    const xs = [...section.xs].sort((a, b) => a - b), ys = [...section.ys].sort((a, b) => a - b);
+    const title = keys.map((name, n) => `${name} = ${main.label(name, section.key[n])}`).join(" · ");
     const colStep = Math.min(xs.length, D.maxCols);
     const rowStep = Math.max(1, Math.floor(D.pageCells / colStep));
     for (let r = 0; r < ys.length; r += rowStep) {
@@ -160,11 +170,11 @@ function gridBlocks() {
         const split = xs.length > colStep || ys.length > rowStep;
         const rowsPart = `rows ${r + 1}–${Math.min(r + rowStep, ys.length)} of ${ys.length}`;
         const part = split ? `${rowsPart}, columns ${c + 1}–${Math.min(c + colStep, xs.length)} of ${xs.length}` : "";
-        blocks.push({title, part, xs: xs.slice(c, c + colStep), ys: ys.slice(r, r + rowStep), cells});
+        blocks.push({title, part, xs: xs.slice(c, c + colStep), ys: ys.slice(r, r + rowStep), width, cells: section.cells});
       }
     }
   }
-  return {blocks, sections: kept, shown};
+  return {blocks, sections: ordered.length, shown};
 }
 
 function paginate(blocks) {
@@ -182,14 +192,19 @@ function paginate(blocks) {
   return pages;
 }
 
+function axisLabel(cls, scope, name, code) {
+  const v = main.label(name, code);
+  return el("th", {class: cls, scope, title: name ? `${name} = ${v}` : "", text: main.shortLabel(name, v)});
+}
+
 function blockNode(block) {
   const {x, y} = view;
   const corner = el("th", {class: "corner"}, el("span", {class: "axis-x", text: x ? `${x} →` : ""}), el("span", {class: "axis-y", text: y ? `${y} ↓` : ""}));
-  const head = el("tr", {}, corner, ...block.xs.map((v) => el("th", {class: "xlabel", scope: "col", title: x ? `${x} = ${v}` : "", text: main.shortLabel(x, v)})));
-  const body = block.ys.map((yv) => el("tr", {},
-    el("th", {class: "ylabel", scope: "row", title: y ? `${y} = ${yv}` : "", text: main.shortLabel(y, yv)}),
-    ...block.xs.map((xv) => {
-      const rows = block.cells.get(`${yv}\u0000${xv}`);
+  const head = el("tr", {}, corner, ...block.xs.map((xc) => axisLabel("xlabel", "col", x, xc)));
+  const body = block.ys.map((yc) => el("tr", {},
+    axisLabel("ylabel", "row", y, yc),
+    ...block.xs.map((xc) => {
+      const rows = block.cells.get(yc * block.width + xc);
       return rows ? el("td", {class: "cell"}, ...rows.map((i) => tile(main, i))) : el("td", {class: "empty"});
     })));
   const heading = el("h3", {}, block.title, block.part ? el("span", {class: "part", text: ` (${block.part})`}) : null);

@@ -106,20 +106,21 @@ class Sweep:
 
     def values(self, column: str) -> list[Any]:
         """Distinct values of a column, in display order."""
+        if column not in self._values:  # sorted when asked: ids, paths and times have a value per image
+            found = self._first[column]
+            order = {text: n for n, text in enumerate(found)}
+            self._values[column] = sorted(found.values(), key=lambda value: sort_key(value, order))
         return self._values[column]
 
     def labels(self, column: str) -> list[str]:
         return [label(value) for value in self.values(column)]
 
     def constant(self, column: str) -> bool:
-        return len(self.values(column)) == 1
+        return len(self._first[column]) == 1
 
     @cached_property
     def _values(self) -> dict[str, list[Any]]:
-        return {
-            name: sorted(found.values(), key=lambda value, order={t: n for n, t in enumerate(found)}: sort_key(value, order))
-            for name, found in self._first.items()
-        }
+        return {}
 
     def rank(self, column: str, value: Any) -> int:
         """Where `value` comes among the column's values, in display order."""

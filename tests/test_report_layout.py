@@ -84,20 +84,22 @@ def test_the_page_places_images_as_the_layout_does(tmp_path, fragment):
     page = browse(report.write_report(tmp_path / "sweep", x="seed", y="guidance"), tmp_path, fragment=fragment)
     assert page.console == []
     view = dict(parse_qsl(fragment[1:], keep_blank_values=True)) or {"x": "seed", "y": "guidance"}
+    filters = {key[2:]: value for key, value in view.items() if key.startswith("f.")}
     sweep = report.load_sweep(tmp_path / "sweep")
-    keep = [i for i, text in enumerate(sweep.text) if all(text[key[2:]] == v for key, v in view.items() if key.startswith("f."))]
+    found = layout(sweep, view["x"] or None, view["y"] or None)
     expected = []
-    for section in layout(sweep, view["x"] or None, view["y"] or None).sections:
-        cells = {place: [i for i in found if i in keep] for place, found in section.cells.items()}
-        xs = [x for c, x in enumerate(section.xs) if any(cells.get((r, c)) for r in range(len(section.ys)))]
-        ys = [y for r, y in enumerate(section.ys) if any(cells.get((r, c)) for c in range(len(section.xs)))]
-        grid = [[cells.get((section.ys.index(y), section.xs.index(x)), []) for x in xs] for y in ys]
-        if xs:
-            expected.append((xs, ys, grid))
+    for section in found.sections:  # less what the filters hide: images, then empty rows, columns and sections
+        kept = [[[i for i in section.cells.get((r, c), []) if all(sweep.text[i][name] == value for name, value in filters.items())]
+                 for c in range(len(section.xs))] for r in range(len(section.ys))]
+        rows, columns = [r for r, row in enumerate(kept) if any(row)], [c for c in range(len(section.xs)) if any(row[c] for row in kept)]
+        title = " · ".join(f"{name} = {value}" for name, value in zip(found.keys, section.key) if name not in filters)
+        if rows:
+            expected.append((title, [section.xs[c] for c in columns], [section.ys[r] for r in rows], [[kept[r][c] for c in columns] for r in rows]))
     shown = []
     for block in page.dom.by_id("grid-blocks").find_all("div", "block"):
-        grid = [[[int(tile.attrs["data-i"]) for tile in td.find_all("button")] for td in tr.find_all("td")] for tr in block.find_all("tr")[1:]]
-        shown.append((labels(block, "xlabel"), labels(block, "ylabel"), grid))
+        title = "".join(node.text() for node in block.find_all("h3"))
+        cells = [[[int(tile.attrs["data-i"]) for tile in td.find_all("button")] for td in tr.find_all("td")] for tr in block.find_all("tr")[1:]]
+        shown.append((title, labels(block, "xlabel"), labels(block, "ylabel"), cells))
     assert shown == expected
 
 

@@ -9,8 +9,8 @@ network. It links the images by path relative to itself and shows small
 thumbnails cached in `<sweep>/.thumbs/` (made once). The grids are drawn in
 the browser, one page at a time, from the manifest embedded as JSON (each
 axis' values as codes, see `layout`), so a sweep of 10,000 images opens as
-fast as one of ten; axes, sections and filters can be changed there. This package imports no
-torch: it runs at the end of every multirun.
+fast as one of ten; axes, sections and filters can be changed there. This
+package imports no torch: it runs at the end of every multirun.
 
 Modules, data to page: `sweep` (manifest -> labelled rows), `thumbs`,
 `compare`, `layout` (which image goes in which grid cell), `data` (the JSON

@@ -18,11 +18,12 @@ class Sweep {
     Object.assign(this, data);
     this.index = index;
     this.at = new Map(data.columns.map((name, i) => [name, i]));
+    this.coded = new Map(Object.entries(data.codes));
     this.rank = new Map(Object.entries(data.values).map(([name, labels]) => [name, new Map(labels.map((v, i) => [v, i]))]));
   }
   get size() { return this.rows.length; }
   value(i, name) {
-    if (name in this.codes) return this.values[name][this.codes[name][i]];
+    if (this.coded.has(name)) return this.values[name][this.coded.get(name)[i]];
     return this.at.has(name) ? this.rows[i][this.at.get(name)] : this.constants[name];
   }
   label(name, code) { return name ? this.values[name][code] : ""; }
@@ -134,7 +135,7 @@ function gridBlocks() {
   const {x, y, filters} = view;
   const keys = main.swept.filter((name) => name !== x && name !== y && !(name in filters));
   const none = new Array(main.size).fill(0);  // no axis, or a constant one: one column or row
-  const along = (name) => main.codes[name] || none;
+  const along = (name) => main.coded.get(name) || none;
   const kept = Object.entries(filters).map(([name, v]) => [along(name), main.rank.get(name).get(v)]);
   const keyCodes = keys.map(along), xCodes = along(x), yCodes = along(y);
   const width = x ? main.values[x].length : 1;

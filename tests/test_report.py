@@ -27,7 +27,8 @@ import pytest
 from conftest import only_dir, run_cli
 from PIL import Image
 
-from sweeper import manifest, report, report_grid, store
+from sweeper import manifest, report, store
+from sweeper.report import grid_png
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [
@@ -381,10 +382,10 @@ def test_grid_png_is_labelled_and_tiled_when_too_big(tmp_path, capsys):
         found = {rgb for _, rgb in grid.convert("RGB").getcolors(1 << 20)}
     assert width >= 4 * 32 and height >= 2 * 3 * 32 and width <= 8192 and height <= 8192
     assert {row["colour"] for row in rows if row["status"] == "ok"} <= found  # every image, pixel for pixel
-    assert report_grid.NOTE_FILL in found  # the failed one as a note
+    assert grid_png.NOTE_FILL in found  # the failed one as a note
 
     loaded = report.load_sweep(sweep)
-    tiles = report_grid.write_grid(report.grids(loaded, "seed", "guidance"), tmp_path / "small.png", cell=32, max_side=120)
+    tiles = grid_png.write_grid(report.grids(loaded, "seed", "guidance"), tmp_path / "small.png", cell=32, max_side=120)
     assert [path.name for path in tiles] == [f"small-{n}.png" for n in range(1, len(tiles) + 1)] and len(tiles) > 2
     found = set()
     for path in tiles:

@@ -14,8 +14,11 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from sweeper.files import open_image
+from sweeper.files import is_regular_inside, open_image
+from sweeper.report.layout import layout
+from sweeper.report.sweep import ReportError, Sweep
 
+GRID_CELL = 512
 MAX_SIDE = 8192
 MAX_PIXELS = 64_000_000
 PAD = 6
@@ -201,3 +204,32 @@ def write_grid(grids: list[Grid], out: Path, cell: int, max_side: int = MAX_SIDE
             top += height
         canvas.save(path, format="PNG")
     return paths
+
+
+def grids(sweep: Sweep, x: str | None, y: str | None) -> list[Grid]:
+    """The report's default grids (one per combination of the other swept keys) for the PNG writer."""
+    found = layout(sweep, x, y)
+    axis_names = ", ".join(f"{axis}: {name}" for axis, name in (("x", x), ("y", y)) if name)
+    result = []
+    for section in found.sections:
+        title = " · ".join(f"{name} = {value}" for name, value in zip(found.keys, section.key))
+        cells = {place: _grid_cell(sweep, indices[0]) for place, indices in section.cells.items()}
+        result.append(Grid(" — ".join(part for part in (title, axis_names) if part), section.xs, section.ys, cells))
+    return result
+
+
+def _grid_cell(sweep: Sweep, index: int) -> Cell:
+    row = sweep.rows[index]
+    if row["status"] != "ok":
+        return Cell(note=f"error: {row['error'] or ''}")
+    path = sweep.dir / row["path"]
+    return Cell(image=path) if is_regular_inside(path, sweep.dir) else Cell(note="missing file")
+
+
+def write_grid_png(sweep: Sweep, x: str | None, y: str | None, out: Path, cell: int = GRID_CELL) -> list[Path]:
+    """Labelled PNG grid(s) of the sweep; cells as big as the images, at most `cell` px."""
+    sides = [max(row["width"] or 0, row["height"] or 0) for row in sweep.rows]
+    try:
+        return write_grid(grids(sweep, x, y), Path(out), cell=max(16, min(cell, max(sides) or cell)))
+    except OSError as error:
+        raise ReportError(f"cannot write the grid {out}: {error}") from None

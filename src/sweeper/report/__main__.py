@@ -1,0 +1,5 @@
+import sys
+
+from sweeper.report.cli import main
+
+sys.exit(main())

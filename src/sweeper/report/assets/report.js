@@ -1,0 +1,323 @@
+"use strict";
+(() => {
+const D = JSON.parse(document.getElementById("report-data").textContent);
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "text") node.textContent = value;
+    else if (key === "class") node.className = value;
+    else node.setAttribute(key, value);
+  }
+  node.append(...children.filter((child) => child !== null && child !== undefined));
+  return node;
+}
+
+class Sweep {
+  constructor(data, index) {
+    Object.assign(this, data);
+    this.index = index;
+    this.at = new Map(data.columns.map((name, i) => [name, i]));
+    this.coded = new Map(Object.entries(data.codes));
+    this.rank = new Map(Object.entries(data.values).map(([name, labels]) => [name, new Map(labels.map((v, i) => [v, i]))]));
+  }
+  get size() { return this.rows.length; }
+  value(i, name) {
+    if (this.coded.has(name)) return this.values[name][this.coded.get(name)[i]];
+    return this.at.has(name) ? this.rows[i][this.at.get(name)] : this.constants[name];
+  }
+  label(name, code) { return name ? this.values[name][code] : ""; }
+  href(path) { return this.base + path.split("/").map(encodeURIComponent).join("/"); }
+  full(i) { return this.href(this.value(i, "path")); }
+  thumb(i) { return this.state[i] === "ok" ? this.href(this.thumbs + this.value(i, "image_id") + this.ext) : this.full(i); }
+  describe(i) { return this.swept.map((name) => `${name}=${this.value(i, name)}`).join(", "); }
+  shortLabel(name, v) { return (name && this.short[name] && this.short[name][v]) || v; }
+}
+const sweeps = D.sweeps.map((data, i) => new Sweep(data, i));
+const main = sweeps[0];
+
+function tile(sweep, i) {
+  const state = sweep.state[i];
+  const node = el("button", {type: "button", class: `tile ${state}`, "data-s": sweep.index, "data-i": i, title: sweep.describe(i)});
+  if (state === "error") {
+    const message = sweep.value(i, "error");
+    node.append(el("span", {class: "note", text: "error"}), el("span", {class: "msg", text: message === "null" ? "" : message}));
+  } else if (state === "missing") {
+    node.append(el("span", {class: "note", text: "missing file"}));
+  } else {
+    const img = el("img", {loading: "lazy", decoding: "async", alt: sweep.describe(i), src: sweep.thumb(i)});
+    img.addEventListener("error", () => {
+      node.classList.add("broken");
+      img.replaceWith(el("span", {class: "note", text: "image not found"}));
+    }, {once: true});
+    node.append(img);
+  }
+  return node;
+}
+
+function pager(hosts, count, current, go) {
+  for (const host of hosts) {
+    host.replaceChildren();
+    if (count <= 1) continue;
+    const prev = el("button", {type: "button", class: "prev", text: "‹ previous"});
+    const next = el("button", {type: "button", class: "next", text: "next ›"});
+    const pick = el("select", {"aria-label": "page"},
+      ...Array.from({length: count}, (_, n) => el("option", {value: n, text: `page ${n + 1} of ${count}`})));
+    prev.disabled = current === 0;
+    next.disabled = current === count - 1;
+    pick.value = String(current);
+    prev.addEventListener("click", () => go(current - 1));
+    next.addEventListener("click", () => go(current + 1));
+    pick.addEventListener("change", () => go(Number(pick.value)));
+    host.append(prev, pick, next);
+  }
+}
+
+// View state lives in the URL hash, so a view can be shared or reloaded.
+const params = new URLSearchParams(location.hash.slice(1));
+const view = {
+  x: params.has("x") && D.axes.includes(params.get("x")) ? params.get("x") : D.x,
+  y: params.has("y") && D.axes.includes(params.get("y")) ? params.get("y") : D.y,
+  filters: {},
+  page: Math.max(0, Number(params.get("page")) - 1 || 0),
+  pairPage: Math.max(0, Number(params.get("pairs")) - 1 || 0),
+};
+if (params.get("x") === "") view.x = "";
+if (params.get("y") === "") view.y = "";
+for (const name of main.swept) {
+  const value = params.get(`f.${name}`);
+  if (value !== null && main.rank.get(name).has(value)) view.filters[name] = value;
+}
+
+function saveHash(image) {
+  const out = new URLSearchParams();
+  out.set("x", view.x);
+  out.set("y", view.y);
+  for (const [name, value] of Object.entries(view.filters)) out.set(`f.${name}`, value);
+  if (view.page) out.set("page", view.page + 1);
+  if (view.pairPage) out.set("pairs", view.pairPage + 1);
+  if (image) out.set("img", image);
+  history.replaceState(null, "", `#${out}`);
+}
+
+function select(text, value, options, change) {
+  const node = el("select", {}, ...options.map(([v, t]) => el("option", {value: v, text: t})));
+  node.value = value;
+  node.addEventListener("change", () => change(node.value));
+  return el("label", {text}, node);
+}
+
+function controls() {
+  const axes = [["", "(none)"], ...D.axes.map((name) => [name, name])];
+  const setAxis = (axis, other) => (value) => {
+    if (value && value === view[other]) view[other] = view[axis];
+    view[axis] = value;
+    view.page = 0;
+    renderGrid();
+  };
+  const host = document.getElementById("grid-controls");
+  host.replaceChildren(select("x (columns)", view.x, axes, setAxis("x", "y")), select("y (rows)", view.y, axes, setAxis("y", "x")));
+  for (const name of main.swept) {
+    const options = [["\u0000", "all"], ...main.values[name].map((v) => [v, v])];
+    host.append(select(name, view.filters[name] ?? "\u0000", options, (value) => {
+      if (value === "\u0000") delete view.filters[name];
+      else view.filters[name] = value;
+      view.page = 0;
+      renderGrid();
+    }));
+  }
+}
+
+// Which image goes in which cell follows sweeper/report/layout.py, on the codes it gives each image
+// (its value's place in display order, per axis): sections by the codes of the other swept keys in
+// order, columns and rows the x and y codes that occur in a section, cells in manifest order.
+function gridBlocks() {
+  const {x, y, filters} = view;
+  const keys = main.swept.filter((name) => name !== x && name !== y && !(name in filters));
+  const none = new Array(main.size).fill(0);  // no axis, or a constant one: one column or row
+  const along = (name) => main.coded.get(name) || none;
+  const kept = Object.entries(filters).map(([name, v]) => [along(name), main.rank.get(name).get(v)]);
+  const keyCodes = keys.map(along), xCodes = along(x), yCodes = along(y);
+  const width = x ? main.values[x].length : 1;
+  const sections = new Map();
+  let shown = 0;
+  for (let i = 0; i < main.size; i++) {
+    if (!kept.every(([codes, code]) => codes[i] === code)) continue;
+    const key = keyCodes.map((codes) => codes[i]);
+    const id = key.join(",");
+    let section = sections.get(id);
+    if (!section) sections.set(id, (section = {key, xs: new Set(), ys: new Set(), cells: new Map()}));
+    const xc = xCodes[i], yc = yCodes[i], at = yc * width + xc;
+    section.xs.add(xc);
+    section.ys.add(yc);
+    if (!section.cells.has(at)) section.cells.set(at, []);
+    section.cells.get(at).push(i);
+    shown++;
+  }
+  const ordered = [...sections.values()].sort((a, b) => {
+    for (let n = 0; n < keys.length; n++) {
+      if (a.key[n] !== b.key[n]) return a.key[n] - b.key[n];
+    }
+    return 0;
+  });
+  const blocks = [];
+  for (const section of ordered) {
+    const xs = [...section.xs].sort((a, b) => a - b), ys = [...section.ys].sort((a, b) => a - b);
+    const title = keys.map((name, n) => `${name} = ${main.label(name, section.key[n])}`).join(" · ");
+    const colStep = Math.min(xs.length, D.maxCols);
+    const rowStep = Math.max(1, Math.floor(D.pageCells / colStep));
+    for (let r = 0; r < ys.length; r += rowStep) {
+      for (let c = 0; c < xs.length; c += colStep) {
+        const split = xs.length > colStep || ys.length > rowStep;
+        const rowsPart = `rows ${r + 1}–${Math.min(r + rowStep, ys.length)} of ${ys.length}`;
+        const part = split ? `${rowsPart}, columns ${c + 1}–${Math.min(c + colStep, xs.length)} of ${xs.length}` : "";
+        blocks.push({title, part, xs: xs.slice(c, c + colStep), ys: ys.slice(r, r + rowStep), width, cells: section.cells});
+      }
+    }
+  }
+  return {blocks, sections: ordered.length, shown};
+}
+
+function paginate(blocks) {
+  const pages = [];
+  let size = 0;
+  for (const block of blocks) {
+    const cells = block.xs.length * block.ys.length;
+    if (!pages.length || size + cells > D.pageCells) {
+      pages.push([]);
+      size = 0;
+    }
+    pages[pages.length - 1].push(block);
+    size += cells;
+  }
+  return pages;
+}
+
+function axisLabel(cls, scope, name, code) {
+  const v = main.label(name, code);
+  return el("th", {class: cls, scope, title: name ? `${name} = ${v}` : "", text: main.shortLabel(name, v)});
+}
+
+function blockNode(block) {
+  const {x, y} = view;
+  const corner = el("th", {class: "corner"}, el("span", {class: "axis-x", text: x ? `${x} →` : ""}), el("span", {class: "axis-y", text: y ? `${y} ↓` : ""}));
+  const head = el("tr", {}, corner, ...block.xs.map((xc) => axisLabel("xlabel", "col", x, xc)));
+  const body = block.ys.map((yc) => el("tr", {},
+    axisLabel("ylabel", "row", y, yc),
+    ...block.xs.map((xc) => {
+      const rows = block.cells.get(yc * block.width + xc);
+      return rows ? el("td", {class: "cell"}, ...rows.map((i) => tile(main, i))) : el("td", {class: "empty"});
+    })));
+  const heading = el("h3", {}, block.title, block.part ? el("span", {class: "part", text: ` (${block.part})`}) : null);
+  return el("div", {class: "block"}, block.title || block.part ? heading : null,
+    el("div", {class: "scroll"}, el("table", {class: "grid"}, el("thead", {}, head), el("tbody", {}, ...body))));
+}
+
+let laidOut = {key: null};  // the grid's pages for the current axes and filters: paging only draws
+
+function renderGrid() {
+  const key = JSON.stringify([view.x, view.y, view.filters]);
+  if (laidOut.key !== key) {
+    const {blocks, sections, shown} = gridBlocks();
+    laidOut = {key, sections, shown, pages: paginate(blocks)};
+  }
+  const {pages, sections, shown} = laidOut;
+  view.page = Math.min(view.page, Math.max(0, pages.length - 1));
+  document.getElementById("grid-blocks").replaceChildren(...(pages[view.page] || []).map(blockNode));
+  document.getElementById("grid-status").textContent =
+    `${shown} of ${main.size} images in ${sections} grid${sections === 1 ? "" : "s"}` + (pages.length > 1 ? `, ${pages.length} pages` : "");
+  const go = (page) => { view.page = page; renderGrid(); document.getElementById("grid").scrollIntoView(); };
+  pager([document.getElementById("grid-pager"), document.getElementById("grid-pager-bottom")], pages.length, view.page, go);
+  controls();
+  saveHash();
+}
+
+function renderCompare() {
+  if (!D.compare) return;
+  const [a, b] = sweeps;
+  const {shown, pairs} = D.compare;
+  const count = Math.ceil(pairs.length / D.pagePairs);
+  view.pairPage = Math.min(view.pairPage, Math.max(0, count - 1));
+  const start = view.pairPage * D.pagePairs;
+  const head = el("tr", {}, ...shown.map((name) => el("th", {scope: "col", text: name})),
+    el("th", {scope: "col", text: `A: ${a.name}`}), el("th", {scope: "col", text: `B: ${b.name}`}));
+  const rows = pairs.slice(start, start + D.pagePairs).map(([inA, inB]) => el("tr", {class: "pair"},
+    ...shown.map((name) => el("td", {text: a.value(inA[0], name)})),
+    el("td", {class: "cell side-a"}, ...inA.map((i) => tile(a, i))),
+    el("td", {class: "cell side-b"}, ...inB.map((i) => tile(b, i)))));
+  const host = document.getElementById("compare-pairs");
+  host.replaceChildren(pairs.length
+    ? el("div", {class: "scroll"}, el("table", {class: "pairs"}, el("thead", {}, head), el("tbody", {}, ...rows)))
+    : el("p", {class: "note", text: "No image of A has a match in B."}));
+  pager([document.getElementById("compare-pager")], count, view.pairPage, (page) => { view.pairPage = page; renderCompare(); saveHash(); });
+}
+
+// Lightbox: the full image and every column of its manifest row.
+const box = document.getElementById("lightbox");
+let boxTiles = [];
+let boxAt = -1;
+
+function show(s, i) {
+  const sweep = sweeps[s];
+  const figure = box.querySelector(".figure");
+  if (sweep.state[i] === "error") figure.replaceChildren(el("pre", {text: `error: ${sweep.value(i, "error")}`}));
+  else if (sweep.state[i] === "missing") figure.replaceChildren(el("pre", {text: `missing file: ${sweep.value(i, "path")}`}));
+  else figure.replaceChildren(el("a", {href: sweep.full(i), target: "_blank"}, el("img", {src: sweep.full(i), alt: sweep.describe(i)})));
+  box.querySelector(".params").replaceChildren(el("tbody", {}, ...sweep.order.map((name) => {
+    const value = sweep.value(i, name);
+    return el("tr", {class: value === "null" ? "null" : ""}, el("th", {scope: "row", text: name}), el("td", {text: value}));
+  })));
+  const where = boxTiles.length > 1 ? `${boxAt + 1} of ${boxTiles.length} · ` : "";
+  box.querySelector(".where").textContent = `${where}${D.sweeps.length > 1 ? (s ? "B: " : "A: ") : ""}${sweep.name}`;
+  box.hidden = false;
+  saveHash(`${s}:${sweep.value(i, "image_id")}`);
+}
+
+function open(node) {
+  const scope = node.closest("[data-scope]") || document;
+  boxTiles = [...scope.querySelectorAll(".tile")];
+  boxAt = boxTiles.indexOf(node);
+  show(Number(node.dataset.s), Number(node.dataset.i));
+}
+
+function step(by) {
+  if (boxAt < 0 || !boxTiles.length) return;
+  boxAt = (boxAt + by + boxTiles.length) % boxTiles.length;
+  const node = boxTiles[boxAt];
+  show(Number(node.dataset.s), Number(node.dataset.i));
+}
+
+function close() {
+  box.hidden = true;
+  saveHash();
+}
+
+document.addEventListener("click", (event) => {
+  const node = event.target.closest(".tile");
+  if (node) open(node);
+});
+box.addEventListener("click", (event) => {
+  const go = event.target.closest("[data-go]");
+  if (go) step(Number(go.dataset.go));
+  else if (event.target === box || event.target.closest(".close")) close();
+});
+document.addEventListener("keydown", (event) => {
+  if (box.hidden) return;
+  if (event.key === "Escape") close();
+  else if (event.key === "ArrowLeft") step(-1);
+  else if (event.key === "ArrowRight") step(1);
+});
+
+renderGrid();
+renderCompare();
+// Milliseconds from the start of loading to the first page of grids drawn (benchmarks read it).
+document.documentElement.dataset.readyMs = Math.round(performance.now());
+const wanted = (params.get("img") || "").split(":");
+const shared = sweeps[Number(wanted[0])];
+if (shared && wanted.length === 2) {
+  const i = Array.from({length: shared.size}, (_, n) => n).find((n) => shared.value(n, "image_id") === wanted[1]);
+  const node = document.querySelector(`.tile[data-s="${shared.index}"][data-i="${i}"]`);
+  if (node) open(node);
+  else if (i !== undefined) show(shared.index, i);
+}
+})();

@@ -146,6 +146,8 @@ def test_a_batch_that_kills_every_actor_it_meets_becomes_error_rows(tmp_path, lo
 def test_bad_settings_are_refused_in_one_line_before_ray_starts(tmp_path):
     base = ["-m", "model=tiny", "seed=range(0,8)", "hydra/launcher=ray_actors", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     cases = {
+        "hydra.launcher.worker=2": "unknown key hydra.launcher.worker; did you mean hydra.launcher.workers?",
+        "hydra.launcher.max_retry=1": "unknown key hydra.launcher.max_retry; did you mean hydra.launcher.max_retries?",
         "hydra.launcher.address=localhost": "invalid hydra.launcher.address='localhost': allowed: null (a local Ray), auto (the running cluster) or ray://host:port",
         "hydra.launcher.workers=0": "invalid hydra.launcher.workers=0: allowed: auto or an integer >= 1",
         "hydra.launcher.gpus_per_worker=-1": "invalid hydra.launcher.gpus_per_worker=-1: must be null or a number >= 0",

@@ -76,5 +76,5 @@ def _launcher_keys() -> list[str]:
 
     from hydra_plugins.sweeper_plugins import config
 
-    schemas = (config.SlurmLauncherConf, config.AccelerateLauncherConf)
+    schemas = (config.SlurmLauncherConf, config.AccelerateLauncherConf, config.RayActorsLauncherConf)
     return [f"hydra.launcher.{field.name}" for schema in schemas for field in fields(schema) if not field.name.startswith("_")]

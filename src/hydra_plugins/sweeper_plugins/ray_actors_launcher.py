@@ -1,34 +1,18 @@
 """Hydra launcher `ray_actors`: a pool of Ray actors that keep the pipelines loaded, sweeper/ray_actors.py does the work.
 
 The sweep is planned and checked once, here (the driver); the actors render
-batches and send back PNG bytes and rows, which are written here. Any other
-task function runs job by job here, as with Hydra's basic launcher. ray is
+batches and send back PNG bytes and rows, which are written here. ray is
 imported only when it launches (a name apart from hydra-ray-launcher's `ray`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any
 
-from hydra.core.utils import JobReturn
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from ._workers import WorkersLauncher
 
 
-class RayActorsLauncher(Launcher):
-    def __init__(self, **settings: Any) -> None:
-        self.settings = settings
-        self.config: Optional[DictConfig] = None
-        self.task_function: Optional[TaskFunction] = None
-        self.hydra_context: Optional[HydraContext] = None
-        self.planned = None  # (job numbers and overrides, jobs, prepared), set by our sweeper that planned them
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
-        self.hydra_context = hydra_context
-        self.task_function = task_function
-
+class RayActorsLauncher(WorkersLauncher):
     def check(self) -> None:
         """Refuse bad settings (or no ray) in one line, before Ray starts."""
         from sweeper import ray_actors
@@ -51,8 +35,3 @@ class RayActorsLauncher(Launcher):
         from sweeper import ray_actors
 
         return ray_actors.render(prepared, sweep_dir, self.settings)
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from . import _core
-
-        return _core.launch(self, job_overrides, initial_job_idx)

@@ -1,33 +1,17 @@
 """Hydra launcher `slurm`: a SLURM array of long-lived workers (submitit), sweeper/slurm.py does the work.
 
 The sweep is planned and checked once, here; the workers render their shares
-of it, each loading the model once. Any other task function runs job by job
-here, as with Hydra's basic launcher. submitit is imported only when it launches.
+of it, each loading the model once. submitit is imported only when it launches.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any
 
-from hydra.core.utils import JobReturn
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from ._workers import WorkersLauncher
 
 
-class SlurmLauncher(Launcher):
-    def __init__(self, **settings: Any) -> None:
-        self.settings = settings
-        self.config: Optional[DictConfig] = None
-        self.task_function: Optional[TaskFunction] = None
-        self.hydra_context: Optional[HydraContext] = None
-        self.planned = None  # (job numbers and overrides, jobs, prepared), set by our sweeper that planned them
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config = config
-        self.hydra_context = hydra_context
-        self.task_function = task_function
-
+class SlurmLauncher(WorkersLauncher):
     def check(self) -> None:
         """Refuse bad settings (or no submitit) in one line, before anything is written or submitted."""
         from sweeper import slurm
@@ -48,8 +32,3 @@ class SlurmLauncher(Launcher):
         from sweeper import slurm
 
         return slurm.render(prepared, sweep_dir, self.settings)
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from . import _core
-
-        return _core.launch(self, job_overrides, initial_job_idx)

@@ -145,7 +145,6 @@ def test_a_local_array_names_a_lost_worker_and_the_same_command_finishes_with_on
         render_in_process(alone, jobs)
     finally:
         torch.set_num_threads(threads)
-    import subprocess; print(subprocess.run(["python","/tmp/diag.py",str(sweep),str(alone)],capture_output=True,text=True).stdout)
     for image_id in df.image_id:
         ours, theirs = (np.asarray(Image.open(d / "images" / f"{image_id}.png")).astype(int) for d in (sweep, alone))
         if image_id in kept:  # the workers' batches are the one process's batches: bit-identical

@@ -70,7 +70,7 @@ def test_bad_launcher_settings_are_refused_in_one_line_before_anything_is_submit
         slurm.check({"workers": 2, "cluster": "local"})
 
 
-def test_cluster_slurm_submits_one_array_of_workers_whose_requeue_renders_only_what_is_missing(tmp_path, tiny_models, fake_slurm, monkeypatch):
+def test_cluster_slurm_submits_one_array_of_workers_whose_requeue_renders_only_what_is_missing(tmp_path, tiny_models, fake_slurm, monkeypatch, warm_cli):
     sweep, folder = tmp_path / "sweep", tmp_path / "submitit"
     overrides = ["model=tiny", "steps=1", "batch_size=2", "device=cpu"]  # the nodes would have a GPU; here the workers run on this CPU
     result = run_cli(
@@ -106,7 +106,7 @@ def test_cluster_slurm_submits_one_array_of_workers_whose_requeue_renders_only_w
     assert requeued.function is worker and requeued.args == (0,)
     assert requeued.function(*requeued.args) == {"rendered": len(share) - 1, "failed": 0}
     assert tasks[1].function(*tasks[1].args)["failed"] == 0
-    assert run_cli(str(sweep), cwd=tmp_path, module="sweeper.report").returncode == 0  # what the message said to run
+    assert warm_cli.run(str(sweep), cwd=tmp_path, module="sweeper.report").returncode == 0  # what the message said to run
     df = pd.read_parquet(sweep / manifest.MANIFEST)
     assert sorted(df.seed) == list(range(6)) and set(df.status) == {"ok"} and (sweep / "report.html").exists()
     assert sorted(df.loc[df.world_size == 2, "rank"].unique()) == [0, 1]

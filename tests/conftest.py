@@ -106,14 +106,14 @@ def main_per_case(cases: list[list[str]], cwd: Path, env: dict | None = None) ->
 
 
 # `python -m sweeper ARGS` case after case in one interpreter that stays up for the session, for tests of
-# what a command does rather than of its process: its imports (~10 s) and model loads are paid once
-# instead of per command (each case still loads its models: no pipeline, seed nonce or cached lookup is
-# left from an earlier case). Each case gets its own cwd, environment (PYTHONPATH on sys.path,
-# OMP_NUM_THREADS as torch's thread count), fresh fault counters and warning registries, and its file
-# descriptors 1 and 2 go to files of their own, so it answers with what a subprocess's pipes would have
-# caught, loggers and C code included. The real entry point's own behaviour (its exit, signals, kill -9,
-# several processes, launchers) stays with run_cli, and so do commands that stop mid-render (a full disk):
-# the claims they leave are freed by the end of their process, and the warm one lives on.
+# what a command does rather than of its process: its imports (~10 s) are paid once instead of per
+# command. Each case still loads its models (no pipeline, seed nonce or cached lookup is left from an
+# earlier case) and gets its own cwd, the environment run_cli would give it (its PYTHONPATH on sys.path,
+# OMP_NUM_THREADS as torch's thread count), fresh fault counters and warning registries, and files of
+# its own on descriptors 1 and 2, so it answers with what a subprocess's pipes would have caught,
+# loggers and C code included. The real entry point's own behaviour (its exit, signals, kill -9, several
+# processes, launchers) stays with run_cli, and so do commands that stop mid-render (a full disk): the
+# claims they leave are freed by the end of their process, and the warm one lives on.
 WARM_CLI = r"""
 import gc, json, os, sys, tempfile, traceback
 channel = os.fdopen(int(sys.argv[1]), "w")
@@ -121,17 +121,17 @@ import torch
 from sweeper import faults, pipelines, report, runtime
 from sweeper.app import main
 ENTRY = {"sweeper": main, "sweeper.report": lambda: sys.exit(report.main())}
-base_env, base_path, base_threads, base_cwd = dict(os.environ), list(sys.path), torch.get_num_threads(), os.getcwd()
+base_pythonpath, base_path = os.environ.get("PYTHONPATH", "").split(os.pathsep), list(sys.path)
+base_threads, base_cwd = torch.get_num_threads(), os.getcwd()
 channel.write("ready\n")
 channel.flush()
 for line in sys.stdin:
     case = json.loads(line)
     os.environ.clear()
-    os.environ.update(base_env)
     os.environ.update(case["env"])
-    extra = [path for path in case["env"].get("PYTHONPATH", "").split(os.pathsep) if path]
+    extra = [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path and path not in base_pythonpath]
     sys.path[:] = extra + base_path
-    torch.set_num_threads(int(case["env"].get("OMP_NUM_THREADS", base_threads)))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", base_threads)))
     faults._events.clear()
     runtime._this_process = None  # no pipeline, seed nonce or cached lookup of an earlier case
     for name, module in list(sys.modules.items()):
@@ -201,7 +201,8 @@ class WarmCLI:
         assert not (env or {}).get("SWEEPER_FAULT", "").startswith(("kill", "enospc")), "this fault needs a process of its own: run_cli"
         if self.process is None or self.process.poll() is not None:
             self._start()
-        self.process.stdin.write(json.dumps({"args": list(args), "cwd": str(cwd), "module": module, "env": env or {}}) + "\n")
+        case_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}  # as run_cli gives it, whatever the worker started with
+        self.process.stdin.write(json.dumps({"args": list(args), "cwd": str(cwd), "module": module, "env": case_env}) + "\n")
         self.process.stdin.flush()
         code, stdout, stderr = json.loads(self._answer(timeout, [module, *args]))
         return subprocess.CompletedProcess([module, *args], code, stdout, stderr)

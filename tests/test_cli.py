@@ -183,26 +183,38 @@ def test_dry_run_prints_count_and_estimate_and_writes_nothing(tmp_path, warm_cli
     assert not (tmp_path / "outputs").exists()
 
 
+# Each case in turn in one fresh interpreter, the heavy modules listed after each: sys.modules only grows,
+# so a case that imported one shows it whatever ran before (one interpreter start instead of three).
 LIGHT_CHECK = """
-import sys
-sys.argv = ["sweeper", *sys.argv[1:]]
+import json, sys
 from sweeper.app import main
-code = 0
-try:
-    main()
-except SystemExit as exit:
-    code = exit.code
-print("heavy:", sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules), "code:", code)
+for args in json.loads(sys.argv[1]):
+    sys.argv = ["sweeper", *args]
+    code = 0
+    try:
+        main()
+    except SystemExit as exit:
+        code = exit.code
+    print("heavy:", sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules), "code:", code)
 """
+LIGHT = [["--help"], ["-m", "model=tiny", "seed=range(0,100)", "dry_run=true"], ["-m", "model=tiny", "steps=0"]]
 
 
-@pytest.mark.parametrize("args", [["--help"], ["-m", "model=tiny", "seed=range(0,100)", "dry_run=true"], ["-m", "model=tiny", "steps=0"]])
-def test_help_planning_and_validation_import_neither_torch_nor_diffusers(tmp_path, args):
+@pytest.fixture(scope="module")
+def light_runs(tmp_path_factory) -> dict[str, str]:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", LIGHT_CHECK, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert "heavy: []" in result.stdout, result.stdout + result.stderr
+    result = subprocess.run([sys.executable, "-c", LIGHT_CHECK, json.dumps(LIGHT)], cwd=tmp_path_factory.mktemp("light"), capture_output=True,
+                            text=True, timeout=60)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("heavy:")]
+    assert len(lines) == len(LIGHT), result.stdout + result.stderr
+    return {" ".join(args): line + "\n" + result.stdout + result.stderr for args, line in zip(LIGHT, lines)}
+
+
+@pytest.mark.parametrize("args", LIGHT)
+def test_help_planning_and_validation_import_neither_torch_nor_diffusers(light_runs, args):
+    assert light_runs[" ".join(args)].startswith("heavy: []"), light_runs[" ".join(args)]
 
 
 def test_help_lists_groups_and_the_config_the_overrides_compose(tmp_path, warm_cli):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import select
 import subprocess
 import sys
 from pathlib import Path
@@ -102,6 +103,140 @@ def main_per_case(cases: list[list[str]], cwd: Path, env: dict | None = None) ->
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# `python -m sweeper ARGS` case after case in one interpreter that stays up for the session, for tests of
+# what a command does rather than of its process: its imports (~10 s) are paid once instead of per
+# command. Each case still loads its models (no pipeline, seed nonce or cached lookup is left from an
+# earlier case) and gets its own cwd, the environment run_cli would give it (its PYTHONPATH on sys.path,
+# OMP_NUM_THREADS as torch's thread count), fresh fault counters and warning registries, and files of
+# its own on descriptors 1 and 2, so it answers with what a subprocess's pipes would have caught,
+# loggers and C code included. The real entry point's own behaviour (its exit, signals, kill -9, several
+# processes, launchers) stays with run_cli, and so do commands that stop mid-render (a full disk): the
+# claims they leave are freed by the end of their process, and the warm one lives on.
+WARM_CLI = r"""
+import gc, json, os, sys, tempfile, traceback
+channel = os.fdopen(int(sys.argv[1]), "w")
+import torch
+from sweeper import faults, pipelines, report, runtime
+from sweeper.app import main
+ENTRY = {"sweeper": main, "sweeper.report": lambda: sys.exit(report.main())}
+base_pythonpath, base_path = os.environ.get("PYTHONPATH", "").split(os.pathsep), list(sys.path)
+base_threads, base_cwd = torch.get_num_threads(), os.getcwd()
+channel.write("ready\n")
+channel.flush()
+for line in sys.stdin:
+    case = json.loads(line)
+    os.environ.clear()
+    os.environ.update(case["env"])
+    extra = [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path and path not in base_pythonpath]
+    sys.path[:] = extra + base_path
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", base_threads)))
+    faults._events.clear()
+    runtime._this_process = None  # no pipeline, seed nonce or cached lookup of an earlier case
+    for name, module in list(sys.modules.items()):
+        if name.partition(".")[0] in ("sweeper", "hydra_plugins"):
+            for value in list(vars(module).values()):
+                if callable(getattr(value, "cache_clear", None)):
+                    value.cache_clear()
+    gc.collect()
+    for module in list(sys.modules.values()):
+        registry = getattr(module, "__dict__", {}).get("__warningregistry__")
+        if isinstance(registry, dict):
+            registry.clear()
+    os.chdir(case["cwd"])
+    sys.argv = [case["module"], *case["args"]]
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(out.fileno(), 1)
+    os.dup2(err.fileno(), 2)
+    code = 0
+    try:
+        ENTRY[case["module"]]()
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    os.close(saved[0])
+    os.close(saved[1])
+    os.chdir(base_cwd)
+    for name, module in list(sys.modules.items()):  # what the case's PYTHONPATH brought in (a user's callback)
+        if extra and str(getattr(module, "__file__", None) or "").startswith(tuple(extra)):
+            del sys.modules[name]
+    answer = [code]
+    for file in (out, err):
+        file.seek(0)
+        answer.append(file.read().decode("utf-8", "replace"))
+        file.close()
+    channel.write(json.dumps(answer) + "\n")
+    channel.flush()
+os._exit(0)  # as python -m sweeper ends: without the ~2 s teardown of torch
+"""
+
+
+class WarmCLI:
+    """`run(*args, cwd=..., env=...)` as run_cli answers it, from the session's warm interpreter."""
+
+    def __init__(self, log: Path) -> None:
+        self.log, self.process, self.channel = log, None, None
+
+    def _start(self) -> None:
+        read, write = os.pipe()
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", WARM_CLI, str(write)], stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(write,),
+                text=True, cwd=self.log.parent, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        os.close(write)
+        self.channel = os.fdopen(read, "rb")
+        self._answer(300, "starting")
+
+    def run(self, *args: str, cwd: Path, module: str = "sweeper", timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+        # A command killed or stopped mid-render leaves claims that only the end of its process frees: run_cli.
+        assert not (env or {}).get("SWEEPER_FAULT", "").startswith(("kill", "enospc")), "this fault needs a process of its own: run_cli"
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+        case_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}  # as run_cli gives it, whatever the worker started with
+        self.process.stdin.write(json.dumps({"args": list(args), "cwd": str(cwd), "module": module, "env": case_env}) + "\n")
+        self.process.stdin.flush()
+        code, stdout, stderr = json.loads(self._answer(timeout, [module, *args]))
+        return subprocess.CompletedProcess([module, *args], code, stdout, stderr)
+
+    def _answer(self, timeout: int, what) -> bytes:
+        ready, _, _ = select.select([self.channel], [], [], timeout)
+        line = self.channel.readline() if ready else b""
+        if not line.endswith(b"\n"):
+            self.close(kill=True)
+            if not ready:
+                raise subprocess.TimeoutExpired(what, timeout)
+            raise AssertionError(f"the warm CLI died; its log:\n{self.log.read_text()[-5000:]}")
+        return line
+
+    def close(self, kill: bool = False) -> None:
+        if self.process is not None:
+            if kill:
+                self.process.kill()
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.channel.close()
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def warm_cli(tmp_path_factory, tiny_models) -> WarmCLI:
+    """The session's warm `python -m sweeper` (see WARM_CLI): `warm_cli.run(*args, cwd=..., env=...)`."""
+    cli = WarmCLI(tmp_path_factory.mktemp("warm-cli") / "log.txt")
+    yield cli
+    cli.close()
 
 
 def only_dir(parent: Path) -> Path:

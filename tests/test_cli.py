@@ -1,4 +1,5 @@
-"""End to end through the real CLI: `python -m sweeper ...` in a subprocess."""
+"""End to end through the CLI: `python -m sweeper ...` in a subprocess, or in the session's warm
+interpreter (conftest.warm_cli) where the test is about the command, not its process."""
 
 from __future__ import annotations
 
@@ -39,9 +40,9 @@ class Probe(Callback):  # a user's own Hydra callback, beside sweeper's
 """
 
 
-def test_multirun_renders_one_job_per_value_into_one_sweep_dir(tmp_path, tiny_models):
+def test_multirun_renders_one_job_per_value_into_one_sweep_dir(tmp_path, warm_cli):
     (tmp_path / "probe.py").write_text(PROBE)
-    result = run_cli("-m", "model=tiny", "guidance=5,7.5,10", "+hydra.callbacks.probe._target_=probe.Probe", cwd=tmp_path,
+    result = warm_cli.run("-m", "model=tiny", "guidance=5,7.5,10", "+hydra.callbacks.probe._target_=probe.Probe", cwd=tmp_path,
                      env={"PYTHONPATH": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     sweep = only_dir(tmp_path / "outputs" / "sweeps")
@@ -76,8 +77,8 @@ def test_multirun_renders_one_job_per_value_into_one_sweep_dir(tmp_path, tiny_mo
     assert not (sweep / ".manifest-parts").exists()
 
 
-def test_single_run_writes_the_same_layout_into_its_run_dir(tmp_path, tiny_models):
-    result = run_cli("model=tiny", "seed=[1,2]", cwd=tmp_path)
+def test_single_run_writes_the_same_layout_into_its_run_dir(tmp_path, warm_cli):
+    result = warm_cli.run("model=tiny", "seed=[1,2]", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     run_dir = only_dir(tmp_path / "outputs" / "runs")
     df = manifest_of(run_dir)
@@ -86,19 +87,20 @@ def test_single_run_writes_the_same_layout_into_its_run_dir(tmp_path, tiny_model
     assert (run_dir / ".hydra" / "config.yaml").is_file() and (run_dir / "report.html").is_file()
 
 
-def test_the_same_command_resumes_its_default_dir_rendering_nothing_twice(tmp_path, tiny_models):
+def test_the_same_command_resumes_its_default_dir_rendering_nothing_twice(tmp_path, warm_cli):
     first = run_cli("-m", "model=tiny", "seed=0,1", "guidance=5", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     sweep = only_dir(tmp_path / "outputs" / "sweeps")
     assert re.fullmatch(r"guidance_model_seed-[0-9a-f]{6}", sweep.name)  # keys, no values
     before = {p.name: p.stat().st_mtime_ns for p in (sweep / "images").iterdir()}
 
-    again = run_cli("-m", "guidance=5", "seed=0,1", "model=tiny", cwd=tmp_path)  # the same command, in another order
+    # The same command, in another order, in another interpreter (the warm one: the name must not depend on the process).
+    again = warm_cli.run("-m", "guidance=5", "seed=0,1", "model=tiny", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert "2 already done, 0 to render" in again.stderr and "nothing to render" in again.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (sweep / "images").iterdir()} == before
 
-    more = run_cli("-m", "model=tiny", "seed=0,1,2", "guidance=5", cwd=tmp_path)  # more values: the same dir
+    more = warm_cli.run("-m", "model=tiny", "seed=0,1,2", "guidance=5", cwd=tmp_path)  # more values: the same dir
     assert more.returncode == 0, more.stderr
     assert "2 already done, 1 to render" in more.stderr and only_dir(tmp_path / "outputs" / "sweeps") == sweep
     df = manifest_of(sweep)
@@ -107,8 +109,8 @@ def test_the_same_command_resumes_its_default_dir_rendering_nothing_twice(tmp_pa
     assert len(list((sweep / "images").iterdir())) == 3
 
 
-def test_refiner_ensemble_and_img2img(tmp_path, tiny_models):
-    result = run_cli(
+def test_refiner_ensemble_and_img2img(tmp_path, warm_cli):
+    result = warm_cli.run(
         "-m", "model=tiny", "refiner=tiny", "refiner.mode=ensemble,img2img", "refiner.split=0.5,0.75", "steps=4",
         cwd=tmp_path,
     )
@@ -163,60 +165,72 @@ def test_bad_input_is_refused_in_one_line_before_anything_loads(tmp_path):
     assert result.returncode == 2 and result.stderr.strip() == "sweeper: error: invalid steps=0: must be an integer >= 1", result.stderr
 
 
-def test_offline_hub_model_says_offline_and_names_the_tiny_model(tmp_path):
-    result = run_cli("-m", "model=sdxl", cwd=tmp_path, timeout=60)
+def test_offline_hub_model_says_offline_and_names_the_tiny_model(tmp_path, warm_cli):
+    result = warm_cli.run("-m", "model=sdxl", cwd=tmp_path, timeout=60)
     assert result.returncode == 2
     assert "stabilityai/stable-diffusion-xl-base-1.0" in result.stderr and "offline" in result.stderr
     assert "model=tiny" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_dry_run_prints_count_and_estimate_and_writes_nothing(tmp_path):
-    result = run_cli("-m", "model=tiny", "seed=range(0,8)", "guidance=3,5", "dry_run=true", cwd=tmp_path, timeout=60)
+def test_dry_run_prints_count_and_estimate_and_writes_nothing(tmp_path, warm_cli):
+    result = warm_cli.run("-m", "model=tiny", "seed=range(0,8)", "guidance=3,5", "dry_run=true", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "16 images from 16 jobs" in result.stderr and "estimated" in result.stderr
     assert "dry_run=true" in result.stderr
     assert not (tmp_path / "outputs").exists()
-    single = run_cli("model=tiny", "seed=[1,2,3]", "dry_run=true", cwd=tmp_path, timeout=60)
+    single = warm_cli.run("model=tiny", "seed=[1,2,3]", "dry_run=true", cwd=tmp_path, timeout=60)
     assert single.returncode == 0 and "3 images from 1 job" in single.stderr
     assert not (tmp_path / "outputs").exists()
 
 
+# Each case in turn in one fresh interpreter, the heavy modules listed after each: sys.modules only grows,
+# so a case that imported one shows it whatever ran before (one interpreter start instead of three).
 LIGHT_CHECK = """
-import sys
-sys.argv = ["sweeper", *sys.argv[1:]]
+import json, sys
 from sweeper.app import main
-code = 0
-try:
-    main()
-except SystemExit as exit:
-    code = exit.code
-print("heavy:", sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules), "code:", code)
+for args in json.loads(sys.argv[1]):
+    sys.argv = ["sweeper", *args]
+    code = 0
+    try:
+        main()
+    except SystemExit as exit:
+        code = exit.code
+    print("heavy:", sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules), "code:", code)
 """
+LIGHT = [["--help"], ["-m", "model=tiny", "seed=range(0,100)", "dry_run=true"], ["-m", "model=tiny", "steps=0"]]
 
 
-@pytest.mark.parametrize("args", [["--help"], ["-m", "model=tiny", "seed=range(0,100)", "dry_run=true"], ["-m", "model=tiny", "steps=0"]])
-def test_help_planning_and_validation_import_neither_torch_nor_diffusers(tmp_path, args):
+@pytest.fixture(scope="module")
+def light_runs(tmp_path_factory) -> dict[str, str]:
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", LIGHT_CHECK, *args], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert "heavy: []" in result.stdout, result.stdout + result.stderr
+    result = subprocess.run([sys.executable, "-c", LIGHT_CHECK, json.dumps(LIGHT)], cwd=tmp_path_factory.mktemp("light"), capture_output=True,
+                            text=True, timeout=60)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("heavy:")]
+    assert len(lines) == len(LIGHT), result.stdout + result.stderr
+    return {" ".join(args): line + "\n" + result.stdout + result.stderr for args, line in zip(LIGHT, lines)}
 
 
-def test_help_lists_groups_and_the_config_the_overrides_compose(tmp_path):
-    result = run_cli("model=tiny-sd", "steps=7", "--help", cwd=tmp_path)
+@pytest.mark.parametrize("args", LIGHT)
+def test_help_planning_and_validation_import_neither_torch_nor_diffusers(light_runs, args):
+    assert light_runs[" ".join(args)].startswith("heavy: []"), light_runs[" ".join(args)]
+
+
+def test_help_lists_groups_and_the_config_the_overrides_compose(tmp_path, warm_cli):
+    result = warm_cli.run("model=tiny-sd", "steps=7", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "  scheduler: ddim, dpmpp_2m," in result.stdout and "  model: sd15, sdxl, tiny, tiny-sd" in result.stdout
     assert "\nsteps: 7\n" in result.stdout and "\nwidth: 64\n" in result.stdout and "  id: tiny-sd\n" in result.stdout
     assert not (tmp_path / "outputs").exists()
-    bad = run_cli("model=nope", "--help", cwd=tmp_path)
+    bad = warm_cli.run("model=nope", "--help", cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["sweeper: error: invalid model=nope: no such option; allowed: sd15, sdxl, tiny, tiny-sd"]
 
 
-def test_prompts_from_file_with_commas_and_non_ascii_and_every_key(tmp_path, tiny_models):
+def test_prompts_from_file_with_commas_and_non_ascii_and_every_key(tmp_path, warm_cli):
     prompts = ["a fox, in snow", "café olé, 日本の庭", "plain"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts[:2]) + "\n\n" + prompts[2] + "\n", encoding="utf-8")
-    result = run_cli(
+    result = warm_cli.run(
         "-m", "model=tiny", "prompt_file=prompts.txt", "negative_prompt='blurry, dark'", "prompt_2=photo",
         "original_size=[128,128]", "target_size=[64,64]", "crops_coords_top_left=[0,8]",
         "negative_original_size=[32,32]", "negative_target_size=[64,64]", "negative_crops_coords_top_left=[8,0]",
@@ -238,8 +252,8 @@ def test_prompts_from_file_with_commas_and_non_ascii_and_every_key(tmp_path, tin
         assert image.text["parameters"].splitlines()[:2] == [row["prompt"], "Negative prompt: blurry, dark"]
 
 
-def test_size_conditioning_changes_pixels(tmp_path, tiny_models):
-    result = run_cli("-m", "model=tiny", "original_size=null,[256,256]", "name=cond", cwd=tmp_path)
+def test_size_conditioning_changes_pixels(tmp_path, warm_cli):
+    result = warm_cli.run("-m", "model=tiny", "original_size=null,[256,256]", "name=cond", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     sweep = tmp_path / "outputs" / "sweeps" / "cond"
     df = manifest_of(sweep)

@@ -67,8 +67,8 @@ def test_kill_9_then_the_same_command_finishes_without_loss_or_rework(tmp_path, 
 
 
 @pytest.mark.slow
-def test_out_of_memory_halves_the_batch_and_nan_output_is_an_error(tmp_path, tiny_models, monkeypatch, capsys):
-    result = run_cli(
+def test_out_of_memory_halves_the_batch_and_nan_output_is_an_error(tmp_path, warm_cli, monkeypatch, capsys):
+    result = warm_cli.run(
         "-m", "model=tiny", "seed=0,1,2,3", "steps=2", "batch_size=4", "prompt='../../../escaped, /etc/passwd" + " and more" * 10 + "'",
         cwd=tmp_path, env={"SWEEPER_FAULT": "oom:batch=1"},
     )
@@ -98,7 +98,8 @@ def test_out_of_memory_halves_the_batch_and_nan_output_is_an_error(tmp_path, tin
 
 @pytest.mark.slow
 def test_a_full_disk_stops_with_one_line_and_keeps_what_was_stored(tmp_path, tiny_models):
-    # writes: multirun.yaml, plan.parquet, the first batch's two PNGs, then its manifest part fails
+    # writes: multirun.yaml, plan.parquet, the first batch's two PNGs, then its manifest part fails.
+    # A process of its own: the claims it leaves are taken over once it has exited, as the re-run shows.
     full = run_cli(*SWEEP, cwd=tmp_path, env={"SWEEPER_FAULT": "enospc:write=5"})
     assert full.returncode == 1
     assert full.stderr.strip().splitlines()[-1].startswith("sweeper: error: cannot write into")

@@ -113,15 +113,14 @@ def test_interrupting_between_batches_stores_what_rendered(tmp_path, tiny_models
     assert stopped.value.planned == 4 and len(manifest.merge(tmp_path)) == 2
 
 
-def test_a_dry_run_on_an_existing_sweep_writes_nothing_and_counts_what_is_left(tmp_path, tiny_models):
+def test_a_dry_run_on_an_existing_sweep_writes_nothing_and_counts_what_is_left(tmp_path, warm_cli):
     sweep = tmp_path / "sweep"
     render_in_process(sweep, [Job(0, plan_config(seed=[0, 1], steps=2))])
     run.write_plan(run.prepare([Job(0, plan_config(seed=[0, 1, 2], steps=2))], sweep), sweep)
     report.write_report(sweep)
     before = {path: path.stat().st_mtime_ns for path in sweep.rglob("*")}
-    result = main_per_case([["-m", "model=tiny", "seed=[0,1,2]", "steps=2", f"hydra.sweep.dir={sweep}", "dry_run=true"]], tmp_path)
-    code, stderr = result["results"][0]
-    assert code == 0 and "2 already done, 1 to render" in stderr
+    result = warm_cli.run("-m", "model=tiny", "seed=[0,1,2]", "steps=2", f"hydra.sweep.dir={sweep}", "dry_run=true", cwd=tmp_path)
+    assert result.returncode == 0 and "2 already done, 1 to render" in result.stderr
     assert {path: path.stat().st_mtime_ns for path in sweep.rglob("*")} == before
     assert "1 of 3 planned images" in (sweep / "report.html").read_text()
 

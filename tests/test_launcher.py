@@ -50,10 +50,10 @@ def images_by_id(sweep_dir: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory, tiny_models) -> Path:
-    """The reference: the sweep rendered by one process."""
+def one_process(tmp_path_factory, warm_cli) -> Path:
+    """The reference: the sweep rendered by one process (the session's warm interpreter, with one thread)."""
     cwd = tmp_path_factory.mktemp("one-process")
-    result = run_cli(*SWEEP, "hydra.launcher.num_processes=1", cwd=cwd, env=ONE_THREAD)
+    result = warm_cli.run(*SWEEP, "hydra.launcher.num_processes=1", cwd=cwd, env=ONE_THREAD)
     assert result.returncode == 0, result.stderr
     sweep = only_dir(cwd / "outputs" / "sweeps")
     assert set(pd.read_parquet(sweep / "manifest.parquet").world_size) == {1}
@@ -163,8 +163,8 @@ def test_hydras_basic_launcher_still_gives_one_manifest(tmp_path, tiny_models):
 
 
 @pytest.mark.slow
-def test_planning_two_thousand_jobs_is_quick(tmp_path):
-    result = run_cli("-m", "model=tiny", "seed=range(0,2000)", "guidance=5,7", "dry_run=true", cwd=tmp_path)
+def test_planning_two_thousand_jobs_is_quick(tmp_path, warm_cli):
+    result = warm_cli.run("-m", "model=tiny", "seed=range(0,2000)", "guidance=5,7", "dry_run=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "4000 images from 4000 jobs" in result.stderr
     assert not (tmp_path / "outputs").exists()

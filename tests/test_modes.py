@@ -1,5 +1,6 @@
 """img2img and inpaint (SDXL and SD 1.x), the safety checker, speed and memory options, single-file
-checkpoints: end to end through the real CLI (slow), and in process where that proves the same.
+checkpoints: end to end through the CLI (slow; in the session's warm interpreter, conftest.warm_cli),
+and in process where that proves the same.
 
 The tiny models have random weights: their VAE's posterior is mostly noise (std ~0.9 around a
 mean of ~0.2), so a decoded image never looks like the init image. Pixel checks therefore compare
@@ -15,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import composed_job, main_per_case, only_dir, plan_config, render_in_process, run_cli
+from conftest import composed_job, main_per_case, only_dir, plan_config, render_in_process
 from PIL import Image
 
 from sweeper import calls, manifest, pipelines, run
@@ -128,9 +129,9 @@ def fresh_cache(tiny_models, fresh_runtime):
 
 
 @pytest.mark.slow
-def test_sdxl_img2img_folder_by_strength_pixels_and_an_edited_init_renders_again(tmp_path, images, tiny_models):
+def test_sdxl_img2img_folder_by_strength_pixels_and_an_edited_init_renders_again(tmp_path, images, tiny_models, warm_cli):
     args = ("-m", "model=tiny", "mode=img2img", f"init_image={images['inits']}", "strength=0.3,1.0", "steps=4", "name=i2i")
-    result = run_cli(*args, cwd=tmp_path)
+    result = warm_cli.run(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "4 images from 2 jobs" in result.stderr
     assert "it/s" not in result.stderr, "the img2img pipeline's own progress bar must stay off"
@@ -154,7 +155,7 @@ def test_sdxl_img2img_folder_by_strength_pixels_and_an_edited_init_renders_again
     assert again.done == 4 and not again.todo
 
     init_png(Path(b), 48, 80, seed=2)  # edited in place: same path, new content
-    edited = run_cli(*args, cwd=tmp_path)
+    edited = warm_cli.run(*args, cwd=tmp_path)
     assert edited.returncode == 0, edited.stderr
     assert "2 already done, 2 to render" in edited.stderr
     df = manifest_of(sweep)
@@ -167,8 +168,8 @@ def test_sdxl_img2img_folder_by_strength_pixels_and_an_edited_init_renders_again
 
 
 @pytest.mark.slow
-def test_sdxl_inpaint_with_a_folder_of_masks_named_like_the_inits(tmp_path, images, tiny_models):
-    result = run_cli(
+def test_sdxl_inpaint_with_a_folder_of_masks_named_like_the_inits(tmp_path, images, tiny_models, warm_cli):
+    result = warm_cli.run(
         "-m", "model=tiny", "mode=inpaint", f"init_image={images['inits']}", f"mask_image={images['masks']}",
         "strength=1.0", "steps=4", "seed=[0,1]", cwd=tmp_path,
     )
@@ -187,8 +188,8 @@ def test_sdxl_inpaint_with_a_folder_of_masks_named_like_the_inits(tmp_path, imag
 
 
 @pytest.mark.slow
-def test_sd15_img2img_and_inpaint_with_and_without_the_safety_checker(tmp_path, images, tiny_models):
-    result = run_cli(
+def test_sd15_img2img_and_inpaint_with_and_without_the_safety_checker(tmp_path, images, tiny_models, warm_cli):
+    result = warm_cli.run(
         "-m", "model=tiny-sd", f"init_image={images['inits']}", "mode=img2img,inpaint", f"mask_image=null,{images['mask']}",
         "hydra.sweeper.zip=[[mode,mask_image]]", "strength=0.3,1.0", "safety_checker=auto,false", "steps=4",
         cwd=tmp_path,
@@ -380,11 +381,11 @@ def test_init_images_are_read_upright_and_resized(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_single_file_checkpoint_renders_the_same_pixels_as_its_model(tmp_path, tiny_models):
+def test_a_single_file_checkpoint_renders_the_same_pixels_as_its_model(tmp_path, tiny_models, warm_cli):
     from single_file import write_single_file
 
     checkpoint = write_single_file("tiny-sd", tmp_path / "model.safetensors")
-    single = run_cli(
+    single = warm_cli.run(
         "model=tiny-sd", f"model.id={checkpoint}", f"model.config={tiny_models['tiny-sd']}", "model.name=mine",
         "safety_checker=true", "seed=[0,1]", "name=single", cwd=tmp_path,
     )

@@ -1,11 +1,11 @@
-"""CSV prompt files and prompt templates: through the real CLI (slow), and through plan()."""
+"""CSV prompt files and prompt templates: through the CLI (slow; in the warm interpreter, conftest.warm_cli), and through plan()."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import only_dir, plan_config, run_cli
+from conftest import only_dir, plan_config
 from PIL import Image
 
 from sweeper.errors import PlanError
@@ -20,9 +20,9 @@ CSV = (
 
 
 @pytest.mark.slow
-def test_a_csv_prompt_file_sets_values_per_row_and_expands_templates(tmp_path, tiny_models):
+def test_a_csv_prompt_file_sets_values_per_row_and_expands_templates(tmp_path, warm_cli):
     (tmp_path / "prompts.csv").write_text(CSV, encoding="utf-8")
-    result = run_cli("-m", "model=tiny", "prompt_file=prompts.csv", "guidance=4,6", "seed=[0,1]", "steps=4", cwd=tmp_path)
+    result = warm_cli.run("-m", "model=tiny", "prompt_file=prompts.csv", "guidance=4,6", "seed=[0,1]", "steps=4", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     # fox: its own seed, guidance and steps, the same image in both jobs (planned once);
     # cat: 2 seeds x 2 guidance; each car: its own seed and steps, the job's guidance.

@@ -18,7 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import plan_config, run_cli
+from conftest import plan_config
 from PIL import Image
 
 from sweeper import files, manifest, replay, report, run, store
@@ -160,13 +160,13 @@ def test_links_planted_where_sweeper_or_hydra_write_are_refused_before_anything(
     assert [p.name for p in victim.iterdir()] == ["config.yaml"] and (victim / "config.yaml").read_text() == "precious"
 
 
-def test_the_cli_refuses_a_planted_multirun_yaml_link_in_one_line(tmp_path):
+def test_the_cli_refuses_a_planted_multirun_yaml_link_in_one_line(tmp_path, warm_cli):
     victim = tmp_path / "victim.yaml"
     victim.write_text("precious")
     sweep = tmp_path / "outputs" / "sweeps" / "shared"
     sweep.mkdir(parents=True)
     (sweep / "multirun.yaml").symlink_to(victim)
-    result = run_cli("-m", "model=tiny", "name=shared", "seed=0,1", cwd=tmp_path)
+    result = warm_cli.run("-m", "model=tiny", "name=shared", "seed=0,1", cwd=tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "multirun.yaml is a symbolic link" in lines[0], result.stderr

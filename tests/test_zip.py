@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import only_dir, run_cli
+from conftest import only_dir
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -119,13 +119,13 @@ def test_the_scheduler_steps_preset_zips_four_schedulers_with_their_steps():
     ]
 
 
-# --- the real CLI --------------------------------------------------------------------------------
+# --- the CLI (in the session's warm interpreter: conftest.warm_cli) --------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_cli_renders_only_the_zipped_pairs_crossed_with_seeds_in_batches_of_jobs(tmp_path, tiny_models):
+def test_cli_renders_only_the_zipped_pairs_crossed_with_seeds_in_batches_of_jobs(tmp_path, warm_cli):
     zipped = ["hydra.sweeper.zip=[[scheduler,steps]]", "hydra.sweeper.max_batch_size=3"]
-    result = run_cli("-m", "model=tiny", "scheduler=euler,ddim", "steps=2,3", "seed=0,1", *zipped, cwd=tmp_path)
+    result = warm_cli.run("-m", "model=tiny", "scheduler=euler,ddim", "steps=2,3", "seed=0,1", *zipped, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "4 images from 4 jobs" in result.stderr
     df = pd.read_parquet(only_dir(tmp_path / "outputs" / "sweeps") / "manifest.parquet")
@@ -135,9 +135,9 @@ def test_cli_renders_only_the_zipped_pairs_crossed_with_seeds_in_batches_of_jobs
 
 
 @pytest.mark.slow
-def test_cli_refuses_unequal_zipped_sweeps_in_one_line_and_leaves_no_files(tmp_path):
+def test_cli_refuses_unequal_zipped_sweeps_in_one_line_and_leaves_no_files(tmp_path, warm_cli):
     zipped = "hydra.sweeper.zip=[[scheduler,steps]]"
-    result = run_cli("-m", "model=tiny", "scheduler=euler,ddim", "steps=2,3,4", zipped, cwd=tmp_path, timeout=60)
+    result = warm_cli.run("-m", "model=tiny", "scheduler=euler,ddim", "steps=2,3,4", zipped, cwd=tmp_path, timeout=60)
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == [
         "sweeper: error: invalid hydra.sweeper.zip: the keys of a zip group need sweeps of the same length "
@@ -147,8 +147,8 @@ def test_cli_refuses_unequal_zipped_sweeps_in_one_line_and_leaves_no_files(tmp_p
 
 
 @pytest.mark.slow
-def test_cli_scheduler_steps_preset_is_four_zipped_jobs(tmp_path):
-    result = run_cli("experiment=scheduler_steps", "model=tiny", "dry_run=true", cwd=tmp_path, timeout=60)
+def test_cli_scheduler_steps_preset_is_four_zipped_jobs(tmp_path, warm_cli):
+    result = warm_cli.run("experiment=scheduler_steps", "model=tiny", "dry_run=true", cwd=tmp_path, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "16 images from 4 jobs" in result.stderr  # 4 pairs x 4 seeds; crossed it would be 16 jobs
     assert not (tmp_path / "outputs").exists()

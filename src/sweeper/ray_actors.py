@@ -63,10 +63,13 @@ def connect(conf: Mapping[str, Any]) -> bool:
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no prompt, no notice
-    ray.init(
-        address=conf.get("address"), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
-        configure_logging=True, namespace="sweeper",
-    )
+    try:
+        ray.init(
+            address=conf.get("address"), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+            configure_logging=True, namespace="sweeper",
+        )
+    except ConnectionError as error:
+        raise PlanError(f"cannot join Ray at hydra.launcher.address={conf.get('address')}: {' '.join(str(error).split())}") from None
     return True
 
 

@@ -198,7 +198,7 @@ class WarmCLI:
 
     def run(self, *args: str, cwd: Path, module: str = "sweeper", timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
         # A command killed or stopped mid-render leaves claims that only the end of its process frees: run_cli.
-        assert not (env or {}).get("SWEEPER_FAULT", "").startswith(("kill", "enospc")), "this fault needs a process of its own: run_cli"
+        assert not (env or {}).get("SWEEPER_FAULT", "").startswith(("kill", "die", "enospc")), "this fault needs a process of its own: run_cli"
         if self.process is None or self.process.poll() is not None:
             self._start()
         case_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}  # as run_cli gives it, whatever the worker started with

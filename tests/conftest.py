@@ -6,8 +6,10 @@ import copy
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,8 +34,11 @@ def sweeper_env(tmp_path_factory) -> Path:
     """Tests build the tiny models into their own cache and never try the hub."""
     cache = tmp_path_factory.mktemp("sweeper-cache")
     os.environ["SWEEPER_CACHE"] = str(cache)
-    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.update(OFFLINE)
     return cache
+
+
+OFFLINE = {"HF_HUB_OFFLINE": "1"}  # read by huggingface_hub at import: a process started before sweeper_env needs it too
 
 
 @pytest.fixture(autouse=True)
@@ -182,25 +187,30 @@ os._exit(0)  # as python -m sweeper ends: without the ~2 s teardown of torch
 class WarmCLI:
     """`run(*args, cwd=..., env=...)` as run_cli answers it, from the session's warm interpreter."""
 
-    def __init__(self, log: Path) -> None:
-        self.log, self.process, self.channel = log, None, None
+    def __init__(self) -> None:
+        self.log, self.process, self.channel, self.ready = None, None, None, False
 
-    def _start(self) -> None:
+    def start(self) -> None:
+        """Start the interpreter (it imports while the session goes on); the first case waits for it."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        self.log = self.log or Path(tempfile.mkdtemp(prefix="sweeper-warm-cli-")) / "log.txt"
         read, write = os.pipe()
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", WARM_CLI, str(write)], stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(write,),
-                text=True, cwd=self.log.parent, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                text=True, cwd=self.log.parent, env={**os.environ, **OFFLINE, "PYTHONUNBUFFERED": "1"},
             )
         os.close(write)
-        self.channel = os.fdopen(read, "rb")
-        self._answer(300, "starting")
+        self.channel, self.ready = os.fdopen(read, "rb"), False
 
     def run(self, *args: str, cwd: Path, module: str = "sweeper", timeout: int = 300, env: dict | None = None) -> subprocess.CompletedProcess:
         # A command killed or stopped mid-render leaves claims that only the end of its process frees: run_cli.
-        assert not (env or {}).get("SWEEPER_FAULT", "").startswith(("kill", "enospc")), "this fault needs a process of its own: run_cli"
-        if self.process is None or self.process.poll() is not None:
-            self._start()
+        assert not (env or {}).get("SWEEPER_FAULT", "").startswith(("kill", "die", "enospc")), "this fault needs a process of its own: run_cli"
+        self.start()
+        if not self.ready:
+            self._answer(300, "starting")
+            self.ready = True
         case_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}  # as run_cli gives it, whatever the worker started with
         self.process.stdin.write(json.dumps({"args": list(args), "cwd": str(cwd), "module": module, "env": case_env}) + "\n")
         self.process.stdin.flush()
@@ -231,12 +241,26 @@ class WarmCLI:
             self.process = None
 
 
+WARM = WarmCLI()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items) -> None:
+    """Start the warm interpreter now if a selected test will use it: its imports overlap the tiny models' build."""
+    if any("warm_cli" in item.fixturenames for item in items):
+        WARM.start()
+
+
+def pytest_sessionfinish() -> None:
+    WARM.close()
+    if WARM.log is not None:
+        shutil.rmtree(WARM.log.parent, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def warm_cli(tmp_path_factory, tiny_models) -> WarmCLI:
+def warm_cli(tiny_models) -> WarmCLI:
     """The session's warm `python -m sweeper` (see WARM_CLI): `warm_cli.run(*args, cwd=..., env=...)`."""
-    cli = WarmCLI(tmp_path_factory.mktemp("warm-cli") / "log.txt")
-    yield cli
-    cli.close()
+    return WARM
 
 
 def only_dir(parent: Path) -> Path:

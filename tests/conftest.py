@@ -82,6 +82,30 @@ def run_cli(*args: str, cwd: Path, module: str = "sweeper", timeout: int = 300, 
     )
 
 
+class Started:
+    """`python -m sweeper ARGS` started as run_cli would run it; `finish()` waits and answers as run_cli does."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict | None = None) -> None:
+        self.args, self.out, self.err = args, tempfile.TemporaryFile(), tempfile.TemporaryFile()  # files: no pipe fills up unread
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sweeper", *args], cwd=cwd, stdout=self.out, stderr=self.err,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+
+    def finish(self, timeout: int = 300) -> subprocess.CompletedProcess:
+        code = self.process.wait(timeout=timeout)
+        text = []
+        for file in (self.out, self.err):
+            file.seek(0)
+            text.append(file.read().decode("utf-8", "replace"))
+        return subprocess.CompletedProcess(["sweeper", *self.args], code, *text)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
 # Runs `python -m sweeper ARGS` for many ARGS in one interpreter (one start-up instead of one per case).
 MAIN_PER_CASE = """
 import contextlib, io, json, os, sys

@@ -129,7 +129,8 @@ def main_per_case(cases: list[list[str]], cwd: Path, env: dict | None = None) ->
     """Each case's exit code and stderr, and whether torch (and which heavy modules) were imported or outputs/ made.
 
     The cases are dealt to two interpreters that run at once (Hydra's composing is single-threaded, and
-    this machine has two cores); each runs its cases in turn, and what any of them imported or made counts."""
+    this machine has two cores); each runs its cases in turn, and what any of them imported or made counts.
+    So cases must not depend on one another, nor start anything another could find (a Ray, say)."""
     count = max(1, min(INTERPRETERS, len(cases)))
     shares = [cases[start::count] for start in range(count)]
     started = [

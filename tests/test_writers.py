@@ -71,12 +71,6 @@ def test_merges_take_turns_and_a_dead_writers_lock_is_taken_over(tmp_path):
     assert not (tmp_path / writers.MERGE_LOCK).exists()
 
 
-# Processes that render at once on this machine each get one of its cores, as sweeper gives its own workers
-# theirs: two torch processes of two threads each on two cores wait on each other's threads at every
-# parallel region (~1.8x slower measured), and neither command can know the other is there.
-SHARE_THE_CORES = {"OMP_NUM_THREADS": "1"}
-
-
 def start(args: list[str], cwd, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "sweeper", *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -98,8 +92,8 @@ def test_hydras_joblib_and_submitit_launchers_render_into_one_dir_at_once(tmp_pa
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     sweep = tmp_path / "shared"
     sweep_args = ["-m", "model=tiny", "seed=[0,1]", "steps=1", f"hydra.sweep.dir={sweep}"]
-    joblib = start([*sweep_args, "guidance=3,7", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path, SHARE_THE_CORES)  # 2 jobs at once
-    submitit = start([*sweep_args, "guidance=5", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"], tmp_path, SHARE_THE_CORES)
+    joblib = start([*sweep_args, "guidance=3,7", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], tmp_path)  # 2 jobs at once
+    submitit = start([*sweep_args, "guidance=5", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"], tmp_path)
     for process in (joblib, submitit):
         _, stderr = process.communicate(timeout=240)  # until EOF: no worker process left holding our stderr (joblib's did for 5 min)
         assert process.returncode == 0, stderr
@@ -111,7 +105,7 @@ def test_hydras_joblib_and_submitit_launchers_render_into_one_dir_at_once(tmp_pa
 def test_two_runs_of_one_command_at_once_render_every_image_once(tmp_path, tiny_models):
     sweep = tmp_path / "twice"
     command = ["-m", "model=tiny", "seed=range(0,12)", "steps=1", "batch_size=2", f"hydra.sweep.dir={sweep}"]
-    runs = [start(command, tmp_path, SHARE_THE_CORES), start(command, tmp_path, SHARE_THE_CORES)]
+    runs = [start(command, tmp_path), start(command, tmp_path)]
     for process in runs:
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr

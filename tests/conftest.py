@@ -82,6 +82,30 @@ def run_cli(*args: str, cwd: Path, module: str = "sweeper", timeout: int = 300, 
     )
 
 
+class Started:
+    """`python -m sweeper ARGS` started as run_cli would run it; `finish()` waits and answers as run_cli does."""
+
+    def __init__(self, *args: str, cwd: Path, env: dict | None = None) -> None:
+        self.args, self.out, self.err = args, tempfile.TemporaryFile(), tempfile.TemporaryFile()  # files: no pipe fills up unread
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sweeper", *args], cwd=cwd, stdout=self.out, stderr=self.err,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
+
+    def finish(self, timeout: int = 300) -> subprocess.CompletedProcess:
+        code = self.process.wait(timeout=timeout)
+        text = []
+        for file in (self.out, self.err):
+            file.seek(0)
+            text.append(file.read().decode("utf-8", "replace"))
+        return subprocess.CompletedProcess(["sweeper", *self.args], code, *text)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+
 # Runs `python -m sweeper ARGS` for many ARGS in one interpreter (one start-up instead of one per case).
 MAIN_PER_CASE = """
 import contextlib, io, json, os, sys
@@ -102,12 +126,34 @@ print(json.dumps({"results": results, "torch": "torch" in sys.modules, "heavy": 
 
 
 def main_per_case(cases: list[list[str]], cwd: Path, env: dict | None = None) -> dict:
-    """Each case's exit code and stderr, and whether torch (and which heavy modules) were imported or outputs/ made."""
-    out = subprocess.run(
-        [sys.executable, "-c", MAIN_PER_CASE, json.dumps(cases)], cwd=cwd, capture_output=True, text=True, timeout=120, env={**os.environ, **(env or {})}
-    )
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Each case's exit code and stderr, and whether torch (and which heavy modules) were imported or outputs/ made.
+
+    The cases are dealt to two interpreters that run at once (Hydra's composing is single-threaded, and
+    this machine has two cores); each runs its cases in turn, and what any of them imported or made counts.
+    So cases must not depend on one another, nor start anything another could find (a Ray, say)."""
+    count = max(1, min(INTERPRETERS, len(cases)))
+    shares = [cases[start::count] for start in range(count)]
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-c", MAIN_PER_CASE, json.dumps(share)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})},
+        )
+        for share in shares
+    ]
+    reports = []
+    for process in started:
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+        reports.append(json.loads(stdout.strip().splitlines()[-1]))
+    return {
+        "results": [reports[n % count]["results"][n // count] for n in range(len(cases))],
+        "torch": any(report["torch"] for report in reports),
+        "heavy": sorted({name for report in reports for name in report["heavy"]}),
+        "outputs": any(report["outputs"] for report in reports),
+    }
+
+
+INTERPRETERS = max(1, min(2, os.cpu_count() or 1))
 
 
 # `python -m sweeper ARGS` case after case in one interpreter that stays up for the session, for tests of

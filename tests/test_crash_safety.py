@@ -11,12 +11,30 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
-from conftest import composed_job, only_dir, plan_config, render_in_process, run_cli
+from conftest import Started, composed_job, only_dir, plan_config, render_in_process
 from PIL import Image
 
 from sweeper import files, manifest, store
 
 SWEEP = ("-m", "model=tiny", "seed=0,1,2,3,4", "steps=2", "batch_size=2")
+# SWEEP stopped three ways, each in a `python -m sweeper` of its own (what it leaves is freed by its process's end):
+# kill -9 after the 3rd PNG, after the 1st manifest part; a full disk at the 5th write (multirun.yaml, plan.parquet,
+# the first batch's two PNGs, then its manifest part fails).
+STOPS = {"kill:png=3": "kill:png=3", "kill:part=1": "kill:part=1", "full disk": "enospc:write=5"}
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory, tiny_models) -> dict[str, tuple]:
+    """The three stopped commands, started together: independent processes in dirs of their own, so one
+    imports on the second core while another imports on the first, with one thread each to render (three
+    torch processes of two threads on two cores wait on each other's threads). Each test waits for its own."""
+    runs = {}
+    for name, fault in STOPS.items():
+        cwd = tmp_path_factory.mktemp(fault.replace(":", "-").replace("=", ""))
+        runs[name] = (cwd, Started(*SWEEP, cwd=cwd, env={"SWEEPER_FAULT": fault, "OMP_NUM_THREADS": "1"}))
+    yield runs
+    for _, started in runs.values():
+        started.stop()
 
 
 def files_of(sweep) -> dict[str, int]:
@@ -53,10 +71,11 @@ def assert_whole(sweep, images: int) -> pd.DataFrame:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["png=3", "part=1"])  # torn temp files: test_stale_temp_files_...
-def test_kill_9_then_the_same_command_finishes_without_loss_or_rework(tmp_path, tiny_models, point):
-    killed = run_cli(*SWEEP, cwd=tmp_path, env={"SWEEPER_FAULT": f"kill:{point}"})
+def test_kill_9_then_the_same_command_finishes_without_loss_or_rework(stopped, point):
+    cwd, started = stopped[f"kill:{point}"]
+    killed = started.finish()
     assert killed.returncode == -9, killed.stderr
-    sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    sweep = only_dir(cwd / "outputs" / "sweeps")
     before = files_of(sweep)
     pngs_before = {name: mtime for name, mtime in before.items() if name.endswith(".png")}
 
@@ -97,14 +116,14 @@ def test_out_of_memory_halves_the_batch_and_nan_output_is_an_error(tmp_path, war
 
 
 @pytest.mark.slow
-def test_a_full_disk_stops_with_one_line_and_keeps_what_was_stored(tmp_path, tiny_models):
-    # writes: multirun.yaml, plan.parquet, the first batch's two PNGs, then its manifest part fails.
+def test_a_full_disk_stops_with_one_line_and_keeps_what_was_stored(stopped):
     # A process of its own: the claims it leaves are taken over once it has exited, as the re-run shows.
-    full = run_cli(*SWEEP, cwd=tmp_path, env={"SWEEPER_FAULT": "enospc:write=5"})
+    cwd, started = stopped["full disk"]
+    full = started.finish()
     assert full.returncode == 1
     assert full.stderr.strip().splitlines()[-1].startswith("sweeper: error: cannot write into")
     assert "No space left on device" in full.stderr and "Traceback" not in full.stderr
-    sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    sweep = only_dir(cwd / "outputs" / "sweeps")
     kept = sorted(p.name for p in (sweep / "images").glob("*.png"))
     assert len(kept) == 2
 

@@ -152,10 +152,15 @@ def test_expansion_is_the_same_in_every_process(tmp_path):
         f"rows, _ = p.prompt_rows({{'prompt': ['__sub/*__ {{~a|b|c|d|e|f}} {{x|y}}', '__~sub/*__ z'], 'wildcards': {str(wildcards)!r}}})\n"
         "print(json.dumps([r.prompt for r in rows]))\n"
     )
-    outputs = {
-        subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, check=True, capture_output=True, text=True).stdout
+    processes = [  # started together: independent processes, one core each
+        subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": seed}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for seed in ("0", "1", "12345")
-    }
+    ]
+    outputs = set()
+    for process in processes:
+        stdout, stderr = process.communicate(timeout=120)
+        assert process.returncode == 0, stderr
+        outputs.add(stdout)
     assert len(outputs) == 1
     first = outputs.pop()
     assert first.startswith('["apple 1 ') and "zebra 2" in first

@@ -66,6 +66,25 @@ def counting_writes(monkeypatch) -> collections.Counter:
     return written
 
 
+def lifecycle(monkeypatch) -> list[str]:
+    """ray.init and ray.shutdown as the command calls them, joining (address=auto) the module's Ray, which
+    stays up: this process looks not yet joined until the command's ray.init, and joined until its shutdown."""
+    events, joined = [], [False]
+
+    def init(**settings) -> None:
+        events.append(f"init {settings['address']}")
+        joined[0] = True
+
+    def shutdown() -> None:
+        events.append("shutdown")
+        joined[0] = False
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: joined[0])
+    monkeypatch.setattr(ray, "init", init)
+    monkeypatch.setattr(ray, "shutdown", shutdown)
+    return events
+
+
 def pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path)).astype(int)
 
@@ -97,14 +116,17 @@ def test_two_actors_render_what_one_process_renders_quietly_and_a_rerun_renders_
         assert np.array_equal(pixels(out / path), pixels(alone / path)), path
 
     kept = {path: (out / path).stat().st_mtime_ns for path in df.path}
-    code, stderr = sweep(*args)
+    with pytest.MonkeyPatch.context() as patch:
+        joins = lifecycle(patch)
+        code, stderr = sweep(*args)
     assert code == 0 and "nothing to render" in stderr, stderr
     assert {path: (out / path).stat().st_mtime_ns for path in df.path} == kept
+    assert joins == ["init auto", "shutdown"]  # joined to learn the cluster's device, left with nothing to render
 
 
 def test_an_actor_killed_mid_sweep_loses_nothing_and_renders_nothing_twice(tmp_path, local_ray, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    written = counting_writes(monkeypatch)
+    written, joins = counting_writes(monkeypatch), lifecycle(monkeypatch)
     out = tmp_path / "sweep"
     killed = []
 
@@ -119,9 +141,10 @@ def test_an_actor_killed_mid_sweep_loses_nothing_and_renders_nothing_twice(tmp_p
 
     killer = threading.Thread(target=kill_actor_0_once_images_land)
     killer.start()
-    code, stderr = sweep("model=tiny", "steps=3", "batch_size=1", "seed=range(0,16)", *ACTORS, f"hydra.sweep.dir={out}")
+    code, stderr = sweep("model=tiny", "steps=3", "batch_size=1", "seed=range(0,16)", *ACTORS, "hydra.launcher.address=auto", f"hydra.sweep.dir={out}")
     killer.join()
     assert code == 0, stderr
+    assert joins == ["init auto", "shutdown"]  # one join, before planning, left once all is written
     assert len(killed) == 1 and "sweeper: Ray actor 0 died; its batch goes to the next free actor" in stderr, stderr
     df = pd.read_parquet(out / manifest.MANIFEST)
     assert sorted(df.seed) == list(range(16)) and set(df.status) == {"ok"}

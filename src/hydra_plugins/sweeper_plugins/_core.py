@@ -44,8 +44,11 @@ def _render_elsewhere(launcher, job_overrides, initial_job_idx: int, sweep_dir: 
     from sweeper.hydra_jobs import JobComposer
 
     composer = JobComposer(launcher.hydra_context.config_loader, launcher.config)
-    jobs, prepared = _planned(launcher, composer, job_overrides, initial_job_idx, sweep_dir, **launcher.prepare_options())
-    failed = launcher.render_elsewhere(prepared, sweep_dir) if prepared.todo else []
+    try:
+        jobs, prepared = _planned(launcher, composer, job_overrides, initial_job_idx, sweep_dir, **launcher.prepare_options())
+        failed = launcher.render_elsewhere(prepared, sweep_dir) if prepared.todo else []
+    finally:
+        launcher.release()
     return _returns(launcher, composer, jobs, prepared, sweep_dir, [image_id for image_id, _ in failed])
 
 

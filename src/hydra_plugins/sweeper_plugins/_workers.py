@@ -1,8 +1,9 @@
 """What the `slurm` and `ray_actors` launchers share: the sweep planned here, rendered by workers they start.
 
 A subclass says how to check its settings (`check`), what `device: auto`
-means where its workers run (`prepare_options`) and how to render a plan
-(`render_elsewhere`); _core.py does the rest. Any other task function runs
+means where its workers run (`prepare_options`, which may join them, undone
+by `release`) and how to render a plan (`render_elsewhere`); _core.py does
+the rest. Any other task function runs
 job by job here, as with Hydra's basic launcher.
 """
 
@@ -40,6 +41,9 @@ class WorkersLauncher(Launcher):
     def render_elsewhere(self, prepared: Any, sweep_dir: Any) -> list[tuple[str, str]]:
         """Render the plan's to-do list; (image_id, error) of the images that failed or were lost."""
         raise NotImplementedError
+
+    def release(self) -> None:
+        """Let go of what prepare_options took (called once the plan is rendered, or failed)."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from . import _core

@@ -103,6 +103,13 @@ class PlanningSweeper(BasicSweeper):
         self.task_function = task_function
 
     def sweep(self, arguments: List[str]) -> Any:
+        try:
+            return self._sweep(arguments)
+        finally:
+            if hasattr(self.launcher, "release"):
+                self.launcher.release()  # what planning joined (a Ray cluster), left however the sweep ends
+
+    def _sweep(self, arguments: List[str]) -> Any:
         from sweeper.app import render_job
 
         params_conf = self._parse_config()

@@ -13,6 +13,8 @@ from ._workers import WorkersLauncher
 
 
 class RayActorsLauncher(WorkersLauncher):
+    joined = False  # whether prepare_options joined the cluster (then release leaves it)
+
     def check(self) -> None:
         """Refuse bad settings (or no ray) in one line, before Ray starts."""
         from sweeper import ray_actors
@@ -27,7 +29,7 @@ class RayActorsLauncher(WorkersLauncher):
 
         if self.settings.get("address") is None:
             return {"auto_device": auto_device(), "devices_here": True}
-        ray_actors.connect(self.settings)
+        self.joined = self.joined or ray_actors.connect(self.settings)  # asked when planning, and again to launch
         return {"auto_device": ray_actors.cluster_device(self.settings), "devices_here": False}
 
     def render_elsewhere(self, prepared: Any, sweep_dir: Any) -> list[tuple[str, str]]:
@@ -35,3 +37,10 @@ class RayActorsLauncher(WorkersLauncher):
         from sweeper import ray_actors
 
         return ray_actors.render(prepared, sweep_dir, self.settings)
+
+    def release(self) -> None:
+        if self.joined:
+            import ray
+
+            ray.shutdown()
+            self.joined = False

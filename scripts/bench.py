@@ -164,6 +164,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--launcher", choices=["slurm-local", "ray"], default=None,
                         help="instead: the sweep on a local SLURM-style array, or Ray actors, against sweeper's own processes (scripts/bench_launchers.py)")
     parser.add_argument("--workers", type=int, default=2, help="with --launcher: workers or processes (default: 2)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="with --launcher: run each command this many times, in turn, and keep each one's fastest (default: 1)")
     args = parser.parse_args(argv)
     tiny = args.model == "tiny"
     if args.seeds is None:

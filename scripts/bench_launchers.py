@@ -12,10 +12,16 @@ each command in a cold process timed wall to wall:
   ray          python -m sweeper -m ... hydra/launcher=ray_actors hydra.launcher.workers=W
                hydra.launcher.cpus_per_worker=CPUS/W (a local Ray started by the command:
                Ray's start-up, the actors' imports and model loads, PNGs sent back and written)
+  ray_joined   the same with hydra.launcher.address=auto, joining a Ray head started
+               (`ray start --head`) before the clock, as on a running cluster: the
+               per-image cost of actors apart from Ray's start-up, paid once per command
+
+With --repeat N the commands run N times in turn (each into a fresh sweep dir)
+and each keeps its fastest: wall times here vary by a few seconds run to run.
 
 Both sweeps must hold the same images with the same pixels (same batches, same
 thread counts: bit-identical). One JSON line last; `ratio` is slurm_local (or
-ray) / processes (goal <= 1.15).
+ray) / processes (goal <= 1.15); with Ray also `ratio_joined`.
 
     python scripts/bench.py --launcher slurm-local
     python scripts/bench.py --launcher ray
@@ -24,9 +30,11 @@ ray) / processes (goal <= 1.15).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -51,6 +59,19 @@ def pixels_by_id(sweep_dir: Path) -> dict[str, object]:
     return {row.image_id: np.asarray(Image.open(sweep_dir / row.path).convert("RGB")).astype(int) for row in table.itertuples() if row.status == "ok"}
 
 
+@contextlib.contextmanager
+def ray_head(cpus: int, work: Path):
+    """A local Ray head for the command to join (address=auto), started and stopped outside its clock."""
+    ray = [sys.executable, "-m", "ray.scripts.scripts"]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    subprocess.run([*ray, "start", "--head", f"--num-cpus={cpus}", "--include-dashboard=false", f"--temp-dir={work / 'ray'}"],
+                   check=True, capture_output=True, env=env)  # fmt: skip
+    try:
+        yield
+    finally:
+        subprocess.run([*ray, "stop", "--force"], capture_output=True, env=env)
+
+
 def main(args) -> int:
     if args.model != "tiny" or args.device != "cpu":
         raise SystemExit(f"bench: --launcher {args.launcher} runs the tiny model on the CPU")
@@ -64,18 +85,27 @@ def main(args) -> int:
                         f"hydra.launcher.cpus_per_worker={max(1, (os.cpu_count() or 1) // workers)}"]),
     }[args.launcher]  # fmt: skip
     runs = {"processes": [f"hydra.launcher.num_processes={workers}"], theirs[0]: theirs[1]}
+    if args.launcher == "ray":
+        runs["ray_joined"] = [*theirs[1], "hydra.launcher.address=auto"]
     images = args.seeds * len(args.guidance_values)
-    result = dict(images=images, workers=workers, steps=args.steps, size=args.size, cpus=os.cpu_count())
+    result = dict(images=images, workers=workers, steps=args.steps, size=args.size, cpus=os.cpu_count(), repeat=args.repeat)
     try:
         timed(command(args, work / "warm", ["dry_run=true"]), work)  # page cache and bytecode warm for both
-        for name, launcher in runs.items():
-            wall, _, _ = timed(command(args, work / name, launcher), work)
-            result[f"{name}_s"] = wall
-            print(f"bench: {name}: {wall:.1f} s", file=sys.stderr, flush=True)
+        for attempt in range(args.repeat):
+            for name, launcher in runs.items():
+                shutil.rmtree(work / name, ignore_errors=True)
+                with ray_head(os.cpu_count() or 1, work) if name == "ray_joined" else contextlib.nullcontext():
+                    wall, _, _ = timed(command(args, work / name, launcher), work)
+                result[f"{name}_s"] = min(wall, result.get(f"{name}_s", wall))
+                print(f"bench: {name}: {wall:.1f} s", file=sys.stderr, flush=True)
         ours, processes = pixels_by_id(work / theirs[0]), pixels_by_id(work / "processes")
         result["same_images"] = ours.keys() == processes.keys() and len(ours) == images
         result["max_pixel_diff"] = max((int(abs(ours[key] - processes[key]).max()) for key in ours.keys() & processes.keys()), default=None)
         result["ratio"] = result[f"{theirs[0]}_s"] / result["processes_s"]
+        if "ray_joined_s" in result:
+            joined = pixels_by_id(work / "ray_joined")
+            result["same_images"] &= joined.keys() == processes.keys() and all((joined[key] == processes[key]).all() for key in joined)
+            result["ratio_joined"] = result["ray_joined_s"] / result["processes_s"]
         result["load_average_1m"] = os.getloadavg()[0]  # other work on this machine skews wall times
     finally:
         if not args.out:

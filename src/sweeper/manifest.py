@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import stat
 import sys
 import threading
 import time
@@ -195,14 +194,22 @@ def _warn(message: str) -> None:
     print(f"sweeper: warning: {message}", file=sys.stderr, flush=True)
 
 
-def _rows_from_orphan_pngs(out_dir: Path, known: set[str]) -> list[dict[str, Any]]:
-    images = out_dir / IMAGES_DIR
+def _pngs(out_dir: Path) -> dict[str, bool]:
+    """The `*.png` names in the dir's images/ (one listing, no stat per file), each with whether
+    it is a regular file (not a link, not a folder)."""
+    images = Path(out_dir) / IMAGES_DIR
     if not images.is_dir() or images.is_symlink():
-        return []
+        return {}
+    with os.scandir(images) as entries:
+        return {entry.name: entry.is_file(follow_symlinks=False) for entry in entries if entry.name.endswith(".png")}
+
+
+def _rows_from_orphan_pngs(out_dir: Path, known: set[str]) -> list[dict[str, Any]]:
     rows = []
-    for png in images.glob("*.png"):
-        if png.stem in known:
+    for name in _pngs(out_dir):
+        if name[: -len(".png")] in known:
             continue
+        png = out_dir / IMAGES_DIR / name
         try:
             rows.append(_embedded_row(png, out_dir))
         except (ValueError, KeyError, TypeError, AttributeError, pa.ArrowException) as error:
@@ -227,7 +234,14 @@ def _embedded_row(png: Path, out_dir: Path) -> dict[str, Any]:
 
 
 def _best_row_per_image(table: pa.Table) -> pa.Table:
-    # Prefer an ok row over an error row, then the latest.
+    if pc.count_distinct(table.column("image_id")).as_py() < table.num_rows:
+        table = _dedupe(table)
+    # Parts arrive in any order: list images by job, then in the order they were rendered.
+    return table.sort_by([("job_num", "ascending"), ("started_at", "ascending"), ("batch_index", "ascending")])
+
+
+def _dedupe(table: pa.Table) -> pa.Table:
+    """One row per image: an ok row over an error row, then the latest."""
     ids = table.column("image_id").to_pylist()
     ok = [status == "ok" for status in table.column("status").to_pylist()]
     finished = table.column("finished_at").to_pylist()
@@ -236,9 +250,7 @@ def _best_row_per_image(table: pa.Table) -> pa.Table:
         current = best.get(image_id)
         if current is None or (ok[index], finished[index]) >= (ok[current], finished[current]):
             best[image_id] = index
-    kept = table.take(sorted(best.values()))
-    # Parts arrive in any order: list images by job, then in the order they were rendered.
-    return kept.sort_by([("job_num", "ascending"), ("started_at", "ascending"), ("batch_index", "ascending")])
+    return table.take(sorted(best.values()))
 
 
 def merge(out_dir: Path) -> pa.Table:
@@ -274,21 +286,12 @@ def merge(out_dir: Path) -> pa.Table:
 def done_ids(out_dir: Path) -> set[str]:
     """Images already rendered: an `ok` row and its file on disk (a regular file, not a link)."""
     table = read(out_dir)
-    images = Path(out_dir) / IMAGES_DIR
-    if not images.is_dir() or images.is_symlink():
-        return set()
+    pngs = _pngs(out_dir)
     return {
         image_id
         for image_id, status in zip(*(table.column(name).to_pylist() for name in ("image_id", "status")))
-        if status == "ok" and _is_file(images / f"{image_id}.png")
+        if status == "ok" and pngs.get(f"{image_id}.png")
     }
-
-
-def _is_file(path: Path) -> bool:
-    try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
-    except OSError:
-        return False
 
 
 def failed(out_dir: Path, table: pa.Table | None = None) -> list[tuple[str, str]]:

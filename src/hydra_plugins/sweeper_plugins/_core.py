@@ -69,12 +69,13 @@ def _returns(launcher, composer, jobs, prepared, sweep_dir: Path, failed_ids) ->
     failed = set(failed_ids)
     images = Counter(spec.job_num for spec in prepared.specs)
     failures = Counter(spec.job_num for spec in prepared.specs if spec.image_id in failed)
+    task_name = launcher.config.hydra.job.name  # once: an OmegaConf lookup per job is seconds at 100,000 jobs
     return [
         _JobReturn(
             job, composer,
             overrides=list(job.overrides),
             working_dir=str(sweep_dir),
-            task_name=launcher.config.hydra.job.name,
+            task_name=task_name,
             status=JobStatus.COMPLETED,
             _return_value={"images": images[job.num], "failed": failures[job.num]},
         )

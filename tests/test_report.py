@@ -156,14 +156,14 @@ class Page:
         self.dom = builder.root
 
 
-def browse(page: Path, tmp_path: Path, fragment: str = "", size: tuple[int, int] = (1280, 1600)) -> Page:
+def browse(page: Path, tmp_path: Path, fragment: str = "", size: tuple[int, int] = (1280, 1600), flags: tuple[str, ...] = ()) -> Page:
     """Open a file in headless Chromium (must be installed: a missing browser fails, never skips)."""
     assert Path(CHROMIUM).exists(), "chromium is not installed (Debian package `chromium`)"
     screenshot = tmp_path / f"screenshot-{page.stem}.png"
     command = [
         CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}",
         f"--window-size={size[0]},{size[1]}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000",
-        f"--screenshot={screenshot}", "--dump-dom", page.resolve().as_uri() + fragment,
+        f"--screenshot={screenshot}", *flags, "--dump-dom", page.resolve().as_uri() + fragment,
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -343,6 +343,45 @@ def test_ten_thousand_images_open_one_page_at_a_time(tmp_path):
     last = browse(page_file, tmp_path, fragment=f"#page={len(pages)}")
     assert last.console == []
     assert "steps = 10" in last.dom.by_id("grid-blocks").find_all("h3")[-1].text()
+
+
+# Appended to a copy of a report: opens (focuses) the seed filter, as a click or Tab does, and notes its options.
+OPEN_SEED_FILTER = """<script>
+const label = [...document.querySelectorAll("#grid-controls label")].find((node) => node.firstChild.textContent === "seed");
+const pick = label.querySelector("select");
+document.documentElement.dataset.before = `${pick.options.length} ${pick.value}`;
+pick.dispatchEvent(new Event("focus"));
+document.documentElement.dataset.after = `${pick.options.length} ${pick.value}`;
+</script>"""
+
+
+def test_a_key_of_twenty_thousand_values_opens_and_its_filter_lists_them_once_opened(tmp_path):
+    """At 100,000 seeds, a list as long as a key's values spread into a call's arguments overflowed the
+    stack (the page stayed blank). Here a V8 stack 1/8 of the usual makes 20,000 values do the same."""
+    count = 20_000
+    sweep = tmp_path / "seeds"
+    (sweep / "images").mkdir(parents=True)
+    (sweep / report.THUMBS_DIR).mkdir()
+    Image.new("RGB", (SIDE, SIDE), (60, 60, 200)).save(sweep / "one.png")
+    Image.new("RGB", (SIDE, SIDE), (60, 60, 200)).save(sweep / "one.webp")
+    rows = []
+    for seed in range(count):
+        image_id = f"{seed:020d}"
+        os.link(sweep / "one.png", sweep / "images" / f"{image_id}.png")
+        os.link(sweep / "one.webp", sweep / report.THUMBS_DIR / f"{image_id}.webp")
+        rows.append(base_row(image_id=image_id, path=f"images/{image_id}.png", prompt="p", guidance=5.0, seed=seed, job_num=seed))
+    write_manifest(sweep, rows)
+    page_file = report.write_report(sweep)
+    probe = page_file.with_name("probe.html")
+    probe.write_text(page_file.read_text(encoding="utf-8").replace("</body>", OPEN_SEED_FILTER + "</body>"), encoding="utf-8")
+
+    page = browse(probe, tmp_path, fragment="#x=seed&y=&f.seed=12345", flags=("--js-flags=--stack-size=120",))
+    assert page.console == []
+    assert "1 of 20000 images in 1 grid" in page.dom.by_id("grid-status").text()
+    assert [img.attrs["src"] for img in page.dom.by_id("grid-blocks").find_all("img")] == [f"{report.THUMBS_DIR}/{12345:020d}.webp"]
+    root = page.dom.find_all("html")[0].attrs
+    assert root["data-before"] == "2 12345"  # "all" and the chosen seed: 20,000 options wait until it is opened
+    assert root["data-after"] == f"{count + 1} 12345"
 
 
 def test_compare_pairs_images_on_shared_keys_and_lists_what_differs(tmp_path):

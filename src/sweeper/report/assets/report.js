@@ -2,6 +2,8 @@
 (() => {
 const D = JSON.parse(document.getElementById("report-data").textContent);
 
+// Children are nodes, strings or arrays of them: a list as long as a sweep's values is passed as an
+// array, never spread into arguments (100,000 arguments overflow the stack).
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
@@ -9,7 +11,9 @@ function el(tag, props = {}, ...children) {
     else if (key === "class") node.className = value;
     else node.setAttribute(key, value);
   }
-  node.append(...children.filter((child) => child !== null && child !== undefined));
+  for (const child of children.flat()) {
+    if (child !== null && child !== undefined) node.append(child);
+  }
   return node;
 }
 
@@ -62,7 +66,7 @@ function pager(hosts, count, current, go) {
     const prev = el("button", {type: "button", class: "prev", text: "‹ previous"});
     const next = el("button", {type: "button", class: "next", text: "next ›"});
     const pick = el("select", {"aria-label": "page"},
-      ...Array.from({length: count}, (_, n) => el("option", {value: n, text: `page ${n + 1} of ${count}`})));
+      Array.from({length: count}, (_, n) => el("option", {value: n, text: `page ${n + 1} of ${count}`})));
     prev.disabled = current === 0;
     next.disabled = current === count - 1;
     pick.value = String(current);
@@ -100,9 +104,27 @@ function saveHash(image) {
   history.replaceState(null, "", `#${out}`);
 }
 
+const EAGER_OPTIONS = 1000;  // a select with more (a key of 100,000 seeds) lists them once it is opened
+
 function select(text, value, options, change) {
-  const node = el("select", {}, ...options.map(([v, t]) => el("option", {value: v, text: t})));
-  node.value = value;
+  const node = el("select", {});
+  const fill = (list) => {
+    node.replaceChildren();
+    for (const [v, t] of list) node.append(el("option", {value: v, text: t}));
+    node.value = value;
+  };
+  if (options.length > EAGER_OPTIONS) {
+    fill(options.filter(([v], n) => n === 0 || v === value));  // "all" (or the first) and the current value
+    const all = () => {
+      node.removeEventListener("focus", all);
+      node.removeEventListener("pointerdown", all);
+      fill(options);
+    };
+    node.addEventListener("focus", all);
+    node.addEventListener("pointerdown", all);
+  } else {
+    fill(options);
+  }
   node.addEventListener("change", () => change(node.value));
   return el("label", {text}, node);
 }
@@ -201,16 +223,16 @@ function axisLabel(cls, scope, name, code) {
 function blockNode(block) {
   const {x, y} = view;
   const corner = el("th", {class: "corner"}, el("span", {class: "axis-x", text: x ? `${x} →` : ""}), el("span", {class: "axis-y", text: y ? `${y} ↓` : ""}));
-  const head = el("tr", {}, corner, ...block.xs.map((xc) => axisLabel("xlabel", "col", x, xc)));
+  const head = el("tr", {}, corner, block.xs.map((xc) => axisLabel("xlabel", "col", x, xc)));
   const body = block.ys.map((yc) => el("tr", {},
     axisLabel("ylabel", "row", y, yc),
-    ...block.xs.map((xc) => {
+    block.xs.map((xc) => {
       const rows = block.cells.get(yc * block.width + xc);
-      return rows ? el("td", {class: "cell"}, ...rows.map((i) => tile(main, i))) : el("td", {class: "empty"});
+      return rows ? el("td", {class: "cell"}, rows.map((i) => tile(main, i))) : el("td", {class: "empty"});
     })));
   const heading = el("h3", {}, block.title, block.part ? el("span", {class: "part", text: ` (${block.part})`}) : null);
   return el("div", {class: "block"}, block.title || block.part ? heading : null,
-    el("div", {class: "scroll"}, el("table", {class: "grid"}, el("thead", {}, head), el("tbody", {}, ...body))));
+    el("div", {class: "scroll"}, el("table", {class: "grid"}, el("thead", {}, head), el("tbody", {}, body))));
 }
 
 let laidOut = {key: null};  // the grid's pages for the current axes and filters: paging only draws
@@ -220,15 +242,15 @@ function renderGrid() {
   if (laidOut.key !== key) {
     const {blocks, sections, shown} = gridBlocks();
     laidOut = {key, sections, shown, pages: paginate(blocks)};
+    controls();  // once per axes and filters: turning a page keeps them
   }
   const {pages, sections, shown} = laidOut;
   view.page = Math.min(view.page, Math.max(0, pages.length - 1));
-  document.getElementById("grid-blocks").replaceChildren(...(pages[view.page] || []).map(blockNode));
+  document.getElementById("grid-blocks").replaceChildren(...(pages[view.page] || []).map(blockNode));  // D.pageCells at most
   document.getElementById("grid-status").textContent =
     `${shown} of ${main.size} images in ${sections} grid${sections === 1 ? "" : "s"}` + (pages.length > 1 ? `, ${pages.length} pages` : "");
   const go = (page) => { view.page = page; renderGrid(); document.getElementById("grid").scrollIntoView(); };
   pager([document.getElementById("grid-pager"), document.getElementById("grid-pager-bottom")], pages.length, view.page, go);
-  controls();
   saveHash();
 }
 
@@ -239,15 +261,15 @@ function renderCompare() {
   const count = Math.ceil(pairs.length / D.pagePairs);
   view.pairPage = Math.min(view.pairPage, Math.max(0, count - 1));
   const start = view.pairPage * D.pagePairs;
-  const head = el("tr", {}, ...shown.map((name) => el("th", {scope: "col", text: name})),
+  const head = el("tr", {}, shown.map((name) => el("th", {scope: "col", text: name})),
     el("th", {scope: "col", text: `A: ${a.name}`}), el("th", {scope: "col", text: `B: ${b.name}`}));
   const rows = pairs.slice(start, start + D.pagePairs).map(([inA, inB]) => el("tr", {class: "pair"},
-    ...shown.map((name) => el("td", {text: a.value(inA[0], name)})),
-    el("td", {class: "cell side-a"}, ...inA.map((i) => tile(a, i))),
-    el("td", {class: "cell side-b"}, ...inB.map((i) => tile(b, i)))));
+    shown.map((name) => el("td", {text: a.value(inA[0], name)})),
+    el("td", {class: "cell side-a"}, inA.map((i) => tile(a, i))),
+    el("td", {class: "cell side-b"}, inB.map((i) => tile(b, i)))));
   const host = document.getElementById("compare-pairs");
   host.replaceChildren(pairs.length
-    ? el("div", {class: "scroll"}, el("table", {class: "pairs"}, el("thead", {}, head), el("tbody", {}, ...rows)))
+    ? el("div", {class: "scroll"}, el("table", {class: "pairs"}, el("thead", {}, head), el("tbody", {}, rows)))
     : el("p", {class: "note", text: "No image of A has a match in B."}));
   pager([document.getElementById("compare-pager")], count, view.pairPage, (page) => { view.pairPage = page; renderCompare(); saveHash(); });
 }
@@ -263,7 +285,7 @@ function show(s, i) {
   if (sweep.state[i] === "error") figure.replaceChildren(el("pre", {text: `error: ${sweep.value(i, "error")}`}));
   else if (sweep.state[i] === "missing") figure.replaceChildren(el("pre", {text: `missing file: ${sweep.value(i, "path")}`}));
   else figure.replaceChildren(el("a", {href: sweep.full(i), target: "_blank"}, el("img", {src: sweep.full(i), alt: sweep.describe(i)})));
-  box.querySelector(".params").replaceChildren(el("tbody", {}, ...sweep.order.map((name) => {
+  box.querySelector(".params").replaceChildren(el("tbody", {}, sweep.order.map((name) => {
     const value = sweep.value(i, name);
     return el("tr", {class: value === "null" ? "null" : ""}, el("th", {scope: "row", text: name}), el("td", {text: value}));
   })));

@@ -55,11 +55,15 @@ def report_open_s(report: Path) -> float | None:
         return None
     with tempfile.TemporaryDirectory() as profile:
         out = subprocess.run(
-            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=2000", "--dump-dom", report.as_uri()],
+            [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", "--virtual-time-budget=2000",
+             "--dump-dom", report.as_uri()],
             capture_output=True, text=True, timeout=120,
-        )
+        )  # fmt: skip
     found = re.search(r'data-ready-ms="(\d+)"', out.stdout)
-    return int(found.group(1)) / 1000 if found and 'class="cell"' in out.stdout else None
+    if not found or 'class="cell"' not in out.stdout:  # a blank page is a failure, not a missing number
+        console = [line for line in out.stderr.splitlines() if ":CONSOLE" in line]
+        raise SystemExit(f"bench: {report} drew no grid in Chromium: {console[:3]}")
+    return int(found.group(1)) / 1000
 
 
 def run(images: int, work: Path) -> dict:

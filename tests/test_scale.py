@@ -74,3 +74,23 @@ def test_job_returns_make_their_configs_only_when_asked(tmp_path):
         assert OmegaConf.to_container(returned.cfg)["guidance"] == 7 and returned.cfg.model.id == "tiny-sdxl"
         assert returned.hydra_cfg.hydra.job.name == "sweeper" and made == [("model=tiny", "guidance=7")]
         assert returned.hydra_cfg is returned.hydra_cfg and len(made) == 1  # made once
+
+
+def test_the_launcher_renders_the_plan_the_sweeper_made(tmp_path, monkeypatch):
+    """One plan per command: the launcher takes the sweeper's (planning again was ~10 s at 100,000 jobs)."""
+    import contextlib
+    import io
+    import sys
+
+    from sweeper import launch, run
+    from sweeper.app import main
+
+    planned, rendered = [], []
+    real = run.prepare
+    monkeypatch.setattr(run, "prepare", lambda jobs, *args, **kwargs: planned.append(len(jobs)) or real(jobs, *args, **kwargs))
+    monkeypatch.setattr(launch, "render", lambda prepared, *args, **kwargs: rendered.append(prepared) or run.Summary())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["sweeper", "-m", "model=tiny", "seed=range(0,50)", "guidance=3,7", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    with contextlib.redirect_stderr(io.StringIO()):
+        main()
+    assert planned == [100] and len(rendered) == 1 and len(rendered[0].todo) == 100

@@ -171,5 +171,5 @@ class PlanningSweeper(BasicSweeper):
         if distributed.rank() == 0:
             run.announce(prepared, sweep_dir)
         if ours and len(self.overrides) == 1:  # one launch of every job: it renders this plan, not a second one
-            self.launcher.planned = ((0, [list(o) for o in every_job]), jobs, prepared)
+            self.launcher.planned = ((0, every_job), jobs, prepared)  # the very override lists it launches with
         return prepared

@@ -309,23 +309,24 @@ def test_axes_are_chosen_and_checked(tmp_path, capsys):
     assert exit_info.value.code == 0 and "--compare" in capsys.readouterr().out
 
 
-def test_ten_thousand_images_open_one_page_at_a_time(tmp_path):
-    sweep = tmp_path / "big"
+def many_images(sweep: Path, values: list[dict]) -> None:
+    """A sweep dir of one image (and cached thumbnail) per `values`, all hard links to one file: 10,000s in no time."""
     (sweep / "images").mkdir(parents=True)
     (sweep / report.THUMBS_DIR).mkdir()
     Image.new("RGB", (SIDE, SIDE), (200, 60, 60)).save(sweep / "one.png")
     Image.new("RGB", (SIDE, SIDE), (200, 60, 60)).save(sweep / "one.webp")
     rows = []
-    for index, (steps, guidance, seed) in enumerate(product(range(1, 11), range(1, 11), range(100))):
+    for index, row in enumerate(values):
         image_id = f"{index:020d}"
-        # Hard links: 10,000 files (and cached thumbnails) in no time.
         os.link(sweep / "one.png", sweep / "images" / f"{image_id}.png")
         os.link(sweep / "one.webp", sweep / report.THUMBS_DIR / f"{image_id}.webp")
-        rows.append(base_row(
-            image_id=image_id, path=f"images/{image_id}.png", prompt="p", steps=steps, guidance=float(guidance), seed=seed,
-            job_num=index, seconds=0.1,
-        ))
+        rows.append(base_row(image_id=image_id, path=f"images/{image_id}.png", prompt="p", job_num=index, seconds=0.1, **row))
     write_manifest(sweep, rows)
+
+
+def test_ten_thousand_images_open_one_page_at_a_time(tmp_path):
+    sweep = tmp_path / "big"
+    many_images(sweep, [dict(steps=steps, guidance=float(guidance), seed=seed) for steps, guidance, seed in product(range(1, 11), range(1, 11), range(100))])
 
     page_file = report.write_report(sweep)
     assert page_file.stat().st_size < 4_000_000
@@ -360,17 +361,7 @@ def test_a_key_of_twenty_thousand_values_opens_and_its_filter_lists_them_once_op
     stack (the page stayed blank). Here a V8 stack 1/8 of the usual makes 20,000 values do the same."""
     count = 20_000
     sweep = tmp_path / "seeds"
-    (sweep / "images").mkdir(parents=True)
-    (sweep / report.THUMBS_DIR).mkdir()
-    Image.new("RGB", (SIDE, SIDE), (60, 60, 200)).save(sweep / "one.png")
-    Image.new("RGB", (SIDE, SIDE), (60, 60, 200)).save(sweep / "one.webp")
-    rows = []
-    for seed in range(count):
-        image_id = f"{seed:020d}"
-        os.link(sweep / "one.png", sweep / "images" / f"{image_id}.png")
-        os.link(sweep / "one.webp", sweep / report.THUMBS_DIR / f"{image_id}.webp")
-        rows.append(base_row(image_id=image_id, path=f"images/{image_id}.png", prompt="p", guidance=5.0, seed=seed, job_num=seed))
-    write_manifest(sweep, rows)
+    many_images(sweep, [dict(guidance=5.0, seed=seed) for seed in range(count)])
     page_file = report.write_report(sweep)
     probe = page_file.with_name("probe.html")
     probe.write_text(page_file.read_text(encoding="utf-8").replace("</body>", OPEN_SEED_FILTER + "</body>"), encoding="utf-8")

@@ -91,7 +91,7 @@ def main(args) -> int:
     result = dict(images=images, workers=workers, steps=args.steps, size=args.size, cpus=os.cpu_count(), repeat=args.repeat)
     try:
         timed(command(args, work / "warm", ["dry_run=true"]), work)  # page cache and bytecode warm for both
-        for attempt in range(args.repeat):
+        for _ in range(args.repeat):
             for name, launcher in runs.items():
                 shutil.rmtree(work / name, ignore_errors=True)
                 with ray_head(os.cpu_count() or 1, work) if name == "ray_joined" else contextlib.nullcontext():

@@ -286,7 +286,7 @@ def merge(out_dir: Path) -> pa.Table:
 def done_ids(out_dir: Path) -> set[str]:
     """Images already rendered: an `ok` row and its file on disk (a regular file, not a link)."""
     table = read(out_dir)
-    pngs = _pngs(out_dir)
+    pngs = _pngs(out_dir)  # listed again after the rows: a row read means its PNG was written before it
     return {
         image_id
         for image_id, status in zip(*(table.column(name).to_pylist() for name in ("image_id", "status")))

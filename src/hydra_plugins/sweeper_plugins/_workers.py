@@ -3,8 +3,8 @@
 A subclass says how to check its settings (`check`), what `device: auto`
 means where its workers run (`prepare_options`, which may join them, undone
 by `release`) and how to render a plan (`render_elsewhere`); _core.py does
-the rest. Any other task function runs
-job by job here, as with Hydra's basic launcher.
+the rest. Any other task function runs job by job here, as with Hydra's
+basic launcher.
 """
 
 from __future__ import annotations

@@ -6,8 +6,14 @@
 1. The tests marked `cuda` (tests/test_cuda.py): float16 and bfloat16 tiny
    renders, a real out-of-memory error from an oversized batch recovered by
    halving, both offload modes, compile modes, two spawned workers on one GPU.
-2. The large-matmul peak of the device, measured (bfloat16 8192^3 on CUDA).
-3. Full-size random-weight SDXL (scripts/sdxl_random.py) at 1024x1024, 30
+2. Dtype drift: the tiny model's float16 and bfloat16 images against its float32
+   ones (and those against the CPU's), with SDPA and eager attention, measured
+   against the distance between two seeds' images. On the first H200 run
+   (2026-12-04) tiny half-precision renders came out as far from float32 as
+   another seed (mean 49 levels) while the CPU drifts 0.1-0.6: this says which
+   kernel or dtype makes the difference.
+3. The large-matmul peak of the device, measured (bfloat16 8192^3 on CUDA).
+4. Full-size random-weight SDXL (scripts/sdxl_random.py) at 1024x1024, 30
    steps, CFG, rendered through sweeper's own render path: images/s, seconds
    per image and peak memory at batch 1/4/8/16, float16 against bfloat16,
    torch.compile off and on, and the fraction of the measured matmul peak
@@ -119,7 +125,7 @@ def model_setup(device: str) -> tuple[list[str], int, int]:
     return ["model=tiny"], 64, 2
 
 
-def row_specs(model: list[str], size: int, steps: int, device: str, dtype: str, batch: int, compile_mode: str | None):
+def row_specs(model: list[str], size: int, steps: int, device: str, dtype: str, batch: int, compile_mode: str | None, extra: tuple[str, ...] = ()):
     """The row's images planned as the command line would plan them."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
@@ -129,7 +135,7 @@ def row_specs(model: list[str], size: int, steps: int, device: str, dtype: str, 
 
     overrides = [
         *model, f"device={device}", f"dtype={dtype}", f"width={size}", f"height={size}", f"steps={steps}", "guidance=5",
-        f"seed=[{','.join(map(str, range(batch)))}]", f"batch_size={batch}", f"compile={compile_mode or 'false'}",
+        f"seed=[{','.join(map(str, range(batch)))}]", f"batch_size={batch}", f"compile={compile_mode or 'false'}", *extra,
     ]
     with initialize_config_dir(config_dir(), version_base="1.3"):
         config = OmegaConf.to_container(compose("config", overrides=overrides), resolve=True)
@@ -177,6 +183,39 @@ def measure_row(model: list[str], size: int, steps: int, device: str, dtype: str
     return row
 
 
+DRIFT_SEEDS = 4
+
+
+def dtype_drift(device: str) -> dict:
+    """How far the tiny model's half-precision images are from its float32 ones (mean |difference|,
+    0..255), on `device` with each attention kernel and against the CPU's float32, measured against how
+    far apart two seeds' images are. Rounding drift is a small fraction of that distance (on the CPU
+    ~0.1-0.6 levels against ~45); drift as large as another seed's image means a broken dtype path."""
+    import numpy as np
+
+    from sweeper.render import render_batch
+    from sweeper.runtime import Runtime
+    from sweeper.schedule import Batch
+
+    def images(render_device: str, dtype: str, attention: str) -> np.ndarray:
+        specs = row_specs(["model=tiny"], 64, 4, render_device.split(":")[0], dtype, DRIFT_SEEDS, None, (f"attention={attention}",))
+        return render_batch(Batch(tuple(specs)), render_device, Runtime()).images * 255
+
+    render_device = "cuda:0" if device == "cuda" else device
+    reference = images("cpu", "float32", "sdpa")
+    seed_distance = float(np.mean([np.abs(reference[i] - reference[(i + 1) % DRIFT_SEEDS]).mean() for i in range(DRIFT_SEEDS)]))
+    drift = {}
+    for attention in ("sdpa", "eager") if device == "cuda" else ("sdpa",):  # the attention kernels differ on CUDA
+        full = reference if device == "cpu" and attention == "sdpa" else images(render_device, "float32", attention)
+        drift[f"float32_{attention}_vs_cpu_float32"] = round(float(np.abs(full - reference).mean()), 2)
+        for dtype in ("float16", "bfloat16"):
+            drift[f"{dtype}_{attention}_vs_float32"] = round(float(np.abs(images(render_device, dtype, attention) - full).mean()), 2)
+    problems = [f"{name}: {value} levels, {value / seed_distance:.0%} of another seed's distance"
+                for name, value in drift.items() if value > seed_distance / 4]
+    log(f"dtype drift (another seed: {seed_distance:.1f} levels): {drift}")
+    return {"seed_distance": round(seed_distance, 2), "drift": drift, "problems": problems}
+
+
 def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -214,9 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {"device": name, "torch": torch.__version__, "tests": {"summary": "not run"}, "table": [], "failed_rows": [], "skipped_rows": []}
 
     def save() -> None:
-        result["checks_passed"] = result["tests"].get("passed", 0) + sum(1 for row in result["table"] if not row["problems"])
+        drift_ok = "dtype_drift" in result and not result["dtype_drift"]["problems"]
+        result["checks_passed"] = result["tests"].get("passed", 0) + sum(1 for row in result["table"] if not row["problems"]) + drift_ok
         result["checks_failed"] = (result["tests"].get("failed", 0) + len(result["failed_rows"])
-                                   + sum(1 for row in result["table"] if row["problems"]))
+                                   + sum(1 for row in result["table"] if row["problems"])
+                                   + len(result.get("dtype_drift", {}).get("problems", [])))
         result["wall_s"] = round(time.perf_counter() - started, 1)
         if args.json_out:
             args.json_out.write_text(json.dumps(result, indent=1))
@@ -224,21 +265,25 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_tests:
         result["tests"] = run_cuda_tests(args.device, args.tests_timeout_s)
         save()
+    result["dtype_drift"] = dtype_drift(args.device)
+    save()
     peak = matmul_peak(args.device)
     result["matmul_peak_tflops"] = round(peak, 3)
     log(f"large matmul: {peak:.1f} TFLOP/s")
-    model, size, steps = model_setup(args.device)
-    result.update(size=size, steps=steps)
+    model = None  # built for the first row that fits the budget
     # Most telling first: a row past the budget is skipped, not guessed.
     rows_wanted = [(dtype, None, batch) for batch in (1, 4) for dtype in ("bfloat16", "float16")]
     rows_wanted += [("bfloat16", None, 8), ("float16", None, 8), ("bfloat16", "default", 1), ("bfloat16", "default", 8),
                     ("bfloat16", None, 16), ("float16", None, 16)]
     if args.device == "cpu":
-        rows_wanted = [(dtype, None, batch) for dtype in ("float32", "bfloat16") for batch in (1, 4)]
+        rows_wanted = [("float32", None, 1), ("bfloat16", None, 2)]
     for dtype, compile_mode, batch in rows_wanted:
         if time.perf_counter() - started > args.budget_s:
             result["skipped_rows"].append({"dtype": dtype, "compile": compile_mode or "off", "batch": batch})
             continue
+        if model is None:
+            model, size, steps = model_setup(args.device)
+            result.update(size=size, steps=steps)
         try:
             row = measure_row(model, size, steps, args.device, dtype, batch, compile_mode, peak)
             row["problems"] = row_problems(row, args.device)

@@ -1,0 +1,95 @@
+"""Every script in scripts/ runs here at its smallest size, so none of them rots.
+
+Their numbers are not judged (speed targets live in the scripts and the README);
+what is judged is that each runs to its end and says what it promises to say.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO
+
+SCRIPTS = REPO / "scripts"
+pytestmark = pytest.mark.slow
+
+
+def script(*args: str, cwd, timeout: int = 600) -> tuple[subprocess.CompletedProcess, dict | None]:
+    """`python scripts/ARGS`, and the JSON of its last stdout line (None when it has none)."""
+    result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    lines = result.stdout.strip().splitlines()
+    try:
+        return result, json.loads(lines[-1]) if lines else None
+    except json.JSONDecodeError:
+        return result, None
+
+
+def test_every_script_has_a_test_here():
+    tested = {"gpu_check.py", "bench.py", "bench_scale.py", "bench_launchers.py", "sdxl_random.py"}
+    assert {path.name for path in SCRIPTS.glob("*.py")} == tested
+
+
+def test_gpu_check_on_the_cpu_runs_its_tests_and_fills_its_table(tmp_path, tiny_models):
+    result, out = script(str(SCRIPTS / "gpu_check.py"), "--device", "cpu", "--json-out", str(tmp_path / "check.json"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out == json.loads((tmp_path / "check.json").read_text())  # the file says what the last line says
+    assert out["checks_failed"] == 0 and out["tests"]["exit"] == 0
+    assert out["tests"]["expected"] >= 3 and out["tests"]["passed"] == out["tests"]["expected"]
+    # The dtype that ran, read from the resident pipeline, not the one asked for.
+    assert [(row["dtype"], row["vae_dtype"], row["batch"]) for row in out["table"]] == [("float32", "float32", 1), ("bfloat16", "bfloat16", 2)]
+    assert all(row["problems"] == [] and row["s_per_image"] > 0 for row in out["table"])
+    drift = out["dtype_drift"]
+    assert drift["problems"] == [] and set(drift["drift"]) == {"float32_sdpa_vs_cpu_float32", "float16_sdpa_vs_float32", "bfloat16_sdpa_vs_float32"}
+    assert 0 < drift["drift"]["bfloat16_sdpa_vs_float32"] < drift["seed_distance"] / 4  # bfloat16 really ran: its images differ a little
+
+
+def test_gpu_check_fails_when_a_cuda_test_fails(tmp_path, tiny_models, monkeypatch):
+    """Its pytest step is judged from pytest's own report: a failing test is a failed check and exit 1."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    failing = tmp_path / "tests"
+    failing.mkdir()
+    (failing / "test_cuda.py").write_text("import pytest\n\n@pytest.mark.cuda\ndef test_a(): pass\n\n@pytest.mark.cuda\ndef test_b(): assert False\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    cuda: x\n")
+    monkeypatch.setattr(gpu_check, "REPO", tmp_path)
+    tests = gpu_check.run_cuda_tests("cpu", timeout_s=120)
+    assert (tests["passed"], tests["failed"], tests["expected"]) == (1, 1, 2)
+    (failing / "test_cuda.py").write_text("import pytest, time\n\n@pytest.mark.cuda\ndef test_slow(): time.sleep(60)\n")
+    assert gpu_check.run_cuda_tests("cpu", timeout_s=5)["failed"] == 1  # a timeout is a failure, not a hang
+
+
+def test_bench_at_256_px_matches_the_loops_pixel_for_pixel(tmp_path, tiny_models):
+    """At 256 px SDXL's invisible watermark would apply (it skips smaller images): the loops leave it off as sweeper does."""
+    result, out = script(str(SCRIPTS / "bench.py"), "--seeds", "1", "--guidance", "5", "--size", "256", "--steps", "1", "--no-plan", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out["same_image_count"] and out["max_pixel_diff"] == 0 and out["batched_loop_max_pixel_diff"] == 0
+    assert out["sweeper_stages"], "the start line and progress bar were not found in sweeper's output"
+    assert all(out[f"{side}_ms_per_image"] > 0 for side in ("loop", "batched_loop", "sweeper"))
+    assert out["sweeper_vs_batched_loop"] > 0
+
+
+def test_bench_scale_runs_a_small_sweep_twice_and_opens_its_report(tmp_path, tiny_models):
+    result, out = script(str(SCRIPTS / "bench.py"), "--scale", "4", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out["scale_images"] == out["scale_ok"] == 4 and out["parts_left"] == 0
+    assert out["report_open_s"] is not None and out["report_open_s"] >= 0
+
+
+def test_bench_launchers_compare_a_local_slurm_array_with_processes(tmp_path, tiny_models):
+    args = ("--launcher", "slurm-local", "--seeds", "2", "--guidance", "5", "--steps", "1")
+    result, out = script(str(SCRIPTS / "bench.py"), *args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out["images"] == 2 and out["ratio"] > 0
+
+
+def test_sdxl_random_counts_the_real_models_parameters_without_building_it(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPTS / "sdxl_random.py"), "--count"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"'))
+    assert round(counts["unet"] / 1e9, 2) == 2.57  # SDXL base's UNet, as DESIGN.md gives it

@@ -198,11 +198,6 @@ def swap(folder: Path, target: Path, rename=os.rename) -> None:
     folder.symlink_to(target)
 
 
-def swap_back(folder: Path) -> None:
-    folder.unlink()
-    folder.with_name(f".{folder.name}-moved").rename(folder)
-
-
 def swap_for_link(monkeypatch, call: str, trigger: str, folder: Path, target: Path) -> list:
     """Just before the first `os.<call>` on a path naming `trigger`, swap `folder` for a link to `target`."""
     real, real_rename = getattr(os, call), os.rename

@@ -180,7 +180,8 @@ def check_sweep_dir(out_dir: Path, depth: int = 3) -> None:
     """Refuse a sweep or run dir with a link planted where sweeper or Hydra write.
 
     Hydra writes `.hydra/*.yaml` and a job log into run dirs and, with other
-    launchers, into the job subdirs of a sweep dir; it would follow a link.
+    launchers, into the job subdirs of a sweep dir (callbacks.py makes it
+    write without following links; a link found here is refused before it runs).
     The bulk folders are not walked: their files are checked as they are used.
     """
     out_dir = Path(out_dir)

@@ -185,6 +185,191 @@ def test_report_and_thumbnail_writes_replace_planted_links_instead_of_following_
     assert not (sweep / report.REPORT).is_symlink() and "<html" in (sweep / report.REPORT).read_text()
 
 
+# 2b. A folder swapped for a link right after its check redirects nothing
+#
+# Another user of a shared sweep dir can swap a folder for a link at any moment.
+# `swap_for_link` does it at the worst one, deterministically: just before the
+# act (open, rename, unlink, replace) that follows every check.
+
+
+def swap(folder: Path, target: Path, rename=os.rename) -> None:
+    """Move `folder` aside (to .NAME-moved) and put a link to `target` in its place."""
+    rename(folder, folder.with_name(f".{folder.name}-moved"))
+    folder.symlink_to(target)
+
+
+def swap_for_link(monkeypatch, call: str, trigger: str, folder: Path, target: Path) -> list:
+    """Just before the first `os.<call>` on a path naming `trigger`, swap `folder` for a link to `target`."""
+    real, real_rename = getattr(os, call), os.rename
+    swapped = []
+
+    def hooked(*args, **kwargs):
+        if not swapped and trigger in str(args[0]):
+            swapped.append(folder)
+            swap(folder, target, real_rename)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(os, call, hooked)
+    return swapped
+
+
+def a_victim(tmp_path: Path, *names: str) -> tuple[Path, dict]:
+    """A folder of someone else's files, and what it holds."""
+    victim = tmp_path / "victim"
+    victim.mkdir(parents=True)
+    for name in names:
+        (victim / name).write_bytes(b"precious")
+    return victim, holding(victim)
+
+
+def holding(folder: Path) -> dict:
+    """Name -> (bytes, inode, ctime): a file moved away and back, or removed and made again, counts as touched."""
+    return {path.name: (path.read_bytes(), path.lstat().st_ino, path.lstat().st_ctime_ns) for path in folder.iterdir()}
+
+
+@pytest.mark.parametrize("act", ["forget_stored", "take_over", "create", "release"])
+def test_claims_are_made_and_removed_in_their_folder_even_when_it_is_swapped_for_a_link(tmp_path, monkeypatch, act):
+    from sweeper import writers
+
+    (spec,) = plan([Job(0, plan_config())])
+    victim, before = a_victim(tmp_path, spec.image_id)
+    sweep = tmp_path / "sweep"
+    claims = sweep / writers.CLAIMS_DIR
+    claims.mkdir(parents=True)
+    if act == "forget_stored":  # a claim left on a stored image goes
+        (sweep / "images").mkdir()
+        (sweep / store.image_path(spec)).write_bytes(b"png")
+        (claims / spec.image_id).write_text("a writer killed after storing")
+        call, trigger, run_it = "unlink", spec.image_id, lambda: writers.forget_stored(sweep)
+    elif act == "take_over":  # a dead writer's claim is moved aside, then replaced
+        (claims / spec.image_id).write_text(f"{socket.gethostname()} 999999999")
+        call, trigger, run_it = "rename", spec.image_id, lambda: writers.Claims(sweep).take([spec])
+    elif act == "create":  # a new claim is written aside, then linked into place
+        call, trigger, run_it = "open", f".{spec.image_id}.", lambda: writers.Claims(sweep).take([spec])
+    else:
+        (claims / spec.image_id).write_text(f"{socket.gethostname()} {os.getpid()}")
+        call, trigger, run_it = "unlink", spec.image_id, lambda: writers.Claims(sweep).release([spec])
+    swapped = swap_for_link(monkeypatch, call, trigger, claims, victim)
+    run_it()
+    assert swapped and holding(victim) == before
+
+
+def test_stale_temps_are_removed_in_their_folder_even_when_it_is_swapped_for_a_link(tmp_path, monkeypatch):
+    from sweeper import writers
+
+    victim, _ = a_victim(tmp_path, ".old.tmp")
+    old = time.time() - writers.TEMP_STALE_SECONDS - 60
+    os.utime(victim / ".old.tmp", (old, old))
+    before = holding(victim)
+    images = tmp_path / "sweep" / "images"
+    images.mkdir(parents=True)
+    (images / ".old.tmp").write_bytes(b"left by a killed write")
+    os.utime(images / ".old.tmp", (old, old))
+    swapped = swap_for_link(monkeypatch, "unlink", ".old.tmp", images, victim)
+    writers.remove_stale_temps(tmp_path / "sweep")
+    assert swapped and holding(victim) == before
+    assert not (tmp_path / "sweep" / ".images-moved" / ".old.tmp").exists()  # removed where it was found
+
+
+def test_a_write_goes_into_the_folder_checked_even_when_it_is_swapped_for_a_link(tmp_path, monkeypatch):
+    (spec,) = plan([Job(0, plan_config())])
+    sweep = tmp_path / "sweep"
+    victim, before = a_victim(tmp_path)
+    swapped = swap_for_link(monkeypatch, "open", "part-", sweep / manifest.PARTS_DIR, victim)  # as the temp file is made
+    manifest.write_part(sweep, [manifest.row(spec, store.image_path(spec), "error", "x")])
+    assert swapped and holding(victim) == before
+    assert [path.name[:5] for path in (sweep / f".{manifest.PARTS_DIR}-moved").iterdir()] == ["part-"]
+
+
+def test_the_merge_removes_parts_only_in_their_folder_even_when_it_is_swapped_for_a_link(tmp_path, monkeypatch):
+    (spec,) = plan([Job(0, plan_config())])
+    sweep = tmp_path / "sweep"
+    parts = sweep / manifest.PARTS_DIR
+    part = manifest.write_part(sweep, [manifest.row(spec, store.image_path(spec), "error", "x")])
+    (parts / "part-damaged.parquet").write_bytes(b"not parquet")
+    victim, before = a_victim(tmp_path, part.name, "part-damaged.parquet")
+    read = manifest.read
+
+    def read_then_swap(*args, **kwargs):
+        table = read(*args, **kwargs)
+        swap(parts, victim)
+        return table
+
+    monkeypatch.setattr(manifest, "read", read_then_swap)  # parts read, then unlinked or moved to damaged/
+    with pytest.raises(UnsafePath, match=f"{manifest.PARTS_DIR} is a symbolic link"):
+        manifest.merge(sweep)
+    assert holding(victim) == before
+
+
+# A single run, case after case in one interpreter: the run dir is checked in on_run_start, then a
+# link appears where Hydra writes its job files; the job only logs a line.
+SWAPPED_RUNS = """
+import contextlib, io, json, logging, sys
+from pathlib import Path
+from sweeper import app, run
+
+victim, checked, results = Path(sys.argv[1]), run.check_sweep_dir, []
+
+def job(cfg):
+    logging.getLogger("sweeper").info("a line for the job log")
+
+for run_dir, planted in json.loads(sys.argv[2]):
+    def check_then_swap(out_dir, planted=Path(run_dir) / planted):
+        checked(out_dir)
+        planted.parent.mkdir(parents=True)
+        planted.symlink_to(victim / (planted.name if planted.suffix else ""))
+
+    run.check_sweep_dir, app.render_job = check_then_swap, job
+    sys.argv, err, code = ["sweeper", "model=tiny", "hydra.run.dir=" + run_dir], io.StringIO(), 0
+    with contextlib.redirect_stderr(err):
+        try:
+            app.main()
+        except SystemExit as exit:
+            code = exit.code
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def test_hydra_job_files_are_not_written_through_links_swapped_in_after_the_check(tmp_path, tiny_models):
+    import subprocess
+    import sys
+
+    victim, before = a_victim(tmp_path, "config.yaml", "sweeper.log")
+    cases = [(str(tmp_path / f"run{n}"), planted) for n, planted in enumerate(["sweeper.log", ".hydra", ".hydra/config.yaml"])]
+    result = subprocess.run([sys.executable, "-c", SWAPPED_RUNS, str(victim), json.dumps(cases)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert holding(victim) == before, result.stderr
+    assert result.returncode == 0, result.stderr
+    for (run_dir, planted), (code, stderr) in zip(cases, json.loads(result.stdout.strip().splitlines()[-1])):
+        if planted == ".hydra/config.yaml":  # a link at the file is replaced, as by every write_atomic
+            assert code == 0, stderr
+            assert not (Path(run_dir) / planted).is_symlink() and "model:" in (Path(run_dir) / planted).read_text()
+        else:
+            last = stderr.strip().splitlines()[-1]  # after the plan's announcement
+            assert code == 2 and last.startswith("sweeper: error: ") and f"{planted} is a symbolic link" in last, stderr
+
+
+def test_a_wildcard_folder_swapped_for_a_link_after_the_walk_is_not_read(tmp_path, monkeypatch):
+    from sweeper import templates
+
+    victim, _ = a_victim(tmp_path)
+    (victim / "colors.txt").write_text("password-123\n")
+    folder = tmp_path / "wildcards"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "colors.txt").write_text("red\n")
+    walked = templates.wildcard_files
+
+    def walk_then_swap(root, fail):
+        found = walked(root, fail)
+        (folder / "sub").rename(folder / ".sub")  # dot-named: not a wildcard folder
+        (folder / "sub").symlink_to(victim)
+        return found
+
+    monkeypatch.setattr(templates, "wildcard_files", walk_then_swap)
+    with pytest.raises(PlanError, match="sub/colors.txt changed into a link while it was read"):
+        prompt_rows({"prompt": "a __sub/colors__ car", "wildcards": str(folder)})
+
+
 # 3. Wildcard folders stay inside themselves, and are bounded
 
 

@@ -201,13 +201,13 @@ def test_write_atomic_fsyncs_and_renames_over_the_target(tmp_path, monkeypatch):
         calls.append("fsync")
         return real_fsync(fd)
 
-    def replace(src, dst):
+    def replace(src, dst, *, src_dir_fd, dst_dir_fd):
         calls.append("replace")
-        assert Path(dst) == target
-        assert Path(src).parent == target.parent  # same filesystem: the rename is atomic
+        assert dst == target.name and src_dir_fd == dst_dir_fd  # in the target's own folder: the rename is atomic
+        assert os.path.samestat(os.fstat(dst_dir_fd), os.stat(target.parent))
         assert target.read_bytes() == b"old"  # the target is untouched until the rename
-        assert Path(src).read_bytes() == b"new"
-        return real_replace(src, dst)
+        assert (target.parent / src).read_bytes() == b"new"
+        return real_replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace)
@@ -220,7 +220,7 @@ def test_write_atomic_failure_keeps_the_old_file_and_no_temp(tmp_path, monkeypat
     target = tmp_path / "x.bin"
     target.write_bytes(b"old")
 
-    def broken_replace(src, dst):
+    def broken_replace(*args, **kwargs):
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", broken_replace)

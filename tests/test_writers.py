@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from conftest import plan_config
 
-from sweeper import manifest, store, writers
+from sweeper import files, manifest, store, writers
 from sweeper.plan import Job, plan
 
 
@@ -40,7 +40,8 @@ def test_a_writer_leaves_out_what_another_claimed_or_stored(tmp_path):
     assert claims.take([mine, theirs, stored, dead, old]) == [mine, dead, old]
     assert claims.take([mine]) == []  # claimed once: a second take (another writer) gets nothing
     (tmp_path / writers.CLAIMS_DIR / "x").write_text("another-host 12")  # a young claim on another host: never a pid check there
-    assert writers._left_by_the_dead(tmp_path / writers.CLAIMS_DIR / "x", writers.CLAIM_STALE_SECONDS) is None
+    with files.folder(tmp_path, writers.CLAIMS_DIR) as claims_dir:
+        assert writers._left_by_the_dead(claims_dir, "x", writers.CLAIM_STALE_SECONDS) is None
     claims.release([mine, dead, old])
     assert sorted(p.name for p in (tmp_path / writers.CLAIMS_DIR).iterdir()) == sorted([theirs.image_id, "x"])
 
@@ -113,7 +114,7 @@ def test_two_runs_of_one_command_at_once_render_every_image_once(tmp_path, tiny_
 
 
 def test_claims_work_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):
-    def no_links(*args):
+    def no_links(*args, **kwargs):
         raise OSError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_links)

@@ -1,19 +1,27 @@
 """Hydra callback: names the output dir, checks single runs, merges the manifest, writes the report.
 
 Registered in conf/config.yaml (`hydra.callbacks.sweeper`), so it works with
-any launcher: basic, joblib, submitit, ray, or ours.
+any launcher: basic, joblib, submitit, ray, or ours. Importing it also makes
+Hydra write its job files without following links (see `_save_config`).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Sequence
 
+import hydra.core.utils as hydra_utils
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from sweeper.errors import UnsafePath
+from sweeper.files import check_not_link, folder, write_atomic
 from sweeper.spec import EXECUTION_FIELDS
 
 # Overrides that change neither which images a sweep holds nor their pixels:
@@ -122,3 +130,60 @@ class SweeperCallback(Callback):
         submitted_only = config.hydra.launcher.get("wait", True) is False  # a SLURM array still rendering
         if sweep_dir.is_dir() and distributed.rank() == 0 and not config.get("dry_run") and not submitted_only:  # a dry run writes nothing
             finish(sweep_dir)
+
+
+# Hydra writes `.hydra/*.yaml` and the job log into each job's dir by path, after
+# on_run_start has checked the dir for links, and follows links: a link swapped in
+# between would be written through. Its two writers are replaced by ones that open
+# the job dir and `.hydra` without following links. This module is imported
+# wherever Hydra runs a job of ours (its callbacks are built, or unpickled by
+# joblib and submitit workers, before run_job), and run_job looks both up at call time.
+
+
+def _save_config(cfg: Any, filename: str, output_dir: Path) -> None:
+    """Hydra's `_save_config`, written as files.write_atomic writes (a link at the file is replaced)."""
+    output_dir = Path(output_dir)
+    write_atomic(output_dir / filename, OmegaConf.to_yaml(cfg).encode("utf-8"), durable=False, root=output_dir.parent)
+
+
+class _LogFile(logging.FileHandler):
+    """The job log's logging.FileHandler, its file opened in its folder without following a link."""
+
+    def _open(self):
+        path = Path(self.baseFilename)
+        append = "a" in self.mode
+        flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_APPEND if append else os.O_TRUNC)
+        with folder(path.parent) as dir_fd:
+            try:
+                fd = os.open(path.name, flags, 0o666, dir_fd=dir_fd)
+            except OSError as error:
+                if error.errno == errno.ELOOP:
+                    check_not_link(path)
+                raise
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise UnsafePath(f"{path} is not a regular file; sweeper writes its log only into one: remove it")
+        return os.fdopen(fd, "a" if append else "w", encoding=self.encoding, errors=self.errors)
+
+
+_hydra_configure_log = hydra_utils.configure_log
+
+
+def _configure_log(log_config: Any, verbose_config: Any = False) -> None:
+    """Hydra's `configure_log`, with each logging.FileHandler opened as _LogFile opens it."""
+    if log_config is not None:
+        conf = OmegaConf.to_container(log_config, resolve=True)
+        for handler in (conf.get("handlers") or {}).values():
+            if isinstance(handler, dict) and handler.get("class") == "logging.FileHandler":
+                handler["class"] = f"{__name__}._LogFile"
+        log_config = OmegaConf.create(conf)
+    try:
+        _hydra_configure_log(log_config, verbose_config)
+    except ValueError as error:  # logging.config's "Unable to configure handler": say why in one line
+        if isinstance(error.__cause__, UnsafePath):
+            raise error.__cause__ from None
+        raise
+
+
+hydra_utils._save_config = _save_config
+hydra_utils.configure_log = _configure_log

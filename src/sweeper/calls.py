@@ -148,7 +148,7 @@ def write(encoded: Encoded, out_dir: Path, parts: Any, claims: Any) -> None:
     from sweeper.files import write_atomic
 
     for path, data, durable in encoded.files:
-        write_atomic(out_dir / path, data, durable=durable)
+        write_atomic(out_dir / path, data, durable=durable, root=out_dir)
         if durable:
             faults.event("png")
     parts.add(encoded.rows)

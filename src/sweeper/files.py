@@ -6,6 +6,10 @@ so what lies in one is data, not a place to be trusted:
 - writes go to a temp file with a random name (O_EXCL), then rename into
   place; a rename replaces a link planted at the target instead of writing
   through it, and the folders written into must not be links themselves;
+- a folder of a sweep dir is opened step by step from the sweep dir down,
+  each step with O_NOFOLLOW in the one before (`folder`), and files in it are
+  made, renamed and removed through that descriptor: a folder swapped for a
+  link after a check cannot redirect what is done next;
 - files read from a sweep dir must be regular files inside it (a link to
   someone's private image is not an image of the sweep), of bounded size;
 - image files given to render from (init images, masks) must be regular
@@ -16,10 +20,13 @@ Errors a user can fix raise `UnsafePath` with one line.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import secrets
 import stat
-import tempfile
 from pathlib import Path
+from typing import Iterator
 
 from sweeper import faults
 from sweeper.errors import UnsafePath
@@ -40,36 +47,74 @@ def check_not_link(path: Path) -> None:
         )
 
 
-def ensure_dir(path: Path) -> Path:
-    """Make `path` (and its parents) a directory; refuse if it or a missing-until-now parent is a link."""
-    path = Path(path)
-    if not path.is_dir() or path.is_symlink():
-        check_not_link(path)
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+@contextlib.contextmanager
+def folder(root: Path, *names: str, create: bool = False) -> Iterator[int]:
+    """A descriptor of the folder `root/names[0]/names[1]/...`, with no link followed at `root` or below it.
+
+    Each step is opened in the one before it with O_NOFOLLOW, so what is checked
+    is what is used: pass the descriptor as `dir_fd=` to open, stat, rename,
+    unlink. Above `root` the path is the user's own (links there are theirs).
+    `create` makes missing folders. Raises UnsafePath where a step is a link,
+    OSError (FileNotFoundError, NotADirectoryError) as os.open does.
+    """
+    root = Path(root)
+    if create:
+        root.parent.mkdir(parents=True, exist_ok=True)
+    fd = _open_step(os.fspath(root), None, create, root)
+    try:
+        shown = root
+        for name in names:
+            shown = shown / name
+            step = _open_step(name, fd, create, shown)
+            os.close(fd)
+            fd = step
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _open_step(name: str, dir_fd: int | None, create: bool, shown: Path) -> int:
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, dir_fd=dir_fd)  # makes no folder through a link: a link there exists
+    try:
+        return os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except NotADirectoryError:  # also what O_DIRECTORY | O_NOFOLLOW says of a link
+        if stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+            check_not_link(shown)
+        raise
+
+
+def write_atomic(path: Path, data: bytes, durable: bool = True, root: Path | None = None) -> None:
     """Write `data` to `path` so that `path` is either absent or whole, never through a link.
 
-    `durable` fsyncs before the rename (images, manifest); caches (thumbnails) skip it.
+    Its folders from `root` (a sweep dir; by default the file's own folder) down
+    are opened without following links (`folder`), and the temp file is made and
+    renamed into place inside the last one. `durable` fsyncs before the rename
+    (images, manifest); caches (thumbnails) skip it.
     """
     path = Path(path)
-    ensure_dir(path.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # O_EXCL, random name
-    try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes it 0600; the file gets the modes any program's would
-        with os.fdopen(fd, "wb") as handle:
-            faults.event("write")
-            handle.write(data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        faults.event("temp")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    root = path.parent if root is None else Path(root)
+    with folder(root, *path.parent.relative_to(root).parts, create=True) as dir_fd:
+        tmp = f".{path.name}.{secrets.token_hex(8)}.tmp"  # a random name, made with O_EXCL
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        try:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # the modes any program's file would get
+            with os.fdopen(fd, "wb") as handle:
+                faults.event("write")
+                handle.write(data)
+                handle.flush()
+                if durable:
+                    os.fsync(handle.fileno())
+            faults.event("temp")
+            os.replace(tmp, path.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
 
 
 def is_regular_inside(path: Path, root: Path) -> bool:
@@ -97,6 +142,24 @@ def read_image_file(path: Path, limit: int = MAX_IMAGE_BYTES) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
         raise ValueError(f"{path}: {error.strerror}") from None
+    return _read_bounded(fd, path, limit)
+
+
+def read_inside(root: Path, path: Path, limit: int) -> bytes:
+    """Like read_image_file, for a file at `path` inside `root` opened with no link followed
+    at `root` or below it (`folder`); UnsafePath where one is."""
+    relative = Path(path).relative_to(root)
+    with folder(root, *relative.parent.parts) as dir_fd:
+        try:
+            fd = os.open(relative.name, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                check_not_link(Path(path))
+            raise ValueError(f"{path}: {error.strerror}") from None
+    return _read_bounded(fd, path, limit)
+
+
+def _read_bounded(fd: int, path: Path, limit: int) -> bytes:
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
@@ -117,7 +180,8 @@ def check_sweep_dir(out_dir: Path, depth: int = 3) -> None:
     """Refuse a sweep or run dir with a link planted where sweeper or Hydra write.
 
     Hydra writes `.hydra/*.yaml` and a job log into run dirs and, with other
-    launchers, into the job subdirs of a sweep dir; it would follow a link.
+    launchers, into the job subdirs of a sweep dir (callbacks.py makes it
+    write without following links; a link found here is refused before it runs).
     The bulk folders are not walked: their files are checked as they are used.
     """
     out_dir = Path(out_dir)
@@ -159,11 +223,6 @@ def open_image(path: Path, root: Path | None = None, limit: int = MAX_IMAGE_BYTE
     if width * height > MAX_IMAGE_PIXELS:
         raise ValueError(f"{path}: declares {width}x{height}, more than {MAX_IMAGE_PIXELS} pixels")
     return image
-
-
-def read_text_file(path: Path, limit: int) -> str:
-    """A regular file of at most `limit` bytes as UTF-8 text (undecodable bytes dropped). ValueError otherwise."""
-    return read_image_file(path, limit).decode("utf-8", errors="ignore")
 
 
 def load_yaml(text: str, max_nodes: int = 200_000):

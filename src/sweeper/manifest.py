@@ -8,6 +8,7 @@ when its row says `ok` and its file exists; a re-run skips exactly those.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import json
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 
 from sweeper import faults
 from sweeper.errors import UnsafePath
-from sweeper.files import check_not_link, ensure_dir, open_image, write_atomic
+from sweeper.files import check_not_link, folder, open_image, write_atomic
 from sweeper.spec import FIELDS, public_model_name
 from sweeper.writers import forget_stored, merging
 from sweeper.store import IMAGES_DIR
@@ -92,7 +93,7 @@ def write_part(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     path = Path(out_dir) / PARTS_DIR / f"part-{uuid.uuid4().hex}.parquet"
-    write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue(), root=out_dir)
     return path
 
 
@@ -269,18 +270,32 @@ def merge(out_dir: Path) -> pa.Table:
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
         write_atomic(out_dir / MANIFEST, buffer.getvalue())
-        for part in parts:
-            if tables.get(part) is None and part.exists():
-                ensure_dir(part.parent / "damaged")
-                part.rename(part.parent / "damaged" / part.name)
-            else:
-                part.unlink(missing_ok=True)
-    if parts:
-        try:
-            (out_dir / PARTS_DIR).rmdir()
-        except OSError:  # another rank wrote a part meanwhile, or damaged parts are kept
-            pass
+        if parts:
+            _drop_parts(out_dir, parts, tables)
     return table
+
+
+def _drop_parts(out_dir: Path, parts: list[Path], tables: dict[Path, pa.Table | None]) -> None:
+    """Remove merged parts, move damaged ones to `damaged/`, then the parts folder if empty:
+    through descriptors of the folders (files.folder), as another may swap them for links."""
+    with folder(out_dir, PARTS_DIR) as parts_fd:
+        for part in parts:
+            if tables.get(part) is None and _exists(parts_fd, part.name):
+                with folder(out_dir, PARTS_DIR, "damaged", create=True) as damaged_fd:
+                    os.rename(part.name, part.name, src_dir_fd=parts_fd, dst_dir_fd=damaged_fd)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part.name, dir_fd=parts_fd)
+    with folder(out_dir) as out_fd, contextlib.suppress(OSError):  # another rank wrote a part meanwhile, or damaged parts are kept
+        os.rmdir(PARTS_DIR, dir_fd=out_fd)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
 
 
 def done_ids(out_dir: Path) -> set[str]:

@@ -239,7 +239,7 @@ class Expander:
 
     def manager(self):
         if self._manager is None:
-            self._manager = manager_class()(read_wildcards(self.files(), self._fail_dir))
+            self._manager = manager_class()({} if self.dir is None else read_wildcards(self.dir, self.files(), self._fail_dir))
         return self._manager
 
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from sweeper.errors import one_line
+from sweeper.errors import UnsafePath, one_line
+from sweeper.files import folder
 
 class MissingWildcard(LookupError):
     def __init__(self, name: str) -> None:
@@ -36,30 +38,39 @@ WILDCARD_SUFFIXES = (".txt", ".yaml", ".json")  # what dynamicprompts reads
 
 
 def wildcard_files(root: Path, fail: Callable[[str], Exception]) -> list[tuple[str, Path, int, int]]:
+    """(name, where it lies, size, mtime) of the folder's wildcard files, each where it lies inside it.
+
+    Folders are listed, and what a link leads to is looked at, through
+    descriptors opened from the root down without following links
+    (files.folder): a folder swapped for a link while it is walked is refused,
+    never followed out of the folder.
+    """
     real_root = root.resolve()
     walked = {real_root}
     found: list[tuple[str, Path, int, int]] = []
-    stack = [(root, "")]
+    stack = [(real_root, "")]
     while stack:
-        folder, prefix = stack.pop()
+        real_folder, prefix = stack.pop()
         try:
-            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+            with folder(real_root, *real_folder.relative_to(real_root).parts) as dir_fd:
+                entries = [(name, os.stat(name, dir_fd=dir_fd, follow_symlinks=False)) for name in sorted(os.listdir(dir_fd)) if not name.startswith(".")]
+        except UnsafePath:
+            raise fail(f"{prefix or '.'} changed into a link while it was read") from None
         except OSError as error:
-            raise fail(f"cannot read {folder}: {error.strerror}") from None
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            name, path = prefix + entry.name, Path(entry.path)
-            real = path.resolve()
-            if real != real_root and real_root not in real.parents:
-                raise fail(f"{name} leads outside the folder (to {real}); wildcard files must lie inside it")
-            if real.is_dir():
+            raise fail(f"cannot read {root / prefix}: {error.strerror}") from None
+        for entry, info in entries:
+            name, real = prefix + entry, real_folder / entry
+            if stat.S_ISLNK(info.st_mode):
+                real = Path(os.path.realpath(real))
+                if real != real_root and real_root not in real.parents:
+                    raise fail(f"{name} leads outside the folder (to {real}); wildcard files must lie inside it")
+                info = _lstat_inside(real_root, real, name, fail)
+            if stat.S_ISDIR(info.st_mode):
                 if real in walked:
                     raise fail(f"{name} leads back to a folder already read (to {real}): a link loop")
                 walked.add(real)
-                stack.append((path, name + "/"))
-            elif real.suffix in WILDCARD_SUFFIXES and real.is_file():
-                info = real.stat()
+                stack.append((real, name + "/"))
+            elif real.suffix in WILDCARD_SUFFIXES and stat.S_ISREG(info.st_mode):
                 if info.st_size > WILDCARD_FILE_BYTES:
                     raise fail(f"{name} is {info.st_size} bytes, over the limit of {WILDCARD_FILE_BYTES} for a wildcard file")
                 found.append((name, real, info.st_size, info.st_mtime_ns))
@@ -68,23 +79,45 @@ def wildcard_files(root: Path, fail: Callable[[str], Exception]) -> list[tuple[s
     return found
 
 
-def read_wildcards(files: list[tuple[str, Path, int, int]], fail: Callable[[str], Exception]) -> dict[str, Any]:
-    """{wildcard name: values} as dynamicprompts would read the files, with bounds (files.py)."""
+def _lstat_inside(root: Path, path: Path, name: str, fail: Callable[[str], Exception]) -> os.stat_result:
+    """What lies at `path` inside `root`, looked at without following a link on the way (files.folder)."""
+    relative = path.relative_to(root)
+    try:
+        if not relative.parts:
+            with folder(root) as dir_fd:
+                return os.fstat(dir_fd)
+        with folder(root, *relative.parent.parts) as dir_fd:
+            return os.stat(relative.name, dir_fd=dir_fd, follow_symlinks=False)
+    except UnsafePath:
+        raise fail(f"{name} changed into a link while it was read") from None
+    except OSError as error:
+        raise fail(f"cannot read {name}: {error.strerror}") from None
+
+
+def read_wildcards(root: Path, files: list[tuple[str, Path, int, int]], fail: Callable[[str], Exception]) -> dict[str, Any]:
+    """{wildcard name: values} as dynamicprompts would read the files, with bounds (files.py).
+
+    Each file is opened where wildcard_files found it inside `root`, without
+    following a link on the way (files.read_inside), and read from that.
+    """
     from dynamicprompts.wildcards.collection.list import ListWildcardCollection
     from dynamicprompts.wildcards.collection.structured import _parse_structured_file_dict
 
-    from sweeper.files import load_yaml, read_text_file
+    from sweeper.files import load_yaml, read_inside
 
+    real_root = root.resolve()
     wildcards: dict[str, Any] = {}
     for name, path, _, _ in files:
         stem, suffix = name.rsplit(".", 1)
         try:
-            text = read_text_file(path, WILDCARD_FILE_BYTES)
+            text = read_inside(real_root, path, WILDCARD_FILE_BYTES).decode("utf-8", errors="ignore")
             if suffix == "txt":
                 lines = (line.strip() for line in text.splitlines())
                 wildcards[stem] = [line for line in lines if line and not line.startswith("#")]
                 continue
             data = load_yaml(text) if suffix == "yaml" else json.loads(text)
+        except UnsafePath:
+            raise fail(f"{name} changed into a link while it was read") from None
         except (ValueError, RecursionError) as error:
             raise fail(f"{name}: {one_line(error)}") from None
         prefix = stem.rpartition("/")[0]

@@ -18,12 +18,17 @@ covers the dir while they render; what keeps them apart:
   whoever merges last leaves one complete manifest;
 - cleanup: only temp files older than TEMP_STALE_SECONDS are removed (a live
   writer's temp lives for the length of one write).
+
+Others sharing the dir may swap a folder for a link at any moment: claims,
+locks and temps are made, renamed and removed through descriptors of their
+folders (files.folder), never by a path looked up again after a check.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fnmatch
 import os
 import secrets
 import socket
@@ -32,8 +37,8 @@ import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from sweeper.errors import StorageError
-from sweeper.files import ensure_dir
+from sweeper.errors import StorageError, UnsafePath
+from sweeper.files import folder
 
 CLAIMS_DIR = ".claims"
 IMAGES_DIR = "images"
@@ -47,13 +52,13 @@ def _me() -> str:
     return f"{socket.gethostname()} {os.getpid()}"
 
 
-def _create(path: Path, text: str) -> bool:
-    """Create `path` with `text` if nothing is there; False if something is. Written aside and
-    linked into place (atomic, also on NFS), so a writer killed midway leaves no empty claim."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    _write_new(temp, text)
+def _create(dir_fd: int, name: str, text: str) -> bool:
+    """Create `name` in the folder `dir_fd` with `text` if nothing is there; False if something is. Written
+    aside and linked into place (atomic, also on NFS), so a writer killed midway leaves no empty claim."""
+    temp = f".{name}.{secrets.token_hex(6)}.tmp"
+    _write_new(dir_fd, temp, text)
     try:
-        os.link(temp, path)
+        os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
         return True
     except FileExistsError:
         return False
@@ -61,26 +66,26 @@ def _create(path: Path, text: str) -> bool:
         if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
             raise
         try:  # a filesystem without hard links (some FUSE and SMB mounts): an exclusive create
-            _write_new(path, text)
+            _write_new(dir_fd, name, text)
         except FileExistsError:
             return False
         return True
     finally:
-        os.unlink(temp)
+        os.unlink(temp, dir_fd=dir_fd)
 
 
-def _write_new(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+def _write_new(dir_fd: int, name: str, text: str) -> None:
+    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
 
 
-def _left_by_the_dead(path: Path, stale_seconds: float) -> str | None:
+def _left_by_the_dead(dir_fd: int, name: str, stale_seconds: float) -> str | None:
     """The text of a claim or lock whose writer is gone (its process on this host ended,
     or it is too old), else None. Planted links and torn files count as gone."""
     try:
-        info = os.lstat(path)
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)  # a planted link is not read through
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)  # a planted link is not read through
         with os.fdopen(fd, "r", encoding="utf-8") as handle:
             text = handle.read(200)
     except FileNotFoundError:
@@ -104,7 +109,7 @@ def _left_by_the_dead(path: Path, stale_seconds: float) -> str | None:
     return None
 
 
-def _take_over(path: Path, dead: str) -> bool:
+def _take_over(dir_fd: int, name: str, dead: str) -> bool:
     """Replace a dead writer's claim or lock with ours; False if another writer got there first.
 
     The claim is moved aside (one rename wins) and compared with the one judged
@@ -112,22 +117,22 @@ def _take_over(path: Path, dead: str) -> bool:
     While it is aside a third writer may create the path; then two believe they
     hold it: that needs three writers at one dead claim within microseconds.
     """
-    aside = path.with_name(f".{path.name}.{secrets.token_hex(6)}.dead")
+    aside = f".{name}.{secrets.token_hex(6)}.dead"
     try:
-        os.rename(path, aside)
+        os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except FileNotFoundError:
         return False
     try:
-        fd = os.open(aside, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(aside, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
         with os.fdopen(fd, "r", encoding="utf-8") as handle:
             found = handle.read(200)
     except OSError:
         found = ""
-    os.unlink(aside)
+    os.unlink(aside, dir_fd=dir_fd)
     if found != dead:
-        _create(path, found)  # a live writer's: back where it was
+        _create(dir_fd, name, found)  # a live writer's: back where it was
         return False
-    return _create(path, _me())
+    return _create(dir_fd, name, _me())
 
 
 class Claims:
@@ -135,41 +140,54 @@ class Claims:
 
     def __init__(self, out_dir: Path) -> None:
         self._out_dir = Path(out_dir)
-        self._dir = self._out_dir / CLAIMS_DIR
 
     def take(self, specs: Sequence) -> list:
         """The specs of `specs` this writer may render now: claimed here, not by another, not stored yet."""
-        ensure_dir(self._dir)
         mine = []
-        for spec in specs:
-            if _is_file(self._out_dir / IMAGES_DIR / f"{spec.image_id}.png"):
-                continue  # stored by another writer since the sweep was planned
-            path = self._dir / spec.image_id
-            if _create(path, _me()):
-                mine.append(spec)
-            elif (dead := _left_by_the_dead(path, CLAIM_STALE_SECONDS)) is not None and _take_over(path, dead):
-                mine.append(spec)
+        with folder(self._out_dir, CLAIMS_DIR, create=True) as claims, _images(self._out_dir) as images:
+            for spec in specs:
+                if _is_file(images, f"{spec.image_id}.png"):
+                    continue  # stored by another writer since the sweep was planned
+                if _create(claims, spec.image_id, _me()):
+                    mine.append(spec)
+                elif (dead := _left_by_the_dead(claims, spec.image_id, CLAIM_STALE_SECONDS)) is not None and _take_over(claims, spec.image_id, dead):
+                    mine.append(spec)
         return mine
 
     def release(self, specs: Sequence) -> None:
-        for spec in specs:
-            (self._dir / spec.image_id).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError), folder(self._out_dir, CLAIMS_DIR) as claims:
+            for spec in specs:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(spec.image_id, dir_fd=claims)
 
 
 def forget_stored(out_dir: Path) -> None:
     """Remove claims on images that are stored (a writer killed between storing and
     releasing leaves them; nobody needs a claim on a stored image)."""
-    claims = Path(out_dir) / CLAIMS_DIR
-    if not claims.is_dir() or claims.is_symlink():
-        return
-    for claim in claims.iterdir():
-        if _is_file(Path(out_dir) / IMAGES_DIR / f"{claim.name}.png"):
-            claim.unlink(missing_ok=True)
-
-
-def _is_file(path: Path) -> bool:
     try:
-        return stat.S_ISREG(os.lstat(path).st_mode)
+        with folder(out_dir, CLAIMS_DIR) as claims, _images(out_dir) as images:
+            for name in os.listdir(claims):
+                if _is_file(images, f"{name}.png"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name, dir_fd=claims)
+    except (OSError, UnsafePath):  # no claims folder, or a planted link in its place: nothing of ours to remove
+        return
+
+
+@contextlib.contextmanager
+def _images(out_dir: Path) -> Iterator[int | None]:
+    """A descriptor of the sweep dir's images/ (files.folder), None while it does not exist."""
+    with contextlib.ExitStack() as stack:
+        try:
+            images = stack.enter_context(folder(out_dir, IMAGES_DIR))
+        except FileNotFoundError:
+            images = None
+        yield images
+
+
+def _is_file(dir_fd: int | None, name: str) -> bool:
+    try:
+        return dir_fd is not None and stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     except OSError:
         return False
 
@@ -179,24 +197,28 @@ def merging(out_dir: Path, wait_seconds: float = MERGE_STALE_SECONDS) -> Iterato
     """Hold the sweep dir's merge lock: wait for another writer's merge to end, take over one left by the dead."""
     lock = Path(out_dir) / MERGE_LOCK
     deadline = time.monotonic() + wait_seconds
-    while not _create(lock, _me()):
-        dead = _left_by_the_dead(lock, MERGE_STALE_SECONDS)
-        if dead is not None and _take_over(lock, dead):
-            break
-        if time.monotonic() > deadline:
-            raise StorageError(f"{lock} has been held for {wait_seconds:.0f} s; if no sweeper is merging into {out_dir}, remove it")
-        time.sleep(0.1)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
+    with folder(out_dir) as dir_fd:
+        while not _create(dir_fd, MERGE_LOCK, _me()):
+            dead = _left_by_the_dead(dir_fd, MERGE_LOCK, MERGE_STALE_SECONDS)
+            if dead is not None and _take_over(dir_fd, MERGE_LOCK, dead):
+                break
+            if time.monotonic() > deadline:
+                raise StorageError(f"{lock} has been held for {wait_seconds:.0f} s; if no sweeper is merging into {out_dir}, remove it")
+            time.sleep(0.1)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(MERGE_LOCK, dir_fd=dir_fd)
 
 
 def remove_stale_temps(out_dir: Path) -> None:
     """Temp files that a killed write left behind: only old ones, never a live writer's."""
     cutoff = time.time() - TEMP_STALE_SECONDS
-    for folder in (Path(out_dir), *(Path(out_dir) / name for name in (IMAGES_DIR, ".manifest-parts", ".thumbs", CLAIMS_DIR))):
-        for temp in folder.glob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                if os.lstat(temp).st_mtime < cutoff:
-                    temp.unlink()
+    for names in ((), *((name,) for name in (IMAGES_DIR, ".manifest-parts", ".thumbs", CLAIMS_DIR))):
+        with contextlib.suppress(OSError, UnsafePath), folder(out_dir, *names) as dir_fd:
+            for name in os.listdir(dir_fd):
+                if fnmatch.fnmatchcase(name, ".*.tmp"):
+                    with contextlib.suppress(OSError):
+                        if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(name, dir_fd=dir_fd)

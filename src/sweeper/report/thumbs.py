@@ -40,7 +40,7 @@ def _make_thumb(source: Path, thumb: Path, root: Path) -> str:
     except OSError:  # a truncated image: the browser gets the full file
         return "full"
     try:
-        write_atomic(thumb, data, durable=False)  # a cache: whole for a viewer, not fsynced
+        write_atomic(thumb, data, durable=False, root=root)  # a cache: whole for a viewer, not fsynced
         return "ok"
     except (OSError, UnsafePath):  # read-only sweep dir: the browser gets the full image
         return "full"

@@ -385,3 +385,109 @@ def test_replay_reads_init_images_only_from_bounded_regular_files(tmp_path, caps
     worker.join(timeout=20)
     assert outcome == [2], "replay hung or read on"
     assert "error:" in one_error_line(capsys)
+
+
+# 8. Bombs and hangs: what others made is read with bounds (bounds.py)
+
+
+def parquet_bomb(path: Path, rows: list[dict], value_bytes: int = 50_000, copies: int = 200) -> Path:
+    """Manifest rows whose prompt is one long value repeated `copies` times, dictionary-encoded:
+    small on disk, `value_bytes * copies` once read (the real one: 11 KB -> 10 GB)."""
+    big = [{**rows[0], "prompt": "x" * value_bytes} for _ in range(copies)]
+    pq.write_table(pa.Table.from_pylist(big, schema=manifest.SCHEMA), path, compression="zstd", dictionary_pagesize_limit=10**8)
+    assert path.stat().st_size < 50_000
+    return path
+
+
+@pytest.fixture
+def small_bounds(monkeypatch):
+    """Bounds scaled down 1000 times, so that a bomb of 10 MB trips them as 10 GB trips the real ones."""
+    from sweeper import bounds
+
+    monkeypatch.setattr(bounds, "MAX_TABLE_BYTES", 2 * 2**20)
+
+
+def test_a_planted_parquet_bomb_part_is_skipped_in_one_line_and_moved_aside(tmp_path, capsys, small_bounds):
+    sweep = small_sweep(tmp_path / "sweep")
+    rows = pq.read_table(sweep / manifest.MANIFEST).to_pylist()
+    (sweep / manifest.PARTS_DIR).mkdir()
+    bomb = parquet_bomb(sweep / manifest.PARTS_DIR / "part-bomb.parquet", rows)
+    assert len(manifest.done_ids(sweep)) == 4  # a re-run: its own four images, nothing of the bomb
+    err = capsys.readouterr().err
+    assert "part-bomb.parquet: 10" in err and "bytes once decoded (repeated values), over the limit of 2097152" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert manifest.merge(sweep).num_rows == 4
+    assert not bomb.exists() and (bomb.parent / "damaged" / bomb.name).exists()  # kept for a look, out of the way
+
+
+def test_report_compare_refuses_a_parquet_bomb_manifest_in_one_line(tmp_path, capsys, small_bounds):
+    ours = small_sweep(tmp_path / "ours")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    parquet_bomb(theirs / manifest.MANIFEST, pq.read_table(ours / manifest.MANIFEST).to_pylist())
+    with pytest.raises(SystemExit) as exit:
+        report.main([str(ours), "--compare", str(theirs)])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "once decoded (repeated values)" in err and f"no images in {theirs}" in err and "Traceback" not in err, err
+
+
+def test_the_bounds_hold_rows_columns_and_bytes_on_disk(tmp_path, monkeypatch):
+    from sweeper import bounds
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({f"c{i}": list(range(10)) for i in range(5)}), path)
+    assert bounds.read_table(path).num_rows == 10
+    for name, value, message in [("MAX_TABLE_ROWS", 9, "10 rows, over the limit of 9"), ("MAX_TABLE_COLUMNS", 4, "5 columns, over the limit of 4"),
+                                 ("MAX_TABLE_FILE_BYTES", 100, "over the limit of 100 for a Parquet table"), ("MAX_TABLE_BYTES", 100, "once uncompressed")]:
+        with monkeypatch.context() as patch:
+            patch.setattr(bounds, name, value)
+            with pytest.raises(ValueError, match=message):
+                bounds.read_table(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "bomb"])
+def test_an_array_task_refuses_a_plan_swapped_after_submission_at_once(tmp_path, kind, small_bounds):
+    from sweeper import slurm
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    plan_path = sweep / run.PLAN_FILE
+    if kind == "fifo":
+        os.mkfifo(plan_path)
+    elif kind == "dev-zero":
+        plan_path.symlink_to("/dev/zero")
+    else:
+        spec = a_spec()
+        rows = [dict(spec.to_dict(), image_id=spec.image_id, prompt="x" * 50_000)] * 200
+        pq.write_table(pa.Table.from_pylist(rows), plan_path, compression="zstd", dictionary_pagesize_limit=10**8)
+    digest = slurm.plan_digest(sweep) if kind == "bomb" else "0" * 64  # a bomb planted before: its digest is what was submitted
+    outcome: list[str] = []
+
+    def read() -> None:
+        try:
+            slurm.read_plan(sweep, digest)
+        except RuntimeError as error:
+            outcome.append(str(error))
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert outcome, "the array task hung or read on"
+    expected = {"fifo": "not a regular file", "dev-zero": "a symbolic link", "bomb": "once decoded"}[kind]
+    assert outcome[0].startswith("cannot read the plan:") and expected in outcome[0], outcome
+
+
+def test_a_planted_multirun_yaml_of_nested_aliases_or_not_utf8_is_skipped_in_one_line(tmp_path, capsys):
+    sweep = small_sweep(tmp_path / "sweep")
+    lines = ['a: &a ["xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"]']
+    lines += [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcde", "bcdef")]  # 9**5 copies: ~5 MB printed
+    lines += ["hydra: {overrides: {task: [*f]}}"]
+    (sweep / "multirun.yaml").write_text("\n".join(lines) + "\n")
+    assert report.sweep_command(sweep) is None
+    assert "multirun.yaml: it uses YAML aliases" in one_error_line(capsys)
+    (sweep / "multirun.yaml").write_bytes(b"hydra:\n  overrides:\n    task:\n    - prompt=\xff\xfe\n")
+    assert report.sweep_command(sweep) is None
+    assert "multirun.yaml: 'utf-8' codec can't decode" in one_error_line(capsys)
+    (sweep / "multirun.yaml").write_text("hydra:\n  overrides:\n    task:\n    - model=tiny\n    - seed=0,1\n")
+    assert report.sweep_command(sweep) == "python -m sweeper -m model=tiny seed=0,1"

@@ -491,3 +491,64 @@ def test_a_planted_multirun_yaml_of_nested_aliases_or_not_utf8_is_skipped_in_one
     assert "multirun.yaml: 'utf-8' codec can't decode" in one_error_line(capsys)
     (sweep / "multirun.yaml").write_text("hydra:\n  overrides:\n    task:\n    - model=tiny\n    - seed=0,1\n")
     assert report.sweep_command(sweep) == "python -m sweeper -m model=tiny seed=0,1"
+
+
+def in_thread(call, timeout: float = 20) -> list:
+    """`call()`'s result in a list, or an empty list if it hung past `timeout` seconds."""
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(call()), daemon=True)
+    worker.start()
+    worker.join(timeout=timeout)
+    return outcome
+
+
+def test_fifos_planted_as_a_claim_or_the_merge_lock_are_taken_over_without_a_wait(tmp_path):
+    from sweeper import writers
+
+    (spec,) = plan([Job(0, plan_config())])
+    (tmp_path / writers.CLAIMS_DIR).mkdir()
+    os.mkfifo(tmp_path / writers.CLAIMS_DIR / spec.image_id)
+    os.mkfifo(tmp_path / writers.MERGE_LOCK)
+    assert in_thread(lambda: writers.Claims(tmp_path).take([spec])) == [[spec]], "a writer hung on a FIFO claim"
+
+    def merge() -> bool:
+        with writers.merging(tmp_path, wait_seconds=5):
+            return True
+
+    assert in_thread(merge) == [True], "a merge hung on a FIFO lock"
+    assert (tmp_path / writers.CLAIMS_DIR / spec.image_id).is_file()
+
+
+@pytest.mark.parametrize("holder", ["this-host", "another-host"])
+def test_claims_and_merge_locks_dated_in_the_future_do_not_hold_for_ever(tmp_path, holder):
+    from sweeper import writers
+
+    (spec,) = plan([Job(0, plan_config())])
+    text = f"{socket.gethostname()} 1" if holder == "this-host" else "another-host 12"  # pid 1 lives: only the date can free it
+    next_year = time.time() + 365 * 86400
+    (tmp_path / writers.CLAIMS_DIR).mkdir()
+    for path in (tmp_path / writers.CLAIMS_DIR / spec.image_id, tmp_path / writers.MERGE_LOCK):
+        path.write_text(text)
+        os.utime(path, (next_year, next_year))
+    assert writers.Claims(tmp_path).take([spec]) == [spec]
+    tic = time.perf_counter()
+    with writers.merging(tmp_path, wait_seconds=5):
+        pass
+    assert time.perf_counter() - tic < 2  # it used to wait out wait_seconds (10 minutes) and fail
+
+
+def test_a_young_claim_of_another_host_is_left_to_it_and_said(tmp_path, capsys, tiny_models):
+    from sweeper import writers
+
+    jobs = [Job(0, plan_config(seed=[0, 1]))]
+    prepared = run.prepare(jobs, tmp_path)
+    (tmp_path / writers.CLAIMS_DIR).mkdir()
+    for spec in prepared.todo:
+        (tmp_path / writers.CLAIMS_DIR / spec.image_id).write_text("another-host 12")
+    summary = run.execute(prepared, tmp_path)
+    assert summary.rendered == 0  # a live writer elsewhere may be rendering them: not twice
+    err = capsys.readouterr().err
+    assert "2 image(s) were left to another writer that claims them (another-host 12)" in err and "30 min old" in err, err
+    for spec in prepared.todo:
+        os.utime(tmp_path / writers.CLAIMS_DIR / spec.image_id, (time.time() - writers.CLAIM_STALE_SECONDS - 1,) * 2)
+    assert run.execute(prepared, tmp_path).rendered == 2  # its lease is over: the same command renders them

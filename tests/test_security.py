@@ -552,3 +552,65 @@ def test_a_young_claim_of_another_host_is_left_to_it_and_said(tmp_path, capsys, 
     for spec in prepared.todo:
         os.utime(tmp_path / writers.CLAIMS_DIR / spec.image_id, (time.time() - writers.CLAIM_STALE_SECONDS - 1,) * 2)
     assert run.execute(prepared, tmp_path).rendered == 2  # its lease is over: the same command renders them
+
+
+def png_with_chunk(path: Path, chunk_text: str) -> Path:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("sweeper", chunk_text)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def test_a_png_whose_json_nests_100000_deep_is_refused_in_one_line(tmp_path, capsys):
+    png = png_with_chunk(tmp_path / "x.png", "[" * 100_000)
+    assert replay.main([str(png)]) == 2
+    assert "not a PNG written by sweeper (ValueError: JSON nested more than 32 deep)" in one_error_line(capsys)
+    kwargs_bomb = crafted_png(tmp_path / "y.png", a_spec(), scheduler_kwargs="[" * 100_000)  # JSON inside the JSON
+    assert replay.main([str(kwargs_bomb)]) == 2
+    assert "must be a JSON object of scheduler config values" in one_error_line(capsys)
+
+
+def test_a_planted_png_whose_json_nests_100000_deep_stops_no_rerun_or_report(tmp_path, capsys):
+    sweep = small_sweep(tmp_path / "sweep")
+    png_with_chunk(sweep / "images" / f"{a_spec(seed=5).image_id}.png", "[" * 100_000)
+    assert len(manifest.done_ids(sweep)) == 4
+    report.write_report(sweep)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no valid manifest row in it (ValueError: JSON nested more than 32 deep)" in err, err
+
+
+def recorded_call_png(path: Path, spec: ImageSpec, images: int, threads: int = 1) -> Path:
+    """A PNG of a recorded pipeline call of `images` copies of `spec` (seeds 0..images-1)."""
+    from dataclasses import replace
+
+    specs = [replace(spec, seed=seed) for seed in range(images)]
+    row = manifest.row(spec, store.image_path(spec), "ok", None, batch_index=0)
+    path.write_bytes(store.png_bytes(Image.new("RGB", (8, 8)), specs[0], VERSIONS, row, store.call_record(specs, threads)))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: crafted_png(p, a_spec(), scheduler_kwargs='{"num_train_timesteps": 1000000000}'), "num_train_timesteps=1000000000 is over 10000 in size"),
+        (lambda p: crafted_png(p, a_spec(scheduler="dpmpp_2m"), scheduler_kwargs='{"solver_order": 100000}'), "solver_order=100000 is over 4 in size"),
+        (lambda p: crafted_png(p, a_spec(), scheduler_kwargs='{"timestep_spacing": "' + "x" * 1000 + '"}'), "is over 64 characters"),
+        (lambda p: crafted_png(p, a_spec(), scheduler_kwargs='{"trained_betas": [' + ", ".join(["0.5"] * 20_000) + "]}"), "a list of at most 10000 numbers"),
+        (lambda p: recorded_call_png(p, a_spec(width=4096, height=4096), 64), "renders 64 image(s) of 4096x4096: 1073741824 pixels, over the limit of 67108864"),
+        (lambda p: recorded_call_png(p, a_spec(), 1, threads=2048), "2048 threads"),
+    ],
+)
+def test_a_png_asking_for_huge_scheduler_values_images_or_threads_is_refused(tmp_path, capsys, make, message):
+    assert replay.main([str(make(tmp_path / "x.png"))]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("sweeper.replay: error:") and message in line, line
+
+
+def test_a_recorded_call_of_legal_size_still_replays_its_checks(tmp_path):
+    from types import SimpleNamespace
+
+    recorded = replay.read(recorded_call_png(tmp_path / "x.png", a_spec(width=1024, height=1024), 64, threads=64))
+    args = SimpleNamespace(model=None, model_config=None, refiner=None, lora=None, init_image=None, mask_image=None, download=False)
+    assert len(replay.checked(recorded, args)) == 64 and recorded.threads == 64

@@ -614,3 +614,57 @@ def test_a_recorded_call_of_legal_size_still_replays_its_checks(tmp_path):
     recorded = replay.read(recorded_call_png(tmp_path / "x.png", a_spec(width=1024, height=1024), 64, threads=64))
     args = SimpleNamespace(model=None, model_config=None, refiner=None, lora=None, init_image=None, mask_image=None, download=False)
     assert len(replay.checked(recorded, args)) == 64 and recorded.threads == 64
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("a cat\n" * 100_001, "the file holds more than 100000 prompts, over the max_images budget"),
+        ("\n" * 1_000_001, "1000001 lines, over the limit of 1000000"),
+        ("x" * 9_000_000 + "\n", "line 1 is 9000000 characters long, over the limit of 20000 for a prompt"),
+    ],
+    ids=["100001-prompts", "1000001-lines", "one-9-MB-line"],
+)
+def test_a_huge_prompt_file_is_refused_before_any_work(tmp_path, content, message):
+    path = tmp_path / "prompts.txt"
+    path.write_text(content)
+    with pytest.raises(PlanError, match=message):
+        prompt_rows({"prompt_file": str(path)})
+
+
+def test_a_huge_csv_prompt_file_is_refused_before_any_work(tmp_path, monkeypatch):
+    from sweeper import prompt_files
+
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt,negative_prompt\n" + "a cat,ugly\n" * 11)
+    with pytest.raises(PlanError, match="the file holds more than 10 prompts"):
+        prompt_rows({"prompt_file": str(path)}, limit=10)
+    path.write_text("prompt,negative_prompt\na cat," + "x" * 30_000 + "\n")
+    with pytest.raises(PlanError, match="row 1 \\(line 2\\): cell 2 is 30000 characters long, over the limit of 20000"):
+        prompt_rows({"prompt_file": str(path)})
+    monkeypatch.setattr(prompt_files, "MAX_PROMPT_FILE_BYTES", 100)
+    with pytest.raises(PlanError, match="over the limit of 100 for a prompt file"):
+        prompt_rows({"prompt_file": str(path)})
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    assert in_thread(lambda: pytest.raises(PlanError, prompt_rows, {"prompt_file": str(fifo)})), "a FIFO prompt file hung planning"
+
+
+@pytest.mark.parametrize("key", ["prompt", "negative_prompt"])
+def test_a_plain_prompt_is_bounded_in_length(key):
+    config = plan_config(**{key: "x" * 4_000_000})
+    with pytest.raises(PlanError, match=f"invalid {key}='x.*: 4000000 characters long, over the limit of 20000 for a prompt"):
+        plan([Job(0, config)])
+
+
+def test_the_template_budget_holds_for_a_whole_prompt_file(tmp_path):
+    names = "abcdef"
+    slow = "${a=x}" + "".join(f"${{{names[i + 1]}=${{{names[i]}}}${{{names[i]}}}}}" for i in range(5)) + "${f}"  # ~0.3 s, one prompt
+    path = tmp_path / "prompts.txt"
+    path.write_text("".join(f"{number} {slow}\n" for number in range(300)))  # 32 KB: it planned for 101 s
+    tic = time.perf_counter()
+    with pytest.raises(PlanError, match="the templates take too long to expand in all"):
+        prompt_rows({"prompt_file": str(path)})
+    assert time.perf_counter() - tic < 30  # a hang guard: the budget is ~2 s
+    rows, _ = prompt_rows({"prompt": [f"{number} {{red|blue}} car" for number in range(300)]})  # real templates: ~10 ms each
+    assert len(rows) == 600

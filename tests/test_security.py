@@ -668,3 +668,44 @@ def test_the_template_budget_holds_for_a_whole_prompt_file(tmp_path):
     assert time.perf_counter() - tic < 30  # a hang guard: the budget is ~2 s
     rows, _ = prompt_rows({"prompt": [f"{number} {{red|blue}} car" for number in range(300)]})  # real templates: ~10 ms each
     assert len(rows) == 600
+
+
+def test_a_long_word_in_a_grid_label_is_ellipsized_in_a_few_measures(monkeypatch):
+    from sweeper.report import grid_png
+
+    style = grid_png._Style(256)
+    measured = []
+    width = style.width
+    monkeypatch.setattr(style, "width", lambda text: measured.append(text) or width(text))
+    lines = grid_png.wrap("a " + "w" * 3000 + " c", style, 200)
+    assert lines[-1].endswith("…") and all(width(line) <= 200 for line in lines)
+    assert len(measured) < 100  # it dropped one character per measure: 5,000 characters took 39 s
+    text = "w" * 3000
+    fits = grid_png._ellipsize(text, style, 200)
+    assert width(fits) <= 200 < width(text[: len(fits)] + "…")  # the longest start that fits, as before
+
+
+@pytest.mark.parametrize("length", [2**63, 2**40])
+def test_a_lora_whose_header_length_is_absurd_is_refused_in_one_line(tmp_path, capsys, length):
+    from sweeper import lora_files
+
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(length.to_bytes(8, "little") + b"{}" + b"\0" * 64)
+    with pytest.raises(PlanError, match=f"invalid lora='{lora}': {lora}: not a safetensors file \\(its header says {length} bytes"):
+        plan([Job(0, plan_config(lora=str(lora)))])
+    png = crafted_png(tmp_path / "x.png", a_spec(), lora=["style.safetensors"], lora_scale=[1.0], lora_sha=["0" * 20])
+    assert replay.main([str(png), "--lora", str(lora)]) == 2
+    assert "not a safetensors file" in one_error_line(capsys)
+    assert lora_files.MAX_HEADER_BYTES == 100_000_000
+
+
+def test_a_wildcard_folder_is_bounded_in_total_size(tmp_path, monkeypatch):
+    from sweeper import wildcards
+
+    folder = tmp_path / "wildcards"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        (folder / f"{name}.txt").write_text("x" * 40 + "\n")
+    monkeypatch.setattr(wildcards, "WILDCARD_TOTAL_BYTES", 100)  # 256 MB, scaled down
+    with pytest.raises(PlanError, match="its wildcard files hold more than 100 bytes in all"):
+        prompt_rows({"prompt": "a __a__ car", "wildcards": str(folder)})

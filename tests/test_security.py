@@ -658,10 +658,10 @@ def test_a_plain_prompt_is_bounded_in_length(key):
 
 
 def test_the_template_budget_holds_for_a_whole_prompt_file(tmp_path):
-    names = "abcdef"
-    slow = "${a=x}" + "".join(f"${{{names[i + 1]}=${{{names[i]}}}${{{names[i]}}}}}" for i in range(5)) + "${f}"  # ~0.3 s, one prompt
+    names = "abcde"
+    slow = "${a=x}" + "".join(f"${{{names[i + 1]}=${{{names[i]}}}${{{names[i]}}}}}" for i in range(4)) + "${e}"  # ~0.1 s, one prompt
     path = tmp_path / "prompts.txt"
-    path.write_text("".join(f"{number} {slow}\n" for number in range(300)))  # 32 KB: it planned for 101 s
+    path.write_text("".join(f"{number} {slow}\n" for number in range(300)))  # each well in its own budget: it planned for 30 s
     tic = time.perf_counter()
     with pytest.raises(PlanError, match="the templates take too long to expand in all"):
         prompt_rows({"prompt_file": str(path)})

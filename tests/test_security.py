@@ -621,9 +621,10 @@ def test_a_recorded_call_of_legal_size_still_replays_its_checks(tmp_path):
     [
         ("a cat\n" * 100_001, "the file holds more than 100000 prompts, over the max_images budget"),
         ("\n" * 1_000_001, "1000001 lines, over the limit of 1000000"),
+        ("\r\n" * 1_000_001, "1000001 lines, over the limit of 1000000"),
         ("x" * 9_000_000 + "\n", "line 1 is 9000000 characters long, over the limit of 20000 for a prompt"),
     ],
-    ids=["100001-prompts", "1000001-lines", "one-9-MB-line"],
+    ids=["100001-prompts", "1000001-lines", "1000001-crlf-lines", "one-9-MB-line"],
 )
 def test_a_huge_prompt_file_is_refused_before_any_work(tmp_path, content, message):
     path = tmp_path / "prompts.txt"

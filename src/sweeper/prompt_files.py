@@ -61,7 +61,7 @@ def _read(path: Path, prompt_file: Any, encoding: str) -> str:
         raise invalid("prompt_file", prompt_file, f"not UTF-8 text ({one_line(exc.reason)} at byte {exc.start})") from None
     except (OSError, ValueError) as error:
         raise invalid("prompt_file", prompt_file, one_line(error)) from None
-    lines = text.count("\n") + text.count("\r")
+    lines = text.count("\n") + text.count("\r") - text.count("\r\n")
     if lines > MAX_PROMPT_FILE_LINES:
         raise invalid("prompt_file", prompt_file, f"{lines} lines, over the limit of {MAX_PROMPT_FILE_LINES}")
     return text

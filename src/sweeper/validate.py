@@ -305,8 +305,8 @@ def per_prompt(c: Mapping[str, Any], key: str, count: int) -> list[str | None]:
     from sweeper.templates import MAX_PROMPT_CHARS
 
     value = c.get(key)
-    values = [value] if value is None or isinstance(value, str) else value
-    for text in values if isinstance(values, (list, tuple)) else ():
+    texts = [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []
+    for text in texts:
         if isinstance(text, str) and len(text) > MAX_PROMPT_CHARS:
             raise invalid(key, text[:80] + "...", f"{len(text)} characters long, over the limit of {MAX_PROMPT_CHARS} for a prompt")
     if value is None or isinstance(value, str):

@@ -221,11 +221,11 @@ def sweep_command(sweep_dir: Path) -> str | None:
     except ValueError as error:  # UnicodeDecodeError too
         print(f"sweeper: warning: skipping {path}: {' '.join(str(error).split())[:300]}", file=sys.stderr, flush=True)
         return None
+    overrides, command = config, ["python", "-m", "sweeper"]
     if path == multirun:
-        overrides = (((config or {}).get("hydra") or {}).get("overrides") or {}).get("task") if isinstance(config, dict) else None
-        command = ["python", "-m", "sweeper", "-m"]
-    else:
-        overrides, command = config, ["python", "-m", "sweeper"]
+        for key in ("hydra", "overrides", "task"):
+            overrides = overrides.get(key) if isinstance(overrides, dict) else None
+        command.append("-m")
     if not isinstance(overrides, list) or not all(isinstance(item, (str, int, float)) for item in overrides):
         return None
     return shlex.join(command + [str(item) for item in overrides])

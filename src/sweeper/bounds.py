@@ -27,7 +27,8 @@ MAX_TABLE_ROWS = 10_000_000
 MAX_TABLE_COLUMNS = 1_000  # a manifest has ~80
 MAX_TABLE_BYTES = 2 * 2**30  # the columns read, once decoded (100,000 images: ~200 MB)
 
-_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]')
+# A string (to its end, closed or not: one pass, never a rescan from each quote) or a bracket.
+_JSON_TOKEN = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?|[\[\]{}]', re.S)
 
 
 def read_regular(path: Path, limit: int, what: str, follow_links: bool = True) -> bytes:

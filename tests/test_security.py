@@ -572,7 +572,7 @@ def test_a_png_whose_json_nests_100000_deep_is_refused_in_one_line(tmp_path, cap
     assert "must be a JSON object of scheduler config values" in one_error_line(capsys)
     from sweeper.bounds import loads_json
 
-    assert loads_json('{"prompt": "' + "[" * 100 + '\\"{"}') == {"prompt": "[" * 100 + '\\"{'}  # brackets in text do not nest
+    assert loads_json('{"prompt": "' + "[" * 100 + '\\"{"}') == {"prompt": "[" * 100 + "\"{"}  # brackets in text do not nest
 
 
 def test_a_planted_png_whose_json_nests_100000_deep_stops_no_rerun_or_report(tmp_path, capsys):

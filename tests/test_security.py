@@ -570,3 +570,331 @@ def test_replay_reads_init_images_only_from_bounded_regular_files(tmp_path, caps
     worker.join(timeout=20)
     assert outcome == [2], "replay hung or read on"
     assert "error:" in one_error_line(capsys)
+
+
+# 8. Bombs and hangs: what others made is read with bounds (bounds.py)
+
+
+def parquet_bomb(path: Path, rows: list[dict], value_bytes: int = 50_000, copies: int = 200) -> Path:
+    """Manifest rows whose prompt is one long value repeated `copies` times, dictionary-encoded:
+    small on disk, `value_bytes * copies` once read (the real one: 11 KB -> 10 GB)."""
+    big = [{**rows[0], "prompt": "x" * value_bytes} for _ in range(copies)]
+    pq.write_table(pa.Table.from_pylist(big, schema=manifest.SCHEMA), path, compression="zstd", dictionary_pagesize_limit=10**8)
+    assert path.stat().st_size < 50_000
+    return path
+
+
+@pytest.fixture
+def small_bounds(monkeypatch):
+    """Bounds scaled down 1000 times, so that a bomb of 10 MB trips them as 10 GB trips the real ones."""
+    from sweeper import bounds
+
+    monkeypatch.setattr(bounds, "MAX_TABLE_BYTES", 2 * 2**20)
+
+
+def test_a_planted_parquet_bomb_part_is_skipped_in_one_line_and_moved_aside(tmp_path, capsys, small_bounds):
+    sweep = small_sweep(tmp_path / "sweep")
+    rows = pq.read_table(sweep / manifest.MANIFEST).to_pylist()
+    (sweep / manifest.PARTS_DIR).mkdir()
+    bomb = parquet_bomb(sweep / manifest.PARTS_DIR / "part-bomb.parquet", rows)
+    assert len(manifest.done_ids(sweep)) == 4  # a re-run: its own four images, nothing of the bomb
+    err = capsys.readouterr().err
+    assert "part-bomb.parquet: 10" in err and "bytes once decoded (repeated values), over the limit of 2097152" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert manifest.merge(sweep).num_rows == 4
+    assert not bomb.exists() and (bomb.parent / "damaged" / bomb.name).exists()  # kept for a look, out of the way
+
+
+def test_report_compare_refuses_a_parquet_bomb_manifest_in_one_line(tmp_path, capsys, small_bounds):
+    ours = small_sweep(tmp_path / "ours")
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    parquet_bomb(theirs / manifest.MANIFEST, pq.read_table(ours / manifest.MANIFEST).to_pylist())
+    with pytest.raises(SystemExit) as exit:
+        report.main([str(ours), "--compare", str(theirs)])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "once decoded (repeated values)" in err and f"no images in {theirs}" in err and "Traceback" not in err, err
+
+
+def test_the_bounds_hold_rows_columns_and_bytes_on_disk(tmp_path, monkeypatch):
+    from sweeper import bounds
+
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({f"c{i}": list(range(10)) for i in range(5)}), path)
+    assert bounds.read_table(path).num_rows == 10
+    for name, value, message in [("MAX_TABLE_ROWS", 9, "10 rows, over the limit of 9"), ("MAX_TABLE_COLUMNS", 4, "5 columns, over the limit of 4"),
+                                 ("MAX_TABLE_FILE_BYTES", 100, "over the limit of 100 for a Parquet table"), ("MAX_TABLE_BYTES", 100, "once uncompressed")]:
+        with monkeypatch.context() as patch:
+            patch.setattr(bounds, name, value)
+            with pytest.raises(ValueError, match=message):
+                bounds.read_table(path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero", "bomb"])
+def test_an_array_task_refuses_a_plan_swapped_after_submission_at_once(tmp_path, kind, small_bounds):
+    from sweeper import slurm
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    plan_path = sweep / run.PLAN_FILE
+    if kind == "fifo":
+        os.mkfifo(plan_path)
+    elif kind == "dev-zero":
+        plan_path.symlink_to("/dev/zero")
+    else:
+        spec = a_spec()
+        rows = [dict(spec.to_dict(), image_id=spec.image_id, prompt="x" * 50_000)] * 200
+        pq.write_table(pa.Table.from_pylist(rows), plan_path, compression="zstd", dictionary_pagesize_limit=10**8)
+    digest = slurm.plan_digest(sweep) if kind == "bomb" else "0" * 64  # a bomb planted before: its digest is what was submitted
+    outcome: list[str] = []
+
+    def read() -> None:
+        try:
+            slurm.read_plan(sweep, digest)
+        except RuntimeError as error:
+            outcome.append(str(error))
+
+    worker = threading.Thread(target=read, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert outcome, "the array task hung or read on"
+    expected = {"fifo": "not a regular file", "dev-zero": "a symbolic link", "bomb": "once decoded"}[kind]
+    assert outcome[0].startswith("cannot read the plan:") and expected in outcome[0], outcome
+
+
+def test_a_planted_multirun_yaml_of_nested_aliases_or_not_utf8_is_skipped_in_one_line(tmp_path, capsys):
+    sweep = small_sweep(tmp_path / "sweep")
+    lines = ['a: &a ["xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"]']
+    lines += [f"{b}: &{b} [{', '.join([f'*{a}'] * 9)}]" for a, b in zip("abcde", "bcdef")]  # 9**5 copies: ~5 MB printed
+    lines += ["hydra: {overrides: {task: [*f]}}"]
+    (sweep / "multirun.yaml").write_text("\n".join(lines) + "\n")
+    assert report.sweep_command(sweep) is None
+    assert "multirun.yaml: it uses YAML aliases" in one_error_line(capsys)
+    (sweep / "multirun.yaml").write_bytes(b"hydra:\n  overrides:\n    task:\n    - prompt=\xff\xfe\n")
+    assert report.sweep_command(sweep) is None
+    assert "multirun.yaml: 'utf-8' codec can't decode" in one_error_line(capsys)
+    (sweep / "multirun.yaml").write_text("hydra:\n  overrides:\n    task:\n    - model=tiny\n    - seed=0,1\n")
+    assert report.sweep_command(sweep) == "python -m sweeper -m model=tiny seed=0,1"
+
+
+def in_thread(call, timeout: float = 20) -> list:
+    """`call()`'s result in a list, or an empty list if it hung past `timeout` seconds."""
+    outcome: list = []
+    worker = threading.Thread(target=lambda: outcome.append(call()), daemon=True)
+    worker.start()
+    worker.join(timeout=timeout)
+    return outcome
+
+
+def test_fifos_planted_as_a_claim_or_the_merge_lock_are_taken_over_without_a_wait(tmp_path):
+    from sweeper import writers
+
+    (spec,) = plan([Job(0, plan_config())])
+    (tmp_path / writers.CLAIMS_DIR).mkdir()
+    os.mkfifo(tmp_path / writers.CLAIMS_DIR / spec.image_id)
+    os.mkfifo(tmp_path / writers.MERGE_LOCK)
+    assert in_thread(lambda: writers.Claims(tmp_path).take([spec])) == [[spec]], "a writer hung on a FIFO claim"
+
+    def merge() -> bool:
+        with writers.merging(tmp_path, wait_seconds=5):
+            return True
+
+    assert in_thread(merge) == [True], "a merge hung on a FIFO lock"
+    assert (tmp_path / writers.CLAIMS_DIR / spec.image_id).is_file()
+
+
+@pytest.mark.parametrize("holder", ["this-host", "another-host"])
+def test_claims_and_merge_locks_dated_in_the_future_do_not_hold_for_ever(tmp_path, holder):
+    from sweeper import writers
+
+    (spec,) = plan([Job(0, plan_config())])
+    text = f"{socket.gethostname()} 1" if holder == "this-host" else "another-host 12"  # pid 1 lives: only the date can free it
+    next_year = time.time() + 365 * 86400
+    (tmp_path / writers.CLAIMS_DIR).mkdir()
+    for path in (tmp_path / writers.CLAIMS_DIR / spec.image_id, tmp_path / writers.MERGE_LOCK):
+        path.write_text(text)
+        os.utime(path, (next_year, next_year))
+    assert writers.Claims(tmp_path).take([spec]) == [spec]
+    tic = time.perf_counter()
+    with writers.merging(tmp_path, wait_seconds=5):
+        pass
+    assert time.perf_counter() - tic < 2  # it used to wait out wait_seconds (10 minutes) and fail
+
+
+def test_a_young_claim_of_another_host_is_left_to_it_and_said(tmp_path, capsys, tiny_models):
+    from sweeper import writers
+
+    jobs = [Job(0, plan_config(seed=[0, 1]))]
+    prepared = run.prepare(jobs, tmp_path)
+    (tmp_path / writers.CLAIMS_DIR).mkdir()
+    for spec in prepared.todo:
+        (tmp_path / writers.CLAIMS_DIR / spec.image_id).write_text("another-host 12")
+    summary = run.execute(prepared, tmp_path)
+    assert summary.rendered == 0  # a live writer elsewhere may be rendering them: not twice
+    err = capsys.readouterr().err
+    assert "2 image(s) were left to another writer that claims them (another-host 12)" in err and "30 min old" in err, err
+    for spec in prepared.todo:
+        os.utime(tmp_path / writers.CLAIMS_DIR / spec.image_id, (time.time() - writers.CLAIM_STALE_SECONDS - 1,) * 2)
+    assert run.execute(prepared, tmp_path).rendered == 2  # its lease is over: the same command renders them
+
+
+def png_with_chunk(path: Path, chunk_text: str) -> Path:
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_itxt("sweeper", chunk_text)
+    Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+    return path
+
+
+def test_a_png_whose_json_nests_100000_deep_is_refused_in_one_line(tmp_path, capsys):
+    png = png_with_chunk(tmp_path / "x.png", "[" * 100_000)
+    assert replay.main([str(png)]) == 2
+    assert "not a PNG written by sweeper (ValueError: JSON nested more than 32 deep)" in one_error_line(capsys)
+    kwargs_bomb = crafted_png(tmp_path / "y.png", a_spec(), scheduler_kwargs="[" * 100_000)  # JSON inside the JSON
+    assert replay.main([str(kwargs_bomb)]) == 2
+    assert "must be a JSON object of scheduler config values" in one_error_line(capsys)
+    from sweeper.bounds import loads_json
+
+    assert loads_json('{"prompt": "' + "[" * 100 + '\\"{"}') == {"prompt": "[" * 100 + "\"{"}  # brackets in text do not nest
+
+
+def test_a_planted_png_whose_json_nests_100000_deep_stops_no_rerun_or_report(tmp_path, capsys):
+    sweep = small_sweep(tmp_path / "sweep")
+    png_with_chunk(sweep / "images" / f"{a_spec(seed=5).image_id}.png", "[" * 100_000)
+    assert len(manifest.done_ids(sweep)) == 4
+    report.write_report(sweep)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "no valid manifest row in it (ValueError: JSON nested more than 32 deep)" in err, err
+
+
+def recorded_call_png(path: Path, spec: ImageSpec, images: int, threads: int = 1) -> Path:
+    """A PNG of a recorded pipeline call of `images` copies of `spec` (seeds 0..images-1)."""
+    from dataclasses import replace
+
+    specs = [replace(spec, seed=seed) for seed in range(images)]
+    row = manifest.row(spec, store.image_path(spec), "ok", None, batch_index=0)
+    path.write_bytes(store.png_bytes(Image.new("RGB", (8, 8)), specs[0], VERSIONS, row, store.call_record(specs, threads)))
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda p: crafted_png(p, a_spec(), scheduler_kwargs='{"num_train_timesteps": 1000000000}'), "num_train_timesteps=1000000000 is over 10000 in size"),
+        (lambda p: crafted_png(p, a_spec(scheduler="dpmpp_2m"), scheduler_kwargs='{"solver_order": 100000}'), "solver_order=100000 is over 4 in size"),
+        (lambda p: crafted_png(p, a_spec(), scheduler_kwargs='{"timestep_spacing": "' + "x" * 1000 + '"}'), "is over 64 characters"),
+        (lambda p: crafted_png(p, a_spec(), scheduler_kwargs='{"trained_betas": [' + ", ".join(["0.5"] * 20_000) + "]}"), "a list of at most 10000 numbers"),
+        (lambda p: recorded_call_png(p, a_spec(width=4096, height=4096), 64), "renders 64 image(s) of 4096x4096: 1073741824 pixels, over the limit of 67108864"),
+        (lambda p: recorded_call_png(p, a_spec(), 1, threads=2048), "2048 threads"),
+    ],
+)
+def test_a_png_asking_for_huge_scheduler_values_images_or_threads_is_refused(tmp_path, capsys, make, message):
+    assert replay.main([str(make(tmp_path / "x.png"))]) == 2
+    line = one_error_line(capsys)
+    assert line.startswith("sweeper.replay: error:") and message in line, line
+
+
+def test_a_recorded_call_of_legal_size_still_replays_its_checks(tmp_path):
+    from types import SimpleNamespace
+
+    recorded = replay.read(recorded_call_png(tmp_path / "x.png", a_spec(width=1024, height=1024), 64, threads=64))
+    args = SimpleNamespace(model=None, model_config=None, refiner=None, lora=None, init_image=None, mask_image=None, download=False)
+    assert len(replay.checked(recorded, args)) == 64 and recorded.threads == 64
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("a cat\n" * 100_001, "the file holds more than 100000 prompts, over the max_images budget"),
+        ("\n" * 1_000_001, "1000001 lines, over the limit of 1000000"),
+        ("\r\n" * 1_000_001, "1000001 lines, over the limit of 1000000"),
+        ("x" * 9_000_000 + "\n", "line 1 is 9000000 characters long, over the limit of 20000 for a prompt"),
+    ],
+    ids=["100001-prompts", "1000001-lines", "1000001-crlf-lines", "one-9-MB-line"],
+)
+def test_a_huge_prompt_file_is_refused_before_any_work(tmp_path, content, message):
+    path = tmp_path / "prompts.txt"
+    path.write_text(content)
+    with pytest.raises(PlanError, match=message):
+        prompt_rows({"prompt_file": str(path)})
+
+
+def test_a_huge_csv_prompt_file_is_refused_before_any_work(tmp_path, monkeypatch):
+    from sweeper import prompt_files
+
+    path = tmp_path / "prompts.csv"
+    path.write_text("prompt,negative_prompt\n" + "a cat,ugly\n" * 11)
+    with pytest.raises(PlanError, match="the file holds more than 10 prompts"):
+        prompt_rows({"prompt_file": str(path)}, limit=10)
+    path.write_text("prompt,negative_prompt\na cat," + "x" * 30_000 + "\n")
+    with pytest.raises(PlanError, match="row 1 \\(line 2\\): cell 2 is 30000 characters long, over the limit of 20000"):
+        prompt_rows({"prompt_file": str(path)})
+    monkeypatch.setattr(prompt_files, "MAX_PROMPT_FILE_BYTES", 100)
+    with pytest.raises(PlanError, match="over the limit of 100 for a prompt file"):
+        prompt_rows({"prompt_file": str(path)})
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    assert in_thread(lambda: pytest.raises(PlanError, prompt_rows, {"prompt_file": str(fifo)})), "a FIFO prompt file hung planning"
+
+
+@pytest.mark.parametrize("key", ["prompt", "negative_prompt"])
+def test_a_plain_prompt_is_bounded_in_length(key):
+    config = plan_config(**{key: "x" * 4_000_000})
+    with pytest.raises(PlanError, match=f"invalid {key}='x.*: 4000000 characters long, over the limit of 20000 for a prompt"):
+        plan([Job(0, config)])
+
+
+def test_the_template_budget_holds_for_a_whole_prompt_file(tmp_path):
+    names = "abcde"
+    slow = "${a=x}" + "".join(f"${{{names[i + 1]}=${{{names[i]}}}${{{names[i]}}}}}" for i in range(4)) + "${e}"  # ~0.1 s, one prompt
+    path = tmp_path / "prompts.txt"
+    path.write_text("".join(f"{number} {slow}\n" for number in range(300)))  # each well in its own budget: it planned for 30 s
+    tic = time.perf_counter()
+    with pytest.raises(PlanError, match="the templates take too long to expand in all"):
+        prompt_rows({"prompt_file": str(path)})
+    assert time.perf_counter() - tic < 30  # a hang guard: the budget is ~2 s
+    rows, _ = prompt_rows({"prompt": [f"{number} {{red|blue}} car" for number in range(300)]})  # real templates: ~10 ms each
+    assert len(rows) == 600
+
+
+def test_a_long_word_in_a_grid_label_is_ellipsized_in_a_few_measures(monkeypatch):
+    from sweeper.report import grid_png
+
+    style = grid_png._Style(256)
+    measured = []
+    width = style.width
+    monkeypatch.setattr(style, "width", lambda text: measured.append(text) or width(text))
+    lines = grid_png.wrap("a " + "w" * 3000 + " c", style, 200)
+    assert lines[-1].endswith("…") and all(width(line) <= 200 for line in lines)
+    assert len(measured) < 100  # it dropped one character per measure: 5,000 characters took 39 s
+    text = "w" * 3000
+    fits = grid_png._ellipsize(text, style, 200)
+    assert width(fits) <= 200 < width(text[: len(fits)] + "…")  # the longest start that fits, as before
+
+
+@pytest.mark.parametrize("length", [2**63, 2**40])
+def test_a_lora_whose_header_length_is_absurd_is_refused_in_one_line(tmp_path, capsys, length):
+    from sweeper import lora_files
+
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(length.to_bytes(8, "little") + b"{}" + b"\0" * 64)
+    with pytest.raises(PlanError, match=f"invalid lora='{lora}': {lora}: not a safetensors file \\(its header says {length} bytes"):
+        plan([Job(0, plan_config(lora=str(lora)))])
+    png = crafted_png(tmp_path / "x.png", a_spec(), lora=["style.safetensors"], lora_scale=[1.0], lora_sha=["0" * 20])
+    assert replay.main([str(png), "--lora", str(lora)]) == 2
+    assert "not a safetensors file" in one_error_line(capsys)
+    assert lora_files.MAX_HEADER_BYTES == 100_000_000
+
+
+def test_a_wildcard_folder_is_bounded_in_total_size(tmp_path, monkeypatch):
+    from sweeper import wildcards
+
+    folder = tmp_path / "wildcards"
+    folder.mkdir()
+    for name in ("a", "b", "c"):
+        (folder / f"{name}.txt").write_text("x" * 40 + "\n")
+    monkeypatch.setattr(wildcards, "WILDCARD_TOTAL_BYTES", 100)  # 256 MB, scaled down
+    with pytest.raises(PlanError, match="its wildcard files hold more than 100 bytes in all"):
+        prompt_rows({"prompt": "a __a__ car", "wildcards": str(folder)})

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 from sweeper.errors import PlanError, invalid, one_line
 
 SUFFIX = ".safetensors"  # pickled .pt/.ckpt LoRAs could run code when loaded
+MAX_HEADER_BYTES = 100_000_000  # what the safetensors library itself reads of a header
 DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
 
 
@@ -34,7 +35,10 @@ def loras(c: Mapping[str, Any]) -> dict[str, tuple | None]:
     if not isinstance(entries, (list, tuple)) or not all(isinstance(entry, str) and entry for entry in entries):
         raise invalid("lora", value, f"must be null, a LoRA file ({SUFFIX}), a folder or hub id holding one, or a list of them")
     found = [(entry, weights_file(entry)) for entry in entries]
-    shas = tuple(file_hashes(path)[0] for _, path in found)
+    try:
+        shas = tuple(file_hashes(path)[0] for _, path in found)
+    except ValueError as error:
+        raise invalid("lora", value, one_line(error)) from None
     if len(set(shas)) < len(shas):
         raise invalid("lora", value, "lists one adapter twice (the same file content); give it one weight instead")
     return {"lora": tuple(_located(entry) for entry, _ in found), "lora_scale": scales(scale, len(entries)), "lora_sha": shas}
@@ -102,7 +106,8 @@ _HASHES_LOCK = threading.Lock()
 def file_hashes(path: Path) -> tuple[str, str]:
     """(content hash for the image id: 20 hex digits of the file's sha256, A1111's short hash), kept per
     process by path, size and time. A1111 (and civitai, which reads its PNGs) knows a LoRA by the first
-    12 hex digits of the sha256 of its tensor data, after the safetensors header (kohya's "addnet" hash)."""
+    12 hex digits of the sha256 of its tensor data, after the safetensors header (kohya's "addnet" hash).
+    ValueError (one line) for a header length that the file cannot hold (2**63 overflowed a read)."""
     info = os.stat(path)
     key = (str(path), info.st_size, info.st_mtime_ns)
     with _HASHES_LOCK:
@@ -111,7 +116,10 @@ def file_hashes(path: Path) -> tuple[str, str]:
             with open(path, "rb") as handle:
                 head = handle.read(8)
                 whole.update(head)
-                header = handle.read(int.from_bytes(head, "little")) if len(head) == 8 else b""
+                length = int.from_bytes(head, "little") if len(head) == 8 else 0
+                if length > min(MAX_HEADER_BYTES, info.st_size - 8):
+                    raise ValueError(f"{path}: not a safetensors file (its header says {length} bytes; the file has {info.st_size})")
+                header = handle.read(length)
                 whole.update(header)
                 for block in iter(lambda: handle.read(1 << 24), b""):
                     whole.update(block)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
-import json
 import os
 import re
 import sys
@@ -26,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from sweeper import faults
+from sweeper.bounds import loads_json, read_table
 from sweeper.errors import UnsafePath
 from sweeper.files import check_not_link, folder, open_image, write_atomic
 from sweeper.spec import FIELDS, public_model_name
@@ -166,7 +166,7 @@ def _read_table(path: Path) -> pa.Table | None:
     """A manifest or part file in today's schema; None (and a warning) if it is damaged."""
     try:
         check_not_link(path)
-        table = pq.ParquetFile(path).read()
+        table = read_table(path, SCHEMA.names)  # bounded: a planted part may be a Parquet bomb
         missing = [name for name in SCHEMA.names if name not in table.column_names]
         for name in missing:  # written by an older sweeper
             table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
@@ -175,6 +175,9 @@ def _read_table(path: Path) -> pa.Table | None:
         return None  # merged (and removed) by another writer since it was listed
     except (pa.ArrowException, OSError, UnsafePath) as error:
         _warn(f"skipping damaged manifest file {path}: {error}")
+        return None
+    except ValueError as error:  # over a bound (bounds.read_table): the message names the file
+        _warn(f"skipping manifest file {error}")
         return None
 
 
@@ -224,7 +227,7 @@ def _embedded_row(png: Path, out_dir: Path) -> dict[str, Any]:
     if not re.fullmatch(IMAGE_ID_PATTERN, png.stem):
         raise ValueError("its name is not an image id")
     with open_image(png, out_dir) as image:
-        row = json.loads(image.info["sweeper"])["row"]  # a text chunk before the pixels: nothing decoded
+        row = loads_json(image.info["sweeper"])["row"]  # a text chunk before the pixels: nothing decoded
     if row.get("image_id") != png.stem or row.get("path") != f"{IMAGES_DIR}/{png.name}":
         raise ValueError("its row names another image")
     for name in ("started_at", "finished_at"):

@@ -233,4 +233,34 @@ def scheduler_class(class_name: str, kwargs: dict[str, Any]) -> type:
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise PlanError(f"invalid scheduler.kwargs: {unknown[0]!r} is not a config value of {class_name}; allowed: {', '.join(allowed)}")
+    for name, value in kwargs.items():
+        problem = _scheduler_value_problem(name, value)
+        if problem:
+            raise PlanError(f"invalid scheduler.kwargs: {name}={json.dumps(value)[:80]} {problem} (a bound against typos and crafted PNGs)")
     return found
+
+
+# Bounds on scheduler config values: a name on the allow-list can still ask for a lot
+# (num_train_timesteps=10**9 builds arrays of 65 GB; solver_order=10**6 keeps as many outputs).
+SCHEDULER_NUMBER_LIMIT = 10_000  # num_train_timesteps and the like: real models use 1000
+SCHEDULER_ORDER_LIMIT = 4  # solver_order, predictor_order, corrector_order: diffusers' solvers go to 3 or 4
+SCHEDULER_TEXT_LIMIT = 64
+
+
+def _scheduler_value_problem(name: str, value: Any) -> str | None:
+    """Why a scheduler config value is refused, or None."""
+    import math
+
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        limit = SCHEDULER_ORDER_LIMIT if name.endswith("_order") else SCHEDULER_NUMBER_LIMIT
+        return None if math.isfinite(value) and abs(value) <= limit else f"is over {limit} in size"
+    if isinstance(value, str):
+        return None if len(value) <= SCHEDULER_TEXT_LIMIT else f"is over {SCHEDULER_TEXT_LIMIT} characters"
+    if isinstance(value, (list, tuple)):  # trained_betas, stage_range: numbers, one per timestep at most
+        numbers = len(value) <= SCHEDULER_NUMBER_LIMIT and all(
+            isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item) and abs(item) <= SCHEDULER_NUMBER_LIMIT for item in value
+        )
+        return None if numbers else f"must be a list of at most {SCHEDULER_NUMBER_LIMIT} numbers of at most {SCHEDULER_NUMBER_LIMIT} in size"
+    return "must be a number, a string, a boolean, null or a list of numbers"

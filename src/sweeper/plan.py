@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
 from sweeper import image_files, lora_files, validate
+from sweeper.bounds import loads_json
 from sweeper.errors import PlanError, invalid, show
 from sweeper.prompts import prompt_rows
 from sweeper.spec import (
@@ -283,7 +284,7 @@ def config_of(spec: ImageSpec) -> dict[str, Any]:
     if spec.refiner_id is not None:
         refiner = {"name": spec.refiner, "id": spec.refiner_id, "revision": spec.refiner_revision, "split": spec.refiner_split, "mode": spec.refiner_mode}
     try:
-        kwargs = json.loads(spec.scheduler_kwargs)
+        kwargs = loads_json(spec.scheduler_kwargs)
     except (TypeError, ValueError):
         raise invalid("scheduler_kwargs", spec.scheduler_kwargs, "must be a JSON object of scheduler config values") from None
     copied = ("guidance", "steps", "width", "height", *SIZE_KEYS, *CROP_KEYS, "mode", "strength", "watermark", "safety_checker",

@@ -15,7 +15,9 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from sweeper.bounds import read_regular
 from sweeper.errors import PlanError, invalid, one_line, show
+from sweeper.templates import MAX_PROMPT_CHARS
 
 # Per-row parameter columns a CSV prompt file may have, besides `prompt`.
 CSV_PARAMS: tuple[str, ...] = (
@@ -47,27 +49,54 @@ CSV_TYPES: dict[str, type] = {
 _INT = re.compile(r"^[+-]?[0-9]+$")
 
 
+# Bounds checked before any work: a prompt file may come from someone else.
+MAX_PROMPT_FILE_BYTES = 64 * 2**20
+MAX_PROMPT_FILE_LINES = 1_000_000  # blank and comment lines included
+
+
 def _read(path: Path, prompt_file: Any, encoding: str) -> str:
     try:
-        return path.read_text(encoding=encoding)
+        text = read_regular(path, MAX_PROMPT_FILE_BYTES, "a prompt file").decode(encoding)
     except UnicodeDecodeError as exc:
         raise invalid("prompt_file", prompt_file, f"not UTF-8 text ({one_line(exc.reason)} at byte {exc.start})") from None
+    except (OSError, ValueError) as error:
+        raise invalid("prompt_file", prompt_file, one_line(error)) from None
+    lines = text.count("\n") + text.count("\r") - text.count("\r\n")
+    if lines > MAX_PROMPT_FILE_LINES:
+        raise invalid("prompt_file", prompt_file, f"{lines} lines, over the limit of {MAX_PROMPT_FILE_LINES}")
+    return text
 
 
-def read_text(path: Path, prompt_file: Any) -> list[tuple[str, Mapping[str, Any], str]]:
-    """One prompt per line; blank lines and `# comments` skipped."""
-    sources = [
-        (line.strip(), {}, f"line {number}")
-        for number, line in enumerate(_read(path, prompt_file, "utf-8").splitlines(), start=1)
-        if line.strip() and not line.lstrip().startswith("#")
-    ]
+def _check_length(text: str, where: str, fail: Callable[[str], Exception]) -> None:
+    if len(text) > MAX_PROMPT_CHARS:
+        raise fail(f"{where} is {len(text)} characters long, over the limit of {MAX_PROMPT_CHARS} for a prompt")
+
+
+def read_text(path: Path, prompt_file: Any, limit: int) -> list[tuple[str, Mapping[str, Any], str]]:
+    """One prompt per line; blank lines and `# comments` skipped. More than `limit` prompts are refused."""
+
+    def fail(why: str) -> Exception:
+        return invalid("prompt_file", prompt_file, why)
+
+    sources: list[tuple[str, Mapping[str, Any], str]] = []
+    for number, line in enumerate(_read(path, prompt_file, "utf-8").splitlines(), start=1):
+        _check_length(line, f"line {number}", fail)
+        if line.strip() and not line.lstrip().startswith("#"):
+            sources.append((line.strip(), {}, f"line {number}"))
+            _check_count(sources, limit, fail)
     if not sources:
-        raise invalid("prompt_file", prompt_file, "the file holds no prompt (one per line)")
+        raise fail("the file holds no prompt (one per line)")
     return sources
 
 
-def read_csv(path: Path, prompt_file: Any) -> list[tuple[str, Mapping[str, Any], str]]:
-    """A header row with a `prompt` column, then one prompt per row; other columns are CSV_PARAMS."""
+def _check_count(sources: list, limit: int, fail: Callable[[str], Exception]) -> None:
+    if len(sources) > limit:
+        raise fail(f"the file holds more than {limit} prompts, over the max_images budget; raise max_images or split the file")
+
+
+def read_csv(path: Path, prompt_file: Any, limit: int) -> list[tuple[str, Mapping[str, Any], str]]:
+    """A header row with a `prompt` column, then one prompt per row; other columns are CSV_PARAMS.
+    More than `limit` rows are refused."""
     text = _read(path, prompt_file, "utf-8-sig")  # -sig: a spreadsheet's byte-order mark is not part of the header
 
     def fail(why: str) -> Exception:
@@ -88,6 +117,7 @@ def read_csv(path: Path, prompt_file: Any) -> list[tuple[str, Mapping[str, Any],
                 continue
             where = f"row {len(sources) + 1} (line {start})"
             sources.append(_csv_row(header, cells, where, prompt_file, fail))
+            _check_count(sources, limit, fail)
     except csv.Error as exc:
         raise fail(f"line {reader.line_num}: not valid CSV ({one_line(exc)})") from None
     if header is None or not sources:
@@ -112,6 +142,7 @@ def _csv_row(header: list[str], cells: list[str], where: str, prompt_file: Any, 
     params: dict[str, Any] = {}
     prompt = ""
     for position, cell in enumerate(cells):
+        _check_length(cell, f"{where}: cell {position + 1}", fail)
         name = header[position] if position < len(header) else ""
         if not name:  # past the header, or a column without a name (a trailing comma): must stay empty
             if cell.strip():

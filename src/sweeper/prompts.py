@@ -70,9 +70,9 @@ def prompt_rows(c: Mapping[str, Any], limit: int = DEFAULT_LIMIT) -> tuple[list[
         if not path.is_file():
             raise invalid("prompt_file", prompt_file, "no such file")
         if path.suffix.lower() == ".csv":
-            sources = prompt_files.read_csv(path, prompt_file)
+            sources = prompt_files.read_csv(path, prompt_file, limit)
         else:
-            sources = prompt_files.read_text(path, prompt_file)
+            sources = prompt_files.read_text(path, prompt_file, limit)
     else:
         label = None
         value = c.get("prompt")
@@ -81,6 +81,9 @@ def prompt_rows(c: Mapping[str, Any], limit: int = DEFAULT_LIMIT) -> tuple[list[
             raise invalid("prompt", value, "must be a string or a list of strings")
         if not prompts:
             raise invalid("prompt", value, "needs at least one prompt")
+        for prompt in prompts:
+            if len(prompt) > templates.MAX_PROMPT_CHARS:
+                raise invalid("prompt", prompt[:80] + "...", f"{len(prompt)} characters long, over the limit of {templates.MAX_PROMPT_CHARS} for a prompt")
         sources = [(p, {}, None) for p in prompts]
 
     rows: list[PromptRow] = []

@@ -30,13 +30,17 @@ from typing import Any
 
 import numpy as np
 
+from sweeper.bounds import loads_json
 from sweeper.errors import PlanError
+from sweeper.files import MAX_IMAGE_PIXELS
 from sweeper.plan import recorded_specs
 from sweeper.runtime import Runtime, this_process
 from sweeper.spec import ImageSpec
 from sweeper.tiny import TINY_MODELS
 
 _CALL_LIMIT = 64  # images in one recorded pipeline call (sweeper's batches are at most 16 by default)
+_CALL_PIXELS = MAX_IMAGE_PIXELS  # all of them together: one 4096x4096 image, or 64 of 1024x1024
+_THREADS_LIMIT = 1024  # CPU threads torch is asked for
 
 
 @dataclasses.dataclass
@@ -55,14 +59,14 @@ def read(path: Path) -> Recorded:
 
     try:
         with open_image(path) as image:
-            chunk = json.loads(image.info["sweeper"])
+            chunk = loads_json(image.info["sweeper"])  # bounded: `[` x 100,000 would end in RecursionError
             pixels = np.asarray(image.convert("RGB"))
         spec = ImageSpec.from_json(json.dumps(chunk["spec"]))
         call = chunk.get("call") or {"batch": [{}]}
         batch = [{**_per_image(spec), **fields} for fields in call["batch"]]
         index = chunk["row"]["batch_index"] if "call" in chunk else 0
         threads = call.get("threads")
-        if not 0 <= index < len(batch) <= _CALL_LIMIT or not (threads is None or isinstance(threads, int) and 0 < threads <= 4096):
+        if not 0 <= index < len(batch) <= _CALL_LIMIT or not (threads is None or isinstance(threads, int) and 0 < threads <= _THREADS_LIMIT):
             raise ValueError(f"a call of {len(batch)} images at {index}, {threads} threads")
         versions = {str(k): str(v) for k, v in dict(chunk.get("versions") or {}).items()}
     except (OSError, KeyError, ValueError, TypeError, AttributeError) as error:
@@ -98,6 +102,12 @@ def checked(recorded: Recorded, args: argparse.Namespace) -> list[ImageSpec]:
     call = [dict(fields, **_local_images(fields, args)) for fields in recorded.call]
     specs = recorded_specs(spec, call, devices.auto_device())
     first = specs[0]
+    pixels = sum(s.width * s.height for s in specs)
+    if pixels > _CALL_PIXELS:
+        raise PlanError(
+            f"the recorded call renders {len(specs)} image(s) of {first.width}x{first.height}: {pixels} pixels, "
+            f"over the limit of {_CALL_PIXELS} for one replay"
+        )
     for key, model_id, revision in (("model.id", first.model_id, first.model_revision), ("refiner.id", first.refiner_id, first.refiner_revision), ("model.config", first.model_config, None)):
         if model_id is None:
             continue

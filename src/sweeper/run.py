@@ -27,7 +27,7 @@ from sweeper import devices, distributed, hub, schedule
 from sweeper.calls import render_backing_off, store, store_errors
 from sweeper.errors import DeviceFailed, Interrupted, PlanError, StorageError, UnsafePath
 from sweeper.files import check_sweep_dir
-from sweeper.writers import Claims
+from sweeper.writers import CLAIM_STALE_SECONDS, Claims
 from sweeper.plan import Job, plan
 from sweeper.runtime import Runtime, this_process
 from sweeper.spec import ImageSpec
@@ -263,6 +263,7 @@ def execute(
     writer, parts, claims = BackgroundWriter(), manifest.PartWriter(out_dir), Claims(out_dir)
     threads = torch.get_num_threads()  # on the CPU, pixels depend on it (replay repeats it)
     total = sum(len(batch.specs) for batch in batches)
+    left_out: list[ImageSpec] = []  # claimed by another writer
     with progress or progress_bar(total, disable=rank != 0) as progress, _storage_errors(out_dir), _ctrl_c(progress, stop) as stop:
         for number, batch in enumerate(batches):
             if stop.is_set():
@@ -270,6 +271,7 @@ def execute(
                 raise Interrupted(out_dir, len(prepared.specs))
             mine = claims.take(batch.specs)  # another writer may have rendered or claimed some since the plan
             if len(mine) < len(batch.specs):
+                left_out.extend(spec for spec in batch.specs if spec not in mine)
                 progress.update(len(batch.specs) - len(mine))
                 if not mine:
                     continue
@@ -296,6 +298,12 @@ def execute(
                         f"stopped ({len(rest) + len(done.batch.specs)} image(s) recorded as errors); run the same command again to render them"
                     )
         _drain(writer, parts)
+        holders = claims.held_by_others(left_out)
+        if holders:
+            progress.write(
+                f"sweeper: {len(holders)} image(s) were left to another writer that claims them ({holders[0]}) and are not stored yet; "
+                f"once it is done, or its claims are {CLAIM_STALE_SECONDS // 60} min old, the same command renders what is missing"
+            )
     return summary
 
 

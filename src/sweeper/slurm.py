@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from sweeper.errors import PlanError, SubmitFailed
+from sweeper.bounds import MAX_TABLE_FILE_BYTES, parse_table, read_regular
+from sweeper.errors import PlanError, SubmitFailed, UnsafePath
 
 CLUSTERS = ("slurm", "local")
 # Our settings -> submitit's AutoExecutor parameters for SLURM.
@@ -78,7 +79,10 @@ def submitit_folder(conf: Mapping[str, Any], sweep_dir: Path) -> Path:
 def plan_digest(sweep_dir: Path) -> str:
     from sweeper.run import PLAN_FILE
 
-    return hashlib.sha256((Path(sweep_dir) / PLAN_FILE).read_bytes()).hexdigest()
+    try:
+        return hashlib.sha256(read_regular(Path(sweep_dir) / PLAN_FILE, MAX_TABLE_FILE_BYTES, "a Parquet table", follow_links=False)).hexdigest()
+    except ValueError as error:
+        raise UnsafePath(f"cannot read the sweep's plan: {error}; remove it") from None
 
 
 def render(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -202,15 +206,20 @@ def _check_device(specs: Sequence[Any]) -> None:
 
 def read_plan(sweep_dir: Path, digest: str) -> list[Any]:
     """The specs of the sweep dir's plan.parquet, if it is the one submitted (its digest)."""
-    import pyarrow.parquet as pq
-
     from sweeper.spec import FIELD_NAMES, ImageSpec
     from sweeper.run import PLAN_FILE
 
-    data = (Path(sweep_dir) / PLAN_FILE).read_bytes()
+    path = Path(sweep_dir) / PLAN_FILE
+    try:  # a FIFO or a link to /dev/zero put there since the submission must not hang or fill a worker
+        data = read_regular(path, MAX_TABLE_FILE_BYTES, "a Parquet table", follow_links=False)
+    except (OSError, ValueError) as error:
+        raise RuntimeError(f"cannot read the plan: {error}; submit the sweep again") from None
     if hashlib.sha256(data).hexdigest() != digest:
-        raise RuntimeError(f"{Path(sweep_dir) / PLAN_FILE} changed since the array was submitted; submit the sweep again")
-    table = pq.read_table(io.BytesIO(data), columns=list(FIELD_NAMES))
+        raise RuntimeError(f"{path} changed since the array was submitted; submit the sweep again")
+    try:
+        table = parse_table(data, path, list(FIELD_NAMES))
+    except ValueError as error:
+        raise RuntimeError(f"cannot read the plan: {error}; submit the sweep again") from None
     return [ImageSpec.from_dict(row) for row in table.to_pylist()]
 
 

@@ -43,6 +43,10 @@ MAX_PROMPT_CHARS = 20_000  # one prompt or template (CLIP reads 77 tokens of it)
 MAX_EXPANSION_CHARS = 50_000_000  # all the prompts of one template
 EXPANSION_SECONDS = 1.0  # to parse and make the first prompt ...
 SECONDS_PER_PROMPT = 0.002  # ... and then per prompt made (a real template needs ~40 us)
+# All the templates of one prompt list or file together (300 templates of 0.3 s each would
+# take 100 s, on every rank and re-run): a start, a little per template, the same per prompt.
+ALL_TEMPLATES_SECONDS = 2.0
+SECONDS_PER_TEMPLATE = 0.05  # a real template parses in ~10 ms
 
 
 class _OverBudget(BaseException):  # not Exception: a library's `except Exception` must not swallow it
@@ -58,8 +62,9 @@ class _Budget:
     cost to a template that expands in time.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, allowance: float) -> None:
         self.start = time.perf_counter()
+        self.allowance = allowance  # seconds, besides SECONDS_PER_PROMPT per prompt made
         self.count = 0
         self.chars = 0
         self.reason = ""
@@ -85,7 +90,7 @@ class _Budget:
 
     def _watch(self) -> None:
         while not self._done.wait(0.05):
-            if time.perf_counter() > self.start + EXPANSION_SECONDS + SECONDS_PER_PROMPT * self.count:
+            if time.perf_counter() > self.start + self.allowance + SECONDS_PER_PROMPT * self.count:
                 with self._lock:
                     if self._active:
                         self.reason = "time"
@@ -107,6 +112,11 @@ class _Budget:
             return f"the template makes a prompt of more than {MAX_PROMPT_CHARS} characters (variables or wildcards that multiply); narrow it"
         if self.reason == "chars":
             return f"the template makes more than {MAX_EXPANSION_CHARS} characters of prompts; narrow it"
+        if self.allowance < EXPANSION_SECONDS:
+            return (
+                f"the templates take too long to expand in all (over {ALL_TEMPLATES_SECONDS:g} s and {SECONDS_PER_TEMPLATE:g} s "
+                "per template): variables or wildcards that include each other multiply; narrow them"
+            )
         return (
             f"the template takes too long to expand ({self.count} prompts in {time.perf_counter() - self.start:.1f} s): "
             "variables or wildcards that include each other multiply; narrow it"
@@ -126,6 +136,8 @@ class Expander:
             if not self.dir.is_dir():
                 raise invalid("wildcards", wildcards, "no such directory (a folder of wildcard files: name.txt, one value per line)")
         self.shown = None if wildcards is None else str(wildcards)
+        self._spent = 0.0  # seconds spent expanding, and what that allows: ALL_TEMPLATES_SECONDS and more
+        self._allowed = ALL_TEMPLATES_SECONDS
         self._files: list[tuple[str, Path, int, int]] | None = None
         self._fingerprint: tuple | None = None
         self._manager = None
@@ -155,7 +167,10 @@ class Expander:
         key = (template, str(self.dir.resolve()) if uses_wildcards and self.dir else None, self.fingerprint() if uses_wildcards else ())
         prompts = _EXPANSIONS.get(key)
         if prompts is None:
+            tic = time.perf_counter()
             prompts = self._generate(template, cap + 1, fail)
+            self._spent += time.perf_counter() - tic
+            self._allowed += SECONDS_PER_PROMPT * len(prompts)
             if len(prompts) <= cap:  # complete: keep it
                 if len(_EXPANSIONS) >= _CACHE_ENTRIES:
                     _EXPANSIONS.clear()
@@ -183,7 +198,8 @@ class Expander:
 
         if len(template) > MAX_PROMPT_CHARS:
             raise fail(f"the template is {len(template)} characters long, over the limit of {MAX_PROMPT_CHARS}")
-        budget = _Budget()
+        self._allowed += SECONDS_PER_TEMPLATE
+        budget = _Budget(min(EXPANSION_SECONDS, self._allowed - self._spent))
         try:
             with budget:
                 command = parse(template)

@@ -302,7 +302,13 @@ def batch_size(c: Mapping[str, Any]) -> int | None:
 
 def per_prompt(c: Mapping[str, Any], key: str, count: int) -> list[str | None]:
     """A value for every prompt: one string for all, or a list zipped with the prompts."""
+    from sweeper.templates import MAX_PROMPT_CHARS
+
     value = c.get(key)
+    texts = [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []
+    for text in texts:
+        if isinstance(text, str) and len(text) > MAX_PROMPT_CHARS:
+            raise invalid(key, text[:80] + "...", f"{len(text)} characters long, over the limit of {MAX_PROMPT_CHARS} for a prompt")
     if value is None or isinstance(value, str):
         return [value] * count
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) and len(value) == count:

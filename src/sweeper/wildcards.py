@@ -34,6 +34,7 @@ class WildcardLoop(LookupError):
 _WILDCARD_REF = re.compile(r"__[~@]?((?:(?!__)[^(){}$#\s])(?:(?!__)[^(){}$#])*?)(?:\([^)]*\))?__")
 WILDCARD_FILES = 10_000  # files in a wildcards folder
 WILDCARD_FILE_BYTES = 16 * 2**20  # one wildcard file
+WILDCARD_TOTAL_BYTES = 256 * 2**20  # all of them: they are read whole once any template uses one
 WILDCARD_SUFFIXES = (".txt", ".yaml", ".json")  # what dynamicprompts reads
 
 
@@ -48,6 +49,7 @@ def wildcard_files(root: Path, fail: Callable[[str], Exception]) -> list[tuple[s
     real_root = root.resolve()
     walked = {real_root}
     found: list[tuple[str, Path, int, int]] = []
+    total = 0
     stack = [(real_root, "")]
     while stack:
         real_folder, prefix = stack.pop()
@@ -74,8 +76,11 @@ def wildcard_files(root: Path, fail: Callable[[str], Exception]) -> list[tuple[s
                 if info.st_size > WILDCARD_FILE_BYTES:
                     raise fail(f"{name} is {info.st_size} bytes, over the limit of {WILDCARD_FILE_BYTES} for a wildcard file")
                 found.append((name, real, info.st_size, info.st_mtime_ns))
+                total += info.st_size
                 if len(found) > WILDCARD_FILES:
                     raise fail(f"more than {WILDCARD_FILES} wildcard files")
+                if total > WILDCARD_TOTAL_BYTES:
+                    raise fail(f"its wildcard files hold more than {WILDCARD_TOTAL_BYTES} bytes in all")
     return found
 
 

@@ -12,7 +12,8 @@ covers the dir while they render; what keeps them apart:
   already stored, so two runs of one command at once render each image once.
   A claim goes when its image is stored; one left by a writer that died is
   taken over once its process is gone (same host) or it is CLAIM_STALE_SECONDS
-  old, and one on an image that is stored goes at the next merge;
+  old by our clock (or dated in the future: planted), and one on an image
+  that is stored goes at the next merge;
 - the merge: folding part files into manifest.parquet happens under a short
   lock file, made with an atomic create, so merges never interleave and
   whoever merges last leaves one complete manifest;
@@ -46,6 +47,7 @@ CLAIM_STALE_SECONDS = 30 * 60  # a claim this old was left by a writer on anothe
 TEMP_STALE_SECONDS = 15 * 60
 MERGE_LOCK = ".manifest.merging"
 MERGE_STALE_SECONDS = 10 * 60  # a merge takes seconds: a lock this old was left by a writer that died
+CLOCK_SKEW_SECONDS = 60  # a claim or lock dated further ahead than this was not made by a live writer
 
 
 def _me() -> str:
@@ -80,23 +82,44 @@ def _write_new(dir_fd: int, name: str, text: str) -> None:
         handle.write(text)
 
 
-def _left_by_the_dead(dir_fd: int, name: str, stale_seconds: float) -> str | None:
-    """The text of a claim or lock whose writer is gone (its process on this host ended,
-    or it is too old), else None. Planted links and torn files count as gone."""
+def _read_claim(dir_fd: int, name: str) -> tuple[str, os.stat_result] | None:
+    """The text of a claim or lock in the folder `dir_fd` and its times, read without following a link
+    or waiting on a FIFO; "" for the text of anything but a regular file (planted); None if nothing is there."""
     try:
-        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)  # a planted link is not read through
-        with os.fdopen(fd, "r", encoding="utf-8") as handle:
-            text = handle.read(200)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
-        return None  # released meanwhile: the next create decides
+        return None
+    except OSError:  # a planted link (ELOOP), or unreadable
+        return "", os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    with os.fdopen(fd, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return "", info
+        return handle.read(200).decode("utf-8", errors="replace"), info
+
+
+def _left_by_the_dead(dir_fd: int, name: str, stale_seconds: float) -> str | None:
+    """The text of a claim or lock whose writer is gone, else None.
+
+    Gone: its process on this host ended, or by our clock its lease is over
+    (older than `stale_seconds`), or it is dated in the future by more than
+    CLOCK_SKEW_SECONDS (no live writer made it then; planted, it would hold
+    for ever). Another host's writer keeps its claim until the lease is over.
+    Planted links, FIFOs and torn files count as gone.
+    """
+    try:
+        found = _read_claim(dir_fd, name)
     except OSError:
-        return ""
+        return None  # released meanwhile: the next create decides
+    if found is None:
+        return None
+    text, info = found
     try:
         host, pid = text.split()[:2]
     except ValueError:
         return text
-    if time.time() - info.st_mtime > stale_seconds:
+    age = time.time() - info.st_mtime
+    if age > stale_seconds or -age > CLOCK_SKEW_SECONDS:
         return text
     if host != socket.gethostname():
         return None  # no pid checks across hosts
@@ -104,7 +127,7 @@ def _left_by_the_dead(dir_fd: int, name: str, stale_seconds: float) -> str | Non
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return text
-    except (PermissionError, ValueError):
+    except (PermissionError, ValueError, OverflowError):
         return None
     return None
 
@@ -123,9 +146,7 @@ def _take_over(dir_fd: int, name: str, dead: str) -> bool:
     except FileNotFoundError:
         return False
     try:
-        fd = os.open(aside, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
-        with os.fdopen(fd, "r", encoding="utf-8") as handle:
-            found = handle.read(200)
+        found = (_read_claim(dir_fd, aside) or ("",))[0]
     except OSError:
         found = ""
     os.unlink(aside, dir_fd=dir_fd)
@@ -153,6 +174,18 @@ class Claims:
                 elif (dead := _left_by_the_dead(claims, spec.image_id, CLAIM_STALE_SECONDS)) is not None and _take_over(claims, spec.image_id, dead):
                     mine.append(spec)
         return mine
+
+    def held_by_others(self, specs: Sequence) -> list[str]:
+        """Who holds the claims ("host pid") on the images of `specs` that are not stored yet."""
+        holders = []
+        with folder(self._out_dir, CLAIMS_DIR, create=True) as claims, _images(self._out_dir) as images:
+            for spec in specs:
+                if not _is_file(images, f"{spec.image_id}.png"):
+                    with contextlib.suppress(OSError):
+                        found = _read_claim(claims, spec.image_id)
+                        if found is not None:
+                            holders.append(" ".join(found[0].split()[:2]) or "a planted file")
+        return holders
 
     def release(self, specs: Sequence) -> None:
         with contextlib.suppress(FileNotFoundError), folder(self._out_dir, CLAIMS_DIR) as claims:

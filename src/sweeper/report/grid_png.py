@@ -96,9 +96,16 @@ def wrap(text: str, style: _Style, width: float, max_lines: int = MAX_LABEL_LINE
 
 
 def _ellipsize(text: str, style: _Style, width: float) -> str:
-    while text and style.width(text.rstrip() + "…") > width:
-        text = text[:-1]
-    return text.rstrip() + "…"
+    """The longest start of `text` that fits in `width` with an ellipsis: a binary search, so a
+    10,000-character word is measured ~14 times, not 10,000 (it took minutes)."""
+    fits, over = 0, len(text) + 1  # text[:fits] fits; text[:over] does not
+    while over - fits > 1:
+        middle = (fits + over) // 2
+        if style.width(text[:middle].rstrip() + "…") <= width:
+            fits = middle
+        else:
+            over = middle
+    return text[:fits].rstrip() + "…"
 
 
 def _blocks(grid: Grid, style: _Style, max_side: int, max_pixels: int) -> list[_Block]:

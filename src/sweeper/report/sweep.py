@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from collections.abc import Iterable
@@ -13,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import yaml  # PyYAML, installed with Hydra: reads the sweep's multirun.yaml
 
 from sweeper import manifest
+from sweeper.bounds import load_plain_yaml, read_regular, read_table
 from sweeper.errors import UnsafePath
 from sweeper.files import is_regular_inside
 from sweeper.run import PLAN_FILE
@@ -175,14 +176,12 @@ def load_sweep(sweep_dir: Path, table: pa.Table | None = None) -> Sweep:
 
 def _planned(sweep_dir: Path) -> set[str] | None:
     """The image ids of the sweep's plan.parquet, if it has a readable one of its own."""
-    from pyarrow import parquet
-
     path = sweep_dir / PLAN_FILE
     if not is_regular_inside(path, sweep_dir):
         return None
     try:
-        return set(parquet.read_table(path, columns=["image_id"]).column("image_id").to_pylist())
-    except (OSError, pa.ArrowException, KeyError) as error:
+        return set(read_table(path, ["image_id"]).column("image_id").to_pylist())
+    except (OSError, ValueError, KeyError, pa.ArrowException) as error:
         print(f"sweeper: warning: skipping {path}: {error}", file=sys.stderr, flush=True)
         return None
 
@@ -203,18 +202,30 @@ def choose_axes(sweep: Sweep, x: str | None = None, y: str | None = None) -> tup
     return x, y
 
 
-def sweep_command(sweep_dir: Path) -> str | None:
-    """The command that made the dir, from the overrides Hydra recorded (multirun.yaml, or a run's .hydra/overrides.yaml)."""
-    multirun, run = Path(sweep_dir) / "multirun.yaml", Path(sweep_dir) / ".hydra" / "overrides.yaml"
-    try:
-        if multirun.is_file():
-            config = yaml.safe_load(multirun.read_text(encoding="utf-8")) or {}
-            overrides, command = ((config.get("hydra") or {}).get("overrides") or {}).get("task"), ["python", "-m", "sweeper", "-m"]
-        elif run.is_file():
-            overrides, command = yaml.safe_load(run.read_text(encoding="utf-8")), ["python", "-m", "sweeper"]
-        else:
-            return None
-    except (OSError, yaml.YAMLError, AttributeError):
-        return None
-    return shlex.join(command + [str(item) for item in overrides]) if isinstance(overrides, list) else None
+MAX_YAML_BYTES = 16 * 2**20  # Hydra's multirun.yaml of a sweep: a few KB
 
+
+def sweep_command(sweep_dir: Path) -> str | None:
+    """The command that made the dir, from the overrides Hydra recorded (multirun.yaml, or a run's .hydra/overrides.yaml).
+
+    A received sweep's YAML is data: bounded in size, nesting and aliases; one that is not is skipped with a warning.
+    """
+    multirun, run = Path(sweep_dir) / "multirun.yaml", Path(sweep_dir) / ".hydra" / "overrides.yaml"
+    path = multirun if os.path.lexists(multirun) else run if os.path.lexists(run) else None
+    if path is None:
+        return None
+    try:
+        config = load_plain_yaml(read_regular(path, MAX_YAML_BYTES, "a YAML file", follow_links=False).decode("utf-8"))
+    except FileNotFoundError:
+        return None
+    except ValueError as error:  # UnicodeDecodeError too
+        print(f"sweeper: warning: skipping {path}: {' '.join(str(error).split())[:300]}", file=sys.stderr, flush=True)
+        return None
+    overrides, command = config, ["python", "-m", "sweeper"]
+    if path == multirun:
+        for key in ("hydra", "overrides", "task"):
+            overrides = overrides.get(key) if isinstance(overrides, dict) else None
+        command.append("-m")
+    if not isinstance(overrides, list) or not all(isinstance(item, (str, int, float)) for item in overrides):
+        return None
+    return shlex.join(command + [str(item) for item in overrides])

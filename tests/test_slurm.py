@@ -5,6 +5,9 @@ workers, and whole arrays on submitit's local executor."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import io
+import itertools
 import os
 import pickle
 import sys
@@ -172,3 +175,55 @@ def test_settings_map_onto_submitits_and_local_workers_get_their_own_gpu(tmp_pat
 def store_spec(**changes):
     (spec,) = plan([Job(0, plan_config())])
     return dataclasses.replace(spec, **changes)
+
+
+def test_every_manifest_reader_takes_any_mix_of_rows_writers_can_leave(tmp_path):
+    """Up to three rows per image in every order of: ok, error, a lost worker's error row (no times),
+    an ok row without times; some merged into manifest.parquet, the rest in parts. One row per image,
+    the best one (ok over error, then the latest finish), and the same command, a dry run and the report read it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sweeper.files import write_atomic
+    from sweeper.report.cli import main as report
+    from sweeper.store import image_path
+
+    kinds = ("ok", "error", "lost", "ok untimed")
+    combos = [combo for n in (1, 2, 3) for combo in itertools.product(kinds, repeat=n)]
+    jobs = [Job(num, plan_config(seed=num)) for num in range(len(combos))]
+    specs = plan(jobs, "cpu")
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    merged, parts, expected = [], [], {}
+    (tmp_path / "images").mkdir()
+    for number, (spec, combo) in enumerate(zip(specs, combos)):
+        rows = []
+        for order, kind in enumerate(combo):
+            timed = kind in ("ok", "error")
+            at = start + dt.timedelta(minutes=order) if timed else None
+            status = "ok" if kind.startswith("ok") else "error"
+            rows.append(manifest.row(spec, image_path(spec), status, None if status == "ok" else f"{kind} {order}", started_at=at, finished_at=at))
+        if any(kind.startswith("ok") for kind in combo):  # its PNG, as the writer stored it before its row
+            Image.new("RGB", (64, 64)).save(tmp_path / image_path(spec))
+        (merged if number % 2 else parts).append(rows[0])
+        parts.extend(rows[1:])
+        best_status = "ok" if any(kind.startswith("ok") for kind in combo) else "error"
+        times = [row["finished_at"] for row in rows if row["status"] == best_status and row["finished_at"] is not None]
+        expected[spec.image_id] = (best_status, max(times) if times else None)
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(merged, schema=manifest.SCHEMA), buffer)
+    write_atomic(tmp_path / manifest.MANIFEST, buffer.getvalue())
+    for row in parts:  # one part per row: parts are read in any order
+        manifest.write_part(tmp_path, [row])
+
+    def best(table):
+        return {r["image_id"]: (r["status"], r["finished_at"]) for r in table.select(["image_id", "status", "finished_at"]).to_pylist()}
+
+    table = manifest.read(tmp_path)
+    assert table.num_rows == len(combos) and best(table) == expected
+    assert manifest.done_ids(tmp_path) == {image_id for image_id, (status, _) in expected.items() if status == "ok"}
+    assert {image_id for image_id, _ in manifest.failed(tmp_path)} == {i for i, (status, _) in expected.items() if status == "error"}
+    prepared = run.prepare(jobs, tmp_path, auto_device="cpu")  # what the same command and a dry run do first
+    assert {spec.image_id for spec in prepared.todo} == {i for i, (status, _) in expected.items() if status == "error"}
+    assert best(manifest.merge(tmp_path)) == expected and not (tmp_path / manifest.PARTS_DIR).exists()
+    assert best(pq.read_table(tmp_path / manifest.MANIFEST)) == expected
+    assert report([str(tmp_path)]) == 0 and (tmp_path / "report.html").exists()

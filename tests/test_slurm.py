@@ -63,6 +63,7 @@ def test_bad_launcher_settings_are_refused_in_one_line_before_anything_is_submit
     code, stderr = results["results"][-1]  # the cluster said no: nothing runs
     assert code == 1 and stderr.strip().splitlines()[-1] == "sweeper: error: submitting the array failed: sbatch: error: invalid partition specified: nope", stderr
     assert "sbatch: error" not in "".join(stderr.strip().splitlines()[:-1])
+    assert not (tmp_path / "refused").exists() and not list((tmp_path / "sub").glob("*.pkl"))  # no plan, multirun.yaml, pickles
 
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(PlanError, match="no sbatch/srun here; run it on a SLURM login node, or .* hydra.launcher.cluster=local"):
@@ -98,6 +99,8 @@ def test_cluster_slurm_submits_one_array_of_workers_whose_requeue_renders_only_w
     tasks = [pickle.loads((folder / f"4242_{rank}_submitted.pkl").read_bytes()) for rank in (0, 1)]
     assert [task.args for task in tasks] == [(0,), (1,)] and all(isinstance(task.function, slurm.Worker) for task in tasks)
     worker = tasks[0].function
+    assert worker.threads == 8  # the CPU threads it asked SLURM for (device=cpu)
+    worker.threads = tasks[1].function.threads = None  # here, this process's threads stay as they are
     jobs = [composed_job(num, *overrides, f"seed={seed}") for num, seed in enumerate(range(6))]
     prepared = run.prepare(jobs, sweep)
     assert worker.todo == [spec.image_id for spec in prepared.todo] and worker.world_size == 2
@@ -159,6 +162,8 @@ def test_a_local_array_names_a_lost_worker_and_the_same_command_finishes_with_on
 def test_settings_map_onto_submitits_and_local_workers_get_their_own_gpu(tmp_path, monkeypatch):
     conf = {"workers": 3, "cluster": "slurm", "partition": "gpu", "gpus_per_worker": 1, "cpus_per_worker": None, "setup": [], "additional_parameters": {}}
     assert slurm.parameters(conf) == {"slurm_partition": "gpu", "gpus_per_node": 1, "slurm_array_parallelism": 3, "name": "sweeper"}
+    assert slurm.parameters({**conf, "timeout_min": 240})["timeout_min"] == 240 and "slurm_signal_delay_s" not in slurm.parameters({**conf, "timeout_min": 240})
+    assert slurm.parameters({**conf, "timeout_min": 1})["slurm_signal_delay_s"] == 15  # submitit's 90 s would come at the start
     folder = slurm.submitit_folder({}, tmp_path / "sweep")
     assert tmp_path not in folder.parents  # pickles are code: never in a sweep dir that others may write to
 

@@ -193,7 +193,7 @@ def _submit(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> Array:
 
     workers, folder = int(conf["workers"]), submitit_folder(conf, sweep_dir)
     todo = [spec.image_id for spec in prepared.todo]
-    worker = Worker(str(sweep_dir), plan_digest(sweep_dir), workers, todo, threads=local_threads(conf, workers, prepared.todo))
+    worker = Worker(str(sweep_dir), plan_digest(sweep_dir), workers, todo, threads=worker_threads(conf, workers, prepared.todo))
     if conf["cluster"] == "slurm":
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=conf["max_num_timeout"])
         executor.update_parameters(**parameters(conf))
@@ -271,11 +271,13 @@ def sacct(task: str, tries: int = 10) -> tuple[str, str]:
     return state or "unknown", reason
 
 
-def local_threads(conf: Mapping[str, Any], workers: int, specs: Sequence[Any]) -> int | None:
-    """CPU threads of each local worker rendering on the CPU: the cores shared, not fought over
-    (on SLURM, cpus_per_worker decides)."""
-    if conf["cluster"] != "local" or not specs or specs[0].device != "cpu" or "OMP_NUM_THREADS" in os.environ:
+def worker_threads(conf: Mapping[str, Any], workers: int, specs: Sequence[Any]) -> int | None:
+    """CPU threads of each worker rendering on the CPU: on SLURM its cpus_per_worker (a node
+    without CPU binding would let torch take every core), locally the cores shared, not fought over."""
+    if not specs or specs[0].device != "cpu" or "OMP_NUM_THREADS" in os.environ:
         return None
+    if conf["cluster"] == "slurm":
+        return conf.get("cpus_per_worker") or None
     return max(1, (os.cpu_count() or 1) // workers)
 
 

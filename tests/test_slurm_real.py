@@ -85,10 +85,13 @@ def test_the_readme_cpu_example_renders_and_a_requeued_worker_renders_only_what_
     try:
         job = array_of(sweep)
         wait_for(lambda: pngs(sweep), 180, started)
-        subprocess.run(["scontrol", "requeue", f"{job}_0"], check=True, capture_output=True)  # as a preemption would
+        subprocess.run(["scontrol", "suspend", job], check=True, capture_output=True)  # both workers stopped mid-share, then
         before = pngs(sweep)
-        wait_for(lambda: "1 pending: BeginTime" in stderr_now(started), 60, started)  # SLURM holds a requeued task 2 minutes:
-        subprocess.run(["scontrol", "update", f"jobid={job}_0", "starttime=now"], check=True, capture_output=True)  # not in a test
+        subprocess.run(["scontrol", "requeue", f"{job}_0"], check=True, capture_output=True)  # worker 0 requeued, as a preemption would
+        subprocess.run(["scontrol", "resume", f"{job}_1"], check=True, capture_output=True)
+        wait_for(lambda: "1 pending: JobHeldAdmin" in stderr_now(started), 60, started)  # requeued while suspended: held
+        subprocess.run(["scontrol", "release", f"{job}_0"], check=True, capture_output=True)
+        subprocess.run(["scontrol", "update", f"jobid={job}_0", "starttime=now"], check=True, capture_output=True)  # not 2 minutes later
         result = started.finish(timeout=300)
     finally:
         started.stop()
@@ -139,8 +142,10 @@ def test_a_lost_worker_is_named_with_its_slurm_state_within_a_minute(tmp_path, t
     try:
         job = array_of(sweep)
         wait_for(lambda: pngs(sweep), 180, started)
+        subprocess.run(["scontrol", "suspend", job], check=True, capture_output=True)  # both mid-share, then worker 1 is lost
         subprocess.run(["scancel", f"{job}_1"], check=True, capture_output=True)
         tic = time.monotonic()
+        subprocess.run(["scontrol", "resume", f"{job}_0"], check=True, capture_output=True)
         line = f"sweeper: worker 1 (job {job}_1) was lost: SLURM says CANCELLED by 0"
         wait_for(lambda: line in stderr_now(started), 60, started)
         noticed = time.monotonic() - tic

@@ -440,11 +440,12 @@ def wait(array: Array, prepared: Any, sweep_dir: Path, poll_seconds: float = 1.0
                     array.cancel()
                     raise SubmitFailed(f"array {array.job_id} can never start: SLURM keeps it pending with reason {never} "
                                        f"({NEVER_STARTS[never]}); cancelled it")
+                waiting = ""
                 if pending:
                     reason = max(set(pending), key=pending.count)
-                    bar.set_postfix_str(f"{len(pending)} pending" + (f": {reason}" if reason not in ("", "None") else ""))
-                elif bar.postfix:
-                    bar.set_postfix_str("")
+                    waiting = f"{len(pending)} pending" + (f": {reason}" if reason not in ("", "None") else "")
+                if waiting != (bar.postfix or ""):
+                    bar.set_postfix_str(waiting)
                 if len(ended) == len(array.jobs):
                     break
                 time.sleep(poll_seconds)

@@ -85,10 +85,9 @@ def test_the_readme_cpu_example_renders_and_a_requeued_worker_renders_only_what_
     try:
         job = array_of(sweep)
         wait_for(lambda: pngs(sweep), 180, started)
-        subprocess.run(["scontrol", "suspend", job], check=True, capture_output=True)  # both workers stopped mid-share, then
+        subprocess.run(["scontrol", "suspend", f"{job}_0"], check=True, capture_output=True)  # stopped mid-share, then
         before = pngs(sweep)
-        subprocess.run(["scontrol", "requeue", f"{job}_0"], check=True, capture_output=True)  # worker 0 requeued, as a preemption would
-        subprocess.run(["scontrol", "resume", f"{job}_1"], check=True, capture_output=True)
+        subprocess.run(["scontrol", "requeue", f"{job}_0"], check=True, capture_output=True)  # requeued, as a preemption would
         wait_for(lambda: "1 pending: JobHeldAdmin" in stderr_now(started), 60, started)  # requeued while suspended: held
         subprocess.run(["scontrol", "release", f"{job}_0"], check=True, capture_output=True)
         subprocess.run(["scontrol", "update", f"jobid={job}_0", "starttime=now"], check=True, capture_output=True)  # not 2 minutes later
@@ -157,12 +156,15 @@ def test_a_lost_worker_is_named_with_its_slurm_state_within_a_minute(tmp_path, t
     assert len(df) == 32 and len(lost) and set(lost["rank"]) == {1} and all(line[len("sweeper: "):] in error for error in lost.error)
 
 
-def test_a_pending_array_shows_why_attaches_a_second_command_and_is_cancelled_by_ctrl_c(tmp_path, tiny_models, cluster):
+def test_a_pending_array_shows_why_attaches_a_second_command_and_is_cancelled_by_ctrl_c(tmp_path, tiny_models, cluster, warm_cli):
     sweep = tmp_path / "sweep"
     command = [*CPU, "seed=range(0,8)", "+hydra.launcher.additional_parameters={hold:true}", f"hydra.sweep.dir={sweep}"]
-    first = Started(*command, "hydra.launcher.wait=false", cwd=tmp_path).finish(timeout=120)
+    first = warm_cli.run(*command, "hydra.launcher.wait=false", cwd=tmp_path)
     assert first.returncode == 0 and "sweeper: submitted array " in first.stderr, first.stderr
     job = array_of(sweep)
+    second = warm_cli.run(*command, "hydra.launcher.wait=false", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert f"sweeper: array {job} (2 workers) still renders this sweep dir instead of submitting another; when it ends" in second.stderr
     again = Started(*command, cwd=tmp_path)  # the same command, while the array is alive (held)
     try:
         wait_for(lambda: "2 pending: JobHeldUser" in stderr_now(again), 60, again)

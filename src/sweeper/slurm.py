@@ -114,20 +114,21 @@ def render(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> list[tupl
     from sweeper import run
 
     array = alive_array(conf, sweep_dir)
+    wait_for_it = conf.get("wait", True)
+    said = ""
     if array is not None:
-        print(f"sweeper: array {array.job_id} ({len(array.jobs)} workers) still renders this sweep dir: waiting for it instead of submitting another",
-              file=sys.stderr, flush=True)
+        said = f"array {array.job_id} ({len(array.jobs)} workers) still renders this sweep dir{': waiting for it' if wait_for_it else ''} instead of submitting another"
+        if wait_for_it:
+            print(f"sweeper: {said}", file=sys.stderr, flush=True)
     try:
         if array is None:
             if not (Path(sweep_dir) / run.PLAN_FILE).exists():  # our sweeper wrote it; Hydra's would not have
                 run.write_plan(prepared, sweep_dir)
             array = submit(prepared, sweep_dir, conf)
-        if not conf.get("wait", True):
-            print(
-                f"sweeper: submitted array {array.job_id} ({len(array.jobs)} workers); when it ends, "
-                f"`python -m sweeper.report {sweep_dir}` merges the manifest and writes the report",
-                file=sys.stderr, flush=True,
-            )
+            said = f"submitted array {array.job_id} ({len(array.jobs)} workers)"
+        if not wait_for_it:
+            print(f"sweeper: {said}; when it ends, `python -m sweeper.report {sweep_dir}` merges the manifest and writes the report",
+                  file=sys.stderr, flush=True)
             return []
         return wait(array, prepared, sweep_dir)
     except SubmitFailed:  # refused, or can never start (cancelled): nothing rendered

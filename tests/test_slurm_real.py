@@ -72,11 +72,13 @@ def sacct_states(job: str) -> list[str]:
     return out.splitlines()
 
 
-def test_slurm_up_is_idempotent_and_quick_when_the_cluster_is_up(cluster):
+def test_slurm_up_is_idempotent_and_quick_when_the_cluster_is_up_and_says_where_it_cannot_run(cluster):
     tic = time.monotonic()
     again = subprocess.run([str(REPO / "scripts" / "slurm_up.sh")], capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and again.stdout.startswith("slurm_up: up in "), again.stdout + again.stderr
     assert time.monotonic() - tic < 20
+    user = subprocess.run(["runuser", "-u", "nobody", "--", "bash", str(REPO / "scripts" / "slurm_up.sh")], capture_output=True, text=True)
+    assert (user.returncode, user.stdout, user.stderr) == (3, "", "slurm_up: cannot run here: needs root (it installs packages and starts daemons)\n")
 
 
 def test_the_readme_cpu_example_renders_and_a_requeued_worker_renders_only_what_is_missing(tmp_path, tiny_models, cluster):

@@ -5,6 +5,9 @@ workers, and whole arrays on submitit's local executor."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import io
+import itertools
 import os
 import pickle
 import sys
@@ -60,6 +63,7 @@ def test_bad_launcher_settings_are_refused_in_one_line_before_anything_is_submit
     code, stderr = results["results"][-1]  # the cluster said no: nothing runs
     assert code == 1 and stderr.strip().splitlines()[-1] == "sweeper: error: submitting the array failed: sbatch: error: invalid partition specified: nope", stderr
     assert "sbatch: error" not in "".join(stderr.strip().splitlines()[:-1])
+    assert not (tmp_path / "refused").exists() and not list((tmp_path / "sub").glob("*.pkl"))  # no plan, multirun.yaml, pickles
 
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(PlanError, match="no sbatch/srun here; run it on a SLURM login node, or .* hydra.launcher.cluster=local"):
@@ -95,6 +99,8 @@ def test_cluster_slurm_submits_one_array_of_workers_whose_requeue_renders_only_w
     tasks = [pickle.loads((folder / f"4242_{rank}_submitted.pkl").read_bytes()) for rank in (0, 1)]
     assert [task.args for task in tasks] == [(0,), (1,)] and all(isinstance(task.function, slurm.Worker) for task in tasks)
     worker = tasks[0].function
+    assert worker.threads == 8  # the CPU threads it asked SLURM for (device=cpu)
+    worker.threads = tasks[1].function.threads = None  # here, this process's threads stay as they are
     jobs = [composed_job(num, *overrides, f"seed={seed}") for num, seed in enumerate(range(6))]
     prepared = run.prepare(jobs, sweep)
     assert worker.todo == [spec.image_id for spec in prepared.todo] and worker.world_size == 2
@@ -156,6 +162,8 @@ def test_a_local_array_names_a_lost_worker_and_the_same_command_finishes_with_on
 def test_settings_map_onto_submitits_and_local_workers_get_their_own_gpu(tmp_path, monkeypatch):
     conf = {"workers": 3, "cluster": "slurm", "partition": "gpu", "gpus_per_worker": 1, "cpus_per_worker": None, "setup": [], "additional_parameters": {}}
     assert slurm.parameters(conf) == {"slurm_partition": "gpu", "gpus_per_node": 1, "slurm_array_parallelism": 3, "name": "sweeper"}
+    assert slurm.parameters({**conf, "timeout_min": 240})["timeout_min"] == 240 and "slurm_signal_delay_s" not in slurm.parameters({**conf, "timeout_min": 240})
+    assert slurm.parameters({**conf, "timeout_min": 1})["slurm_signal_delay_s"] == 15  # submitit's 90 s would come at the start
     folder = slurm.submitit_folder({}, tmp_path / "sweep")
     assert tmp_path not in folder.parents  # pickles are code: never in a sweep dir that others may write to
 
@@ -172,3 +180,55 @@ def test_settings_map_onto_submitits_and_local_workers_get_their_own_gpu(tmp_pat
 def store_spec(**changes):
     (spec,) = plan([Job(0, plan_config())])
     return dataclasses.replace(spec, **changes)
+
+
+def test_every_manifest_reader_takes_any_mix_of_rows_writers_can_leave(tmp_path):
+    """Up to three rows per image in every order of: ok, error, a lost worker's error row (no times),
+    an ok row without times; some merged into manifest.parquet, the rest in parts. One row per image,
+    the best one (ok over error, then the latest finish), and the same command, a dry run and the report read it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from sweeper.files import write_atomic
+    from sweeper.report.cli import main as report
+    from sweeper.store import image_path
+
+    kinds = ("ok", "error", "lost", "ok untimed")
+    combos = [combo for n in (1, 2, 3) for combo in itertools.product(kinds, repeat=n)]
+    jobs = [Job(num, plan_config(seed=num)) for num in range(len(combos))]
+    specs = plan(jobs, "cpu")
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    merged, parts, expected = [], [], {}
+    (tmp_path / "images").mkdir()
+    for number, (spec, combo) in enumerate(zip(specs, combos)):
+        rows = []
+        for order, kind in enumerate(combo):
+            timed = kind in ("ok", "error")
+            at = start + dt.timedelta(minutes=order) if timed else None
+            status = "ok" if kind.startswith("ok") else "error"
+            rows.append(manifest.row(spec, image_path(spec), status, None if status == "ok" else f"{kind} {order}", started_at=at, finished_at=at))
+        if any(kind.startswith("ok") for kind in combo):  # its PNG, as the writer stored it before its row
+            Image.new("RGB", (64, 64)).save(tmp_path / image_path(spec))
+        (merged if number % 2 else parts).append(rows[0])
+        parts.extend(rows[1:])
+        best_status = "ok" if any(kind.startswith("ok") for kind in combo) else "error"
+        times = [row["finished_at"] for row in rows if row["status"] == best_status and row["finished_at"] is not None]
+        expected[spec.image_id] = (best_status, max(times) if times else None)
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(merged, schema=manifest.SCHEMA), buffer)
+    write_atomic(tmp_path / manifest.MANIFEST, buffer.getvalue())
+    for row in parts:  # one part per row: parts are read in any order
+        manifest.write_part(tmp_path, [row])
+
+    def best(table):
+        return {r["image_id"]: (r["status"], r["finished_at"]) for r in table.select(["image_id", "status", "finished_at"]).to_pylist()}
+
+    table = manifest.read(tmp_path)
+    assert table.num_rows == len(combos) and best(table) == expected
+    assert manifest.done_ids(tmp_path) == {image_id for image_id, (status, _) in expected.items() if status == "ok"}
+    assert {image_id for image_id, _ in manifest.failed(tmp_path)} == {i for i, (status, _) in expected.items() if status == "error"}
+    prepared = run.prepare(jobs, tmp_path, auto_device="cpu")  # what the same command and a dry run do first
+    assert {spec.image_id for spec in prepared.todo} == {i for i, (status, _) in expected.items() if status == "error"}
+    assert best(manifest.merge(tmp_path)) == expected and not (tmp_path / manifest.PARTS_DIR).exists()
+    assert best(pq.read_table(tmp_path / manifest.MANIFEST)) == expected
+    assert report([str(tmp_path)]) == 0 and (tmp_path / "report.html").exists()

@@ -245,10 +245,11 @@ def _best_row_per_image(table: pa.Table) -> pa.Table:
 
 
 def _dedupe(table: pa.Table) -> pa.Table:
-    """One row per image: an ok row over an error row, then the latest."""
+    """One row per image: an ok row over an error row, then the latest; a row without a
+    finish time (a lost worker's, a rebuilt one's) counts as older than any with one."""
     ids = table.column("image_id").to_pylist()
     ok = [status == "ok" for status in table.column("status").to_pylist()]
-    finished = table.column("finished_at").to_pylist()
+    finished = [float("-inf") if at is None else at.timestamp() for at in table.column("finished_at").to_pylist()]
     best: dict[str, int] = {}
     for index, image_id in enumerate(ids):
         current = best.get(image_id)

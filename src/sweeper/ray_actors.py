@@ -139,6 +139,19 @@ def pool(conf: Mapping[str, Any], device: str, batches: int, have: Resources, mu
     return Pool(workers, gpus, cpus)
 
 
+def check_plan(prepared: Any, conf: Mapping[str, Any]) -> Pool | None:
+    """Refuse (PlanError), before Ray starts or anything is written, a plan the actors cannot render;
+    the pool of a local Ray that this command starts (None: a running Ray or a cluster says later)."""
+    from sweeper import schedule
+
+    if any(spec.gpu is not None for spec in prepared.todo):
+        raise PlanError("device=cuda:N pins one GPU, but Ray gives each actor GPUs of its own; use device=cuda")
+    if not prepared.todo or conf.get("address") is not None or _running():
+        return None
+    batches = len(schedule.make_batches(prepared.todo))
+    return pool(conf, prepared.todo[0].device, batches, local_resources(), must_fit=True)
+
+
 class Renderer:
     """One actor: pipelines loaded once in its runtime, batches rendered and encoded as PNG bytes and rows."""
 
@@ -202,10 +215,7 @@ def render(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> list[tupl
     if not batches:
         return []
     device = prepared.todo[0].device
-    if any(spec.gpu is not None for spec in prepared.todo):
-        raise PlanError("device=cuda:N pins one GPU, but Ray gives each actor GPUs of its own; use device=cuda")
-    local = conf.get("address") is None and not _running()
-    size = pool(conf, device, len(batches), local_resources(), must_fit=True) if local else None  # before Ray starts
+    size = check_plan(prepared, conf)
     import ray
 
     started = connect(conf)

@@ -193,7 +193,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     if fuse_qkv and attention == "eager":
         # diffusers' fused projections come with its SDPA processor only: eager would be replaced silently.
         raise invalid("fuse_qkv", fuse_qkv, "fused Q/K/V projections run through torch's SDPA; not with attention=eager")
-    adapters = lora_files.loras(c)
+    adapters = lora_files.loras(c, lora_files.model_text_width(model) if c.get("lora") else None, f"model={model['name']}")
     if fuse_qkv and adapters["lora"]:  # the fused projection would bypass the adapters on to_q, to_k, to_v
         raise invalid("fuse_qkv", fuse_qkv, "LoRA adapters act on the separate Q/K/V projections; not with lora")
     return ImageSpec(

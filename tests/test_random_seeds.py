@@ -32,7 +32,7 @@ def test_random_seeds_are_drawn_once_per_sweep_dir_and_recorded(tmp_path, warm_c
 
 
 def test_a_bad_random_seed_count_is_refused_in_one_line(tmp_path, warm_cli):
-    for value in ("random:0", "random:x", "random:11"):
+    for value in ("random:0", "random:x", "random:11", "random:" + "9" * 30):
         result = warm_cli.run("-m", "model=tiny", f"seed={value}", "max_images=10", cwd=tmp_path)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and f"invalid seed='{value}': random:N draws N seeds" in lines[0], result.stderr

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from sweeper import stops
 from sweeper.errors import PlanError
 
 
@@ -47,7 +48,7 @@ def check(conf: Mapping[str, Any]) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise PlanError(f"invalid hydra.launcher.max_retries={retries!r}: must be an integer >= 0")
     if importlib.util.find_spec("ray") is None:
-        raise PlanError("hydra/launcher=ray_actors needs ray: pip install 'sweeper[ray]'")
+        raise PlanError("hydra/launcher=ray_actors needs ray: pip install ray")
 
 
 def _running() -> bool:
@@ -70,6 +71,7 @@ def connect(conf: Mapping[str, Any]) -> bool:
         )
     except ConnectionError as error:
         raise PlanError(f"cannot join Ray at hydra.launcher.address={conf.get('address')}: {' '.join(str(error).split())}") from None
+    stops.reclaim()  # ray.init makes SIGTERM exit the driver at once; it stops after the batches in flight
     return True
 
 

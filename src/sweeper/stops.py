@@ -17,6 +17,7 @@ OTHERS = (signal.SIGTERM, signal.SIGHUP)
 SIGNALS = (signal.SIGINT, *OTHERS)
 
 _received: list[int] = []  # the signals of this command, in order
+_active = False  # inside as_ctrl_c, with SIGTERM not ignored
 
 
 def _as_ctrl_c(signum: int, frame: Any) -> None:
@@ -39,6 +40,7 @@ def _note_ctrl_c(signum: int, frame: Any) -> None:
 def as_ctrl_c() -> Iterator[None]:
     """For one command: SIGTERM and SIGHUP act as Ctrl-C. A signal ignored when we start (SIGHUP under
     nohup) stays ignored."""
+    global _active
     _received.clear()
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -49,11 +51,19 @@ def as_ctrl_c() -> Iterator[None]:
     for number in OTHERS:
         if previous[number] is not signal.SIG_IGN:
             signal.signal(number, _as_ctrl_c)
+    _active = previous[signal.SIGTERM] is not signal.SIG_IGN
     try:
         yield
     finally:
+        _active = False
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def reclaim() -> None:
+    """After a library took SIGTERM over (ray.init makes it exit at once): it acts as Ctrl-C again."""
+    if _active and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _as_ctrl_c)
 
 
 @contextlib.contextmanager

@@ -310,7 +310,7 @@ def per_prompt(c: Mapping[str, Any], key: str, count: int) -> list[str | None]:
     raise invalid(key, value, f"must be null, a string, or a list of {count} strings (one per prompt)")
 
 
-RANDOM_SEEDS = re.compile(r"random:([0-9]+)")  # seed=random:8: eight seeds drawn once for the sweep dir
+RANDOM_SEEDS = re.compile(r"random:([0-9]{1,9})")  # seed=random:8: eight seeds drawn once for the sweep dir
 
 
 def seeds(c: Mapping[str, Any], random_key: str, sweep_key: str | None = None) -> list[int]:

@@ -13,6 +13,9 @@ REFUSED = [
     (["guidnace=7"], "unknown key guidnace"),
     (["seed=range(0,20)", "max_images=10"], "invalid max_images=10"),
     (["lora=missing.safetensors"], "invalid lora='missing.safetensors'"),
+    (["hydra.launcher.num_processes=0"], "invalid hydra.launcher.num_processes=0"),
+    (["device=cuda"], "invalid device=cuda"),
+    (["seed=random:0"], "invalid seed='random:0'"),
     (["hydra/launcher=slurm", "hydra.launcher.workers=0"], "invalid hydra.launcher.workers=0"),
     # a pool that a local Ray could never place: refused at planning, before Ray starts or anything is written
     (["hydra/launcher=ray_actors", "hydra.launcher.workers=2", "hydra.launcher.cpus_per_worker=64", "batch_size=1"], "Ray actors x 64 CPU need"),

@@ -256,3 +256,11 @@ def test_replay_repeats_the_lora_and_checks_the_file(tmp_path, loras, fresh_runt
     shutil.copy(loras["b"], other)  # the recorded name, other content
     assert replay.main([str(png), "--lora", str(other.parent)]) == 2
     assert "invalid lora_sha" in capsys.readouterr().err
+
+
+def test_make_lora_refuses_a_name_that_is_not_safetensors_before_loading_anything(tmp_path, capsys):
+    from sweeper import make_lora as maker
+
+    assert maker.main([str(tmp_path / "style.pt")]) == 2
+    assert capsys.readouterr().err.strip() == f"sweeper: error: invalid output {tmp_path / 'style.pt'}: must end in .safetensors"
+    assert maker.main([str(tmp_path / "style.safetensors"), "--rank", "0"]) == 2 and not list(tmp_path.iterdir())

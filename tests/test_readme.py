@@ -8,8 +8,11 @@ join a local Ray (which a dry run never starts) stands in for `address=auto`. Th
 read (photos/, masks/, wildcards/, loras/) are made first.
 
 What the README says to run here (the demo of "Two commands", the cluster
-commands marked "try it here", the LoRA maker and the first LoRA sweep) is
-also run for real, in bash, exactly as written, offline with the tiny model.
+commands marked "try it here", the report and replay commands on the demo's
+sweep, the wildcard example, the LoRA maker and the first LoRA sweep) is also
+run for real, in bash, exactly as written (placeholders such as `<name>` filled
+in), offline with the tiny model. Not run: installs (.ci/run runs them), GPU
+and multi-machine commands, and scripts/ (benchmarks and the GPU check).
 """
 
 from __future__ import annotations
@@ -111,11 +114,37 @@ def test_what_the_readme_says_to_run_here_runs_as_written(tmp_path, tiny_models)
     lora_sweep = next(line for line in lines if line.startswith("python -m sweeper -m model=tiny lora=loras/style.safetensors"))
     assert len(try_here) == 2 and len(make_lora) == 1
 
-    for number, line in enumerate([demo, *try_here]):
-        result = _bash(line, tmp_path / f"run{number}", bin_dir)
+    runs = {demo: "run0", try_here[0]: "run0", try_here[1]: "run1"}  # the two cluster commands sweep into one dir name
+    for line, where in runs.items():
+        before = set((tmp_path / where / "outputs" / "sweeps").glob("*"))
+        result = _bash(line, tmp_path / where, bin_dir)
         assert result.returncode == 0, f"README: {line}\n{result.stderr[-3000:]}"
-        df = pd.read_parquet(only_dir(tmp_path / f"run{number}" / "outputs" / "sweeps") / "manifest.parquet")
+        (sweep,) = set((tmp_path / where / "outputs" / "sweeps").glob("*")) - before
+        df = pd.read_parquet(sweep / "manifest.parquet")
         assert set(df.status) == {"ok"} and len(df) == (9 if line == demo else 8), line
+    demo_sweep, seeds_sweep = (next((tmp_path / "run0" / "outputs" / "sweeps").glob(name)).name for name in ("guidance_*", "model_seed-*"))
+    image_id = pd.read_parquet(tmp_path / "run0" / "outputs" / "sweeps" / demo_sweep / "manifest.parquet").image_id.iloc[0]
+
+    # Reports and replay on the demo's sweep: `<name>` is its dir, `a` and `b` the demo's and the seed sweep's.
+    reports = [line for line in lines if line.startswith("python -m sweeper.report outputs/sweeps/")]
+    replays = [line for line in lines if line.startswith("python -m sweeper.replay outputs/sweeps/<name>/")]
+    assert len(reports) == 4 and len(replays) == 1
+    for line in reports + replays:
+        line = line.replace("<name>", demo_sweep).replace("<id>", image_id)
+        line = line.replace("outputs/sweeps/a ", f"outputs/sweeps/{demo_sweep} ").replace("outputs/sweeps/b ", f"outputs/sweeps/{seeds_sweep} ")
+        result = _bash(line, tmp_path / "run0", bin_dir)
+        assert result.returncode == 0 and "Traceback" not in result.stderr, f"README: {line}\n{result.stderr[-3000:]}"
+    demo_dir = tmp_path / "run0" / "outputs" / "sweeps" / demo_sweep
+    assert (demo_dir / "report.html").is_file() and (demo_dir / f"compare-{seeds_sweep}.html").is_file()
+    assert (tmp_path / "run0" / "grid.png").is_file()
+
+    wildcards = [line for line in lines if line.startswith("mkdir -p wildcards")]
+    wildcard_sweep = [line for line in lines if line.startswith("python -m sweeper") and "wildcards=wildcards" in line]
+    assert len(wildcards) == 1 and len(wildcard_sweep) == 1
+    made = _bash(f"{wildcards[0]} && {wildcard_sweep[0]}", tmp_path / "run2", bin_dir)
+    assert made.returncode == 0, made.stderr[-3000:]
+    df = pd.read_parquet(only_dir(tmp_path / "run2" / "outputs" / "sweeps") / "manifest.parquet")
+    assert set(df.status) == {"ok"} and len(df) == 8 and "a red car, emerald green" in set(df.prompt)
 
     lora_dir = tmp_path / "lora"
     made = _bash(make_lora[0], lora_dir, bin_dir)

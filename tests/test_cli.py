@@ -170,6 +170,7 @@ def test_offline_hub_model_says_offline_and_names_the_tiny_model(tmp_path, warm_
     assert result.returncode == 2
     assert "stabilityai/stable-diffusion-xl-base-1.0" in result.stderr and "offline" in result.stderr
     assert "model=tiny" in result.stderr and "Traceback" not in result.stderr
+    assert "(hf download)" in result.stderr  # huggingface_hub's current command line (huggingface-cli is deprecated)
 
 
 def test_dry_run_prints_count_and_estimate_and_writes_nothing(tmp_path, warm_cli):

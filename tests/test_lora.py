@@ -1,8 +1,9 @@
 """LoRA adapters and their weights as sweep axes (lora, lora_scale).
 
-The LoRA files are made here: random peft adapters on the tiny SDXL and SD 1.x
-UNets, saved with the pipeline's `save_lora_weights` (diffusers format), and
-one converted to kohya's key names.
+The LoRA files are made as a user makes one to try (`python -m sweeper.make_lora`):
+random peft adapters on the tiny SDXL and SD 1.x UNets, saved with the
+pipeline's `save_lora_weights` (diffusers format); one is converted to kohya's
+key names.
 """
 
 from __future__ import annotations
@@ -19,26 +20,11 @@ from PIL import Image
 
 from conftest import composed_job, main_per_case, plan_config, render_in_process
 from sweeper import replay
+from sweeper.make_lora import make_lora
 from sweeper.errors import PlanError
 from sweeper.plan import Job, plan
 
 SMALL = dict(width=32, height=32, steps=2, device="cpu")
-TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
-
-
-def _make_lora(model_dir: Path, family: str, path: Path, seed: int) -> None:
-    import torch
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-
-    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False, target_modules=TARGETS))
-    state = get_peft_model_state_dict(unet)
-    pipeline = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
-    pipeline.save_lora_weights(path.parent, unet_lora_layers=state, weight_name=path.name)
 
 
 def _to_kohya(source: Path, target: Path) -> None:
@@ -60,9 +46,9 @@ def _to_kohya(source: Path, target: Path) -> None:
 def loras(tmp_path_factory, tiny_models) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("loras")
     files = {"a": folder / "xl_a.safetensors", "b": folder / "xl_b.safetensors", "sd": folder / "sd_a.safetensors"}
-    _make_lora(tiny_models["tiny-sdxl"], "sdxl", files["a"], seed=1)
-    _make_lora(tiny_models["tiny-sdxl"], "sdxl", files["b"], seed=2)
-    _make_lora(tiny_models["tiny-sd"], "sd15", files["sd"], seed=3)
+    make_lora(files["a"], "tiny", seed=1)
+    make_lora(files["b"], "tiny", seed=2)
+    make_lora(files["sd"], "tiny-sd", seed=3)
     files["kohya"] = folder / "sd_kohya.safetensors"
     _to_kohya(files["sd"], files["kohya"])
     return files
@@ -227,13 +213,34 @@ def test_the_refiner_takes_no_lora_and_the_base_does(tmp_path, loras, fresh_runt
     assert not refiner.get_list_adapters().get("unet")
 
 
-def test_a_lora_of_another_family_fails_its_images_in_one_line_and_the_rest_render(tmp_path, loras, fresh_runtime):
-    jobs = [Job(0, plan_config(**SMALL, lora=str(loras["sd"]))), Job(1, plan_config(**SMALL))]
+def test_a_lora_of_another_family_is_refused_at_planning_from_its_header_in_one_whole_line(tmp_path, loras):
+    cases = [
+        ["-m", "model=tiny", f"lora={loras['sd']}", "seed=0,1"],  # SD 1.x on SDXL, diffusers format
+        ["-m", "model=tiny", f"lora={loras['kohya']}", "lora_scale=0.5,1"],  # ... kohya's
+        ["-m", "model=tiny-sd", f"lora={loras['a']}"],  # SDXL on SD 1.x
+        ["-m", "model=tiny", f"lora=[{loras['a']},{loras['sd']}]"],  # one of a list
+    ]
+    out = main_per_case(cases, tmp_path)
+    for args, (code, stderr) in zip(cases, out["results"]):
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1, (args, stderr)
+        assert lines[0].startswith("sweeper: error: invalid lora=") and "made for another model family: its cross-attention takes" in lines[0]
+        assert "again" not in lines[0] and lines[0].endswith(("use a LoRA made for model=tiny", "use a LoRA made for model=tiny-sd"))
+    assert "takes 32-wide text embeddings, model=tiny takes 80-wide" in out["results"][0][1]
+    assert not out["torch"] and not out["outputs"]  # before any model loads, and nothing written
+
+
+def test_a_lora_of_another_family_that_its_header_cannot_tell_fails_its_images_in_one_line(tmp_path, loras, fresh_runtime):
+    from safetensors.torch import load_file, save_file
+
+    hidden = tmp_path / "sd_no_to_k.safetensors"  # the weight planning reads the family from, left out
+    save_file({key: value for key, value in load_file(loras["sd"]).items() if "attn2.to_k" not in key}, hidden)
+    jobs = [Job(0, plan_config(**SMALL, lora=str(hidden))), Job(1, plan_config(**SMALL))]
     render_in_process(tmp_path, jobs)
     df = manifest(tmp_path).sort_values("job_num")
     assert list(df.status) == ["error", "ok"]
     error = df.error.iloc[0]
-    assert error.startswith("LoraMismatch: lora=sd_a.safetensors: its weights do not fit the sdxl model") and "\n" not in error
+    assert error.startswith("LoraMismatch: lora=sd_no_to_k.safetensors: its weights do not fit the sdxl model") and "\n" not in error
 
 
 def test_replay_repeats_the_lora_and_checks_the_file(tmp_path, loras, fresh_runtime, capsys):
@@ -249,3 +256,11 @@ def test_replay_repeats_the_lora_and_checks_the_file(tmp_path, loras, fresh_runt
     shutil.copy(loras["b"], other)  # the recorded name, other content
     assert replay.main([str(png), "--lora", str(other.parent)]) == 2
     assert "invalid lora_sha" in capsys.readouterr().err
+
+
+def test_make_lora_refuses_a_name_that_is_not_safetensors_before_loading_anything(tmp_path, capsys):
+    from sweeper import make_lora as maker
+
+    assert maker.main([str(tmp_path / "style.pt")]) == 2
+    assert capsys.readouterr().err.strip() == f"sweeper: error: invalid output {tmp_path / 'style.pt'}: must end in .safetensors"
+    assert maker.main([str(tmp_path / "style.safetensors"), "--rank", "0"]) == 2 and not list(tmp_path.iterdir())

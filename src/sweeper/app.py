@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 import hydra
 from omegaconf import DictConfig
 
+from sweeper import stops
 from sweeper.errors import DeviceFailed, Interrupted, PlanError, RankLost, RanksDisagree, StorageError, SubmitFailed, UnsafePath
 
 
@@ -70,7 +71,7 @@ def finish(out_dir: Path) -> None:
 
 
 def stopped(out_dir: Path, planned: int) -> NoReturn:
-    """After Ctrl-C: one manifest and the report of what was saved, and how to go on."""
+    """After Ctrl-C (or SIGTERM, SIGHUP): one manifest and the report of what was saved, and how to go on."""
     from sweeper import distributed, manifest, report
 
     if distributed.rank() == 0:
@@ -78,8 +79,9 @@ def stopped(out_dir: Path, planned: int) -> NoReturn:
         with contextlib.suppress(Exception):  # the report of a partial sweep is a nicety
             report.write_report(out_dir, table=table)
         saved = sum(status == "ok" for status in table.column("status").to_pylist())
-        print(f"sweeper: interrupted: {saved} of {planned} images saved in {out_dir}; run the same command to finish", file=sys.stderr, flush=True)
-    raise SystemExit(130)
+        how = "interrupted" if stops.name() == "Ctrl-C" else f"stopped by {stops.name()}"
+        print(f"sweeper: {how}: {saved} of {planned} images saved in {out_dir}; run the same command to finish", file=sys.stderr, flush=True)
+    raise SystemExit(stops.exit_code())
 
 
 def exit_if_failed(out_dir: Path, table=None) -> None:
@@ -100,7 +102,8 @@ def main() -> None:
     asked = os.environ.get("HYDRA_FULL_ERROR")
     os.environ["HYDRA_FULL_ERROR"] = "1"  # let errors reach us instead of Hydra's printer
     try:
-        _run(show_traceback=asked == "1")
+        with stops.as_ctrl_c():
+            _run(show_traceback=asked == "1")
     finally:
         if asked is None:
             del os.environ["HYDRA_FULL_ERROR"]
@@ -128,7 +131,7 @@ def _run(show_traceback: bool) -> None:
     except Interrupted as stop:
         stopped(stop.out_dir, stop.planned)
     except KeyboardInterrupt:
-        fail("interrupted; what was stored is kept, and the same command goes on from there", code=130)
+        fail("interrupted; what was stored is kept, and the same command goes on from there", code=stops.exit_code())
     except MissingConfigException as error:
         if show_traceback:
             raise

@@ -15,7 +15,7 @@ from sweeper.tiny import TINY_MODELS
 
 def offline_hint(key: str) -> str:
     tiny = "refiner=tiny" if key.startswith("refiner") else "model=tiny"
-    return f"download it first (huggingface-cli download), or use {tiny} to try sweeper offline"
+    return f"download it first (hf download), or use {tiny} to try sweeper offline"
 _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from sweeper import devices, distributed, manifest, run, schedule
+from sweeper import devices, distributed, manifest, run, schedule, stops
 from sweeper.errors import DeviceFailed, Interrupted, PlanError, RankLost
 from sweeper.runtime import Runtime
 from sweeper.store import image_path
@@ -95,15 +95,16 @@ def _spawn(prepared: run.Prepared, out_dir: Path, processes: int) -> run.Summary
     to stop after its batch in flight; a second one ends them at once.
     """
     context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    done = context.Value("i", 0)
-    results = context.Queue()
-    stop = context.Event()
-    workers = [
-        context.Process(target=_worker, args=(prepared, out_dir, rank, processes, done, results, stop), name=f"sweeper-rank-{rank}")
-        for rank in range(processes)
-    ]
-    for worker in workers:
-        worker.start()
+    with stops.held():  # the workers (and multiprocessing's resource tracker) are told to stop, not signalled
+        done = context.Value("i", 0)
+        results = context.Queue()
+        stop = context.Event()
+        workers = [
+            context.Process(target=_worker, args=(prepared, out_dir, rank, processes, done, results, stop), name=f"sweeper-rank-{rank}")
+            for rank in range(processes)
+        ]
+        for worker in workers:
+            worker.start()
     summary = run.Summary()
     with run.progress_bar(len(prepared.todo)) as bar, _stop_workers(bar, stop, workers):
         while any(worker.is_alive() for worker in workers) or not results.empty():
@@ -132,7 +133,7 @@ def _stop_workers(progress: run.Progress, stop, workers: list) -> Iterator[None]
 
     def second(signum: int, frame: Any) -> None:
         for worker in workers:
-            worker.terminate()
+            worker.kill()  # they ignore SIGTERM (a terminal or `timeout` signals the whole group)
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGINT, first)
@@ -145,7 +146,7 @@ def _stop_workers(progress: run.Progress, stop, workers: list) -> Iterator[None]
 def _worker(prepared: run.Prepared, out_dir: Path, rank: int, world_size: int, done, results, stop) -> None:
     import torch
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent says when to stop (`stop`), after the batch in flight
+    stops.ignore()  # the parent says when to stop (`stop`), after the batch in flight
     if prepared.todo[0].device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))  # share the cores, don't fight
     try:

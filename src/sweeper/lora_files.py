@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import math
 import os
 import threading
@@ -24,8 +25,11 @@ MAX_HEADER_BYTES = 100_000_000  # what the safetensors library itself reads of a
 DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
 
 
-def loras(c: Mapping[str, Any]) -> dict[str, tuple | None]:
-    """The spec fields of `lora` and `lora_scale`: paths (or hub ids), weights, content hashes."""
+def loras(c: Mapping[str, Any], model_width: int | None = None, model: str = "") -> dict[str, tuple | None]:
+    """The spec fields of `lora` and `lora_scale`: paths (or hub ids), weights, content hashes.
+
+    An adapter whose cross-attention takes text embeddings of another width than the
+    model's (`model_width`, if known: model_text_width) is refused: made for another family."""
     value, scale = c.get("lora"), c.get("lora_scale", 1.0)
     if value is None or value == []:
         if isinstance(scale, (list, tuple)) and scale:
@@ -35,6 +39,13 @@ def loras(c: Mapping[str, Any]) -> dict[str, tuple | None]:
     if not isinstance(entries, (list, tuple)) or not all(isinstance(entry, str) and entry for entry in entries):
         raise invalid("lora", value, f"must be null, a LoRA file ({SUFFIX}), a folder or hub id holding one, or a list of them")
     found = [(entry, weights_file(entry)) for entry in entries]
+    for entry, path in found:
+        width = text_width(path)
+        if model_width and width and width != model_width:
+            raise invalid(
+                "lora", entry, f"made for another model family: its cross-attention takes {_width_name(width)} text embeddings, "
+                f"{model} takes {_width_name(model_width)}; use a LoRA made for {model}",
+            )
     try:
         shas = tuple(file_hashes(path)[0] for _, path in found)
     except ValueError as error:
@@ -96,7 +107,7 @@ def _hub_snapshot(value: str) -> Path:
         return Path(snapshot_download(value, allow_patterns=[f"*{SUFFIX}"]))
     except Exception as error:  # offline, no such repo: either way it cannot be had
         raise PlanError(f"invalid lora={value!r}: not in the local Hugging Face cache and not downloadable "
-                        f"({one_line(error)[:120]}); download it first (huggingface-cli download)") from None
+                        f"({one_line(error)[:120]}); download it first (hf download)") from None
 
 
 _HASHES: dict[tuple, tuple[str, str]] = {}
@@ -126,6 +137,73 @@ def file_hashes(path: Path) -> tuple[str, str]:
                     data.update(block)
             _HASHES[key] = (whole.hexdigest()[:20], data.hexdigest()[:12])
         return _HASHES[key]
+
+
+# The text-embedding widths of the families people make LoRAs for.
+_FAMILY_WIDTHS = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+_MAX_HEADER = 100_000_000  # safetensors' own bound on a header
+_DOWN = ("lora_A.", "lora_down.", "lora.down.")  # peft/diffusers, kohya, diffusers' older format
+
+
+def _width_name(width: int) -> str:
+    family = _FAMILY_WIDTHS.get(width)
+    return f"{width}-wide ({family})" if family else f"{width}-wide"
+
+
+@functools.lru_cache(maxsize=64)
+def _header_width(path: str, size: int, mtime_ns: int) -> int | None:
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        length = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if not 0 < length <= min(_MAX_HEADER, size - 8):
+            return None
+        try:
+            header = json.loads(handle.read(length))
+        except (ValueError, RecursionError):  # a crafted header: no width to compare, hashing refuses it if it must
+            return None
+    widths = set()
+    for key, info in header.items() if isinstance(header, dict) else ():
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if "attn2" in key and "to_k" in key and any(mark in key for mark in _DOWN) and isinstance(shape, list) and len(shape) == 2:
+            widths.add(shape[1])
+    return widths.pop() if len(widths) == 1 and isinstance(next(iter(widths)), int) else None
+
+
+def text_width(path: Path) -> int | None:
+    """The width of the text embeddings a LoRA's cross-attention takes (the input of its `attn2.to_k`
+    down weight), read from the safetensors header: 768 for SD 1.x, 2048 for SDXL; None if it has none."""
+    info = os.stat(path)
+    return _header_width(str(path), info.st_size, info.st_mtime_ns)
+
+
+def model_text_width(model: Mapping[str, Any]) -> int | None:
+    """The width of the text embeddings the model's UNet attends to, from its UNet config where one is
+    on this machine (a tiny model, a local diffusers dir, a cached hub model, a single file's `config`)."""
+    from sweeper.tiny import TEXT_WIDTHS
+
+    model_id, config = str(model.get("id") or ""), model.get("config")
+    if model_id in TEXT_WIDTHS:
+        return TEXT_WIDTHS[model_id]
+    source = str(config) if config else model_id
+    folder = Path(source).expanduser()
+    if folder.is_dir():
+        unet_config = folder / "unet" / "config.json"
+    else:
+        from sweeper.hub import is_hub_or_tiny
+
+        if not is_hub_or_tiny(source):
+            return None
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "unet/config.json", revision=None if config else model.get("revision"))
+        if not isinstance(cached, str):
+            return None
+        unet_config = Path(cached)
+    try:
+        width = json.loads(unet_config.read_text(encoding="utf-8")).get("cross_attention_dim")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return width if isinstance(width, int) and not isinstance(width, bool) else None
 
 
 def a1111_name(value: str) -> str:

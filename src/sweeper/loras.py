@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import textwrap
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -73,7 +74,7 @@ def _load(pipe: Any, value: str, sha: str, family: str) -> None:
 
 def _mismatch(value: str, family: str, reason: str) -> str:
     """One line naming the file: its keys or shapes do not fit this model."""
-    reason = " ".join(reason.split())[:200]
+    reason = textwrap.shorten(reason, 200, placeholder=" ...")  # whole words
     return f"lora={Path(value).name}: its weights do not fit the {family} model (a LoRA made for another model family?): {reason}"
 
 

@@ -55,19 +55,22 @@ class _SpecMaker:
         return [ImageSpec.hashed({**values, "seed": seed}, seeded_id(row, seed)) for seed in seeds]
 
 
-def plan(jobs: Sequence[Job], auto_device: str = "cpu", seed_nonce: int = 0) -> list[ImageSpec]:
+def plan(jobs: Sequence[Job], auto_device: str = "cpu", seed_nonce: int = 0, random_nonce: int | None = None) -> list[ImageSpec]:
     """Plan every job; an image asked for twice is planned once (first wins).
 
     `auto_device` is what `device: auto` means on this machine (see devices.py).
     `seed_nonce` is drawn once per sweep: seeds of -1 are derived from it, so
-    planning twice (or on every rank) gives the same random seeds.
+    planning twice (or on every rank) gives the same random seeds. `seed=random:N`
+    draws from `random_nonce` (the sweep dir's; `seed_nonce` if None).
     """
     specs: dict[str, ImageSpec] = {}
     asked = 0
     firsts = []
     settings = _Settings()
     for job in jobs:
-        job_specs = plan_job(job, auto_device, seed_nonce, budget=validate.max_images(job.config) - asked, settings=settings)
+        job_specs = plan_job(
+            job, auto_device, seed_nonce, budget=validate.max_images(job.config) - asked, settings=settings, random_nonce=random_nonce,
+        )
         asked += len(job_specs)
         firsts.append(job_specs[0])
         for spec in job_specs:
@@ -92,7 +95,10 @@ def _check_one_execution(specs: Iterable[ImageSpec]) -> None:
                 )
 
 
-def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: int | None = None, settings: _Settings | None = None) -> list[ImageSpec]:
+def plan_job(
+    job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: int | None = None, settings: _Settings | None = None,
+    random_nonce: int | None = None,
+) -> list[ImageSpec]:
     """The job's images: prompts x init images x seeds. More than `budget` is refused (max_images).
 
     `settings` carries what earlier jobs of the sweep planned: a job that differs
@@ -117,7 +123,7 @@ def plan_job(job: Job, auto_device: str = "cpu", seed_nonce: int = 0, budget: in
         maker, inits, cfg = settings.get(c, row.params, checked)
         # Every job draws the same random seeds for -1 (by position), so a `guidance=3,5,7
         # seed=-1` sweep compares guidance on one seed, as A1111's X/Y plot does.
-        seeds = validate.seeds(rc, str(seed_nonce))
+        seeds = validate.seeds(rc, str(seed_nonce), None if random_nonce is None else str(random_nonce))
         if budget is not None and len(specs) + len(inits) * len(seeds) > budget:
             limit = validate.max_images(c)
             raise invalid("max_images", limit, f"the sweep asks for more than {limit} images; raise max_images to render them all")
@@ -188,7 +194,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     if fuse_qkv and attention == "eager":
         # diffusers' fused projections come with its SDPA processor only: eager would be replaced silently.
         raise invalid("fuse_qkv", fuse_qkv, "fused Q/K/V projections run through torch's SDPA; not with attention=eager")
-    adapters = lora_files.loras(c)
+    adapters = lora_files.loras(c, lora_files.model_text_width(model) if c.get("lora") else None, f"model={model['name']}")
     if fuse_qkv and adapters["lora"]:  # the fused projection would bypass the adapters on to_q, to_k, to_v
         raise invalid("fuse_qkv", fuse_qkv, "LoRA adapters act on the separate Q/K/V projections; not with lora")
     return ImageSpec(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from sweeper import stops
 from sweeper.errors import PlanError
 
 
@@ -47,7 +48,7 @@ def check(conf: Mapping[str, Any]) -> None:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise PlanError(f"invalid hydra.launcher.max_retries={retries!r}: must be an integer >= 0")
     if importlib.util.find_spec("ray") is None:
-        raise PlanError("hydra/launcher=ray_actors needs ray: pip install 'sweeper[ray]'")
+        raise PlanError("hydra/launcher=ray_actors needs ray: pip install ray")
 
 
 def _running() -> bool:
@@ -70,6 +71,7 @@ def connect(conf: Mapping[str, Any]) -> bool:
         )
     except ConnectionError as error:
         raise PlanError(f"cannot join Ray at hydra.launcher.address={conf.get('address')}: {' '.join(str(error).split())}") from None
+    stops.reclaim()  # ray.init makes SIGTERM exit the driver at once; it stops after the batches in flight
     return True
 
 
@@ -139,6 +141,19 @@ def pool(conf: Mapping[str, Any], device: str, batches: int, have: Resources, mu
     return Pool(workers, gpus, cpus)
 
 
+def check_plan(prepared: Any, conf: Mapping[str, Any]) -> Pool | None:
+    """Refuse (PlanError), before Ray starts or anything is written, a plan the actors cannot render;
+    the pool of a local Ray that this command starts (None: a running Ray or a cluster says later)."""
+    from sweeper import schedule
+
+    if any(spec.gpu is not None for spec in prepared.todo):
+        raise PlanError("device=cuda:N pins one GPU, but Ray gives each actor GPUs of its own; use device=cuda")
+    if not prepared.todo or conf.get("address") is not None or _running():
+        return None
+    batches = len(schedule.make_batches(prepared.todo))
+    return pool(conf, prepared.todo[0].device, batches, local_resources(), must_fit=True)
+
+
 class Renderer:
     """One actor: pipelines loaded once in its runtime, batches rendered and encoded as PNG bytes and rows."""
 
@@ -202,10 +217,7 @@ def render(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> list[tupl
     if not batches:
         return []
     device = prepared.todo[0].device
-    if any(spec.gpu is not None for spec in prepared.todo):
-        raise PlanError("device=cuda:N pins one GPU, but Ray gives each actor GPUs of its own; use device=cuda")
-    local = conf.get("address") is None and not _running()
-    size = pool(conf, device, len(batches), local_resources(), must_fit=True) if local else None  # before Ray starts
+    size = check_plan(prepared, conf)
     import ray
 
     started = connect(conf)

@@ -41,6 +41,7 @@ class Prepared:
     specs: list[ImageSpec]
     todo: list[ImageSpec]
     dry_run: bool
+    random_nonce: int = 0  # what seed=random:N drew from; kept in the plan file for the next command
 
     @property
     def done(self) -> int:
@@ -49,7 +50,7 @@ class Prepared:
     def only(self, todo_ids: Sequence[str]) -> Prepared:
         """The same plan with another view of what is still to do (rank 0's, under several ranks)."""
         keep = set(todo_ids)
-        return Prepared(self.jobs, self.specs, [spec for spec in self.specs if spec.image_id in keep], self.dry_run)
+        return Prepared(self.jobs, self.specs, [spec for spec in self.specs if spec.image_id in keep], self.dry_run, self.random_nonce)
 
 
 @dataclass
@@ -72,7 +73,10 @@ def prepare(
     """
     _check_writable(Path(out_dir))
     check_sweep_dir(Path(out_dir))
-    specs = plan(jobs, auto_device or devices.auto_device(), (runtime or this_process()).seed_nonce)
+    seed_nonce = (runtime or this_process()).seed_nonce
+    random_nonce = recorded_nonce(Path(out_dir))
+    random_nonce = seed_nonce if random_nonce is None else random_nonce
+    specs = plan(jobs, auto_device or devices.auto_device(), seed_nonce, random_nonce)
     if devices_here:
         check_devices(specs, processes, processes_per_gpu)
     to_check = set()
@@ -91,7 +95,7 @@ def prepare(
         done = manifest.done_ids(out_dir)
     todo = [spec for spec in specs if spec.image_id not in done]
     dry_run = any(bool(job.config.get("dry_run")) for job in jobs)
-    return Prepared(jobs=len(jobs), specs=specs, todo=todo, dry_run=dry_run)
+    return Prepared(jobs=len(jobs), specs=specs, todo=todo, dry_run=dry_run, random_nonce=random_nonce)
 
 
 def check_devices(specs: Sequence[ImageSpec], processes: int = 1, processes_per_gpu: int = 1) -> None:
@@ -132,9 +136,30 @@ def write_plan(prepared: Prepared, out_dir: Path) -> None:
     from sweeper.files import write_atomic
 
     rows = [dict(spec.to_dict(), image_id=spec.image_id) for spec in prepared.specs]
+    table = pa.Table.from_pylist(rows)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), _NONCE_KEY: str(prepared.random_nonce).encode()})
     buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    pq.write_table(table, buffer)
     write_atomic(Path(out_dir) / PLAN_FILE, buffer.getvalue())
+
+
+_NONCE_KEY = b"sweeper.random_nonce"
+
+
+def recorded_nonce(out_dir: Path) -> int | None:
+    """The nonce the sweep dir's seed=random:N seeds were drawn from (in its plan file), so the same
+    command draws the same seeds again and resumes; None in a dir without one."""
+    path = out_dir / PLAN_FILE
+    if not path.is_file() or path.is_symlink():
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        value = (pq.read_schema(path).metadata or {}).get(_NONCE_KEY, b"")
+    except (OSError, ValueError) as error:  # pyarrow's errors are both
+        print(f"sweeper: warning: cannot read {path} ({error}): seed=random:N draws new seeds", file=sys.stderr, flush=True)
+        return None
+    return int(value) % 2**32 if value.isdigit() and len(value) <= 20 else None
 
 
 def _check_writable(out_dir: Path) -> None:

@@ -75,7 +75,7 @@ def check(conf: Mapping[str, Any]) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
             raise PlanError(f"invalid hydra.launcher.{key}={value!r}: must be null or an integer >= 0")
     if importlib.util.find_spec("submitit") is None:
-        raise PlanError("hydra/launcher=slurm needs submitit: pip install 'sweeper[slurm]'")
+        raise PlanError("hydra/launcher=slurm needs submitit: pip install submitit")
     if conf["cluster"] == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
         raise PlanError("hydra/launcher=slurm: no sbatch/srun here; run it on a SLURM login node, or try it on this machine with hydra.launcher.cluster=local")
 

@@ -20,6 +20,9 @@ from pathlib import Path
 # for new ones.
 RECIPE_VERSION = "v2"  # v2: text_encoder_2 wider than text_encoder (as in SDXL); tiny-sd has a safety checker
 TINY_MODELS = ("tiny-sdxl", "tiny-sdxl-refiner", "tiny-sd")
+# Each UNet's cross_attention_dim (the width of the text embeddings it attends to): planning
+# refuses a LoRA made for another width without building the model.
+TEXT_WIDTHS = {"tiny-sdxl": 32 + 48, "tiny-sdxl-refiner": 48, "tiny-sd": 32}
 _SEED = 0
 
 
@@ -175,7 +178,7 @@ def _sdxl_base():
         text_encoder_2=_text_encoder(True, vocab_size, tokenizer),
         tokenizer=tokenizer,
         tokenizer_2=tokenizer,
-        unet=_unet(cross_attention_dim=32 + 48, time_ids_dim=80),
+        unet=_unet(cross_attention_dim=TEXT_WIDTHS["tiny-sdxl"], time_ids_dim=80),
         scheduler=_scheduler(),
     )
 
@@ -192,7 +195,7 @@ def _sdxl_refiner():
         text_encoder_2=base.text_encoder_2,
         tokenizer=None,
         tokenizer_2=base.tokenizer_2,
-        unet=_unet(cross_attention_dim=48, time_ids_dim=72),
+        unet=_unet(cross_attention_dim=TEXT_WIDTHS["tiny-sdxl-refiner"], time_ids_dim=72),
         scheduler=_scheduler(),
         requires_aesthetics_score=True,
         force_zeros_for_empty_prompt=False,
@@ -208,7 +211,7 @@ def _sd15():
         vae=_vae(),
         text_encoder=_text_encoder(False, vocab_size, tokenizer),
         tokenizer=tokenizer,
-        unet=_unet(cross_attention_dim=32, time_ids_dim=None),
+        unet=_unet(cross_attention_dim=TEXT_WIDTHS["tiny-sd"], time_ids_dim=None),
         scheduler=_scheduler(),
         safety_checker=_safety_checker(),
         feature_extractor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),

@@ -316,20 +316,33 @@ def per_prompt(c: Mapping[str, Any], key: str, count: int) -> list[str | None]:
     raise invalid(key, value, f"must be null, a string, or a list of {count} strings (one per prompt)")
 
 
-def seeds(c: Mapping[str, Any], random_key: str) -> list[int]:
+RANDOM_SEEDS = re.compile(r"random:([0-9]{1,9})")  # seed=random:8: eight seeds drawn once for the sweep dir
+
+
+def seeds(c: Mapping[str, Any], random_key: str, sweep_key: str | None = None) -> list[int]:
+    """The job's seeds. -1 draws from `random_key` (this command's); `random:N` draws N from
+    `sweep_key` (kept in the sweep dir), so the same command draws the same seeds again."""
     value = c.get("seed")
+    if isinstance(value, str):
+        match = RANDOM_SEEDS.fullmatch(value)
+        limit = max_images(c)
+        if not match or not 1 <= int(match[1]) <= limit:
+            raise invalid("seed", value, f"random:N draws N seeds (1 .. max_images={limit}) once for the sweep dir; or an integer, a list, or -1")
+        return [_drawn(f"{random_key if sweep_key is None else sweep_key}:random", position) for position in range(int(match[1]))]
     seeds = value if isinstance(value, (list, tuple)) else [value]
     if not seeds:
         raise invalid("seed", value, "needs at least one seed")
     planned = []
     for position, seed in enumerate(seeds):
         if not is_int(seed) or not -1 <= seed < SEED_LIMIT:
-            raise invalid("seed", value, f"must be an integer 0 .. {SEED_LIMIT - 1}, a list of them, or -1 for a random seed")
-        if seed == -1:
-            digest = hashlib.sha256(f"{random_key}:{position}".encode()).digest()
-            seed = int.from_bytes(digest[:8], "big") % RANDOM_SEED_LIMIT
-        planned.append(seed)
+            raise invalid("seed", value, f"must be an integer 0 .. {SEED_LIMIT - 1}, a list of them, -1 for a random seed, or random:N")
+        planned.append(_drawn(random_key, position) if seed == -1 else seed)
     return planned
+
+
+def _drawn(key: str, position: int) -> int:
+    digest = hashlib.sha256(f"{key}:{position}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % RANDOM_SEED_LIMIT
 
 
 def is_int(value: Any) -> bool:

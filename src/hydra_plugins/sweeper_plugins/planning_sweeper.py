@@ -165,6 +165,8 @@ class PlanningSweeper(BasicSweeper):
             prepared = run.prepare(jobs, sweep_dir, **launcher.prepare_options())
         else:
             prepared = run.prepare(jobs, sweep_dir)
+        if hasattr(launcher, "check_plan"):
+            launcher.check_plan(prepared)  # what its workers cannot render, before anything is written
         ours = hasattr(launcher, "planned")
         if distributed.launched():
             distributed.agree_on_plan(prepared.specs)

@@ -32,6 +32,12 @@ class RayActorsLauncher(WorkersLauncher):
         self.joined = self.joined or ray_actors.connect(self.settings)  # asked when planning, and again to launch
         return {"auto_device": ray_actors.cluster_device(self.settings), "devices_here": False}
 
+    def check_plan(self, prepared: Any) -> None:
+        """Refuse a pool that cannot render the plan, before anything is written or Ray starts."""
+        from sweeper import ray_actors
+
+        ray_actors.check_plan(prepared, self.settings)
+
     def render_elsewhere(self, prepared: Any, sweep_dir: Any) -> list[tuple[str, str]]:
         """Render the plan with the actors; (image_id, error) of the images that failed."""
         from sweeper import ray_actors

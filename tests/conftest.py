@@ -171,6 +171,8 @@ WARM_CLI = r"""
 import gc, importlib, json, os, pkgutil, sys, tempfile, threading, time, traceback
 channel = os.fdopen(int(sys.argv[1]), "w")
 import torch
+import tqdm
+tqdm.tqdm.monitor_interval = 0  # tqdm's monitor thread never ends by itself (a process's end stops it): none here
 import hydra_plugins.sweeper_plugins
 import sweeper
 from sweeper import pipelines, report, runtime

@@ -32,7 +32,7 @@ from sweeper.errors import PlanError
 from sweeper.plan import Job, plan
 
 ACTORS = ["hydra/launcher=ray_actors", "hydra.launcher.workers=2", "hydra.launcher.cpus_per_worker=1"]
-# The test cluster asks for no token (Ray's default since 2.50 would want it handed to every driver).
+# The test cluster asks for no token (Ray's default token auth would have to be handed to every driver).
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
 
@@ -79,7 +79,7 @@ def raylet_of(folder: Path) -> int:
 def cluster(tiny_models):
     """A head and a second node (`ray start --address`, its own temp dir and resources), 1 CPU each; this process
     joins the head, and the sweeps below use its Ray (a Ray already running in the process): 2 actors, one on each
-    node. The test that kills the second node runs last of those that use it."""
+    node. The test that kills the second node runs after all that need it."""
     base = Path(tempfile.mkdtemp(prefix="sweeper-ray-test-"))  # short: Ray's socket paths must fit in 107 bytes
     saved = {key: os.environ.get(key) for key in RAY_ENV}
     os.environ.update(RAY_ENV)  # this process's driver, and the commands it starts
@@ -245,8 +245,8 @@ def test_a_batch_that_kills_every_actor_it_meets_becomes_error_rows(tmp_path, cl
 
 def test_a_node_lost_mid_sweep_loses_nothing_and_the_pool_spans_both_nodes(tmp_path, cluster, monkeypatch):
     """`workers=2` without cpus_per_worker: the actors share a machine's CPUs (here 1 each), so one lands on
-    each node; the second node's raylet SIGKILLed mid-sweep (the node lost). Kills that node: the last test of
-    the module's cluster."""
+    each node; the second node's raylet SIGKILLed mid-sweep (the node lost). Kills that node: after it, no test
+    needs both."""
     monkeypatch.chdir(tmp_path)
     written = counting_writes(monkeypatch)
     out = tmp_path / "sweep"

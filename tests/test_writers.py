@@ -125,7 +125,8 @@ def test_two_runs_of_one_command_at_once_render_every_image_once(tmp_path, tiny_
     sweep, hook, renders = tmp_path / "twice", tmp_path / "hook", tmp_path / "renders.txt"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(COUNT_RENDERS)
-    env = {"SWEEPER_TEST_RENDERS": str(renders), "PYTHONPATH": os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])}
+    path = [str(hook), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {"SWEEPER_TEST_RENDERS": str(renders), "PYTHONPATH": os.pathsep.join(path)}
     command = ["-m", "model=tiny", "seed=range(0,12)", "steps=1", "batch_size=2", f"hydra.sweep.dir={sweep}"]
     runs = [start(command, tmp_path, env), start(command, tmp_path, env)]
     for process in runs:

@@ -159,21 +159,38 @@ INTERPRETERS = max(1, min(2, os.cpu_count() or 1))
 # `python -m sweeper ARGS` case after case in one interpreter that stays up for the session, for tests of
 # what a command does rather than of its process: its imports (~10 s) are paid once instead of per
 # command. Each case still loads its models (no pipeline, seed nonce or cached lookup is left from an
-# earlier case) and gets its own cwd, the environment run_cli would give it (its PYTHONPATH on sys.path,
-# OMP_NUM_THREADS as torch's thread count), fresh fault counters and warning registries, and files of
-# its own on descriptors 1 and 2, so it answers with what a subprocess's pipes would have caught,
-# loggers and C code included. The real entry point's own behaviour (its exit, signals, kill -9, several
-# processes, launchers) stays with run_cli, and so do commands that stop mid-render (a full disk): the
-# claims they leave are freed by the end of their process, and the warm one lives on.
+# earlier case: sweeper's module-level caches are emptied) and gets its own cwd, the environment run_cli
+# would give it (its PYTHONPATH on sys.path, OMP_NUM_THREADS as torch's thread count), fresh fault
+# counters and warning registries, and files of its own on descriptors 1 and 2, so it answers with what a
+# subprocess's pipes would have caught, loggers and C code included. A case must leave no thread running
+# (a process's end would stop it; here it would run on into the next case): one that does fails, and the
+# next case gets a fresh interpreter. The real entry point's own behaviour (its exit, signals, kill -9,
+# several processes, launchers) stays with run_cli, and so do commands that stop mid-render (a full disk):
+# the claims they leave are freed by the end of their process, and the warm one lives on.
 WARM_CLI = r"""
-import gc, json, os, sys, tempfile, traceback
+import gc, importlib, json, os, pkgutil, sys, tempfile, threading, time, traceback
 channel = os.fdopen(int(sys.argv[1]), "w")
 import torch
-from sweeper import faults, pipelines, report, runtime
+import tqdm
+tqdm.tqdm.monitor_interval = 0  # tqdm's monitor thread never ends by itself (a process's end stops it): none here
+import hydra_plugins.sweeper_plugins
+import sweeper
+from sweeper import pipelines, report, runtime
 from sweeper.app import main
 ENTRY = {"sweeper": main, "sweeper.report": lambda: sys.exit(report.main())}
+OURS = ("sweeper", "hydra_plugins.sweeper_plugins")
+for package in (sweeper, hydra_plugins.sweeper_plugins):  # all of them now: a module first imported by a case is seen empty too
+    for found in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+        if not found.name.endswith(".__main__"):
+            importlib.import_module(found.name)
+# Module-level containers empty at import are caches (template expansions, LoRA hashes, fault counters).
+CACHES = [
+    value for name, module in list(sys.modules.items()) if name.startswith(OURS)
+    for key, value in vars(module).items() if not key.startswith("__") and isinstance(value, (dict, list, set)) and not value
+]
 base_pythonpath, base_path = os.environ.get("PYTHONPATH", "").split(os.pathsep), list(sys.path)
 base_threads, base_cwd = torch.get_num_threads(), os.getcwd()
+threads_before = set(threading.enumerate())
 channel.write("ready\n")
 channel.flush()
 for line in sys.stdin:
@@ -183,7 +200,8 @@ for line in sys.stdin:
     extra = [path for path in os.environ.get("PYTHONPATH", "").split(os.pathsep) if path and path not in base_pythonpath]
     sys.path[:] = extra + base_path
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", base_threads)))
-    faults._events.clear()
+    for cache in CACHES:
+        cache.clear()
     runtime._this_process = None  # no pipeline, seed nonce or cached lookup of an earlier case
     for name, module in list(sys.modules.items()):
         if name.partition(".")[0] in ("sweeper", "hydra_plugins"):
@@ -219,11 +237,15 @@ for line in sys.stdin:
     for name, module in list(sys.modules.items()):  # what the case's PYTHONPATH brought in (a user's callback)
         if extra and str(getattr(module, "__file__", None) or "").startswith(tuple(extra)):
             del sys.modules[name]
+    deadline, left = time.monotonic() + 5, set(threading.enumerate()) - threads_before
+    for thread in left:  # a writer or pool the case shut down may take a moment to end
+        thread.join(max(0.0, deadline - time.monotonic()))
     answer = [code]
     for file in (out, err):
         file.seek(0)
         answer.append(file.read().decode("utf-8", "replace"))
         file.close()
+    answer.append(sorted(thread.name for thread in left if thread.is_alive()))
     channel.write(json.dumps(answer) + "\n")
     channel.flush()
 os._exit(0)  # as python -m sweeper ends: without the ~2 s teardown of torch
@@ -260,7 +282,10 @@ class WarmCLI:
         case_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}  # as run_cli gives it, whatever the worker started with
         self.process.stdin.write(json.dumps({"args": list(args), "cwd": str(cwd), "module": module, "env": case_env}) + "\n")
         self.process.stdin.flush()
-        code, stdout, stderr = json.loads(self._answer(timeout, [module, *args]))
+        code, stdout, stderr, threads = json.loads(self._answer(timeout, [module, *args]))
+        if threads:  # they would run on into the next case: that one gets a fresh interpreter
+            self.close(kill=True)
+            raise AssertionError(f"{module} {' '.join(args)} left threads running: {', '.join(threads)}\n{stderr[-3000:]}")
         return subprocess.CompletedProcess([module, *args], code, stdout, stderr)
 
     def _answer(self, timeout: int, what) -> bytes:

@@ -185,3 +185,21 @@ def test_stale_temp_files_of_a_killed_write_are_removed_but_never_a_live_writers
     keep.write_bytes(b"whole")
     writers.remove_stale_temps(tmp_path)
     assert not stale.exists() and live.exists() and keep.exists()
+
+
+def test_a_report_that_cannot_be_built_fails_the_command_in_one_line_and_keeps_the_images(tmp_path, warm_cli):
+    """Every run ends with report.html (README): a run whose report cannot be built says so in its exit status."""
+    sweep = tmp_path / "sweep"
+    (sweep / "report.html").mkdir(parents=True)  # in the report's way
+    result = warm_cli.run("-m", "model=tiny", "seed=0,1", "steps=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith("sweeper: error: no report: ") and "Traceback" not in result.stderr, result.stderr
+    assert lines[-1].endswith(f"the images and manifest.parquet are kept in {sweep}; python -m sweeper.report {sweep} builds it")
+    df = pd.read_parquet(sweep / "manifest.parquet")
+    assert len(df) == 2 and set(df.status) == {"ok"} and all((sweep / path).is_file() for path in df.path)
+    # Failed images too: one line says both.
+    result = warm_cli.run("-m", "model=tiny", "seed=0,1,2", "steps=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env={"SWEEPER_FAULT": "render:seed=2"})
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("sweeper: error: 1 image(s) failed (first: ") and "; and no report: " in last, result.stderr

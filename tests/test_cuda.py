@@ -55,13 +55,12 @@ def pixels(out_dir, df: pd.DataFrame) -> np.ndarray:
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_tiny_renders_in_half_precision_match_float32(tmp_path, fresh, dtype):
     half = render(tmp_path / dtype, dtype=dtype, seed=[0, 1, 2, 3])
+    (base,) = this_process().pipes()  # the pipeline that rendered them, as it is after its decode
+    assert {p.dtype for p in base.unet.parameters()} == {pipelines.TORCH_DTYPES[dtype]}
+    assert {p.dtype for p in base.vae.parameters()} == {pipelines.TORCH_DTYPES[dtype]}, "the VAE stayed upcast after the decode"
     full = render(tmp_path / "float32", dtype="float32", seed=[0, 1, 2, 3])
     assert set(half.status) == {"ok"} and set(half.dtype) == {dtype}
     assert set(half.device) == ({"cuda:0"} if ON_GPU else {"cpu"})
-    (spec,) = run.prepare([Job(0, plan_config(device=DEVICE, dtype=dtype, width=64, height=64))], tmp_path / "x").todo
-    base = pipelines.base_pipeline(this_process(), spec, half.device.iloc[0])
-    assert {p.dtype for p in base.unet.parameters()} == {pipelines.TORCH_DTYPES[dtype]}
-    assert base.vae.dtype == pipelines.TORCH_DTYPES[dtype], "the VAE stayed upcast after the decode"
     # The same pictures: random weights amplify rounding, so compare means, not pixels.
     assert np.abs(pixels(tmp_path / dtype, half) - pixels(tmp_path / "float32", full)).mean() < 12
 

@@ -90,3 +90,13 @@ def test_the_invisible_watermark_is_on_only_when_asked(tmp_path, tiny_models):
     levels = np.abs(np.round(plain * 255) - np.round(marked * 255))
     assert 0 < levels.mean() < 10  # marked, and still the same picture
     assert marked_spec.watermark and marked_spec.image_id != plan([job(0, **size)])[0].image_id
+
+
+def test_each_negative_size_conditioning_reaches_the_pipeline_and_changes_the_pixels(fresh_cache):
+    """SDXL's negative micro-conditioning: with any one negative size set (plan fills the other two), the picture
+    differs from the one without; render dropping the negative_* arguments would give the same picture."""
+    cases = [{}, {"negative_original_size": [512, 512]}, {"negative_crops_coords_top_left": [16, 8]}, {"negative_target_size": [128, 128]}]
+    levels = [np.round(render_batch(Batch(tuple(plan([job(0, **case)]))), "cpu", this_process()).images[0] * 255) for case in cases]
+    plain = levels[0]
+    for case, image in zip(cases[1:], levels[1:]):
+        assert np.abs(image - plain).max() > 0, f"{case} left the pixels as they were"

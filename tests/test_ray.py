@@ -1,6 +1,7 @@
-"""`hydra/launcher=ray_actors` on a local Ray with 2 CPU actors (one Ray start-up for the module):
-pixels as one process renders them, an actor killed mid-sweep, a batch that kills every
-actor it meets, and settings refused before Ray starts."""
+"""`hydra/launcher=ray_actors` on a Ray of two nodes on this machine, 1 CPU each (one Ray start-up for
+the module): pixels as one process renders them, an actor killed mid-sweep, a batch that kills every
+actor it meets, a node lost mid-sweep, a local Ray that never joins the cluster Ray's temp dir names,
+and settings refused before Ray starts."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import dataclasses
 import contextlib
 import io
 import os
+import shutil
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,14 +32,99 @@ from sweeper.errors import PlanError
 from sweeper.plan import Job, plan
 
 ACTORS = ["hydra/launcher=ray_actors", "hydra.launcher.workers=2", "hydra.launcher.cpus_per_worker=1"]
+# The test cluster asks for no token (Ray's default token auth would have to be handed to every driver).
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@dataclasses.dataclass
+class Cluster:
+    address: str  # the head's GCS
+    tmp: Path  # RAY_TMPDIR under which the head lives: Ray's default temp dir `tmp/ray`, as /tmp/ray is by default
+    second: Path  # the second node's temp dir
+
+
+def ray_start(*args: str, log) -> subprocess.Popen:
+    """A Ray node of this machine that lives as long as the process (`ray start --block`, which stops the node when it ends)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--num-cpus=1", "--disable-usage-stats", *args],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **RAY_ENV},
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pids_naming(folder: Path) -> dict[int, list[str]]:
+    """The processes whose command line names `folder` (a Ray node's temp dir): pid -> arguments."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            arguments = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if any(str(folder) in argument for argument in arguments):
+            found[int(entry.name)] = arguments
+    return found
+
+
+def raylet_of(folder: Path) -> int:
+    (pid,) = [pid for pid, arguments in pids_naming(folder).items() if arguments[0].endswith("/raylet")]
+    return pid
+
+
+def children_of(parent: int) -> list[int]:
+    """The processes whose parent is `parent` (a raylet's workers: their command lines no longer name its temp dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text() if entry.name.isdigit() else ""
+        except OSError:
+            continue
+        if stat and int(stat.rpartition(")")[2].split()[1]) == parent:
+            found.append(int(entry.name))
+    return found
 
 
 @pytest.fixture(scope="module")
-def local_ray(tiny_models):
-    """One local Ray for the module, 2 CPUs; the sweeps below join it (a Ray already running in the process)."""
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False, namespace="sweeper")
-    yield ray.get_runtime_context().gcs_address
-    ray.shutdown()
+def cluster(tiny_models):
+    """A head and a second node (`ray start --address`, its own temp dir and resources), 1 CPU each; this process
+    joins the head, and the sweeps below use its Ray (a Ray already running in the process): 2 actors, one on each
+    node. The test that kills the second node runs after all that need it."""
+    base = Path(tempfile.mkdtemp(prefix="sweeper-ray-test-"))  # short: Ray's socket paths must fit in 107 bytes
+    saved = {key: os.environ.get(key) for key in RAY_ENV}
+    os.environ.update(RAY_ENV)  # this process's driver, and the commands it starts
+    nodes = []
+    with open(base / "ray-start.log", "w") as log:
+        try:
+            nodes.append(ray_start("--head", f"--port={free_port()}", "--include-dashboard=false", f"--temp-dir={base / 'ray'}", log=log))
+            deadline, bootstrap = time.monotonic() + 120, base / "ray" / "ray_current_cluster"  # written by `ray start --head`
+            while not bootstrap.exists() and nodes[0].poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            address = bootstrap.read_text().strip()
+            nodes.append(ray_start(f"--address={address}", f"--temp-dir={base / 'second'}", '--resources={"second": 1}', log=log))
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False, namespace="sweeper")
+            while len([node for node in ray.nodes() if node["Alive"]]) < 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert ray.cluster_resources().get("CPU") == 2, (base / "ray-start.log").read_text()[-3000:]
+            yield Cluster(address, base, base / "second")
+        finally:
+            ray.shutdown()
+            for node in nodes:
+                node.terminate()
+            for node in nodes:
+                node.wait(timeout=60)
+            for pid in pids_naming(base):  # none should be left; any that is goes (ours: named by our temp dir)
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            for key, value in saved.items():
+                if value is None:
+                    del os.environ[key]
+                else:
+                    os.environ[key] = value
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def sweep(*args: str) -> tuple[int, str]:
@@ -89,11 +179,11 @@ def pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path)).astype(int)
 
 
-def test_two_actors_render_what_one_process_renders_quietly_and_a_rerun_renders_nothing(tmp_path, local_ray):
+def test_two_actors_render_what_one_process_renders_quietly_and_a_rerun_renders_nothing(tmp_path, cluster):
     """The real `python -m sweeper`, joining the running Ray (address=auto) as on a cluster."""
     out = tmp_path / "sweep"
     args = ["model=tiny", "steps=2", "guidance=3,7", "seed=range(0,4)", *ACTORS, "hydra.launcher.address=auto", f"hydra.sweep.dir={out}"]
-    done = run_cli("-m", *args, cwd=tmp_path, env={"RAY_ADDRESS": local_ray})
+    done = run_cli("-m", *args, cwd=tmp_path, env={"RAY_ADDRESS": cluster.address})
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
     assert all(line.startswith("sweeper:") for line in lines) and done.stdout == "", done.stderr  # no Ray log lines, no dashboard
@@ -124,7 +214,7 @@ def test_two_actors_render_what_one_process_renders_quietly_and_a_rerun_renders_
     assert joins == ["init auto", "shutdown"]  # joined to learn the cluster's device, left with nothing to render
 
 
-def test_an_actor_killed_mid_sweep_loses_nothing_and_renders_nothing_twice(tmp_path, local_ray, monkeypatch):
+def test_an_actor_killed_mid_sweep_loses_nothing_and_renders_nothing_twice(tmp_path, cluster, monkeypatch):
     monkeypatch.chdir(tmp_path)
     written, joins = counting_writes(monkeypatch), lifecycle(monkeypatch)
     out = tmp_path / "sweep"
@@ -152,7 +242,7 @@ def test_an_actor_killed_mid_sweep_loses_nothing_and_renders_nothing_twice(tmp_p
     assert not list((out / writers.CLAIMS_DIR).iterdir())
 
 
-def test_a_batch_that_kills_every_actor_it_meets_becomes_error_rows(tmp_path, local_ray, monkeypatch):
+def test_a_batch_that_kills_every_actor_it_meets_becomes_error_rows(tmp_path, cluster, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("SWEEPER_FAULT", "die:seed=3")  # the actor rendering seed 3 SIGKILLs itself
     out = tmp_path / "sweep"
@@ -164,6 +254,83 @@ def test_a_batch_that_kills_every_actor_it_meets_becomes_error_rows(tmp_path, lo
     assert not (out / df.loc[3, "path"]).exists()
     assert "sweeper: error: 1 image(s) failed (first: not rendered: its Ray actor died 2 times" in stderr
     assert not list((out / writers.CLAIMS_DIR).iterdir())
+
+
+def test_a_node_lost_mid_sweep_loses_nothing_and_the_pool_spans_both_nodes(tmp_path, cluster, monkeypatch):
+    """`workers=2` without cpus_per_worker: the actors share a machine's CPUs (here 1 each), so one lands on
+    each node; the second node's raylet and its workers SIGKILLed mid-sweep (the node lost). Kills that node:
+    after it, no test needs both."""
+    monkeypatch.chdir(tmp_path)
+    written = counting_writes(monkeypatch)
+    out = tmp_path / "sweep"
+    seen = {}
+
+    def kill_the_second_node_once_images_land() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list((out / "images").glob("*.png")):
+            time.sleep(0.02)
+        actors = [actor for actor in ray._private.state.actors().values() if actor["Name"].startswith("sweeper-") and actor["State"] == "ALIVE"]
+        seen.update(nodes={actor["Address"]["NodeID"] for actor in actors}, landed=len(list((out / "images").glob("*.png"))))
+        raylet = raylet_of(cluster.second)
+        workers = children_of(raylet)
+        os.kill(raylet, signal.SIGKILL)
+        for worker in workers:  # with it, as a machine going down takes them (alone, they notice within seconds)
+            os.kill(worker, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_second_node_once_images_land)
+    killer.start()
+    code, stderr = sweep("model=tiny", "steps=2", "batch_size=1", "seed=range(0,8)", "hydra/launcher=ray_actors", "hydra.launcher.workers=2",
+                         "hydra.launcher.address=auto", f"hydra.sweep.dir={out}")
+    killer.join()
+    assert code == 0, stderr
+    assert seen["nodes"] == {node["NodeID"] for node in ray.nodes()}, seen  # one actor on each node
+    assert seen["landed"] < 8 and "died; its batch goes to the next free actor" in stderr, (seen, stderr)
+    df = pd.read_parquet(out / manifest.MANIFEST)
+    assert sorted(df.seed) == list(range(8)) and set(df.status) == {"ok"}
+    assert written == collections.Counter(df.image_id) and set(written.values()) == {1}  # nothing written twice
+    assert not list((out / writers.CLAIMS_DIR).iterdir())
+
+
+def test_a_local_ray_is_its_own_and_never_joins_the_cluster_rays_temp_dir_names(tmp_path, cluster):
+    """address: null used to be ray.init(address=None), which joins the cluster that `ray_current_cluster` in
+    Ray's temp dir names: another user's too, where that dir is the shared /tmp/ray. Here the module's cluster
+    is that one (RAY_TMPDIR points at it). The real command, on this machine's CPUs: workers=2 share them."""
+    shared = cluster.tmp / "ray"
+    assert (shared / "ray_current_cluster").read_text().strip() == cluster.address
+    drivers, sessions = {job["JobID"] for job in ray._private.state.jobs()}, sorted(shared.iterdir())
+    private = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))  # TMPDIR of the command; short, for Ray's socket paths
+    try:
+        out = tmp_path / "sweep"
+        done = run_cli(
+            "-m", "model=tiny", "steps=1", "seed=0,1", "batch_size=1", "hydra/launcher=ray_actors", "hydra.launcher.workers=2",
+            f"hydra.sweep.dir={out}", cwd=tmp_path, env={"RAY_TMPDIR": str(cluster.tmp), "TMPDIR": str(private)},
+        )
+        assert done.returncode == 0, done.stderr
+        lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
+        assert all(line.startswith("sweeper:") for line in lines) and done.stdout == "", done.stderr  # a quiet Ray start too
+        assert {job["JobID"] for job in ray._private.state.jobs()} == drivers  # no driver of the command joined
+        assert sorted(shared.iterdir()) == sessions  # nor did its Ray start in the shared temp dir
+        assert not list(private.glob("sweeper-ray-*"))  # its own temp dir, removed once it stopped
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+    df = pd.read_parquet(out / manifest.MANIFEST)
+    assert len(df) == 2 and set(df.status) == {"ok"} and set(df["rank"]) == {0, 1}
+    assert {replay.read(out / path).threads for path in df.path} == {max(1, (os.cpu_count() or 1) // 2)}  # the CPUs split
+
+
+def test_a_local_ray_starts_as_local_in_a_temp_dir_of_this_users_removed_at_the_end(monkeypatch):
+    started = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **settings: started.append(settings))
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    assert ray_actors.connect({"address": None})
+    (settings,) = started
+    private = Path(settings["_temp_dir"])
+    info = private.stat()
+    assert settings["address"] == "local" and info.st_uid == os.getuid() and info.st_mode & 0o777 == 0o700
+    ray_actors.leave()
+    assert not private.exists()
+    assert ray_actors.connect({"address": "auto"}) and started[1]["address"] == "auto" and "_temp_dir" not in started[1]
 
 
 def test_bad_settings_are_refused_in_one_line_before_ray_starts(tmp_path):
@@ -198,7 +365,7 @@ def test_a_cluster_that_cannot_be_joined_is_one_line(monkeypatch):
         ray_actors.connect({"address": "auto"})
 
 
-def test_auto_workers_are_one_per_gpu_or_one_per_machine_of_cpus():
+def test_auto_workers_are_one_per_gpu_or_one_per_machine_of_cpus_and_a_number_of_workers_share_the_cpus():
     conf = {"workers": "auto", "gpus_per_worker": None, "cpus_per_worker": None}
     gpus = ray_actors.Resources(cpus=64, gpus=8, machine_cpus=32)
     assert ray_actors.pool(conf, "cuda", 100, gpus, must_fit=False) == ray_actors.Pool(workers=8, gpus=1, cpus=1)
@@ -206,6 +373,14 @@ def test_auto_workers_are_one_per_gpu_or_one_per_machine_of_cpus():
     assert ray_actors.pool(conf, "cuda", 3, gpus, must_fit=False).workers == 3  # never more actors than batches
     cpus = ray_actors.Resources(cpus=64, gpus=0, machine_cpus=32)
     assert ray_actors.pool(conf, "cpu", 100, cpus, must_fit=False) == ray_actors.Pool(workers=2, gpus=0, cpus=32)
+    # A number of workers without GPUs share a machine's CPUs (they fit on the largest one, whatever the others).
+    two = ray_actors.Resources(cpus=2, gpus=0, machine_cpus=2)
+    assert ray_actors.pool({**conf, "workers": 2}, "cpu", 100, two, must_fit=True) == ray_actors.Pool(workers=2, gpus=0, cpus=1)
+    assert ray_actors.pool({**conf, "workers": 2}, "cpu", 1, two, must_fit=True) == ray_actors.Pool(workers=1, gpus=0, cpus=2)
+    assert ray_actors.pool({**conf, "workers": 4}, "cpu", 100, cpus, must_fit=False) == ray_actors.Pool(workers=4, gpus=0, cpus=8)
+    assert ray_actors.pool({**conf, "workers": 4, "cpus_per_worker": 16}, "cpu", 100, cpus, must_fit=False).cpus == 16
+    with pytest.raises(PlanError, match="^3 Ray actors x 1 CPU need 3 CPUs; this machine has 2"):
+        ray_actors.pool({**conf, "workers": 3}, "cpu", 100, two, must_fit=True)
     with pytest.raises(PlanError, match="device=cuda needs GPUs: hydra.launcher.gpus_per_worker=0"):
         ray_actors.pool({**conf, "gpus_per_worker": 0}, "cuda", 100, gpus, must_fit=False)
     with pytest.raises(PlanError, match="device=cuda, but Ray finds no GPU here"):

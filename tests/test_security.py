@@ -180,9 +180,23 @@ def test_report_and_thumbnail_writes_replace_planted_links_instead_of_following_
     (sweep / report.REPORT).symlink_to(victim)
     for pid in range(os.getpid() - 2, os.getpid() + 3):  # the names the old report used for its temp file
         (sweep / f".{report.REPORT}.{pid}.tmp").symlink_to(victim)
+    thumbs = sweep / store.THUMBS_DIR
+    thumbs.mkdir()
+    ids = manifest.read(sweep).column("image_id").to_pylist()
+    for image_id in ids:  # a thumbnail planted as a link, newer than its image: it looks cached
+        (thumbs / f"{image_id}{store.THUMB_EXT}").symlink_to(victim)
     report.write_report(sweep)
-    assert victim.read_text() == "precious"
+    assert victim.read_bytes() == b"precious"
     assert not (sweep / report.REPORT).is_symlink() and "<html" in (sweep / report.REPORT).read_text()
+    for image_id in ids:  # made again, in place of the link
+        thumb = thumbs / f"{image_id}{store.THUMB_EXT}"
+        assert not thumb.is_symlink() and Image.open(thumb).format == "WEBP"
+    # A thumbnail folder planted as a link out of the sweep dir: nothing is written through it.
+    other, outside = small_sweep(tmp_path / "other"), tmp_path / "outside"
+    outside.mkdir()
+    (other / store.THUMBS_DIR).symlink_to(outside, target_is_directory=True)
+    report.write_report(other)
+    assert not list(outside.iterdir()) and "<html" in (other / report.REPORT).read_text()
 
 
 # 2b. A folder swapped for a link right after its check redirects nothing

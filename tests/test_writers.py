@@ -102,15 +102,40 @@ def test_hydras_joblib_and_submitit_launchers_render_into_one_dir_at_once(tmp_pa
     assert sorted(set(df.guidance)) == [3.0, 5.0, 7.0]
 
 
+# Put first on a process's PYTHONPATH: every batch it renders is logged, one line per image, so that
+# renders can be counted across processes (the manifest keeps one row per image however many there were).
+COUNT_RENDERS = """
+import os
+from sweeper import render
+
+real = render.render_batch
+
+
+def render_batch(batch, *args, **kwargs):
+    with open(os.environ["SWEEPER_TEST_RENDERS"], "a") as log:  # appends of one short write: lines never mix
+        log.write("".join(f"{spec.image_id}\\n" for spec in batch.specs))
+    return real(batch, *args, **kwargs)
+
+
+render.render_batch = render_batch
+"""
+
+
 @pytest.mark.slow
 def test_two_runs_of_one_command_at_once_render_every_image_once(tmp_path, tiny_models):
-    sweep = tmp_path / "twice"
+    sweep, hook, renders = tmp_path / "twice", tmp_path / "hook", tmp_path / "renders.txt"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(COUNT_RENDERS)
+    path = [str(hook), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {"SWEEPER_TEST_RENDERS": str(renders), "PYTHONPATH": os.pathsep.join(path)}
     command = ["-m", "model=tiny", "seed=range(0,12)", "steps=1", "batch_size=2", f"hydra.sweep.dir={sweep}"]
-    runs = [start(command, tmp_path), start(command, tmp_path)]
+    runs = [start(command, tmp_path, env), start(command, tmp_path, env)]
     for process in runs:
         _, stderr = process.communicate(timeout=600)
         assert process.returncode == 0, stderr
-    whole(sweep, 12)
+    df = whole(sweep, 12)
+    rendered = renders.read_text().splitlines()
+    assert sorted(rendered) == sorted(df.image_id), "an image was rendered twice (or not at all)"
 
 
 def test_claims_work_where_the_filesystem_has_no_hard_links(tmp_path, monkeypatch):

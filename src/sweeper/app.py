@@ -58,16 +58,22 @@ def render_job(cfg: DictConfig) -> dict[str, Any]:
 
 
 def finish(out_dir: Path) -> None:
-    """After the last image: one manifest, the report, and exit 1 if images failed."""
+    """After the last image: one manifest, the report, and exit 1 if images failed or the report could not be built."""
     from sweeper import manifest, report
 
     table = manifest.merge(out_dir)
+    no_report = ""
     try:
         if report.is_stale(out_dir):
             print(f"sweeper: report: {report.write_report(out_dir, table=table)}", file=sys.stderr, flush=True)
-    except Exception as error:  # the images and the manifest are what matter; say it and go on
-        print(f"sweeper: warning: no report: {error}", file=sys.stderr, flush=True)
-    exit_if_failed(out_dir, table)
+    except Exception as error:  # the images and the manifest are kept; the exit status says the run is not whole
+        no_report = (
+            f"no report: {' '.join(str(error).split())}; the images and {manifest.MANIFEST} are kept in {out_dir}; "
+            f"python -m sweeper.report {out_dir} builds it"
+        )
+    exit_if_failed(out_dir, table, also=no_report)
+    if no_report:
+        fail(no_report, code=1)
 
 
 def stopped(out_dir: Path, planned: int) -> NoReturn:
@@ -84,15 +90,16 @@ def stopped(out_dir: Path, planned: int) -> NoReturn:
     raise SystemExit(stops.exit_code())
 
 
-def exit_if_failed(out_dir: Path, table=None) -> None:
-    """Exit 1 with a summary if images of `out_dir` failed (of `table`, if read already); their rows say why."""
+def exit_if_failed(out_dir: Path, table=None, also: str = "") -> None:
+    """Exit 1 with a summary if images of `out_dir` failed (of `table`, if read already); their rows say why.
+    `also`: what else went wrong, said on the same line."""
     from sweeper import manifest
 
     failed = manifest.failed(out_dir, table)
     if failed:
         fail(
             f"{len(failed)} image(s) failed (first: {failed[0][1]}); their rows in {Path(out_dir) / manifest.MANIFEST} "
-            "have status=error; run the same command again to retry only those",
+            "have status=error; run the same command again to retry only those" + (f"; and {also}" if also else ""),
             code=1,
         )
 

@@ -19,8 +19,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from typing import Any, Mapping, Sequence
 from sweeper import stops
 from sweeper.errors import PlanError
 
+_local_dir: str | None = None  # the temp dir of the local Ray that connect started
 
 
 def check(conf: Mapping[str, Any]) -> None:
@@ -57,22 +60,46 @@ def _running() -> bool:
 
 
 def connect(conf: Mapping[str, Any]) -> bool:
-    """Join the cluster (or start a local Ray), quietly; True when this call started or joined it.
-    A Ray already initialised in this process (a notebook, the tests) is used as it is."""
+    """Join the cluster (or start a local Ray), quietly; True when this call started or joined it
+    (`leave` undoes it). A Ray already initialised in this process (a notebook, the tests) is used as it is.
+
+    A local Ray is started as one (address="local") in a temp dir of this user's: `ray.init(address=None)`
+    would join whatever cluster `ray_current_cluster` in Ray's temp dir names, and /tmp/ray is shared
+    by every user of the machine."""
+    global _local_dir
     import ray
 
     if ray.is_initialized():
         return False
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no prompt, no notice
+    address = conf.get("address")
+    where: dict[str, Any] = {"address": address}
+    if address is None:
+        _local_dir = tempfile.mkdtemp(prefix="sweeper-ray-")  # mode 0700, ours alone
+        where = {"address": "local", "_temp_dir": _local_dir}
     try:
         ray.init(
-            address=conf.get("address"), include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
+            **where, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False,
             configure_logging=True, namespace="sweeper",
         )
-    except ConnectionError as error:
-        raise PlanError(f"cannot join Ray at hydra.launcher.address={conf.get('address')}: {' '.join(str(error).split())}") from None
+    except BaseException as error:
+        leave()  # a local Ray's temp dir too
+        if isinstance(error, ConnectionError):
+            raise PlanError(f"cannot join Ray at hydra.launcher.address={address}: {' '.join(str(error).split())}") from None
+        raise
     stops.reclaim()  # ray.init makes SIGTERM exit the driver at once; it stops after the batches in flight
     return True
+
+
+def leave() -> None:
+    """Undo `connect`: leave the cluster, or stop the local Ray and remove its temp dir."""
+    global _local_dir
+    import ray
+
+    ray.shutdown()
+    if _local_dir is not None:
+        shutil.rmtree(_local_dir, ignore_errors=True)
+        _local_dir = None
 
 
 @dataclass(frozen=True)
@@ -117,20 +144,22 @@ class Pool:
 
 def pool(conf: Mapping[str, Any], device: str, batches: int, have: Resources, must_fit: bool) -> Pool:
     """`workers: auto` is one actor per GPU (gpus_per_worker GPUs each), or without GPUs one per
-    machine's worth of CPU threads; never more actors than batches. Raises PlanError for a
-    pool that cannot render, or (`must_fit`: a local Ray) does not fit; on a cluster an
-    autoscaler may add the nodes."""
+    machine's worth of CPU threads; never more actors than batches. A number of workers without
+    GPUs share a machine's CPUs, as the SLURM launcher's local workers do (so they fit on the
+    largest machine, whatever the others). Raises PlanError for a pool that cannot render, or
+    (`must_fit`: a local Ray) does not fit; on a cluster an autoscaler may add the nodes."""
     gpus = conf.get("gpus_per_worker")
     gpus = (1 if device == "cuda" else 0) if gpus is None else gpus
     if device == "cuda" and not gpus:
         raise PlanError("device=cuda needs GPUs: hydra.launcher.gpus_per_worker=0 gives the actors none")
     if device == "cuda" and not have.gpus and must_fit:
         raise PlanError("device=cuda, but Ray finds no GPU here; use device=cpu, or join a cluster with GPUs (hydra.launcher.address=auto)")
-    cpus = conf.get("cpus_per_worker") or (1 if gpus else have.machine_cpus)
-    workers = conf["workers"]
+    cpus, workers = conf.get("cpus_per_worker"), conf["workers"]
     if workers == "auto":
+        cpus = cpus or (1 if gpus else have.machine_cpus)
         workers = int(have.gpus // gpus) if gpus else int(have.cpus // cpus)
     workers = max(1, min(workers, batches))
+    cpus = cpus or (1 if gpus else max(1, have.machine_cpus // workers))
     if must_fit:
         for name, each, total in (("GPU", gpus, have.gpus), ("CPU", cpus, have.cpus)):
             if workers * each > total:
@@ -237,4 +266,4 @@ def render(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> list[tupl
         for actor in actors:
             ray.kill(actor)
         if started:
-            ray.shutdown()
+            leave()

@@ -59,13 +59,14 @@ class SlurmLauncherConf:
 @dataclass
 class RayActorsLauncherConf:
     _target_: str = "hydra_plugins.sweeper_plugins.ray_actors_launcher.RayActorsLauncher"
-    # null: a local Ray on this machine; auto: the running cluster; or ray://host:port
+    # null: a Ray of its own on this machine (in a private temp dir); auto: the running cluster; or ray://host:port
     address: Optional[str] = None
     # auto: one actor per GPU in the cluster (without GPUs, one per machine's worth of CPU threads), or an int
     workers: Any = "auto"
     # null: 1 where the sweep renders on cuda, else 0
     gpus_per_worker: Optional[float] = None
-    # null: 1 with a GPU, else a machine's CPUs (the actor's torch threads on the CPU)
+    # The actor's torch threads on the CPU. null: 1 with a GPU, else a machine's CPUs, shared among
+    # the actors when workers is a number
     cpus_per_worker: Optional[float] = None
     # Times a batch is tried again after its actor died rendering it; then its images are error rows.
     max_retries: int = 3

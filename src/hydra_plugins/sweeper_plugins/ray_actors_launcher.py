@@ -46,7 +46,7 @@ class RayActorsLauncher(WorkersLauncher):
 
     def release(self) -> None:
         if self.joined:
-            import ray
+            from sweeper import ray_actors
 
-            ray.shutdown()
+            ray_actors.leave()
             self.joined = False

@@ -368,7 +368,7 @@ def run_sweeper(args, model_dir: Path, work: Path) -> tuple[dict, object]:
 
     # Where the wall time goes, from when lines reached stderr.
     total = len(table)
-    announced = run.first("err", r"^sweeper: .*\b\d+ images from \d+ jobs? into")  # the start line
+    announced = run.first("err", r"^sweeper: .*\b\d+ images? from \d+ jobs? into")  # the start line
     bar_start = run.first("err", r"^sweeper:\s+0%\|")
     first_done = run.first("err", r"\|\s*[1-9]\d*/\d+ ")
     last_done = run.first("err", rf"\|\s*{total}/{total} ")

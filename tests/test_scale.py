@@ -82,13 +82,14 @@ def test_the_launcher_renders_the_plan_the_sweeper_made(tmp_path, monkeypatch):
     import io
     import sys
 
-    from sweeper import launch, run
+    from sweeper import app, launch, run
     from sweeper.app import main
 
     planned, rendered = [], []
     real = run.prepare
     monkeypatch.setattr(run, "prepare", lambda jobs, *args, **kwargs: planned.append(len(jobs)) or real(jobs, *args, **kwargs))
     monkeypatch.setattr(launch, "render", lambda prepared, *args, **kwargs: rendered.append(prepared) or run.Summary())
+    monkeypatch.setattr(app, "finish", lambda sweep_dir: None)  # nothing rendered: no manifest, no report to build
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["sweeper", "-m", "model=tiny", "seed=range(0,50)", "guidance=3,7", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     with contextlib.redirect_stderr(io.StringIO()):

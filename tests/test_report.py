@@ -282,7 +282,7 @@ def test_axes_are_chosen_and_checked(tmp_path, capsys):
     sweep = tmp_path / "sweep-a"
     fake_sweep(sweep)
     loaded = report.load_sweep(sweep)
-    assert loaded.swept == ["prompt", "seed", "guidance"]
+    assert loaded.swept == ["prompt", "guidance", "seed"]  # in the start line's order
     assert report.choose_axes(loaded) == ("seed", "guidance")
     assert report.choose_axes(loaded, y="seed") == ("guidance", "seed")
     assert report.choose_axes(loaded, x="host") == ("host", "seed")

@@ -18,11 +18,10 @@ import yaml  # PyYAML, installed with Hydra: reads the sweep's multirun.yaml
 from sweeper import manifest
 from sweeper.errors import UnsafePath
 from sweeper.files import is_regular_inside
-from sweeper.run import PLAN_FILE
+from sweeper.run import AXES, PLAN_FILE
 
-# Spec columns that vary with every job or follow from another key: never swept keys.
-_NOT_KEYS = {"job_num", "overrides", "model_id", "model_revision", "refiner_id"}
-KEY_COLUMNS = [name for name in manifest.SPEC_COLUMNS if name not in _NOT_KEYS]
+# Columns written as the key they follow when that key was left unset (manifest.row): an axis only where they differ from it.
+FOLLOWS = {"prompt_2": "prompt", "negative_prompt_2": "negative_prompt"}
 # Columns that say what an image is; two sweeps' images match when these agree.
 MATCH_COLUMNS = [name for name in manifest.SPEC_COLUMNS if name not in {"job_num", "overrides"}]
 ENVIRONMENT = ["sweeper", "diffusers", "torch", "device", "host", "dtype", "world_size", "batch_size", "model_id", "model_revision", "refiner_id"]
@@ -43,8 +42,8 @@ def label(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(label(item) for item in value) + "]"
+    if isinstance(value, list):  # a size pair: 1024, 1024
+        return ", ".join(label(item) for item in value)
     if isinstance(value, datetime):
         return value.isoformat(timespec="seconds")
     return str(value)
@@ -134,8 +133,13 @@ class Sweep:
 
     @cached_property
     def swept(self) -> list[str]:
-        """Config keys whose value varies across the images."""
-        return [name for name in KEY_COLUMNS if not self.constant(name)]
+        """The axes: config keys whose value varies across the images, in the order the start line
+        names them (run.AXES); never a column derived from one (lora_sha, init_image_sha, ...)."""
+        return [name for name in AXES if name in self._first and not self.constant(name) and not self._follows(name)]
+
+    def _follows(self, name: str) -> bool:
+        leader = FOLLOWS.get(name)
+        return leader is not None and all(text[name] == text[leader] for text in self.text)
 
     def mean_seconds(self, indices: Iterable[int]) -> float | None:
         """Mean render seconds per image; warm-up calls (a pipeline's first) count only when nothing else does."""

@@ -34,7 +34,7 @@ MANIFEST_COLUMNS = [
     "prompt_template", "watermark", "safety_checker", "vae_tiling", "nsfw", "lora", "lora_scale", "lora_sha", "job_num", "overrides", "model_id", "model_revision",
     "model_config", "refiner_id", "dtype", "device", "rank", "world_size", "batch_size", "batch_index", "attention",
     "channels_last", "fuse_qkv", "compile", "compile_mode", "vae_upcast", "offload", "vae_slicing", "base_steps", "refiner_steps", "seconds",
-    "load_seconds", "warmup", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
+    "load_seconds", "warmup_seconds", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
 ]
 A1111 = {
     "Refiner switch at": ("refiner_split",), "Sampler": ("scheduler_label",), "Seed": ("seed",), "CFG scale": ("guidance",),

@@ -61,7 +61,7 @@ _RUN_TAIL = [
     ("refiner_steps", pa.int64()),
     ("seconds", pa.float64()),
     ("load_seconds", pa.float64()),
-    ("warmup", pa.bool_()),
+    ("warmup_seconds", pa.float64()),  # a throwaway warm-up call before the image's call (new pipeline or size)
     ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")),
     ("host", pa.string()),

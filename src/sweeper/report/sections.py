@@ -21,14 +21,15 @@ def overview(sweep: Sweep, states: list[str]) -> str:
     starts = [row["started_at"] for row in sweep.rows if row["started_at"] is not None]
     ends = [row["finished_at"] for row in sweep.rows if row["finished_at"] is not None]
     total = sum(row["seconds"] or 0 for row in sweep.rows)
-    loads = sum(row.get("load_seconds") or 0 for row in sweep.rows if row["batch_index"] in (0, None))
+    calls = [row for row in sweep.rows if row["batch_index"] in (0, None)]  # a call's load and warm-up are on each of its rows
+    loads, warmups = (sum(row[name] or 0 for row in calls) for name in ("load_seconds", "warmup_seconds"))
     facts = [("images", f"{len(sweep.rows)} ({ok} ok, {counts['error']} failed, {counts['missing']} files missing)")]
     if sweep.still_to_do:
         facts.append(("still to do", f"{sweep.still_to_do} of {len(sweep.planned)} planned images: run the same command to render them"))
     facts += [
         ("swept", " × ".join(f"{name} ({len(sweep.values(name))})" for name in sweep.swept) or "nothing varies"),
         ("render time", f"{seconds_text(total)} in all, {seconds_text(sweep.mean_seconds(range(len(sweep.rows))))} per image"
-                        f"; model loads {seconds_text(loads)} apart; a pipeline's first call (warm-up) is left out of the means"),
+                        f"; model loads ({seconds_text(loads)}) and warm-up calls ({seconds_text(warmups)}) apart"),
     ]
     if starts and ends:
         facts.append(("wall clock", f"{label(min(starts))} → {label(max(ends))} ({seconds_text((max(ends) - min(starts)).total_seconds())})"))

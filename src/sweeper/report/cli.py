@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import pyarrow as pa
 
-from sweeper import manifest
+from sweeper import commands, manifest
 from sweeper.errors import UnsafePath
 from sweeper.files import write_atomic
 from sweeper.report.grid_png import GRID_CELL, write_grid_png
@@ -37,12 +37,12 @@ def _write_html(sweep: Sweep, x: str | None, y: str | None, other: Sweep | None,
 
 
 def is_stale(sweep_dir: Path) -> bool:
-    """True unless report.html is newer than the manifest and the plan it shows."""
+    """True unless report.html is newer than the manifest, the plan and the commands it shows."""
     try:
         written = (Path(sweep_dir) / REPORT).stat().st_mtime_ns
     except OSError:
         return True
-    sources = [Path(sweep_dir) / name for name in (manifest.MANIFEST, PLAN_FILE)]
+    sources = [Path(sweep_dir) / name for name in (manifest.MANIFEST, PLAN_FILE, commands.COMMANDS_FILE)]
     return any(source.exists() and source.stat().st_mtime_ns >= written for source in sources)
 
 

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import only_dir, run_cli
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from sweeper import manifest, report, store
 from sweeper.report import grid_png
@@ -423,6 +423,42 @@ def test_grid_png_is_labelled_and_tiled_when_too_big(tmp_path, capsys):
             assert max(tile.size) <= 120
             found |= {rgb for _, rgb in tile.convert("RGB").getcolors(1 << 20)}
     assert {row["colour"] for row in rows if row["status"] == "ok"} <= found
+
+
+def test_grid_png_prints_well_glyphs_gaps_wrapped_labels_and_the_cell_asked_for(tmp_path, capsys):
+    sweep = tmp_path / "sweep-a"
+    fake_sweep(sweep)  # SIDE-pixel images
+    big, default = tmp_path / "big.png", tmp_path / "default.png"
+    assert report.main([str(sweep), "--x", "seed", "--y", "guidance", "--grid", str(big), "--cell", str(4 * SIDE)]) == 0
+    assert report.main([str(sweep), "--x", "seed", "--y", "guidance", "--grid", str(default)]) == 0
+    with Image.open(big) as enlarged, Image.open(default) as plain:
+        assert enlarged.width >= 4 * (4 * SIDE) > plain.width >= 4 * SIDE  # --cell enlarges small images; by default their size
+
+    style = grid_png._Style(64)
+    def drawn(text: str) -> bytes:
+        image = Image.new("L", (64, 64))
+        ImageDraw.Draw(image).text((8, 8), text, font=style.font, fill=255)
+        return image.tobytes()
+
+    assert all(drawn(mark) != drawn("\uffff") for mark in "—×·…")  # glyphs, not the missing-glyph box
+    words = "a photograph of an astronaut riding a horse on the moon, highly detailed, golden hour"
+    lines = grid_png.wrap(words, style, 160)
+    assert len(lines) > 2 and " ".join(lines) == words and all(style.width(line) <= 160 for line in lines)  # wrapped, not cut
+    long_word = grid_png.wrap("x" * 40, style, 64)
+    assert len(long_word) > 1 and "".join(long_word) == "x" * 40
+
+    # Cells are apart: across two neighbouring images runs paper, GAP pixels wide.
+    red, blue = tmp_path / "red.png", tmp_path / "blue.png"
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(red)
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(blue)
+    grid = grid_png.Grid("t", ["a", "b"], [""], {(0, 0): grid_png.Cell(red), (0, 1): grid_png.Cell(blue)})
+    (path,) = grid_png.write_grid([grid], tmp_path / "gap.png", cell=32)
+    with Image.open(path) as drawn:
+        rgb = np.asarray(drawn.convert("RGB"))
+        red_rows = np.flatnonzero((rgb == (255, 0, 0)).all(axis=2).any(axis=1))
+        names = {(255, 0, 0): "r", (0, 0, 255): "b", grid_png.PAPER: "w"}
+        line = "".join(names.get(tuple(int(v) for v in pixel), "?") for pixel in rgb[red_rows[len(red_rows) // 2]])
+    assert "r" * 32 + "w" * grid_png.GAP + "b" * 32 in line and "rb" not in line  # each image scaled to its 32 px cell, then the gap
 
 
 def test_report_imports_no_torch():

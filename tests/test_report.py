@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from itertools import product
 from pathlib import Path
+from importlib.resources import files
 from urllib.parse import unquote
 
 import numpy as np
@@ -215,8 +216,8 @@ def test_report_shows_one_labelled_grid_per_section_and_the_tables(tmp_path):
 
     # Tables: counts and time per value, errors with their messages, overrides, versions.
     axes = page.dom.by_id("axes")
-    assert [node.text() for node in axes.find_all("h3")] == ["prompt", "seed", "guidance"]
-    guidance_table = axes.find_all("table")[2]
+    assert [node.text() for node in axes.find_all("h3")] == ["prompt", "guidance", "seed"]  # the start line's order
+    guidance_table = axes.find_all("table")[1]
     assert [[td.text() for td in tr.find_all("td")] for tr in guidance_table.find_all("tr")[1:]] == [
         ["3", "8", "8", "0", "0.8 s"], ["7.5", "8", "8", "0", "1.25 s"], ["10", "8", "7", "1", "1.5 s"],
     ]
@@ -248,8 +249,10 @@ def test_an_opened_image_shows_all_its_parameters_and_prompts_stay_text(tmp_path
     params = {tr.find_all("th")[0].text(): tr.find_all("td")[0].text() for tr in box.find_all("tr")}
     assert params["prompt"] == TRICKY_PROMPT and params["image_id"] == tricky["image_id"]
     assert params["guidance"] == f"{tricky['guidance']:g}" and params["seed"] == str(tricky["seed"])
-    assert params["scheduler"] == "euler" and params["torch"] == "2.13.0+cpu" and params["negative_prompt"] == "null"
-    assert set(params) == set(manifest.SCHEMA.names)
+    assert params["scheduler"] == "euler" and params["torch"] == "2.13.0+cpu"
+    # Only the fields that are set: no row of nulls (the negative prompt, the refiner's split, ...).
+    unset = {name for name in manifest.SCHEMA.names if tricky.get(name) is None}
+    assert {"negative_prompt", "refiner_split"} <= unset and set(params) == set(manifest.SCHEMA.names) - unset
     # The prompt shows as text everywhere: no element came out of it.
     assert page.dom.find_all("b") == [] and len(page.dom.find_all("script")) == 2
 
@@ -399,6 +402,36 @@ def test_compare_pairs_images_on_shared_keys_and_lists_what_differs(tmp_path):
     first = [td.text() for td in pairs[0].find_all("td")[:3]]
     assert first == [PROMPTS[0], "0", "7.5"]  # prompts in the sweep's order, then seed, then guidance
     assert len(section.find_all("button", "error")) == 1  # A's failed image, paired with B's
+
+
+def test_tiles_take_the_size_asked_for_headers_wrap_and_a_compared_pair_opens_side_by_side(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    fake_sweep(a, scheduler="euler")
+    fake_sweep(b, scheduler="ddim", guidances=(7.5, 10.0, 12.0), fail=False)
+    output = report.write_report(a, compare=b, output=tmp_path / "compare.html")
+
+    page = browse(output, tmp_path, fragment="#size=384")
+    assert page.console == []
+    assert "--cell: 384px" in page.dom.find_all("html")[0].attrs.get("style", "")
+    (size,) = [node for node in page.dom.find_all("label", "size")]
+    assert [option.text() for option in size.find_all("option")] == [f"{px} px" for px in (64, 96, 128, 192, 256, 384, 512)]
+    images = page.dom.by_id("grid-blocks").find_all("img")
+    assert images and all(img.attrs["src"].startswith("a/images/") for img in images)  # larger than a thumbnail: the image itself
+    css = (files("sweeper.report") / "assets" / "report.css").read_text()
+    header_rule = next(line for line in css.splitlines() if line.startswith("table.grid th.xlabel"))
+    assert "nowrap" not in header_rule and "ellipsis" not in header_rule  # headers wrap, never cut
+
+    page = browse(output, tmp_path, fragment="#pair=1")
+    assert page.console == []
+    box = page.dom.by_id("lightbox")
+    assert "hidden" not in box.attrs
+    (pair,) = box.find_all("div", "pair")
+    side_a, side_b = pair.find_all("figure")
+    assert side_a.find_all("img")[0].attrs["src"].startswith("a/images/") and side_b.find_all("img")[0].attrs["src"].startswith("b/images/")
+    rows = {tr.find_all("th")[0].text(): [td.text() for td in tr.find_all("td")] for tr in box.find_all("tbody")[0].find_all("tr")}
+    assert rows["scheduler"] == ["euler", "ddim"] and rows["prompt"][0] == rows["prompt"][1]
+    differ = {tr.find_all("th")[0].text() for tr in box.find_all("tr", "differ")}
+    assert "scheduler" in differ and "prompt" not in differ and "negative_prompt" not in rows  # unset in both: left out
 
 
 def test_grid_png_is_labelled_and_tiled_when_too_big(tmp_path, capsys):

@@ -191,14 +191,16 @@ def _planned(sweep_dir: Path) -> set[str] | None:
 
 
 def choose_axes(sweep: Sweep, x: str | None = None, y: str | None = None) -> tuple[str | None, str | None]:
-    """Check --x/--y against the manifest's columns; fill the missing ones with the most varied swept keys."""
+    """Check --x/--y against the manifest's columns; fill the missing ones with the most varied swept keys
+    (of equally varied ones the later in the axes' order goes along x: seeds, named last, become the columns)."""
     for flag, column in (("--x", x), ("--y", y)):
         if column is not None and column not in sweep.columns:
             swept = ", ".join(sweep.swept) or "none"
             raise ReportError(f"{flag}: no column {column!r} in the manifest (swept here: {swept}); allowed: {', '.join(sweep.columns)}")
     if x is not None and x == y:
         raise ReportError(f"--x and --y are both {x!r}; pick two columns")
-    free = [name for name in sorted(sweep.swept, key=lambda name: -len(sweep.values(name))) if name not in (x, y)]
+    order = {name: n for n, name in enumerate(sweep.swept)}
+    free = [name for name in sorted(sweep.swept, key=lambda name: (-len(sweep.values(name)), -order[name])) if name not in (x, y)]
     if x is None and free:
         x = free.pop(0)
     if y is None and free:

@@ -5,6 +5,7 @@ really happened. Command-line messages go through the real `python -m sweeper`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import signal
@@ -169,7 +170,7 @@ def test_timing_keeps_loads_and_warm_up_apart_and_the_estimate_pays_start_up(tmp
     df = pd.read_parquet(out / manifest.MANIFEST).sort_values("started_at")
     calls = df.groupby("started_at", sort=True)
     assert calls.ngroups == 4 and (calls.size() == 2).all()
-    for _, size in df.groupby("width"):  # a warm-up once per size, before its first call
+    for _, size in df.groupby("width"):  # a warm-up once per shape (size, images per call), before its first call
         per_call = size.groupby("started_at", sort=True).warmup_seconds.first()
         assert per_call.notna().tolist() == [True, False]
     assert (df.seconds > 0).all() and df.warmup_seconds.dropna().gt(0).all()
@@ -219,9 +220,11 @@ def test_records_say_what_really_happened(tmp_path, monkeypatch):
     (tmp_path / "p.txt").write_text("# my prompts\na fox\n  # another comment\na cat\n")
     rows, _ = prompt_rows({"prompt_file": str(tmp_path / "p.txt")})
     assert [row.prompt for row in rows] == ["a fox", "a cat"]
-    # compile=false is written as the config says it
+    # compile is a boolean (not the text 'false'), its mode beside it
     row = manifest.row(specs[0], "images/x.png", "ok", None)
-    assert row["compile"] == "false"
+    assert row["compile"] is False and row["compile_mode"] is None
+    row = manifest.row(dataclasses.replace(specs[0], compile="max-autotune"), "images/x.png", "ok", None)
+    assert row["compile"] is True and row["compile_mode"] == "max-autotune"
 
 
 def test_torchsde_float_noise_does_not_break_the_progress_bar():

@@ -71,16 +71,17 @@ def _render_batch(batch: Batch, device: str, runtime: Runtime) -> Output:
     refiner = None if first.refiner_id is None else pipelines.refiner_pipeline(runtime, first, base, device)
     load_seconds = time.perf_counter() - tic if len(runtime.loads) > loads else None
 
-    # 2. A pipeline's first call at a size pays one-time costs (allocations, kernel choice, compile):
-    # a throwaway call of one image pays them, so no sweep image (nor the axis value it has) is timed cold.
-    shape = (first.width, first.height)
+    # 2. A pipeline's first call at a shape pays one-time costs (allocations, kernel choice, compile):
+    # a throwaway call of the same images in fewer steps pays them, so no sweep image (nor the axis
+    # value it has) is timed cold.
+    shape = (first.width, first.height, len(specs))
     cold = runtime.first_call(base, shape)
     if refiner is not None:
         cold = runtime.first_call(refiner, shape) or cold
     warmup_seconds = None
     if cold:
         tic = time.perf_counter()
-        _call(Batch((warm_up_spec(first),)), device, runtime, base, refiner)
+        _call(Batch(tuple(warm_up_spec(spec) for spec in specs)), device, runtime, base, refiner)
         warmup_seconds = time.perf_counter() - tic
     output = _call(batch, device, runtime, base, refiner)
     output.load_seconds, output.warmup_seconds = load_seconds, warmup_seconds
@@ -88,12 +89,13 @@ def _render_batch(batch: Batch, device: str, runtime: Runtime) -> Output:
 
 
 def warm_up_spec(spec: ImageSpec) -> ImageSpec:
-    """The image a warm-up call renders: the batch's first, at 2 steps where that is sure to run
-    (2: multistep and second-order schedulers take their later paths too); with a refiner or an
-    init image at its own steps, as fewer could leave a model no step at all."""
-    if spec.refiner_id is not None or spec.mode != "txt2img":
+    """An image of a warm-up call: the spec in 2 denoising steps (multistep and second-order schedulers
+    take their later paths too); from an init image, enough steps that `strength` leaves 2; with a
+    refiner at its own steps, as fewer could leave one of the models no step at all."""
+    if spec.refiner_id is not None:
         return spec
-    return dataclasses.replace(spec, steps=min(spec.steps, 2))
+    steps = 2 if spec.mode == "txt2img" else math.ceil(2 / spec.strength)
+    return dataclasses.replace(spec, steps=min(spec.steps, steps))
 
 
 def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any) -> Output:

@@ -29,7 +29,7 @@ class Resident:
     pipe: Any
     scheduler_config: Any  # the model's own scheduler config: every swap starts from it
     schedulers: dict[tuple, Any] = field(default_factory=dict)  # (class, kwargs) -> a scheduler to copy
-    warmed: set[tuple] = field(default_factory=set)  # the sizes it has been called at (warmed up)
+    warmed: set[tuple] = field(default_factory=set)  # the shapes (width, height, images) it has been called at
     adapters: set[str] = field(default_factory=set)  # the LoRA adapters loaded into its modules (content hashes)
 
 
@@ -63,7 +63,7 @@ class Runtime:
         return [resident.pipe for resident in self.residents.values()]
 
     def first_call(self, pipe: Any, shape: tuple) -> bool:
-        """True the first time it is asked for a pipeline at a shape (width, height): that call needs a warm-up."""
+        """True the first time it is asked for a pipeline at a shape (width, height, images): that call needs a warm-up."""
         resident = self.resident(pipe)
         first = shape not in resident.warmed
         resident.warmed.add(shape)

@@ -194,6 +194,9 @@ def test_two_adapters_apply_together_and_weight_0_drops_one(tmp_path, loras, fre
     only_a, only_b, both, a_and_0 = (pixels(tmp_path, row) for row in df.itertuples())
     assert not np.array_equal(both, only_a) and not np.array_equal(both, only_b)
     assert np.array_equal(a_and_0, only_a)
+    # Several adapters in the manifest: names joined; one shared weight a number, else each weight with its name.
+    assert df.lora.tolist()[2:] == ["xl_a.safetensors, xl_b.safetensors", "xl_a.safetensors:1, xl_b.safetensors:0"]
+    assert df.lora_scale.tolist()[2] == 1.0 and pd.isna(df.lora_scale.tolist()[3]) and df.lora_sha.str.count(", ").tolist() == [0, 0, 1, 1]
     assert [kind for kind, *_ in fresh_runtime.loads] == ["tiny-sdxl", "lora", "lora"]
 
 

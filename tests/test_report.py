@@ -346,7 +346,7 @@ def test_ten_thousand_images_open_one_page_at_a_time(tmp_path):
 
     last = browse(page_file, tmp_path, fragment=f"#page={len(pages)}")
     assert last.console == []
-    assert "steps = 10" in last.dom.by_id("grid-blocks").find_all("h3")[-1].text()
+    assert "guidance = 10" in last.dom.by_id("grid-blocks").find_all("h3")[-1].text()  # y = steps: of equal counts, the later axis
 
 
 # Appended to a copy of a report: opens (focuses) the seed filter, as a click or Tab does, and notes its options.

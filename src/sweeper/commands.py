@@ -28,7 +28,7 @@ MAX_BYTES = 4 << 20  # ~10,000 commands; a larger file is not ours to read
 def read(sweep_dir: Path) -> list[dict[str, Any]]:
     """The commands recorded in the dir, oldest first (none when there is no readable file)."""
     try:  # opened with no link followed, a regular file of bounded size
-        text = read_inside(Path(sweep_dir), Path(sweep_dir) / COMMANDS_FILE, MAX_BYTES).decode("utf-8", errors="ignore")
+        text = read_inside(Path(sweep_dir), Path(sweep_dir) / COMMANDS_FILE, MAX_BYTES, "a list of commands").decode("utf-8", errors="ignore")
     except (OSError, ValueError, UnsafePath):
         return []
     found = []

@@ -18,9 +18,9 @@ from sweeper import files, manifest, store
 
 SWEEP = ("-m", "model=tiny", "seed=0,1,2,3,4", "steps=2", "batch_size=2")
 # SWEEP stopped three ways, each in a `python -m sweeper` of its own (what it leaves is freed by its process's end):
-# kill -9 after the 3rd PNG, after the 1st manifest part; a full disk at the 5th write (multirun.yaml, plan.parquet,
-# the first batch's two PNGs, then its manifest part fails).
-STOPS = {"kill:png=3": "kill:png=3", "kill:part=1": "kill:part=1", "full disk": "enospc:write=5"}
+# kill -9 after the 3rd PNG, after the 1st manifest part; a full disk at the 6th write (multirun.yaml, plan.parquet,
+# commands.jsonl, the first batch's two PNGs, then its manifest part fails).
+STOPS = {"kill:png=3": "kill:png=3", "kill:part=1": "kill:part=1", "full disk": "enospc:write=6"}
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ really happened. Command-line messages go through the real `python -m sweeper`
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import main_per_case, plan_config, render_in_process
+from conftest import main_per_case, only_dir, plan_config, render_in_process, run_cli
 
 from sweeper import manifest, report, run, schedule
 from sweeper.cli_errors import quoted_override
@@ -160,16 +161,40 @@ def test_text_values_come_in_the_order_the_sweep_gave_them(tmp_path):
     assert report.load_sweep(tmp_path).values("scheduler") == ["unipc", "euler", "ddim"]  # not alphabetical
 
 
-def test_timing_keeps_loads_and_warm_up_apart_and_the_estimate_pays_start_up(tmp_path, tiny_models, fresh_runtime):
-    render_in_process(tmp_path, [Job(n, plan_config(guidance=g, seed=[0, 1], steps=2, batch_size=2)) for n, g in enumerate((3.0, 5.0, 7.0))])
-    df = pd.read_parquet(tmp_path / manifest.MANIFEST).sort_values("started_at")
-    first, rest = df.iloc[:2], df.iloc[2:]
-    assert first.warmup.all() and (first.load_seconds > 0).all() and not rest.warmup.any() and rest.load_seconds.isna().all()
+def test_timing_keeps_loads_and_warm_up_apart_and_the_estimate_pays_start_up(tmp_path, tiny_models):
+    # The first axis value's images used to be timed cold (issue 31: euler 2.49 s against 0.88 s), and
+    # dropping warm-up rows dropped that value. A throwaway call warms each new pipeline and size up first.
+    result = run_cli("-m", "model=tiny", "scheduler=euler,ddim", "width=32,48", "height=32", "seed=0,1", "steps=2", "batch_size=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = only_dir(tmp_path / "outputs" / "sweeps")
+    df = pd.read_parquet(out / manifest.MANIFEST).sort_values("started_at")
+    calls = df.groupby("started_at", sort=True)
+    assert calls.ngroups == 4 and (calls.size() == 2).all()
+    for _, size in df.groupby("width"):  # a warm-up once per shape (size, images per call), before its first call
+        per_call = size.groupby("started_at", sort=True).warmup_seconds.first()
+        assert per_call.notna().tolist() == [True, False]
+    assert (df.seconds > 0).all() and df.warmup_seconds.dropna().gt(0).all()
+    first = df[df.started_at == df.started_at.min()]
     window = (first.finished_at - first.started_at).dt.total_seconds()
-    assert np.allclose(first.seconds * len(first) + first.load_seconds, window, atol=0.05)  # the load is not charged to the images
+    # the load and the warm-up are not charged to the images
+    assert np.allclose(first.seconds * len(first) + first.load_seconds + first.warmup_seconds, window, atol=0.05)
+    # Every value of every axis is timed, warm.
+    loaded = report.load_sweep(out)
+    for axis in ("scheduler", "width"):
+        assert all(loaded.mean_seconds(rows) is not None for rows in loaded.by_value(axis).values())
     specs = plan([Job(0, plan_config())])
     assert schedule.startup_seconds(specs) >= schedule.STARTUP_SECONDS + schedule.LOAD_SECONDS["tiny"]
     assert schedule.startup_seconds([]) == 0
+
+
+def test_the_warm_up_call_leaves_the_pixels_as_they_were(tiny_models, fresh_runtime):
+    from sweeper.render import render_batch
+
+    batch = schedule.Batch(tuple(plan([Job(0, plan_config(seed=[0, 1], steps=3, scheduler="dpmpp_2m"))])))
+    cold = render_batch(batch, "cpu", fresh_runtime)
+    warm = render_batch(batch, "cpu", fresh_runtime)
+    assert cold.warmup_seconds is not None and warm.warmup_seconds is None
+    assert np.array_equal(cold.images, warm.images)
 
 
 def test_records_say_what_really_happened(tmp_path, monkeypatch):
@@ -195,9 +220,11 @@ def test_records_say_what_really_happened(tmp_path, monkeypatch):
     (tmp_path / "p.txt").write_text("# my prompts\na fox\n  # another comment\na cat\n")
     rows, _ = prompt_rows({"prompt_file": str(tmp_path / "p.txt")})
     assert [row.prompt for row in rows] == ["a fox", "a cat"]
-    # compile=false is written as the config says it
+    # compile is a boolean (not the text 'false'), its mode beside it
     row = manifest.row(specs[0], "images/x.png", "ok", None)
-    assert row["compile"] == "false"
+    assert row["compile"] is False and row["compile_mode"] is None
+    row = manifest.row(dataclasses.replace(specs[0], compile="max-autotune"), "images/x.png", "ok", None)
+    assert row["compile"] is True and row["compile_mode"] == "max-autotune"
 
 
 def test_torchsde_float_noise_does_not_break_the_progress_bar():

@@ -145,13 +145,13 @@ def test_a_weight_sweep_loads_the_model_and_the_adapter_once(tmp_path, loras, fr
     df = manifest(out)
     assert len(df) == 4 and set(df.status) == {"ok"}
     assert [kind for kind, *_ in fresh_runtime.loads] == ["tiny-sdxl", "lora"], fresh_runtime.loads  # no reload per weight
-    by = {None if lora is None else lora[0]: row for row, lora in zip(df.itertuples(), df.lora_scale)}
+    by = {None if pd.isna(scale) else scale: row for row, scale in zip(df.itertuples(), df.lora_scale)}
     assert np.array_equal(pixels(out, by[0.0]), pixels(out, by[None])), "weight 0 renders as no LoRA"
     assert by[0.0].image_id != by[None].image_id
     assert np.abs(pixels(out, by[1.0]) - pixels(out, by[None])).max() > 8
     with_lora = df[df.lora.notna()]
-    assert {tuple(v) for v in with_lora.lora} == {("xl_a.safetensors",)}  # names; where they are is in plan.parquet
-    assert {tuple(v) for v in with_lora.lora_sha} == {(hashlib.sha256(loras["a"].read_bytes()).hexdigest()[:20],)}
+    assert set(with_lora.lora) == {"xl_a.safetensors"}  # names; where they are is in plan.parquet
+
 
     # The PNG text as A1111 writes it: the tag in the prompt line and the short hash civitai looks up.
     image = Image.open(out / by[0.5].path)
@@ -159,7 +159,7 @@ def test_a_weight_sweep_loads_the_model_and_the_adapter_once(tmp_path, loras, fr
     short = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little"):]).hexdigest()[:12]
     first, _, settings = image.text["parameters"].partition("\n")
     assert first.endswith(" <lora:xl_a:0.5>")
-    assert f'Lora hashes: "xl_a: {short}"' in settings
+    assert f'Lora hashes: "xl_a: {short}"' in settings and set(with_lora.lora_sha) == {short}  # the manifest's too
     assert json.loads(image.text["sweeper"])["spec"]["lora"] == ["xl_a.safetensors"]  # no local path in a PNG
 
     # Resume: the same sweep again renders and loads nothing.
@@ -180,6 +180,9 @@ def test_two_adapters_apply_together_and_weight_0_drops_one(tmp_path, loras, fre
     only_a, only_b, both, a_and_0 = (pixels(tmp_path, row) for row in df.itertuples())
     assert not np.array_equal(both, only_a) and not np.array_equal(both, only_b)
     assert np.array_equal(a_and_0, only_a)
+    # Several adapters in the manifest: names joined; one shared weight a number, else each weight with its name.
+    assert df.lora.tolist()[2:] == ["xl_a.safetensors, xl_b.safetensors", "xl_a.safetensors:1, xl_b.safetensors:0"]
+    assert df.lora_scale.tolist()[2] == 1.0 and pd.isna(df.lora_scale.tolist()[3]) and df.lora_sha.str.count(", ").tolist() == [0, 0, 1, 1]
     assert [kind for kind, *_ in fresh_runtime.loads] == ["tiny-sdxl", "lora", "lora"]
 
 

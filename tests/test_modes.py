@@ -272,7 +272,7 @@ def test_speed_and_memory_options_run_are_recorded_and_keep_the_images(tmp_path,
     assert len(df) == 2 and set(df.status) == {"ok"}
     for key in options:
         assert df[key].tolist() == [True, True], key
-    assert set(df.attention) == {"sdpa"} and set(df.offload) == {"none"} and set(df["compile"]) == {"false"}
+    assert set(df.attention) == {"sdpa"} and set(df.offload) == {"none"} and set(df["compile"]) == {False}
     # The same images rendered the default way (in process: the same code as the CLI).
     plain = tmp_path / "plain"
     specs = plan([Job(0, plan_config(seed=[0, 1]))])

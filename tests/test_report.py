@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from html.parser import HTMLParser
 from itertools import product
 from pathlib import Path
+from importlib.resources import files
 from urllib.parse import unquote
 
 import numpy as np
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import only_dir, run_cli
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from sweeper import manifest, report, store
 from sweeper.report import grid_png
@@ -215,8 +216,8 @@ def test_report_shows_one_labelled_grid_per_section_and_the_tables(tmp_path):
 
     # Tables: counts and time per value, errors with their messages, overrides, versions.
     axes = page.dom.by_id("axes")
-    assert [node.text() for node in axes.find_all("h3")] == ["prompt", "seed", "guidance"]
-    guidance_table = axes.find_all("table")[2]
+    assert [node.text() for node in axes.find_all("h3")] == ["prompt", "guidance", "seed"]  # the start line's order
+    guidance_table = axes.find_all("table")[1]
     assert [[td.text() for td in tr.find_all("td")] for tr in guidance_table.find_all("tr")[1:]] == [
         ["3", "8", "8", "0", "0.8 s"], ["7.5", "8", "8", "0", "1.25 s"], ["10", "8", "7", "1", "1.5 s"],
     ]
@@ -248,8 +249,10 @@ def test_an_opened_image_shows_all_its_parameters_and_prompts_stay_text(tmp_path
     params = {tr.find_all("th")[0].text(): tr.find_all("td")[0].text() for tr in box.find_all("tr")}
     assert params["prompt"] == TRICKY_PROMPT and params["image_id"] == tricky["image_id"]
     assert params["guidance"] == f"{tricky['guidance']:g}" and params["seed"] == str(tricky["seed"])
-    assert params["scheduler"] == "euler" and params["torch"] == "2.13.0+cpu" and params["negative_prompt"] == "null"
-    assert set(params) == set(manifest.SCHEMA.names)
+    assert params["scheduler"] == "euler" and params["torch"] == "2.13.0+cpu"
+    # Only the fields that are set: no row of nulls (the negative prompt, the refiner's split, ...).
+    unset = {name for name in manifest.SCHEMA.names if tricky.get(name) is None}
+    assert {"negative_prompt", "refiner_split"} <= unset and set(params) == set(manifest.SCHEMA.names) - unset
     # The prompt shows as text everywhere: no element came out of it.
     assert page.dom.find_all("b") == [] and len(page.dom.find_all("script")) == 2
 
@@ -282,7 +285,7 @@ def test_axes_are_chosen_and_checked(tmp_path, capsys):
     sweep = tmp_path / "sweep-a"
     fake_sweep(sweep)
     loaded = report.load_sweep(sweep)
-    assert loaded.swept == ["prompt", "seed", "guidance"]
+    assert loaded.swept == ["prompt", "guidance", "seed"]  # in the start line's order
     assert report.choose_axes(loaded) == ("seed", "guidance")
     assert report.choose_axes(loaded, y="seed") == ("guidance", "seed")
     assert report.choose_axes(loaded, x="host") == ("host", "seed")
@@ -343,7 +346,7 @@ def test_ten_thousand_images_open_one_page_at_a_time(tmp_path):
 
     last = browse(page_file, tmp_path, fragment=f"#page={len(pages)}")
     assert last.console == []
-    assert "steps = 10" in last.dom.by_id("grid-blocks").find_all("h3")[-1].text()
+    assert "guidance = 10" in last.dom.by_id("grid-blocks").find_all("h3")[-1].text()  # y = steps: of equal counts, the later axis
 
 
 # Appended to a copy of a report: opens (focuses) the seed filter, as a click or Tab does, and notes its options.
@@ -401,6 +404,36 @@ def test_compare_pairs_images_on_shared_keys_and_lists_what_differs(tmp_path):
     assert len(section.find_all("button", "error")) == 1  # A's failed image, paired with B's
 
 
+def test_tiles_take_the_size_asked_for_headers_wrap_and_a_compared_pair_opens_side_by_side(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    fake_sweep(a, scheduler="euler")
+    fake_sweep(b, scheduler="ddim", guidances=(7.5, 10.0, 12.0), fail=False)
+    output = report.write_report(a, compare=b, output=tmp_path / "compare.html")
+
+    page = browse(output, tmp_path, fragment="#size=384")
+    assert page.console == []
+    assert "--cell: 384px" in page.dom.find_all("html")[0].attrs.get("style", "")
+    (size,) = [node for node in page.dom.find_all("label", "size")]
+    assert [option.text() for option in size.find_all("option")] == [f"{px} px" for px in (64, 96, 128, 192, 256, 384, 512)]
+    images = page.dom.by_id("grid-blocks").find_all("img")
+    assert images and all(img.attrs["src"].startswith("a/images/") for img in images)  # larger than a thumbnail: the image itself
+    css = (files("sweeper.report") / "assets" / "report.css").read_text()
+    header_rule = next(line for line in css.splitlines() if line.startswith("table.grid th.xlabel"))
+    assert "nowrap" not in header_rule and "ellipsis" not in header_rule  # headers wrap, never cut
+
+    page = browse(output, tmp_path, fragment="#pair=1")
+    assert page.console == []
+    box = page.dom.by_id("lightbox")
+    assert "hidden" not in box.attrs
+    (pair,) = box.find_all("div", "pair")
+    side_a, side_b = pair.find_all("figure")
+    assert side_a.find_all("img")[0].attrs["src"].startswith("a/images/") and side_b.find_all("img")[0].attrs["src"].startswith("b/images/")
+    rows = {tr.find_all("th")[0].text(): [td.text() for td in tr.find_all("td")] for tr in box.find_all("tbody")[0].find_all("tr")}
+    assert rows["scheduler"] == ["euler", "ddim"] and rows["prompt"][0] == rows["prompt"][1]
+    differ = {tr.find_all("th")[0].text() for tr in box.find_all("tr", "differ")}
+    assert "scheduler" in differ and "prompt" not in differ and "negative_prompt" not in rows  # unset in both: left out
+
+
 def test_grid_png_is_labelled_and_tiled_when_too_big(tmp_path, capsys):
     sweep = tmp_path / "sweep-a"
     rows = fake_sweep(sweep)
@@ -423,6 +456,42 @@ def test_grid_png_is_labelled_and_tiled_when_too_big(tmp_path, capsys):
             assert max(tile.size) <= 120
             found |= {rgb for _, rgb in tile.convert("RGB").getcolors(1 << 20)}
     assert {row["colour"] for row in rows if row["status"] == "ok"} <= found
+
+
+def test_grid_png_prints_well_glyphs_gaps_wrapped_labels_and_the_cell_asked_for(tmp_path, capsys):
+    sweep = tmp_path / "sweep-a"
+    fake_sweep(sweep)  # SIDE-pixel images
+    big, default = tmp_path / "big.png", tmp_path / "default.png"
+    assert report.main([str(sweep), "--x", "seed", "--y", "guidance", "--grid", str(big), "--cell", str(4 * SIDE)]) == 0
+    assert report.main([str(sweep), "--x", "seed", "--y", "guidance", "--grid", str(default)]) == 0
+    with Image.open(big) as enlarged, Image.open(default) as plain:
+        assert enlarged.width >= 4 * (4 * SIDE) > plain.width >= 4 * SIDE  # --cell enlarges small images; by default their size
+
+    style = grid_png._Style(64)
+    def drawn(text: str) -> bytes:
+        image = Image.new("L", (64, 64))
+        ImageDraw.Draw(image).text((8, 8), text, font=style.font, fill=255)
+        return image.tobytes()
+
+    assert all(drawn(mark) != drawn("\uffff") for mark in "—×·…")  # glyphs, not the missing-glyph box
+    words = "a photograph of an astronaut riding a horse on the moon, highly detailed, golden hour"
+    lines = grid_png.wrap(words, style, 160)
+    assert len(lines) > 2 and " ".join(lines) == words and all(style.width(line) <= 160 for line in lines)  # wrapped, not cut
+    long_word = grid_png.wrap("x" * 40, style, 64)
+    assert len(long_word) > 1 and "".join(long_word) == "x" * 40
+
+    # Cells are apart: across two neighbouring images runs paper, GAP pixels wide.
+    red, blue = tmp_path / "red.png", tmp_path / "blue.png"
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(red)
+    Image.new("RGB", (16, 16), (0, 0, 255)).save(blue)
+    grid = grid_png.Grid("t", ["a", "b"], [""], {(0, 0): grid_png.Cell(red), (0, 1): grid_png.Cell(blue)})
+    (path,) = grid_png.write_grid([grid], tmp_path / "gap.png", cell=32)
+    with Image.open(path) as drawn:
+        rgb = np.asarray(drawn.convert("RGB"))
+        red_rows = np.flatnonzero((rgb == (255, 0, 0)).all(axis=2).any(axis=1))
+        names = {(255, 0, 0): "r", (0, 0, 255): "b", grid_png.PAPER: "w"}
+        line = "".join(names.get(tuple(int(v) for v in pixel), "?") for pixel in rgb[red_rows[len(red_rows) // 2]])
+    assert "r" * 32 + "w" * grid_png.GAP + "b" * 32 in line and "rb" not in line  # each image scaled to its 32 px cell, then the gap
 
 
 def test_report_imports_no_torch():

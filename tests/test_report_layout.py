@@ -50,9 +50,9 @@ def test_images_go_in_the_cell_of_their_values_one_section_per_other_key(tmp_pat
 def test_without_axes_each_combination_is_a_section_and_a_cell_holds_all_its_images(tmp_path):
     sweep = sweep_of([*ROWS, {"prompt": "a", "seed": 2, "guidance": 7.5, "image_id": "again"}], tmp_path)
     found = layout(sweep, None, None)
-    assert found.keys == ["prompt", "seed", "guidance"]
+    assert found.keys == ["prompt", "guidance", "seed"]  # in the start line's order
     assert [section.key for section in found.sections] == [
-        ("b", "2", "3"), ("b", "2", "7.5"), ("b", "10", "3"), ("a", "2", "7.5"), ("a", "10", "7.5"),
+        ("b", "3", "2"), ("b", "3", "10"), ("b", "7.5", "2"), ("a", "7.5", "2"), ("a", "7.5", "10"),
     ]
     assert found.sections[3].cells == {(0, 0): [3, 5]} and found.sections[3].xs == found.sections[3].ys == [""]
     by_host = layout(sweep, "host", None)  # a constant column as an axis: one column
@@ -70,7 +70,7 @@ def test_codes_number_each_axis_values_in_display_order(tmp_path):
 def test_the_page_gets_codes_for_the_axes_that_vary_and_labels_for_the_rest(tmp_path):
     sweep = sweep_of(ROWS, tmp_path)
     data = page_data(sweep, ["ok"] * 5, "seed", "host", tmp_path)
-    assert data["axes"] == ["prompt", "seed", "guidance", "host"]
+    assert data["axes"] == ["prompt", "guidance", "seed", "host"]
     (page,) = data["sweeps"]
     assert page["codes"] == {name: codes(sweep, name) for name in ("prompt", "seed", "guidance")}  # host is constant
     assert page["values"]["guidance"] == ["3", "7.5"] and page["values"]["host"] == ["h"]

@@ -93,7 +93,7 @@ def test_cluster_slurm_submits_one_array_of_workers_whose_requeue_renders_only_w
         "#SBATCH --signal=USR2@90", "module load cuda\nsource venv/bin/activate\n", f"-m submitit.core._submit {folder}",
     ):
         assert line in script
-    assert sorted(p.name for p in sweep.iterdir()) == ["multirun.yaml", run.PLAN_FILE]  # the plan; nothing rendered here
+    assert sorted(p.name for p in sweep.iterdir()) == ["commands.jsonl", "multirun.yaml", run.PLAN_FILE]  # the plan; nothing rendered here
 
     # What each array task unpickles and runs (on the cluster: `srun ... submitit.core._submit`).
     tasks = [pickle.loads((folder / f"4242_{rank}_submitted.pkl").read_bytes()) for rank in (0, 1)]

@@ -33,8 +33,8 @@ MANIFEST_COLUMNS = [
     "negative_crops_coords_top_left", "mode", "strength", "init_image", "mask_image", "init_image_sha", "mask_image_sha",
     "prompt_template", "watermark", "safety_checker", "vae_tiling", "nsfw", "lora", "lora_scale", "lora_sha", "job_num", "overrides", "model_id", "model_revision",
     "model_config", "refiner_id", "dtype", "device", "rank", "world_size", "batch_size", "batch_index", "attention",
-    "channels_last", "fuse_qkv", "compile", "vae_upcast", "offload", "vae_slicing", "base_steps", "refiner_steps", "seconds",
-    "load_seconds", "warmup", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
+    "channels_last", "fuse_qkv", "compile", "compile_mode", "vae_upcast", "offload", "vae_slicing", "base_steps", "refiner_steps", "seconds",
+    "load_seconds", "warmup_seconds", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
 ]
 A1111 = {
     "Refiner switch at": ("refiner_split",), "Sampler": ("scheduler_label",), "Seed": ("seed",), "CFG scale": ("guidance",),

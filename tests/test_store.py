@@ -400,8 +400,8 @@ def test_manifest_keeps_non_ascii_and_null_columns(tmp_path):
     manifest.merge(tmp_path)
     frame = pd.read_parquet(tmp_path / manifest.MANIFEST)
     assert frame.loc[0, "prompt"] == "東京の夜景 🚀"
-    assert pd.isna(frame.loc[0, "negative_prompt"])
-    assert pq.read_table(tmp_path / manifest.MANIFEST).column("negative_prompt").to_pylist() == [None]
+    assert frame.loc[0, "negative_prompt"] == ""  # none given: the empty prompt ran (CFG), so joins on it match
+    assert pq.read_table(tmp_path / manifest.MANIFEST).column("strength").to_pylist() == [None]  # txt2img: none ran
     assert frame.loc[0, "refiner"] == "none"
     assert frame.loc[0, "path"] == f"images/{spec.image_id}.png"
     assert (tmp_path / frame.loc[0, "path"]).is_file()  # paths are relative to the manifest

@@ -35,14 +35,14 @@ def render_job(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sweeper import distributed, launch, run
+    from sweeper import commands, distributed, launch, run
     from sweeper.hydra_jobs import job_from_config
     from sweeper.runtime import this_process
 
     hydra_cfg = HydraConfig.get()
     single = hydra_cfg.mode == RunMode.RUN
     out_dir = Path(hydra_cfg.runtime.output_dir if single else hydra_cfg.sweep.dir)
-    job = job_from_config(cfg, 0 if single else hydra_cfg.job.num, hydra_cfg.overrides.task)
+    job = job_from_config(cfg, 0 if single else hydra_cfg.job.num + commands.running_first_job(out_dir), hydra_cfg.overrides.task)
     runtime = this_process()  # a launcher running us job by job keeps the model loaded for the next job
     prepared = run.prepare([job], out_dir, runtime=runtime)
     if not single:  # another launcher runs us job by job; the single run announced in the callback

@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any, Sequence
+
+from sweeper.files import read_bounded
 
 MAX_JSON_DEPTH = 32  # sweeper's own JSON (a PNG's chunk, scheduler kwargs) nests 4 deep
 MAX_TABLE_FILE_BYTES = 512 * 2**20  # a manifest, part or plan file on disk (100,000 images: ~20 MB)
@@ -46,16 +47,7 @@ def read_regular(path: Path, limit: int, what: str, follow_links: bool = True) -
     except OSError as error:
         reason = "a symbolic link" if not follow_links and os.path.islink(path) else error.strerror
         raise ValueError(f"{path}: {reason}") from None
-    with os.fdopen(fd, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"{path}: not a regular file")
-        if info.st_size > limit:
-            raise ValueError(f"{path}: {info.st_size} bytes, over the limit of {limit} for {what}")
-        data = handle.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"{path}: over the limit of {limit} bytes for {what}")
-    return data
+    return read_bounded(fd, path, limit, what)
 
 
 def loads_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:

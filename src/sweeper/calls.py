@@ -37,7 +37,7 @@ class Rendered:
     steps: tuple[int | None, int | None] = (None, None)  # (base, refiner) steps that really ran
     fatal: bool = False  # a CUDA error that leaves the process unable to render on
     load_seconds: float | None = None  # models loaded for this call, apart from `seconds`
-    warmup: bool = False  # the first call of its pipelines in this runtime
+    warmup_seconds: float | None = None  # the throwaway warm-up call before it, apart from `seconds`
 
 
 @dataclass
@@ -102,9 +102,10 @@ def render_backing_off(batch: schedule.Batch, device: str, progress: Any, runtim
     warnings = ["; ".join(w for w in found if w) or None for found in zip([w for _, w in problems], output.warnings, flagged)]
     errors = [image_error for image_error, _ in problems]
     steps = (output.base_steps, output.refiner_steps)
-    seconds = (elapsed - (output.load_seconds or 0.0)) / count  # render time: a model load is not the images' cost
+    # Render time: a model load and a warm-up call are not the images' cost.
+    seconds = (elapsed - (output.load_seconds or 0.0) - (output.warmup_seconds or 0.0)) / count
     return [Rendered(batch, output.images, output.nsfw, None, errors, warnings, started, finished, seconds, steps,
-                     load_seconds=output.load_seconds, warmup=output.warmup)]
+                     load_seconds=output.load_seconds, warmup_seconds=output.warmup_seconds)]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -128,7 +129,7 @@ def encode(done: Rendered, versions: dict[str, str], facts: dict[str, Any], thre
     call = call_record(done.batch.specs, threads)
     files, rows = [], []
     timing = dict(seconds=done.seconds, started_at=done.started_at, finished_at=done.finished_at, batch_size=len(done.batch.specs),
-                  base_steps=done.steps[0], refiner_steps=done.steps[1], load_seconds=done.load_seconds, warmup=done.warmup)
+                  base_steps=done.steps[0], refiner_steps=done.steps[1], load_seconds=done.load_seconds, warmup_seconds=done.warmup_seconds)
     for index, spec in enumerate(done.batch.specs):
         path = image_path(spec)
         error = done.errors[index]

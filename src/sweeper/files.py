@@ -142,10 +142,10 @@ def read_image_file(path: Path, limit: int = MAX_IMAGE_BYTES) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
         raise ValueError(f"{path}: {error.strerror}") from None
-    return _read_bounded(fd, path, limit)
+    return read_bounded(fd, path, limit)
 
 
-def read_inside(root: Path, path: Path, limit: int) -> bytes:
+def read_inside(root: Path, path: Path, limit: int, what: str = "an image") -> bytes:
     """Like read_image_file, for a file at `path` inside `root` opened with no link followed
     at `root` or below it (`folder`); UnsafePath where one is."""
     relative = Path(path).relative_to(root)
@@ -156,19 +156,20 @@ def read_inside(root: Path, path: Path, limit: int) -> bytes:
             if error.errno == errno.ELOOP:
                 check_not_link(Path(path))
             raise ValueError(f"{path}: {error.strerror}") from None
-    return _read_bounded(fd, path, limit)
+    return read_bounded(fd, path, limit, what)
 
 
-def _read_bounded(fd: int, path: Path, limit: int) -> bytes:
+def read_bounded(fd: int, path: Path, limit: int, what: str = "an image") -> bytes:
+    """The bytes of the open file `fd` (closed here): a regular file of at most `limit` bytes, else ValueError."""
     with os.fdopen(fd, "rb") as handle:
         info = os.fstat(handle.fileno())
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"{path}: not a regular file")
         if info.st_size > limit:
-            raise ValueError(f"{path}: {info.st_size} bytes, over the limit of {limit} for an image")
+            raise ValueError(f"{path}: {info.st_size} bytes, over the limit of {limit} for {what}")
         data = handle.read(limit + 1)
     if len(data) > limit:
-        raise ValueError(f"{path}: over the limit of {limit} bytes for an image")
+        raise ValueError(f"{path}: over the limit of {limit} bytes for {what}")
     return data
 
 

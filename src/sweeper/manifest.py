@@ -24,9 +24,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sweeper import faults
+from sweeper import faults, lora_files
 from sweeper.bounds import loads_json, read_table
-from sweeper.errors import UnsafePath
+from sweeper.errors import PlanError, UnsafePath
 from sweeper.files import check_not_link, folder, open_image, write_atomic
 from sweeper.spec import FIELDS, public_model_name
 from sweeper.writers import forget_stored, merging
@@ -42,8 +42,12 @@ _TYPES = {
 }
 # How each image's rendering went; the spec's own columns come from its field table (spec.py).
 _RUN_HEAD = [("image_id", pa.string()), ("path", pa.string()), ("status", pa.string()), ("error", pa.string()), ("warning", pa.string())]
+# Spec columns written as scalars, so a groupby or a join on them works: one adapter's name,
+# weight and A1111 hash (several: joined with ", "); whether the UNet was compiled.
+_SCALAR_TYPES = {"lora": pa.string(), "lora_scale": pa.float64(), "lora_sha": pa.string(), "compile": pa.bool_()}
 # Run facts that sit beside a spec column, where manifests have always had them.
 _RUN_AFTER = {
+    "compile": [("compile_mode", pa.string())],  # the torch.compile mode when compiled
     "vae_tiling": [("nsfw", pa.bool_())],
     "dtype": [
         ("device", pa.string()),  # the one used (cuda:1), not the spec's device type
@@ -58,7 +62,7 @@ _RUN_TAIL = [
     ("refiner_steps", pa.int64()),
     ("seconds", pa.float64()),
     ("load_seconds", pa.float64()),
-    ("warmup", pa.bool_()),
+    ("warmup_seconds", pa.float64()),  # a throwaway warm-up call before the image's call (new pipeline or size)
     ("started_at", pa.timestamp("us", tz="UTC")),
     ("finished_at", pa.timestamp("us", tz="UTC")),
     ("host", pa.string()),
@@ -69,22 +73,54 @@ _RUN_TAIL = [
 SPEC_COLUMNS = [f.name for f in FIELDS if f.column is not None]
 SCHEMA = pa.schema(
     _RUN_HEAD
-    + [column for f in FIELDS if f.column is not None for column in [(f.name, _TYPES[f.column]), *_RUN_AFTER.get(f.name, [])]]
+    + [
+        column
+        for f in FIELDS
+        if f.column is not None
+        for column in [(f.name, _SCALAR_TYPES.get(f.name, _TYPES[f.column])), *_RUN_AFTER.get(f.name, [])]
+    ]
     + _RUN_TAIL
 )
 RUN_COLUMNS = {name for name in SCHEMA.names if name not in SPEC_COLUMNS}
 
 
 def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> dict[str, Any]:
-    """One manifest row: the spec's columns, where the image is, how it went."""
+    """One manifest row: the spec's columns, where the image is, how it went.
+
+    A key left unset is written as the value that ran, so two sweeps' rows join on their
+    columns (in SQL a null equals nothing, not even a null): no negative prompt under CFG is ""
+    (an SDXL model with force_zeros_for_empty_prompt runs a zero embedding for it), an unset
+    SDXL prompt_2 is the prompt, negative_prompt_2 the negative prompt.
+    """
     values = {name: getattr(spec, name) for name in SPEC_COLUMNS}
     for name, value in values.items():
         if isinstance(value, tuple):
             values[name] = list(value)
-    values["compile"] = spec.compile or "false"  # as the config says it; null would read as unknown
-    if spec.lora:  # by name, as grids and PNGs show them (plan.parquet keeps where they are; lora_sha what they are)
-        values["lora"] = [public_model_name(value) for value in spec.lora]
+    if spec.uses_cfg and values["negative_prompt"] is None:
+        values["negative_prompt"] = ""
+    if spec.family == "sdxl":
+        values["prompt_2"] = spec.prompt if spec.prompt_2 is None else spec.prompt_2
+        if spec.uses_cfg and spec.negative_prompt_2 is None:
+            values["negative_prompt_2"] = values["negative_prompt"]
+    values.update(compile=spec.compile is not None, compile_mode=spec.compile, **lora_columns(spec))
     return {"image_id": spec.image_id, "path": path, "status": status, "error": error, **values, **run_facts}
+
+
+def lora_columns(spec) -> dict[str, Any]:
+    """The adapters by name as grids and PNGs show them (plan.parquet keeps where they are), the
+    hashes A1111 writes in the PNG text, and their weight. Several adapters: names and hashes joined
+    with ", "; lora_scale when they share one weight, else null with each weight in `lora` (name:weight)."""
+    if not spec.lora:
+        return {"lora": None, "lora_scale": None, "lora_sha": None}
+    names = [public_model_name(value) for value in spec.lora]
+    shared = len(set(spec.lora_scale)) == 1
+    if not shared:
+        names = [f"{name}:{weight:g}" for name, weight in zip(names, spec.lora_scale)]
+    try:
+        hashes = ", ".join(lora_files.file_hashes(lora_files.weights_file(value))[1] for value in spec.lora)
+    except (OSError, PlanError):  # gone since planning: the PNG text leaves its hashes out too
+        hashes = None
+    return {"lora": ", ".join(names), "lora_scale": spec.lora_scale[0] if shared else None, "lora_sha": hashes}
 
 
 def write_part(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
@@ -170,7 +206,7 @@ def _read_table(path: Path) -> pa.Table | None:
         missing = [name for name in SCHEMA.names if name not in table.column_names]
         for name in missing:  # written by an older sweeper
             table = table.append_column(name, pa.nulls(table.num_rows, SCHEMA.field(name).type))
-        return table.select(SCHEMA.names).cast(SCHEMA)
+        return _scalars(table.select(SCHEMA.names)).cast(SCHEMA)
     except FileNotFoundError:
         return None  # merged (and removed) by another writer since it was listed
     except (pa.ArrowException, OSError, UnsafePath) as error:
@@ -179,6 +215,29 @@ def _read_table(path: Path) -> pa.Table | None:
     except ValueError as error:  # over a bound (bounds.read_table): the message names the file
         _warn(f"skipping manifest file {error}")
         return None
+
+
+def _scalars(table: pa.Table) -> pa.Table:
+    """The list-typed lora columns and the text `compile` of manifests written before they were scalars."""
+    for name, kind in _SCALAR_TYPES.items():
+        column = table.column(name)
+        if column.type == kind:
+            continue
+        values = [old_scalar(name, value) for value in column.to_pylist()]
+        table = table.set_column(table.column_names.index(name), name, pa.array(values, kind))
+    return table
+
+
+def old_scalar(name: str, value: Any) -> Any:
+    """A value of an older manifest in its column's scalar form: lists joined (one weight kept
+    when they share it), compile's mode text ("false" or a mode) as a boolean."""
+    if name == "compile" and isinstance(value, str):
+        return value != "false"
+    if not isinstance(value, list):
+        return value
+    if name == "lora_scale":
+        return value[0] if len(set(value)) == 1 else None
+    return ", ".join(value)
 
 
 def _own_rows(table: pa.Table, source: Path) -> pa.Table:
@@ -232,7 +291,7 @@ def _embedded_row(png: Path, out_dir: Path) -> dict[str, Any]:
         raise ValueError("its row names another image")
     for name in ("started_at", "finished_at"):
         row[name] = dt.datetime.fromisoformat(row[name]) if row.get(name) else None
-    row = {name: row.get(name) for name in SCHEMA.names}
+    row = {name: old_scalar(name, row.get(name)) if name in _SCALAR_TYPES else row.get(name) for name in SCHEMA.names}
     pa.Table.from_pylist([row], schema=SCHEMA)  # raises if a value does not fit its column
     return row
 

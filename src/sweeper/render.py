@@ -12,6 +12,7 @@ each PNG records its whole call and replay.py repeats it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import math
 import time
@@ -40,7 +41,7 @@ class Output:
     refiner_steps: int | None  # noise schedule, not the steps; img2img runs int(steps * strength))
     warnings: list[str | None]  # per image: prompts the CLIP tokenizer cut at 77 tokens, as diffusers does silently
     load_seconds: float | None = None  # models loaded for this call (not render time)
-    warmup: bool = False  # the pipeline's first call: it pays one-time costs (allocations, kernel choice, compile)
+    warmup_seconds: float | None = None  # the throwaway warm-up call made before this one (not render time)
 
 
 def render_batch(batch: Batch, device: str, runtime: Runtime) -> Output:
@@ -61,19 +62,51 @@ def quiet_torchsde() -> Iterator[None]:
 def _render_batch(batch: Batch, device: str, runtime: Runtime) -> Output:
     specs = batch.specs
     first = specs[0]
-    seeds = [spec.seed for spec in specs]
 
-    # 1. Load or reuse the pipelines; a fresh scheduler of the asked-for class.
+    # 1. Load or reuse the pipelines.
     loads = len(runtime.loads)
     tic = time.perf_counter()
     base = pipelines.base_pipeline(runtime, first, device)
     loras.apply(runtime, pipelines.base_key(first, device), base, first)
     refiner = None if first.refiner_id is None else pipelines.refiner_pipeline(runtime, first, base, device)
     load_seconds = time.perf_counter() - tic if len(runtime.loads) > loads else None
-    warmup = runtime.first_call(base)
+
+    # 2. A pipeline's first call at a shape pays one-time costs (allocations, kernel choice, compile):
+    # a throwaway call of the same images in fewer steps pays them, so no sweep image (nor the axis
+    # value it has) is timed cold.
+    shape = (first.width, first.height, len(specs))
+    cold = runtime.first_call(base, shape)
+    if refiner is not None:
+        cold = runtime.first_call(refiner, shape) or cold
+    warmup_seconds = None
+    if cold:
+        tic = time.perf_counter()
+        _call(Batch(tuple(warm_up_spec(spec) for spec in specs)), device, runtime, base, refiner)
+        warmup_seconds = time.perf_counter() - tic
+    output = _call(batch, device, runtime, base, refiner)
+    output.load_seconds, output.warmup_seconds = load_seconds, warmup_seconds
+    return output
+
+
+def warm_up_spec(spec: ImageSpec) -> ImageSpec:
+    """An image of a warm-up call: the spec in 2 denoising steps (multistep and second-order schedulers
+    take their later paths too); from an init image, enough steps that `strength` leaves 2; with a
+    refiner at its own steps, as fewer could leave one of the models no step at all."""
+    if spec.refiner_id is not None:
+        return spec
+    steps = 2 if spec.mode == "txt2img" else math.ceil(2 / spec.strength)
+    return dataclasses.replace(spec, steps=min(spec.steps, steps))
+
+
+def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any) -> Output:
+    """One pipeline call of the batch with the loaded pipelines."""
+    specs = batch.specs
+    first = specs[0]
+    seeds = [spec.seed for spec in specs]
+
+    # 1. A fresh scheduler of the asked-for class.
     pipelines.set_scheduler(runtime, base, first, seeds)
     if refiner is not None:
-        warmup = runtime.first_call(refiner) or warmup  # a newly loaded refiner warms up too
         pipelines.set_scheduler(runtime, refiner, first, seeds)
 
     # 2. One CPU generator per image.
@@ -98,20 +131,20 @@ def _render_batch(batch: Batch, device: str, runtime: Runtime) -> Output:
     embeddings, warnings = prompt_embeddings(runtime, base, specs, device)
     if refiner is None:
         out = base(**size, output_type="np", **embeddings, **kwargs)
-        return Output(out.images, _nsfw(out), _steps_run(base, first, "base"), None, warnings, load_seconds, warmup)
+        return Output(out.images, _nsfw(out), _steps_run(base, first, "base"), None, warnings)
     if first.refiner_mode == "ensemble":
         latents = base(**size, denoising_end=first.refiner_split, output_type="latent", **embeddings, **kwargs).images
         base_steps = _steps_run(base, first, "base")
         # 5. Refiner takes the latents mid-denoising (ensemble of experts).
         pipelines.activate(runtime, refiner, first, device)
         out = refiner(image=latents, denoising_start=first.refiner_split, output_type="np", **_refiner_embeddings(runtime, base, refiner, specs, device), **kwargs)
-        return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings, load_seconds, warmup)
+        return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings)
     latents = base(**size, output_type="latent", **embeddings, **kwargs).images
     base_steps = _steps_run(base, first, "base")
     # 5. Refiner re-noises the finished latents by 1 - split and denoises them again.
     pipelines.activate(runtime, refiner, first, device)
     out = refiner(image=latents, strength=1.0 - first.refiner_split, output_type="np", **_refiner_embeddings(runtime, base, refiner, specs, device), **kwargs)
-    return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings, load_seconds, warmup)
+    return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings)
 
 
 def _refiner_embeddings(runtime: Runtime, base: Any, refiner: Any, specs: tuple[ImageSpec, ...], device: str) -> dict[str, torch.Tensor]:

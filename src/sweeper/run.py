@@ -172,7 +172,7 @@ def _check_writable(out_dir: Path) -> None:
         raise PlanError(f"invalid output dir {out_dir}: {existing} {reason}")
 
 
-# The keys a sweep can vary, in the order the start line names them (seed last).
+# The keys a sweep can vary, in the order the start line and the report's page name them (seed last).
 AXES = (
     "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "init_image", "mask_image", "model", "refiner",
     "refiner_split", "refiner_mode", "scheduler", "mode", "strength", "guidance", "steps", "width", "height",
@@ -193,7 +193,7 @@ def axes(specs: Sequence[ImageSpec]) -> str:
     groups: list[list[str]] = []
     for name in varying:
         for group in groups:
-            if len(set(zip(values[group[0]], values[name]))) == max(counts[group[0]], counts[name]):
+            if counts[group[0]] == counts[name] == len(set(zip(values[group[0]], values[name]))):  # one to one
                 group.append(name)
                 break
         else:

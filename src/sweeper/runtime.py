@@ -29,7 +29,7 @@ class Resident:
     pipe: Any
     scheduler_config: Any  # the model's own scheduler config: every swap starts from it
     schedulers: dict[tuple, Any] = field(default_factory=dict)  # (class, kwargs) -> a scheduler to copy
-    called: bool = False  # its first call is its warm-up
+    warmed: set[tuple] = field(default_factory=set)  # the shapes (width, height, images) it has been called at
     adapters: set[str] = field(default_factory=set)  # the LoRA adapters loaded into its modules (content hashes)
 
 
@@ -62,10 +62,11 @@ class Runtime:
     def pipes(self) -> list[Any]:
         return [resident.pipe for resident in self.residents.values()]
 
-    def first_call(self, pipe: Any) -> bool:
-        """True the first time it is asked for a pipeline: its first call is its warm-up."""
+    def first_call(self, pipe: Any, shape: tuple) -> bool:
+        """True the first time it is asked for a pipeline at a shape (width, height, images): that call needs a warm-up."""
         resident = self.resident(pipe)
-        first, resident.called = not resident.called, True
+        first = shape not in resident.warmed
+        resident.warmed.add(shape)
         return first
 
     def cached_embeddings(self, key: tuple) -> tuple | None:

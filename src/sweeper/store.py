@@ -204,7 +204,7 @@ def _public(fields: dict[str, Any]) -> dict[str, Any]:
     for name in _MODEL_FIELDS:
         if public.get(name):
             public[name] = public_model_name(public[name])
-    if public.get("lora"):  # files and folders by base name, hub ids as they are
+    if isinstance(public.get("lora"), (list, tuple)):  # a spec's: files and folders by base name, hub ids as they are (a row's are names)
         public["lora"] = [public_model_name(value) for value in public["lora"]]
     if "overrides" in public:
         public["overrides"] = ""

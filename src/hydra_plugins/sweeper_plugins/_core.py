@@ -60,7 +60,9 @@ def _planned(launcher, composer, job_overrides, initial_job_idx: int, sweep_dir:
     # Lists compare their items by identity first: the sweeper's own override lists take no time at 100,000 jobs.
     if planned is not None and planned[0] == (initial_job_idx, list(job_overrides)):
         return planned[1], planned[2]
-    jobs = composer.jobs(job_overrides, initial_job_idx)
+    from sweeper import commands
+
+    jobs = composer.jobs(job_overrides, initial_job_idx + commands.running_first_job(sweep_dir))
     return jobs, run.prepare(jobs, sweep_dir, **prepare)
 
 

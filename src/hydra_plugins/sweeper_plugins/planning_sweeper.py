@@ -122,9 +122,13 @@ class PlanningSweeper(BasicSweeper):
         every_job = [job for batch in self.overrides for job in batch]
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
 
+        from sweeper import commands
+
         prepared = None
+        command = [str(item) for item in params_conf]
+        first_job = commands.first_job(sweep_dir, command)  # jobs numbered after those of other commands into the dir
         if self.task_function is render_job:
-            prepared = self._plan(every_job, sweep_dir)
+            prepared = self._plan(every_job, sweep_dir, first_job)
             if prepared.dry_run:
                 return []
         else:
@@ -137,6 +141,8 @@ class PlanningSweeper(BasicSweeper):
 
             if prepared is not None and (prepared.todo or not (sweep_dir / run.PLAN_FILE).exists()):
                 run.write_plan(prepared, sweep_dir)  # what the sweep asks for, whichever launcher renders it
+            if prepared is not None:
+                commands.record(sweep_dir, command, first_job, prepared.jobs, len(prepared.specs), len(prepared.todo))
         returns: List[Sequence[JobReturn]] = []
         initial_job_idx = 0
         for batch in self.overrides:
@@ -147,7 +153,7 @@ class PlanningSweeper(BasicSweeper):
             returns.append(results)
         return returns
 
-    def _plan(self, every_job: list, sweep_dir: Path):
+    def _plan(self, every_job: list, sweep_dir: Path, first_job: int):
         """Plan and check all jobs (raises PlanError); says what will happen."""
         from sweeper import run
         from sweeper.hydra_jobs import JobComposer
@@ -158,7 +164,7 @@ class PlanningSweeper(BasicSweeper):
         launcher = self.launcher
         if hasattr(launcher, "check"):
             launcher.check()  # its settings, before anything is written or submitted
-        jobs = JobComposer(self.hydra_context.config_loader, self.config).jobs(every_job)
+        jobs = JobComposer(self.hydra_context.config_loader, self.config).jobs(every_job, first_job)
         if isinstance(launcher, AccelerateLauncher):
             prepared = run.prepare(jobs, sweep_dir, launch.num_processes(launcher.num_processes), launcher.processes_per_gpu)
         elif hasattr(launcher, "prepare_options"):  # SLURM, Ray: workers maybe elsewhere
@@ -173,5 +179,5 @@ class PlanningSweeper(BasicSweeper):
         if distributed.rank() == 0:
             run.announce(prepared, sweep_dir)
         if ours and len(self.overrides) == 1:  # one launch of every job: it renders this plan, not a second one
-            self.launcher.planned = ((0, every_job), jobs, prepared)  # the very override lists it launches with
+            self.launcher.planned = ((0, every_job), jobs, prepared)  # the very override lists it launches with (from job 0)
         return prepared

@@ -10,7 +10,7 @@ from typing import NoReturn
 
 import pyarrow as pa
 
-from sweeper import manifest
+from sweeper import commands, manifest
 from sweeper.errors import UnsafePath
 from sweeper.files import write_atomic
 from sweeper.report.grid_png import GRID_CELL, write_grid_png
@@ -37,12 +37,12 @@ def _write_html(sweep: Sweep, x: str | None, y: str | None, other: Sweep | None,
 
 
 def is_stale(sweep_dir: Path) -> bool:
-    """True unless report.html is newer than the manifest and the plan it shows."""
+    """True unless report.html is newer than the manifest, the plan and the commands it shows."""
     try:
         written = (Path(sweep_dir) / REPORT).stat().st_mtime_ns
     except OSError:
         return True
-    sources = [Path(sweep_dir) / name for name in (manifest.MANIFEST, PLAN_FILE)]
+    sources = [Path(sweep_dir) / name for name in (manifest.MANIFEST, PLAN_FILE, commands.COMMANDS_FILE)]
     return any(source.exists() and source.stat().st_mtime_ns >= written for source in sources)
 
 
@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-o", "--output", type=Path, metavar="FILE",
                         help=f"where to write the HTML (default: SWEEP_DIR/{REPORT}, or SWEEP_DIR/compare-OTHER.html with --compare)")
     parser.add_argument("--grid", type=Path, metavar="PNG", help="also draw the grids as a labelled PNG (tiled as PNG-1.png... when big)")
-    parser.add_argument("--cell", type=int, default=GRID_CELL, metavar="PX", help=f"largest cell of --grid in pixels (default {GRID_CELL})")
+    parser.add_argument("--cell", type=int, metavar="PX",
+                        help=f"cell size of --grid in pixels, images scaled up or down to it (default: the images' size, at most {GRID_CELL})")
     args = parser.parse_args(argv)
-    if not 16 <= args.cell <= 2048:
+    if args.cell is not None and not 16 <= args.cell <= 2048:
         fail(f"--cell must be between 16 and 2048 pixels, not {args.cell}")
     try:
         if (args.sweep_dir / manifest.PARTS_DIR).is_dir():  # rows that workers wrote (a SLURM array's, say): one manifest first

@@ -11,11 +11,13 @@ from urllib.parse import quote
 from sweeper.report.compare import Comparison
 from sweeper.report.layout import codes
 from sweeper.report.sweep import Sweep
-from sweeper.store import THUMB_EXT, THUMBS_DIR
+from sweeper.store import THUMB_EXT, THUMB_SIDE, THUMBS_DIR
 
 PAGE_CELLS = 200  # grid cells per page in the browser
 MAX_COLS = 16  # wider grids are cut into blocks of columns
 PAGE_PAIRS = 50  # compared pairs per page
+TILE_SIZES = [64, 96, 128, 192, 256, 384, 512]
+TILE_SIZE = 128
 
 
 def page_data(
@@ -32,6 +34,9 @@ def page_data(
         "pageCells": PAGE_CELLS,
         "maxCols": MAX_COLS,
         "pagePairs": PAGE_PAIRS,
+        "sizes": TILE_SIZES,  # the thumbnail sizes offered, in px
+        "size": TILE_SIZE,
+        "thumbSide": THUMB_SIDE,  # tiles larger than the thumbnails show the images themselves
         "compare": None,
     }
     if other is not None:

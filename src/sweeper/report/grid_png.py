@@ -4,15 +4,21 @@ Image viewers and chat apps choke on giant grids (20 x 20 SDXL images is
 400 Mpx); every file written here stays within `MAX_SIDE` pixels on a side and
 `MAX_PIXELS` in all: a grid that does not fit is cut into blocks of whole
 rows and columns, and the blocks are spread over `out-1.png`, `out-2.png`, ...
-Labels use Pillow's default font, so nothing outside Pillow is needed.
+Labels use the bundled DejaVu Sans (assets/, its licence beside it): Pillow's
+own default font lacks glyphs such as "—" and "×" and draws a box for them.
+Long labels wrap (long words break); cells are apart by `GAP` pixels, and
+images are scaled to the cell, up or down, so a grid prints at the size asked.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
+from functools import cache
+from importlib.resources import files
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from sweeper.files import is_regular_inside, open_image
 from sweeper.report.layout import layout
@@ -22,7 +28,9 @@ GRID_CELL = 512
 MAX_SIDE = 8192
 MAX_PIXELS = 64_000_000
 PAD = 6
-MAX_LABEL_LINES = 3
+GAP = 4  # between cells, so images that meet do not run together
+MAX_LABEL_LINES = 6
+TITLE_LINES = 2
 INK = (20, 20, 20)
 PAPER = (255, 255, 255)
 NOTE_FILL = (250, 228, 228)
@@ -59,7 +67,8 @@ class _Style:
 
     def __init__(self, cell: int) -> None:
         self.cell = cell
-        self.font = ImageFont.load_default(size=max(12, cell // 16))
+        self.pitch = cell + GAP  # from one cell to the next
+        self.font = ImageFont.truetype(io.BytesIO(_font_file()), size=max(12, cell // 16))
         self.line = round(self.font.size * 1.3)
 
     def width(self, text: str) -> float:
@@ -75,15 +84,28 @@ class _Style:
         lines = max(len(wrap(label, self, self.cell - PAD)) for label in grid.x_labels)
         return lines * self.line + 2 * PAD
 
-    def title(self) -> int:
-        return self.line + 2 * PAD
+    def title_lines(self, block: _Block) -> list[str]:
+        width = self.left(block.grid) + len(block.cols) * self.pitch - PAD
+        return wrap(block.grid.title + block.part, self, width, max_lines=TITLE_LINES)
+
+    def title(self, block: _Block) -> int:
+        return len(self.title_lines(block)) * self.line + 2 * PAD
+
+
+@cache
+def _font_file() -> bytes:
+    return (files("sweeper.report") / "assets" / "DejaVuSans.ttf").read_bytes()
 
 
 def wrap(text: str, style: _Style, width: float, max_lines: int = MAX_LABEL_LINES) -> list[str]:
-    """Greedy word wrap to `width` pixels; the last line ends in an ellipsis when text is left over."""
+    """Greedy word wrap to `width` pixels, a word too long for a line broken where it fills one;
+    the last line ends in an ellipsis when text is left over."""
     lines: list[str] = []
     words = text.split()
     while words and len(lines) < max_lines:
+        if style.width(words[0]) > width:
+            head, rest = _break(words[0], style, width)
+            words[0:1] = [head, rest] if rest else [head]
         line = words.pop(0)
         while words and style.width(f"{line} {words[0]}") <= width:
             line = f"{line} {words.pop(0)}"
@@ -93,6 +115,19 @@ def wrap(text: str, style: _Style, width: float, max_lines: int = MAX_LABEL_LINE
     if words or any(style.width(line) > width for line in lines):
         lines[-1] = _ellipsize(lines[-1] + (" " if words else ""), style, width)
     return [line if style.width(line) <= width else _ellipsize(line, style, width) for line in lines]
+
+
+def _break(word: str, style: _Style, width: float) -> tuple[str, str]:
+    """The longest start of `word` that fits `width` (at least one character), and the rest:
+    found by bisection, a few measurements whatever the word's length."""
+    low, high = 1, len(word)
+    while low < high:
+        middle = (low + high + 1) // 2
+        if style.width(word[:middle]) <= width:
+            low = middle
+        else:
+            high = middle - 1
+    return word[:low], word[low:]
 
 
 def _ellipsize(text: str, style: _Style, width: float) -> str:
@@ -110,10 +145,10 @@ def _ellipsize(text: str, style: _Style, width: float) -> str:
 
 def _blocks(grid: Grid, style: _Style, max_side: int, max_pixels: int) -> list[_Block]:
     """Cut a grid into blocks of whole rows and columns that each fit in one file."""
-    left, top = style.left(grid), style.title() + style.header(grid)
-    cols = max(1, (max_side - left - PAD) // style.cell)
-    width = left + min(cols, len(grid.x_labels)) * style.cell + PAD
-    rows = max(1, (min(max_side, max_pixels // width) - top - PAD) // style.cell)
+    left, top = style.left(grid), TITLE_LINES * style.line + 2 * PAD + style.header(grid)
+    cols = max(1, (max_side - left - PAD) // style.pitch)
+    width = left + min(cols, len(grid.x_labels)) * style.pitch + PAD
+    rows = max(1, (min(max_side, max_pixels // width) - top - PAD) // style.pitch)
     blocks = []
     for row in range(0, len(grid.y_labels), rows):
         for col in range(0, len(grid.x_labels), cols):
@@ -126,8 +161,8 @@ def _blocks(grid: Grid, style: _Style, max_side: int, max_pixels: int) -> list[_
 
 
 def _size(block: _Block, style: _Style) -> tuple[int, int]:
-    width = style.left(block.grid) + len(block.cols) * style.cell + PAD
-    height = style.title() + style.header(block.grid) + len(block.rows) * style.cell + PAD
+    width = style.left(block.grid) + len(block.cols) * style.pitch + PAD
+    height = style.title(block) + style.header(block.grid) + len(block.rows) * style.pitch + PAD
     return width, height
 
 
@@ -158,7 +193,7 @@ def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, cell: Cell | None
         except (ValueError, OSError) as error:
             cell = Cell(note=f"unreadable image ({error})")
         else:
-            image.thumbnail((style.cell, style.cell))
+            image = ImageOps.contain(image, (style.cell, style.cell), Image.LANCZOS)  # up or down to the cell
             canvas.paste(image, (x + (style.cell - image.width) // 2, y + (style.cell - image.height) // 2))
             return
     draw.rectangle((x + 1, y + 1, x + style.cell - 2, y + style.cell - 2), fill=NOTE_FILL)
@@ -169,23 +204,24 @@ def _draw_cell(canvas: Image.Image, draw: ImageDraw.ImageDraw, cell: Cell | None
 
 def _draw_block(canvas: Image.Image, block: _Block, top: int, style: _Style) -> None:
     draw = ImageDraw.Draw(canvas)
-    grid, cell = block.grid, style.cell
+    grid, cell, pitch = block.grid, style.cell, style.pitch
     left = style.left(grid)
-    draw.text((PAD, top + PAD), grid.title + block.part, font=style.font, fill=INK)
-    header_top = top + style.title()
+    for k, line in enumerate(style.title_lines(block)):
+        draw.text((PAD, top + PAD + k * style.line), line, font=style.font, fill=INK)
+    header_top = top + style.title(block)
     rows_top = header_top + style.header(grid)
     for n, col in enumerate(block.cols):
         for k, line in enumerate(wrap(grid.x_labels[col], style, cell - PAD)):
-            x = left + n * cell + (cell - style.width(line)) / 2
+            x = left + n * pitch + (cell - style.width(line)) / 2
             draw.text((x, header_top + PAD + k * style.line), line, font=style.font, fill=INK)
     for m, row in enumerate(block.rows):
-        y = rows_top + m * cell
+        y = rows_top + m * pitch
         lines = wrap(grid.y_labels[row], style, left - 2 * PAD, max_lines=max(1, cell // style.line))
         label_top = y + (cell - len(lines) * style.line) / 2
         for k, line in enumerate(lines):
             draw.text((PAD, label_top + k * style.line), line, font=style.font, fill=INK)
         for n, col in enumerate(block.cols):
-            _draw_cell(canvas, draw, grid.cells.get((row, col)), (left + n * cell, y), style)
+            _draw_cell(canvas, draw, grid.cells.get((row, col)), (left + n * pitch, y), style)
 
 
 def write_grid(grids: list[Grid], out: Path, cell: int, max_side: int = MAX_SIDE, max_pixels: int = MAX_PIXELS) -> list[Path]:
@@ -233,10 +269,12 @@ def _grid_cell(sweep: Sweep, index: int) -> Cell:
     return Cell(image=path) if is_regular_inside(path, sweep.dir) else Cell(note="missing file")
 
 
-def write_grid_png(sweep: Sweep, x: str | None, y: str | None, out: Path, cell: int = GRID_CELL) -> list[Path]:
-    """Labelled PNG grid(s) of the sweep; cells as big as the images, at most `cell` px."""
-    sides = [max(row["width"] or 0, row["height"] or 0) for row in sweep.rows]
+def write_grid_png(sweep: Sweep, x: str | None, y: str | None, out: Path, cell: int | None = None) -> list[Path]:
+    """Labelled PNG grid(s) of the sweep; `cell` px cells (images scaled up or down to fit),
+    by default as big as the largest image, at most GRID_CELL."""
+    if cell is None:
+        cell = min(GRID_CELL, max(max(row["width"] or 0, row["height"] or 0) for row in sweep.rows) or GRID_CELL)
     try:
-        return write_grid(grids(sweep, x, y), Path(out), cell=max(16, min(cell, max(sides) or cell)))
+        return write_grid(grids(sweep, x, y), Path(out), cell=max(16, cell))
     except OSError as error:
         raise ReportError(f"cannot write the grid {out}: {error}") from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
+from sweeper import commands
 from sweeper.report.compare import Comparison
 from sweeper.report.markup import Raw, bar_chart, esc, seconds_text, table
 from sweeper.report.sweep import ENVIRONMENT, Sweep, label, sort_key, sweep_command
@@ -21,14 +22,15 @@ def overview(sweep: Sweep, states: list[str]) -> str:
     starts = [row["started_at"] for row in sweep.rows if row["started_at"] is not None]
     ends = [row["finished_at"] for row in sweep.rows if row["finished_at"] is not None]
     total = sum(row["seconds"] or 0 for row in sweep.rows)
-    loads = sum(row.get("load_seconds") or 0 for row in sweep.rows if row["batch_index"] in (0, None))
+    calls = [row for row in sweep.rows if row["batch_index"] in (0, None)]  # a call's load and warm-up are on each of its rows
+    loads, warmups = (sum(row[name] or 0 for row in calls) for name in ("load_seconds", "warmup_seconds"))
     facts = [("images", f"{len(sweep.rows)} ({ok} ok, {counts['error']} failed, {counts['missing']} files missing)")]
     if sweep.still_to_do:
         facts.append(("still to do", f"{sweep.still_to_do} of {len(sweep.planned)} planned images: run the same command to render them"))
     facts += [
         ("swept", " × ".join(f"{name} ({len(sweep.values(name))})" for name in sweep.swept) or "nothing varies"),
         ("render time", f"{seconds_text(total)} in all, {seconds_text(sweep.mean_seconds(range(len(sweep.rows))))} per image"
-                        f"; model loads {seconds_text(loads)} apart; a pipeline's first call (warm-up) is left out of the means"),
+                        f"; model loads ({seconds_text(loads)}) and warm-up calls ({seconds_text(warmups)}) apart"),
     ]
     if starts and ends:
         facts.append(("wall clock", f"{label(min(starts))} → {label(max(ends))} ({seconds_text((max(ends) - min(starts)).total_seconds())})"))
@@ -75,18 +77,37 @@ def errors_section(sweep: Sweep) -> str:
 
 
 def overrides_section(sweep: Sweep) -> str:
-    recorded = sweep_command(sweep.dir)
-    command = f"<pre>{esc(recorded)}</pre>" if recorded else '<p class="note">No multirun.yaml in the sweep dir.</p>'
+    return (
+        '<section id="overrides"><h2>Overrides</h2>'
+        + commands_block(sweep)
+        + jobs_block(sweep)
+        + "</section>"
+    )
+
+
+def commands_block(sweep: Sweep) -> str:
+    """Every command that wrote the dir (commands.jsonl), or the one Hydra recorded last."""
+    recorded = commands.read(sweep.dir)
+    if not recorded:
+        last = sweep_command(sweep.dir)
+        return "<h3>Sweep (Hydra)</h3>" + (f"<pre>{esc(last)}</pre>" if last else '<p class="note">No multirun.yaml in the sweep dir.</p>')
+    rows = [
+        [entry["at"].replace("T", " "), Raw(f"<code>{esc(commands.command_line(entry['overrides']))}</code>"),
+         _job_range(entry["first_job"], entry["jobs"]), entry["images"], entry["to_render"]]
+        for entry in recorded[-MAX_TABLE_ROWS:]
+    ]
+    return f"<h3>Commands ({len(recorded)})</h3>" + table(["when (UTC)", "command", "jobs", "images", "to render"], rows, "commands", total=len(recorded))
+
+
+def _job_range(first: int, count: int) -> str:
+    return str(first) if count == 1 else f"{first}–{first + count - 1}"
+
+
+def jobs_block(sweep: Sweep) -> str:
     jobs: dict[tuple[Any, str], int] = Counter((row["job_num"], row["overrides"] or "") for row in sweep.rows)
     ordered = sorted(jobs.items(), key=lambda item: sort_key(item[0][0]))
     rows = [[label(job), Raw(f"<code>{esc(overrides)}</code>"), count] for (job, overrides), count in ordered[:MAX_TABLE_ROWS]]
-    return (
-        '<section id="overrides"><h2>Overrides</h2><h3>Sweep (Hydra)</h3>'
-        + command
-        + f"<details><summary>Jobs ({len(jobs)})</summary>"
-        + table(["job", "overrides", "images"], rows, "jobs", total=len(jobs))
-        + "</details></section>"
-    )
+    return f"<details><summary>Jobs ({len(jobs)})</summary>" + table(["job", "overrides", "images"], rows, "jobs", total=len(jobs)) + "</details>"
 
 
 def environment_section(sweep: Sweep) -> str:

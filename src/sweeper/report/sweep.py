@@ -19,11 +19,10 @@ from sweeper import manifest
 from sweeper.bounds import load_plain_yaml, read_regular, read_table
 from sweeper.errors import UnsafePath
 from sweeper.files import is_regular_inside
-from sweeper.run import PLAN_FILE
+from sweeper.run import AXES, PLAN_FILE
 
-# Spec columns that vary with every job or follow from another key: never swept keys.
-_NOT_KEYS = {"job_num", "overrides", "model_id", "model_revision", "refiner_id"}
-KEY_COLUMNS = [name for name in manifest.SPEC_COLUMNS if name not in _NOT_KEYS]
+# Columns written as the key they follow when that key was left unset (manifest.row): an axis only where they differ from it.
+FOLLOWS = {"prompt_2": "prompt", "negative_prompt_2": "negative_prompt"}
 # Columns that say what an image is; two sweeps' images match when these agree.
 MATCH_COLUMNS = [name for name in manifest.SPEC_COLUMNS if name not in {"job_num", "overrides"}]
 ENVIRONMENT = ["sweeper", "diffusers", "torch", "device", "host", "dtype", "world_size", "batch_size", "model_id", "model_revision", "refiner_id"]
@@ -44,8 +43,8 @@ def label(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, float):
         return str(int(value)) if value.is_integer() else repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(label(item) for item in value) + "]"
+    if isinstance(value, list):  # a size pair: 1024, 1024
+        return ", ".join(label(item) for item in value)
     if isinstance(value, datetime):
         return value.isoformat(timespec="seconds")
     return str(value)
@@ -135,14 +134,18 @@ class Sweep:
 
     @cached_property
     def swept(self) -> list[str]:
-        """Config keys whose value varies across the images."""
-        return [name for name in KEY_COLUMNS if not self.constant(name)]
+        """The axes: config keys whose value varies across the images, in the order the start line
+        names them (run.AXES); never a column derived from one (lora_sha, init_image_sha, ...)."""
+        return [name for name in AXES if name in self._first and not self.constant(name) and not self._follows(name)]
+
+    def _follows(self, name: str) -> bool:
+        leader = FOLLOWS.get(name)
+        return leader is not None and all(text[name] == text[leader] for text in self.text)
 
     def mean_seconds(self, indices: Iterable[int]) -> float | None:
-        """Mean render seconds per image; warm-up calls (a pipeline's first) count only when nothing else does."""
-        timed = [self.rows[i] for i in indices if self.rows[i]["status"] == "ok" and self.rows[i]["seconds"] is not None]
-        steady = [row for row in timed if not row.get("warmup")] or timed
-        return sum(row["seconds"] for row in steady) / len(steady) if steady else None
+        """Mean render seconds per image (loads and warm-up calls are apart: every image's call ran warm)."""
+        timed = [self.rows[i]["seconds"] for i in indices if self.rows[i]["status"] == "ok" and self.rows[i]["seconds"] is not None]
+        return sum(timed) / len(timed) if timed else None
 
     @property
     def still_to_do(self) -> int | None:
@@ -187,14 +190,16 @@ def _planned(sweep_dir: Path) -> set[str] | None:
 
 
 def choose_axes(sweep: Sweep, x: str | None = None, y: str | None = None) -> tuple[str | None, str | None]:
-    """Check --x/--y against the manifest's columns; fill the missing ones with the most varied swept keys."""
+    """Check --x/--y against the manifest's columns; fill the missing ones with the most varied swept keys
+    (of equally varied ones the later in the axes' order goes along x: seeds, named last, become the columns)."""
     for flag, column in (("--x", x), ("--y", y)):
         if column is not None and column not in sweep.columns:
             swept = ", ".join(sweep.swept) or "none"
             raise ReportError(f"{flag}: no column {column!r} in the manifest (swept here: {swept}); allowed: {', '.join(sweep.columns)}")
     if x is not None and x == y:
         raise ReportError(f"--x and --y are both {x!r}; pick two columns")
-    free = [name for name in sorted(sweep.swept, key=lambda name: -len(sweep.values(name))) if name not in (x, y)]
+    order = {name: n for n, name in enumerate(sweep.swept)}
+    free = [name for name in sorted(sweep.swept, key=lambda name: (-len(sweep.values(name)), -order[name])) if name not in (x, y)]
     if x is None and free:
         x = free.pop(0)
     if y is None and free:

@@ -33,7 +33,8 @@ class Sweep {
   label(name, code) { return name ? this.values[name][code] : ""; }
   href(path) { return this.base + path.split("/").map(encodeURIComponent).join("/"); }
   full(i) { return this.href(this.value(i, "path")); }
-  thumb(i) { return this.state[i] === "ok" ? this.href(this.thumbs + this.value(i, "image_id") + this.ext) : this.full(i); }
+  // The small WEBP while tiles are no larger than it; the image itself above that.
+  thumb(i) { return this.state[i] === "ok" && view.size <= D.thumbSide ? this.href(this.thumbs + this.value(i, "image_id") + this.ext) : this.full(i); }
   describe(i) { return this.swept.map((name) => `${name}=${this.value(i, name)}`).join(", "); }
   shortLabel(name, v) { return (name && this.short[name] && this.short[name][v]) || v; }
 }
@@ -85,7 +86,10 @@ const view = {
   filters: {},
   page: Math.max(0, Number(params.get("page")) - 1 || 0),
   pairPage: Math.max(0, Number(params.get("pairs")) - 1 || 0),
+  size: D.sizes.includes(Number(params.get("size"))) ? Number(params.get("size")) : D.size,
 };
+const setSize = () => document.documentElement.style.setProperty("--cell", `${view.size}px`);
+setSize();
 if (params.get("x") === "") view.x = "";
 if (params.get("y") === "") view.y = "";
 for (const name of main.swept) {
@@ -93,14 +97,16 @@ for (const name of main.swept) {
   if (value !== null && main.rank.get(name).has(value)) view.filters[name] = value;
 }
 
-function saveHash(image) {
+function saveHash(image, pair) {
   const out = new URLSearchParams();
   out.set("x", view.x);
   out.set("y", view.y);
   for (const [name, value] of Object.entries(view.filters)) out.set(`f.${name}`, value);
   if (view.page) out.set("page", view.page + 1);
   if (view.pairPage) out.set("pairs", view.pairPage + 1);
+  if (view.size !== D.size) out.set("size", view.size);
   if (image) out.set("img", image);
+  if (pair !== undefined) out.set("pair", pair + 1);
   history.replaceState(null, "", `#${out}`);
 }
 
@@ -138,7 +144,15 @@ function controls() {
     renderGrid();
   };
   const host = document.getElementById("grid-controls");
-  host.replaceChildren(select("x (columns)", view.x, axes, setAxis("x", "y")), select("y (rows)", view.y, axes, setAxis("y", "x")));
+  const sizes = D.sizes.map((px) => [String(px), `${px} px`]);
+  const resize = select("image size", String(view.size), sizes, (value) => {
+    view.size = Number(value);
+    setSize();
+    renderGrid();
+    renderCompare();
+  });
+  resize.classList.add("size");
+  host.replaceChildren(resize, select("x (columns)", view.x, axes, setAxis("x", "y")), select("y (rows)", view.y, axes, setAxis("y", "x")));
   for (const name of main.swept) {
     const options = [["\u0000", "all"], ...main.values[name].map((v) => [v, v])];
     host.append(select(name, view.filters[name] ?? "\u0000", options, (value) => {
@@ -217,7 +231,7 @@ function paginate(blocks) {
 
 function axisLabel(cls, scope, name, code) {
   const v = main.label(name, code);
-  return el("th", {class: cls, scope, title: name ? `${name} = ${v}` : "", text: main.shortLabel(name, v)});
+  return el("th", {class: cls, scope, title: name ? `${name} = ${v}` : ""}, el("div", {class: "label", text: main.shortLabel(name, v)}));
 }
 
 function blockNode(block) {
@@ -263,7 +277,7 @@ function renderCompare() {
   const start = view.pairPage * D.pagePairs;
   const head = el("tr", {}, shown.map((name) => el("th", {scope: "col", text: name})),
     el("th", {scope: "col", text: `A: ${a.name}`}), el("th", {scope: "col", text: `B: ${b.name}`}));
-  const rows = pairs.slice(start, start + D.pagePairs).map(([inA, inB]) => el("tr", {class: "pair"},
+  const rows = pairs.slice(start, start + D.pagePairs).map(([inA, inB], k) => el("tr", {class: "pair", "data-n": start + k},
     shown.map((name) => el("td", {text: a.value(inA[0], name)})),
     el("td", {class: "cell side-a"}, inA.map((i) => tile(a, i))),
     el("td", {class: "cell side-b"}, inB.map((i) => tile(b, i)))));
@@ -274,28 +288,58 @@ function renderCompare() {
   pager([document.getElementById("compare-pager")], count, view.pairPage, (page) => { view.pairPage = page; renderCompare(); saveHash(); });
 }
 
-// Lightbox: the full image and every column of its manifest row.
+// Lightbox: the full image and the columns of its manifest row that are set; opened from a compared
+// pair, the two sweeps' images side by side, and their columns in two (those that differ marked).
 const box = document.getElementById("lightbox");
 let boxTiles = [];
 let boxAt = -1;
+const isSet = (value) => value !== "null" && value !== "";
+
+function figureOf(sweep, i) {
+  if (sweep.state[i] === "error") return el("pre", {text: `error: ${sweep.value(i, "error")}`});
+  if (sweep.state[i] === "missing") return el("pre", {text: `missing file: ${sweep.value(i, "path")}`});
+  return el("a", {href: sweep.full(i), target: "_blank"}, el("img", {src: sweep.full(i), alt: sweep.describe(i)}));
+}
+
+function where(text) {
+  const at = boxTiles.length > 1 ? `${boxAt + 1} of ${boxTiles.length} · ` : "";
+  box.querySelector(".where").textContent = at + text;
+  box.hidden = false;
+}
 
 function show(s, i) {
   const sweep = sweeps[s];
-  const figure = box.querySelector(".figure");
-  if (sweep.state[i] === "error") figure.replaceChildren(el("pre", {text: `error: ${sweep.value(i, "error")}`}));
-  else if (sweep.state[i] === "missing") figure.replaceChildren(el("pre", {text: `missing file: ${sweep.value(i, "path")}`}));
-  else figure.replaceChildren(el("a", {href: sweep.full(i), target: "_blank"}, el("img", {src: sweep.full(i), alt: sweep.describe(i)})));
-  box.querySelector(".params").replaceChildren(el("tbody", {}, sweep.order.map((name) => {
-    const value = sweep.value(i, name);
-    return el("tr", {class: value === "null" ? "null" : ""}, el("th", {scope: "row", text: name}), el("td", {text: value}));
-  })));
-  const where = boxTiles.length > 1 ? `${boxAt + 1} of ${boxTiles.length} · ` : "";
-  box.querySelector(".where").textContent = `${where}${D.sweeps.length > 1 ? (s ? "B: " : "A: ") : ""}${sweep.name}`;
-  box.hidden = false;
+  box.querySelector(".figure").replaceChildren(figureOf(sweep, i));
+  box.querySelector(".params").replaceChildren(el("tbody", {}, sweep.order.filter((name) => isSet(sweep.value(i, name))).map((name) =>
+    el("tr", {}, el("th", {scope: "row", text: name}), el("td", {text: sweep.value(i, name)})))));
+  where(`${D.sweeps.length > 1 ? (s ? "B: " : "A: ") : ""}${sweep.name}`);
   saveHash(`${s}:${sweep.value(i, "image_id")}`);
 }
 
+function showPair(row) {
+  const [a, b] = sweeps;
+  const [i, j] = [".side-a", ".side-b"].map((side) => Number(row.querySelector(`${side} .tile`).dataset.i));
+  box.querySelector(".figure").replaceChildren(el("div", {class: "pair"},
+    el("figure", {class: "side-a"}, figureOf(a, i), el("figcaption", {text: `A: ${a.name}`})),
+    el("figure", {class: "side-b"}, figureOf(b, j), el("figcaption", {text: `B: ${b.name}`}))));
+  const names = [...new Set([...a.order, ...b.order])].filter((name) => isSet(a.value(i, name) ?? "null") || isSet(b.value(j, name) ?? "null"));
+  const head = el("tr", {}, el("th", {scope: "col", text: "column"}), el("th", {scope: "col", text: "A"}), el("th", {scope: "col", text: "B"}));
+  box.querySelector(".params").replaceChildren(el("thead", {}, head), el("tbody", {}, names.map((name) => {
+    const [va, vb] = [a.value(i, name) ?? "", b.value(j, name) ?? ""];
+    return el("tr", {class: va === vb ? "" : "differ"}, el("th", {scope: "row", text: name}), el("td", {text: va}), el("td", {text: vb}));
+  })));
+  where(`A: ${a.name} | B: ${b.name}`);
+  saveHash(undefined, Number(row.dataset.n));
+}
+
 function open(node) {
+  const pair = node.closest("tr.pair");
+  if (pair) {  // a compared pair: step from pair to pair
+    boxTiles = [...document.querySelectorAll("#compare-pairs tr.pair")];
+    boxAt = boxTiles.indexOf(pair);
+    showPair(pair);
+    return;
+  }
   const scope = node.closest("[data-scope]") || document;
   boxTiles = [...scope.querySelectorAll(".tile")];
   boxAt = boxTiles.indexOf(node);
@@ -306,7 +350,8 @@ function step(by) {
   if (boxAt < 0 || !boxTiles.length) return;
   boxAt = (boxAt + by + boxTiles.length) % boxTiles.length;
   const node = boxTiles[boxAt];
-  show(Number(node.dataset.s), Number(node.dataset.i));
+  if (node.matches("tr.pair")) showPair(node);
+  else show(Number(node.dataset.s), Number(node.dataset.i));
 }
 
 function close() {
@@ -330,10 +375,14 @@ document.addEventListener("keydown", (event) => {
   else if (event.key === "ArrowRight") step(1);
 });
 
+const wantedPair = Number(params.get("pair")) - 1;
+if (D.compare && wantedPair >= 0) view.pairPage = Math.floor(wantedPair / D.pagePairs);
 renderGrid();
 renderCompare();
 // Milliseconds from the start of loading to the first page of grids drawn (benchmarks read it).
 document.documentElement.dataset.readyMs = Math.round(performance.now());
+const pairRow = wantedPair >= 0 ? document.querySelector(`#compare-pairs tr.pair[data-n="${wantedPair}"]`) : null;
+if (pairRow) open(pairRow.querySelector(".tile"));
 const wanted = (params.get("img") || "").split(":");
 const shared = sweeps[Number(wanted[0])];
 if (shared && wanted.length === 2) {

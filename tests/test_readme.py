@@ -128,7 +128,7 @@ def test_what_the_readme_says_to_run_here_runs_as_written(tmp_path, tiny_models)
     # Reports and replay on the demo's sweep: `<name>` is its dir, `a` and `b` the demo's and the seed sweep's.
     reports = [line for line in lines if line.startswith("python -m sweeper.report outputs/sweeps/")]
     replays = [line for line in lines if line.startswith("python -m sweeper.replay outputs/sweeps/<name>/")]
-    assert len(reports) == 4 and len(replays) == 1
+    assert len(reports) == 5 and len(replays) == 1
     for line in reports + replays:
         line = line.replace("<name>", demo_sweep).replace("<id>", image_id)
         line = line.replace("outputs/sweeps/a ", f"outputs/sweeps/{demo_sweep} ").replace("outputs/sweeps/b ", f"outputs/sweeps/{seeds_sweep} ")

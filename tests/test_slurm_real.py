@@ -167,6 +167,12 @@ def test_a_pending_array_shows_why_attaches_a_second_command_and_is_cancelled_by
     second = warm_cli.run(*command, "hydra.launcher.wait=false", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert f"sweeper: array {job} (2 workers) still renders this sweep dir instead of submitting another; when it ends" in second.stderr
+    plan = (sweep / "plan.parquet").read_bytes()
+    other = warm_cli.run(*[arg.replace("range(0,8)", "range(0,9)") for arg in command], "hydra.launcher.wait=false", cwd=tmp_path)
+    assert other.returncode == 2 and other.stderr.strip().splitlines()[-1] == (
+        f"sweeper: error: array {job} still renders another plan into {sweep}; wait for it to end, or stop it: scancel {job}"
+    ), other.stderr
+    assert (sweep / "plan.parquet").read_bytes() == plan  # the plan its requeued workers read is left alone
     again = Started(*command, cwd=tmp_path)  # the same command, while the array is alive (held)
     try:
         wait_for(lambda: "2 pending: JobHeldUser" in stderr_now(again), 60, again)

@@ -130,17 +130,22 @@ PLAN_FILE = "plan.parquet"
 def write_plan(prepared: Prepared, out_dir: Path) -> None:
     """Every image the sweep asks for, as a table of specs in the sweep dir: what is still
     to do is the plan less the manifest (the report says it)."""
+    from sweeper.files import write_atomic
+
+    write_atomic(Path(out_dir) / PLAN_FILE, plan_bytes(prepared))
+
+
+def plan_bytes(prepared: Prepared) -> bytes:
+    """The plan file's bytes: the same plan gives the same bytes (a SLURM array knows its plan by their hash)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from sweeper.files import write_atomic
 
     rows = [dict(spec.to_dict(), image_id=spec.image_id) for spec in prepared.specs]
     table = pa.Table.from_pylist(rows)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), _NONCE_KEY: str(prepared.random_nonce).encode()})
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    write_atomic(Path(out_dir) / PLAN_FILE, buffer.getvalue())
+    return buffer.getvalue()
 
 
 _NONCE_KEY = b"sweeper.random_nonce"

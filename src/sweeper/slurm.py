@@ -142,12 +142,12 @@ def render(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> list[tupl
 
 def _forget_failed_submit(sweep_dir: Path) -> None:
     """Nothing was rendered: in a sweep dir that holds nothing rendered yet, take back what the
-    command wrote for the sweep (plan.parquet, multirun.yaml, the dir itself when it is empty)."""
-    from sweeper import manifest, run
+    command wrote for the sweep (plan.parquet, multirun.yaml, commands.jsonl, the dir itself when it is empty)."""
+    from sweeper import commands, manifest, run
 
     if any((sweep_dir / name).exists() for name in ("images", manifest.MANIFEST, manifest.PARTS_DIR)):
         return
-    for name in (run.PLAN_FILE, "multirun.yaml"):
+    for name in (run.PLAN_FILE, "multirun.yaml", commands.COMMANDS_FILE):
         (sweep_dir / name).unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         sweep_dir.rmdir()
@@ -224,8 +224,17 @@ def _record(folder: Path, array: Array, digest: str) -> None:
     write_atomic(folder / RECORD, json.dumps(record).encode())
 
 
-def alive_array(conf: Mapping[str, Any], sweep_dir: Path) -> Array | None:
-    """The array recorded for this sweep dir, if a task of it is still pending or running on SLURM."""
+def check_plan(prepared: Any, conf: Mapping[str, Any], sweep_dir: Path) -> None:
+    """Refuse a plan other than the one an array still alive for this sweep dir renders, before the
+    command writes its plan file over the one that array's (requeued) workers read."""
+    from sweeper import run
+
+    alive_array(conf, sweep_dir, hashlib.sha256(run.plan_bytes(prepared)).hexdigest())
+
+
+def alive_array(conf: Mapping[str, Any], sweep_dir: Path, digest: str | None = None) -> Array | None:
+    """The array recorded for this sweep dir, if a task of it is still pending or running on SLURM;
+    PlanError if it renders a plan other than the one whose hash is `digest` (by default the dir's plan file)."""
     from submitit import SlurmJob
 
     from sweeper import run
@@ -235,12 +244,12 @@ def alive_array(conf: Mapping[str, Any], sweep_dir: Path) -> Array | None:
         return None
     try:
         record = json.loads((folder / RECORD).read_text())
-        job_id, workers, digest, todo = str(int(record["job_id"])), int(record["workers"]), str(record["digest"]), list(map(str, record["todo"]))
+        job_id, workers, recorded, todo = str(int(record["job_id"])), int(record["workers"]), str(record["digest"]), list(map(str, record["todo"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not squeue(job_id):
         return None
-    if digest != plan_digest(sweep_dir):
+    if recorded != (digest or plan_digest(sweep_dir)):
         raise PlanError(f"array {job_id} still renders another plan into {sweep_dir}; wait for it to end, or stop it: scancel {job_id}")
     return Array([SlurmJob(folder, f"{job_id}_{rank}") for rank in range(workers)], job_id, "slurm", todo)
 

@@ -27,6 +27,14 @@ class SlurmLauncher(WorkersLauncher):
             return {"auto_device": auto_device(), "devices_here": True}
         return {"auto_device": "cuda" if self.settings.get("gpus_per_worker") else "cpu", "devices_here": False}
 
+    def check_plan(self, prepared: Any) -> None:
+        """Refuse a plan other than the one an array still alive for the sweep dir renders, before anything is written."""
+        from pathlib import Path
+
+        from sweeper import slurm
+
+        slurm.check_plan(prepared, self.settings, Path(str(self.config.hydra.sweep.dir)))
+
     def render_elsewhere(self, prepared: Any, sweep_dir: Any) -> list[tuple[str, str]]:
         """Submit the array and wait for it (unless wait=false); (image_id, error) of the images lost."""
         from sweeper import slurm

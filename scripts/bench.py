@@ -309,7 +309,7 @@ def sweeper_batch_size(args) -> int:
         return int(args.batch_size)
     from types import SimpleNamespace
 
-    from sweeper.schedule import auto_batch_size
+    from sweeper.planning.schedule import auto_batch_size
 
     # auto_batch_size reads only the device and the size of a spec.
     return auto_batch_size(SimpleNamespace(device=args.device, width=args.size, height=args.size))
@@ -500,7 +500,7 @@ def _dry_run(command: list[str], cwd: Path, log_path: Path, what: str, images: i
 
 def model_dir_for(args) -> Path:
     if args.model == "tiny":
-        from sweeper.tiny import tiny_model_dir
+        from sweeper.rendering.tiny import tiny_model_dir
 
         return tiny_model_dir("tiny-sdxl")
     sys.path.insert(0, str(HERE))

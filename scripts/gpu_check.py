@@ -131,7 +131,7 @@ def row_specs(model: list[str], size: int, steps: int, device: str, dtype: str, 
     from omegaconf import OmegaConf
 
     from sweeper.app import config_dir
-    from sweeper.plan import Job, plan
+    from sweeper.planning.plan import Job, plan
 
     overrides = [
         *model, f"device={device}", f"dtype={dtype}", f"width={size}", f"height={size}", f"steps={steps}", "guidance=5",
@@ -147,10 +147,10 @@ def measure_row(model: list[str], size: int, steps: int, device: str, dtype: str
     import numpy as np
     import torch
 
-    from sweeper import pipelines
-    from sweeper.render import render_batch
-    from sweeper.runtime import this_process
-    from sweeper.schedule import Batch
+    from sweeper.rendering import pipelines
+    from sweeper.rendering.render import render_batch
+    from sweeper.rendering.runtime import this_process
+    from sweeper.planning.schedule import Batch
 
     runtime = this_process()  # one base model resident: the next row's dtype or compile mode replaces this one
     render_device = "cuda:0" if device == "cuda" else device
@@ -193,9 +193,9 @@ def dtype_drift(device: str) -> dict:
     ~0.1-0.6 levels against ~45); drift as large as another seed's image means a broken dtype path."""
     import numpy as np
 
-    from sweeper.render import render_batch
-    from sweeper.runtime import Runtime
-    from sweeper.schedule import Batch
+    from sweeper.rendering.render import render_batch
+    from sweeper.rendering.runtime import Runtime
+    from sweeper.planning.schedule import Batch
 
     def images(render_device: str, dtype: str, attention: str) -> np.ndarray:
         specs = row_specs(["model=tiny"], 64, 4, render_device.split(":")[0], dtype, DRIFT_SEEDS, None, (f"attention={attention}",))

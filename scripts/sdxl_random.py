@@ -165,7 +165,7 @@ def build(device: str = "cpu", dtype: str = "bfloat16"):
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
-    from sweeper.tiny import tiny_model_dir
+    from sweeper.rendering.tiny import tiny_model_dir
 
     tokenizer = CLIPTokenizer.from_pretrained(tiny_model_dir("tiny-sdxl") / "tokenizer")
     special = dict(

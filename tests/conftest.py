@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from sweeper.plan import Job
+from sweeper.planning.plan import Job
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -55,7 +55,7 @@ def hydra_version_base():
 @pytest.fixture
 def fresh_runtime(monkeypatch):
     """A runtime of its own as this process's for the test: no pipelines, no caches."""
-    from sweeper import runtime
+    from sweeper.rendering import runtime
 
     fresh = runtime.Runtime()
     monkeypatch.setattr(runtime, "_this_process", fresh)
@@ -65,7 +65,7 @@ def fresh_runtime(monkeypatch):
 @pytest.fixture(scope="session")
 def tiny_models(sweeper_env) -> dict[str, Path]:
     """Build the three tiny models once per session (subprocesses find them in the cache)."""
-    from sweeper.tiny import TINY_MODELS, tiny_model_dir
+    from sweeper.rendering.tiny import TINY_MODELS, tiny_model_dir
 
     return {name: tiny_model_dir(name) for name in TINY_MODELS}
 
@@ -175,7 +175,8 @@ import tqdm
 tqdm.tqdm.monitor_interval = 0  # tqdm's monitor thread never ends by itself (a process's end stops it): none here
 import hydra_plugins.sweeper_plugins
 import sweeper
-from sweeper import pipelines, report, runtime
+from sweeper.rendering import pipelines, runtime
+from sweeper import report
 from sweeper.app import main
 ENTRY = {"sweeper": main, "sweeper.report": lambda: sys.exit(report.main())}
 OURS = ("sweeper", "hydra_plugins.sweeper_plugins")
@@ -421,7 +422,8 @@ def composed_job(num: int, *overrides: str) -> Job:
 
 def render_in_process(out_dir: Path, jobs: list) -> None:
     """Plan, render and merge `jobs` into `out_dir` as the CLI does, without an interpreter start (~10 s)."""
-    from sweeper import manifest, run
+    from sweeper.storing import manifest
+    from sweeper.launching import run
 
     run.execute(run.prepare(jobs, out_dir), out_dir)
     manifest.merge(out_dir)

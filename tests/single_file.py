@@ -17,7 +17,7 @@ import diffusers
 import torch
 from safetensors.torch import save_file
 
-from sweeper.tiny import tiny_model_dir
+from sweeper.rendering.tiny import tiny_model_dir
 
 PIPELINE_CLASSES = {"tiny-sd": diffusers.StableDiffusionPipeline, "tiny-sdxl": diffusers.StableDiffusionXLPipeline}
 

@@ -278,7 +278,7 @@ def test_every_scheduler_renders_in_one_sweep(tmp_path, tiny_models):
 
 def test_same_spec_same_pixels_in_any_sweep_and_order(tmp_path, tiny_models):
     from conftest import plan_config, render_in_process
-    from sweeper.plan import Job
+    from sweeper.planning.plan import Job
 
     # Same batch composition (seed list [3, 4] in one job), different sweeps and job orders (in process:
     # the planning, batching and rendering of the CLI, without two interpreter starts).
@@ -297,7 +297,7 @@ def test_same_spec_same_pixels_in_any_sweep_and_order(tmp_path, tiny_models):
 
 def test_batch_size_changes_pixels_by_at_most_two_levels(tmp_path, tiny_models):
     from conftest import plan_config, render_in_process
-    from sweeper.plan import Job
+    from sweeper.planning.plan import Job
 
     frames = {}
     for size in (1, 8):

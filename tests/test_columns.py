@@ -15,7 +15,8 @@ from conftest import only_dir
 from PIL import Image
 from test_lora import loras  # noqa: F401  (the module's LoRA files, as a fixture)
 
-from sweeper import manifest, report
+from sweeper.storing import manifest
+from sweeper import report
 
 SMALL = ("model=tiny", "width=32", "height=32", "steps=2", "guidance=5")
 PROMPTS = "prompt=a fox,a cat"  # under -m: two prompts

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from sweeper.app import config_dir
 from sweeper.errors import PlanError
-from sweeper.plan import Job, plan
+from sweeper.planning.plan import Job, plan
 
 CONF = Path(config_dir())
 
@@ -44,11 +44,11 @@ def job_config(*overrides: str) -> dict:
 
 def sweep_job_configs(experiment: str) -> list[tuple[tuple[str, ...], dict]]:
     """Every job of an experiment's sweep, composed as our sweeper composes it
-    (sweeper.hydra_jobs.JobComposer: what composing each job gives, much faster)."""
+    (sweeper.planning.hydra_jobs.JobComposer: what composing each job gives, much faster)."""
     from hydra.core.global_hydra import GlobalHydra
     from hydra.types import RunMode
 
-    from sweeper.hydra_jobs import JobComposer
+    from sweeper.planning.hydra_jobs import JobComposer
 
     job_overrides = experiment_jobs(experiment)
     with initialize_config_dir(str(CONF), version_base="1.3"):

@@ -14,7 +14,7 @@ import pytest
 from conftest import Started, composed_job, only_dir, plan_config, render_in_process
 from PIL import Image
 
-from sweeper import files, manifest, store
+from sweeper.storing import files, manifest, store
 
 SWEEP = ("-m", "model=tiny", "seed=0,1,2,3,4", "steps=2", "batch_size=2")
 # SWEEP stopped three ways, each in a `python -m sweeper` of its own (what it leaves is freed by its process's end):
@@ -49,7 +49,7 @@ def files_of(sweep) -> dict[str, int]:
 def same_command_again(sweep) -> int:
     """SWEEP again into its dir, as the CLI runs it but in process (an interpreter start is ~10 s):
     under the dir's lock, stale temps swept, the manifest merged. Returns how many were already done."""
-    from sweeper import launch, run
+    from sweeper.launching import launch, run
 
     jobs = [composed_job(n, "model=tiny", f"seed={seed}", "steps=2", "batch_size=2") for n, seed in enumerate(range(5))]
     prepared = run.prepare(jobs, sweep)
@@ -132,7 +132,7 @@ def test_a_full_disk_stops_with_one_line_and_keeps_what_was_stored(stopped):
 
 
 def spec(seed: int):
-    from sweeper.plan import Job, plan
+    from sweeper.planning.plan import Job, plan
 
     return plan([Job(0, plan_config(seed=seed, steps=2, device="cpu"))])[0]
 
@@ -172,7 +172,7 @@ def test_bad_output_is_flagged(pixels, error, warning):
 
 
 def test_stale_temp_files_of_a_killed_write_are_removed_but_never_a_live_writers(tmp_path):
-    from sweeper import writers
+    from sweeper.storing import writers
 
     (tmp_path / "images").mkdir()
     stale = tmp_path / "images" / ".abc.png.x1.tmp"

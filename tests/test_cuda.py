@@ -17,9 +17,11 @@ import pytest
 import torch
 from conftest import only_dir, plan_config, run_cli
 
-from sweeper import manifest, pipelines, run
-from sweeper.plan import Job
-from sweeper.runtime import this_process
+from sweeper.storing import manifest
+from sweeper.rendering import pipelines
+from sweeper.launching import run
+from sweeper.planning.plan import Job
+from sweeper.rendering.runtime import this_process
 
 DEVICE = os.environ.get("SWEEPER_TEST_DEVICE", "cuda")
 ON_GPU = DEVICE == "cuda"

@@ -20,10 +20,13 @@ import pandas as pd
 import pytest
 from conftest import main_per_case, only_dir, plan_config, render_in_process, run_cli
 
-from sweeper import manifest, report, run, schedule
+from sweeper.storing import manifest
+from sweeper import report
+from sweeper.launching import run
+from sweeper.planning import schedule
 from sweeper.cli_errors import quoted_override
 from sweeper.errors import PlanError
-from sweeper.plan import Job, plan
+from sweeper.planning.plan import Job, plan
 
 A1111_PROMPTS = [
     "a fox, in snow",
@@ -127,7 +130,7 @@ def test_a_dry_run_on_an_existing_sweep_writes_nothing_and_counts_what_is_left(t
 
 
 def test_file_modes_follow_the_umask(tmp_path):
-    from sweeper import files
+    from sweeper.storing import files
 
     files.write_atomic(tmp_path / "a.bin", b"x")
     assert stat.S_IMODE((tmp_path / "a.bin").stat().st_mode) == 0o666 & ~files._UMASK
@@ -188,7 +191,7 @@ def test_timing_keeps_loads_and_warm_up_apart_and_the_estimate_pays_start_up(tmp
 
 
 def test_the_warm_up_call_leaves_the_pixels_as_they_were(tiny_models, fresh_runtime):
-    from sweeper.render import render_batch
+    from sweeper.rendering.render import render_batch
 
     batch = schedule.Batch(tuple(plan([Job(0, plan_config(seed=[0, 1], steps=3, scheduler="dpmpp_2m"))])))
     cold = render_batch(batch, "cpu", fresh_runtime)
@@ -199,7 +202,7 @@ def test_the_warm_up_call_leaves_the_pixels_as_they_were(tiny_models, fresh_runt
 
 def test_records_say_what_really_happened(tmp_path, monkeypatch):
     from sweeper import hub
-    from sweeper.prompts import prompt_rows
+    from sweeper.planning.prompts import prompt_rows
 
     # A model.id that points elsewhere is not labelled with the group it came from.
     sdxl_elsewhere = {"name": "sdxl", "id": "tiny-sdxl", "revision": None, "family": "sdxl"}  # model=sdxl model.id=...
@@ -230,7 +233,7 @@ def test_records_say_what_really_happened(tmp_path, monkeypatch):
 def test_torchsde_float_noise_does_not_break_the_progress_bar():
     import warnings
 
-    from sweeper.render import quiet_torchsde
+    from sweeper.rendering.render import quiet_torchsde
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -244,7 +247,7 @@ def test_the_config_keys_are_the_ones_planning_knows():
     import yaml
 
     from sweeper.app import config_dir
-    from sweeper.validate import CONFIG_KEYS
+    from sweeper.planning.validate import CONFIG_KEYS
 
     config = yaml.safe_load((Path(config_dir()) / "config.yaml").read_text())
     assert set(config) - {"defaults", "hydra"} == set(CONFIG_KEYS)

@@ -18,11 +18,13 @@ import torch
 from conftest import plan_config, render_in_process, run_cli
 from PIL import Image
 
-from sweeper import devices, launch, manifest, pipelines, run
+from sweeper.rendering import devices, pipelines
+from sweeper.launching import launch, run
+from sweeper.storing import manifest
 from sweeper.errors import DeviceFailed
 from sweeper.errors import PlanError
-from sweeper.plan import Job, plan
-from sweeper.runtime import this_process
+from sweeper.planning.plan import Job, plan
+from sweeper.rendering.runtime import this_process
 
 SMALL = dict(width=32, height=32, steps=2, device="cpu")
 
@@ -271,7 +273,7 @@ def test_compile_with_offload_is_refused_in_one_line(monkeypatch):
 
 
 def test_the_manifest_records_the_steps_each_model_really_ran(tmp_path, fresh):
-    from sweeper.validate import split_steps
+    from sweeper.planning.validate import split_steps
 
     render_in_process(tmp_path, jobs(
         dict(refiner="tiny", steps=4, seed=0),

@@ -124,7 +124,8 @@ def test_two_nodes_one_killed_mid_sweep_the_other_stops_and_the_same_command_fin
     # The same command again (in process, with one thread as the ranks had): only what is missing renders.
     import torch
 
-    from sweeper import launch, manifest, run
+    from sweeper.launching import launch, run
+    from sweeper.storing import manifest
 
     jobs = [composed_job(n, "model=tiny", f"guidance={g}", f"seed={s}", "steps=2", "batch_size=3")
             for n, (g, s) in enumerate((g, s) for g in (3, 7) for s in (0, 1, 2))]
@@ -199,7 +200,7 @@ def hydra_loader():
 
 @pytest.mark.parametrize("overrides", OVERRIDE_SETS, ids=" ".join)
 def test_fast_composition_equals_hydra_composition(hydra_loader, overrides):
-    from sweeper.hydra_jobs import JobComposer, job_from_config
+    from sweeper.planning.hydra_jobs import JobComposer, job_from_config
 
     loader, master = hydra_loader
     expected = job_from_config(loader.load_sweep_config(master, overrides), 0, overrides).config
@@ -207,7 +208,7 @@ def test_fast_composition_equals_hydra_composition(hydra_loader, overrides):
 
 
 def test_fast_composition_composes_once_per_group_choice(hydra_loader, monkeypatch):
-    from sweeper.hydra_jobs import JobComposer
+    from sweeper.planning.hydra_jobs import JobComposer
 
     loader, master = hydra_loader
     calls = []
@@ -222,7 +223,7 @@ def test_fast_composition_composes_once_per_group_choice(hydra_loader, monkeypat
 
 
 def test_fast_jobs_share_no_nested_value_they_change(hydra_loader):
-    from sweeper.hydra_jobs import JobComposer
+    from sweeper.planning.hydra_jobs import JobComposer
 
     loader, master = hydra_loader
     composer = JobComposer(loader, master)
@@ -234,7 +235,7 @@ def test_fast_jobs_share_no_nested_value_they_change(hydra_loader):
 def test_bad_override_in_a_fast_job_is_hydras_error(hydra_loader):
     from hydra.errors import ConfigCompositionException
 
-    from sweeper.hydra_jobs import JobComposer
+    from sweeper.planning.hydra_jobs import JobComposer
 
     loader, master = hydra_loader
     with pytest.raises(ConfigCompositionException, match="guidanse"):

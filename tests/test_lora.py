@@ -22,7 +22,7 @@ from conftest import composed_job, main_per_case, plan_config, render_in_process
 from sweeper import replay
 from sweeper.make_lora import make_lora
 from sweeper.errors import PlanError
-from sweeper.plan import Job, plan
+from sweeper.planning.plan import Job, plan
 
 SMALL = dict(width=32, height=32, steps=2, device="cpu")
 

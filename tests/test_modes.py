@@ -19,12 +19,14 @@ import torch
 from conftest import composed_job, main_per_case, only_dir, plan_config, render_in_process
 from PIL import Image
 
-from sweeper import calls, manifest, pipelines, run
+from sweeper.rendering import calls, pipelines
+from sweeper.storing import manifest
+from sweeper.launching import run
 from sweeper.errors import PlanError
-from sweeper.plan import Job, plan
-from sweeper.render import _image, render_batch
-from sweeper.runtime import this_process
-from sweeper.schedule import Batch
+from sweeper.planning.plan import Job, plan
+from sweeper.rendering.render import _image, render_batch
+from sweeper.rendering.runtime import this_process
+from sweeper.planning.schedule import Batch
 
 # --- helpers ------------------------------------------------------------------------------------
 

@@ -7,11 +7,12 @@ import diffusers
 import numpy as np
 import pytest
 
-from sweeper import pipelines, run
-from sweeper.plan import Job, plan
-from sweeper.render import render_batch
-from sweeper.runtime import this_process
-from sweeper.schedule import Batch
+from sweeper.rendering import pipelines
+from sweeper.launching import run
+from sweeper.planning.plan import Job, plan
+from sweeper.rendering.render import render_batch
+from sweeper.rendering.runtime import this_process
+from sweeper.planning.schedule import Batch
 
 SCHEDULERS = {
     "euler": ("EulerDiscreteScheduler", {}),

@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 from sweeper.app import config_dir
 from sweeper.errors import PlanError
-from sweeper.plan import Job, plan, plan_job
-from sweeper.spec import EXECUTION_FIELDS, LABEL_FIELDS, PER_IMAGE_FIELDS, ImageSpec
-from sweeper.validate import SEED_LIMIT
-from sweeper.tiny import RECIPE_VERSION
+from sweeper.planning.plan import Job, plan, plan_job
+from sweeper.planning.spec import EXECUTION_FIELDS, LABEL_FIELDS, PER_IMAGE_FIELDS, ImageSpec
+from sweeper.planning.validate import SEED_LIMIT
+from sweeper.rendering.tiny import RECIPE_VERSION
 
 PIXEL_FIELDS = {
     "model_id", "model_revision", "family", "refiner_id", "refiner_revision", "refiner_split", "refiner_mode",
@@ -313,7 +313,7 @@ def test_negative_size_conditioning_takes_effect_alone_and_is_passed_whole(base)
      (4, 0.75, "img2img", "leading", (4, 1)), (10, 0.5, "ensemble", "trailing", (5, 5)), (10, 0.5, "ensemble", "linspace", (5, 5))],
 )
 def test_split_steps_cut_as_diffusers_does(steps, split, mode, spacing, expected):
-    from sweeper.validate import split_steps
+    from sweeper.planning.validate import split_steps
 
     assert split_steps(steps, split, mode, spacing) == expected
 

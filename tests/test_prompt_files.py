@@ -9,7 +9,7 @@ from conftest import only_dir, plan_config
 from PIL import Image
 
 from sweeper.errors import PlanError
-from sweeper.plan import Job, plan
+from sweeper.planning.plan import Job, plan
 
 CSV = (
     "prompt,negative_prompt,seed,guidance,steps\n"

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from sweeper import prompt_files, templates
+from sweeper.planning import prompt_files, templates
 from sweeper.errors import PlanError
-from sweeper.prompts import PromptRow, prompt_rows
+from sweeper.planning.prompts import PromptRow, prompt_rows
 
 
 def texts(c, limit=100_000):
@@ -82,7 +82,7 @@ def test_plain_prompts_take_the_fast_path_without_an_expander(monkeypatch):
 
 def test_plain_planning_never_imports_dynamicprompts_or_torch():
     code = (
-        "import sys, sweeper.prompts as p\n"
+        "import sys, sweeper.planning.prompts as p\n"
         "rows, _ = p.prompt_rows({'prompt': ['a car', 'snake__case', 'x } y'] * 100})\n"
         "assert len(rows) == 300\n"
         "assert 'dynamicprompts' not in sys.modules, 'dynamicprompts imported'\n"
@@ -148,7 +148,7 @@ def test_expansion_is_the_same_in_every_process(tmp_path):
     for name in ("zebra", "apple", "mango"):
         write(wildcards / "sub" / f"{name}.txt", f"{name} 1\n{name} 2\n")
     code = (
-        "import sys, json, sweeper.prompts as p\n"
+        "import sys, json, sweeper.planning.prompts as p\n"
         f"rows, _ = p.prompt_rows({{'prompt': ['__sub/*__ {{~a|b|c|d|e|f}} {{x|y}}', '__~sub/*__ z'], 'wildcards': {str(wildcards)!r}}})\n"
         "print(json.dumps([r.prompt for r in rows]))\n"
     )

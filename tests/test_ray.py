@@ -27,9 +27,13 @@ import ray
 from conftest import composed_job, main_per_case, plan_config, render_in_process, run_cli
 from PIL import Image
 
-from sweeper import calls, manifest, ray_actors, replay, schedule, writers
+from sweeper.rendering import calls
+from sweeper.storing import manifest, writers
+from sweeper.launching import ray_actors
+from sweeper import replay
+from sweeper.planning import schedule
 from sweeper.errors import PlanError
-from sweeper.plan import Job, plan
+from sweeper.planning.plan import Job, plan
 
 ACTORS = ["hydra/launcher=ray_actors", "hydra.launcher.workers=2", "hydra.launcher.cpus_per_worker=1"]
 # The test cluster asks for no token (Ray's default token auth would have to be handed to every driver).
@@ -388,7 +392,7 @@ def test_auto_workers_are_one_per_gpu_or_one_per_machine_of_cpus_and_a_number_of
 
 
 def test_actors_take_the_costliest_batch_of_the_models_they_have_loaded_first():
-    from sweeper.ray_dispatch import Queue
+    from sweeper.launching.ray_dispatch import Queue
 
     (spec,) = plan([Job(0, plan_config())])
 

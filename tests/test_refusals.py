@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from conftest import main_per_case, plan_config, render_in_process
 
-from sweeper import report, run
-from sweeper.plan import Job
+from sweeper import report
+from sweeper.launching import run
+from sweeper.planning.plan import Job
 
 REFUSED = [
     (["guidance=abc"], "invalid guidance="),

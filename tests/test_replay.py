@@ -9,8 +9,9 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from conftest import plan_config
-from sweeper import replay, run
-from sweeper.plan import Job
+from sweeper import replay
+from sweeper.launching import run
+from sweeper.planning.plan import Job
 
 
 def replay_args(*argv: str):

@@ -28,7 +28,8 @@ import pytest
 from conftest import only_dir, run_cli
 from PIL import Image, ImageDraw
 
-from sweeper import manifest, report, store
+from sweeper.storing import manifest, store
+from sweeper import report
 from sweeper.report import grid_png
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or "/usr/bin/chromium"

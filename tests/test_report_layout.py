@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 from test_report import base_row, browse, labels, write_manifest
 
-from sweeper import manifest, report
+from sweeper.storing import manifest
+from sweeper import report
 from sweeper.report.data import page_data
 from sweeper.report.grid_png import grids
 from sweeper.report.layout import codes, layout

@@ -7,11 +7,11 @@ import weakref
 
 from conftest import plan_config
 
-from sweeper import run
-from sweeper.plan import Job, plan
-from sweeper.render import render_batch
-from sweeper.runtime import Runtime
-from sweeper.schedule import Batch
+from sweeper.launching import run
+from sweeper.planning.plan import Job, plan
+from sweeper.rendering.render import render_batch
+from sweeper.rendering.runtime import Runtime
+from sweeper.planning.schedule import Batch
 
 SMALL = dict(width=32, height=32, steps=2, device="cpu")
 

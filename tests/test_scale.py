@@ -9,9 +9,9 @@ import datetime as dt
 import pyarrow.parquet as pq
 from conftest import plan_config
 
-from sweeper import manifest, store
-from sweeper import plan as plan_module
-from sweeper.plan import Job, plan
+from sweeper.storing import manifest, store
+from sweeper.planning import plan as plan_module
+from sweeper.planning.plan import Job, plan
 
 
 def test_jobs_that_differ_in_seeds_or_prompts_are_checked_and_hashed_once(monkeypatch):
@@ -59,7 +59,7 @@ def test_job_returns_make_their_configs_only_when_asked(tmp_path):
 
     from hydra_plugins.sweeper_plugins._core import _JobReturn
     from sweeper.app import config_dir
-    from sweeper.hydra_jobs import JobComposer
+    from sweeper.planning.hydra_jobs import JobComposer
 
     with initialize_config_dir(config_dir(), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
@@ -82,7 +82,8 @@ def test_the_launcher_renders_the_plan_the_sweeper_made(tmp_path, monkeypatch):
     import io
     import sys
 
-    from sweeper import app, launch, run
+    from sweeper import app
+    from sweeper.launching import launch, run
     from sweeper.app import main
 
     planned, rendered = [], []

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import REFINERS, SCHEDULERS, plan_config
 
-from sweeper.plan import Job, plan
-from sweeper.spec import ImageSpec
-from sweeper.schedule import (
+from sweeper.planning.plan import Job, plan
+from sweeper.planning.spec import ImageSpec
+from sweeper.planning.schedule import (
     DECODE_FORWARDS,
     SECONDS_PER_UNIT,
     Batch,

@@ -21,12 +21,14 @@ import pytest
 from conftest import plan_config
 from PIL import Image
 
-from sweeper import files, manifest, replay, report, run, store
+from sweeper.storing import files, manifest, store
+from sweeper import replay, report
+from sweeper.launching import run
 from sweeper.errors import UnsafePath
 from sweeper.errors import PlanError
-from sweeper.plan import Job, plan
-from sweeper.spec import ImageSpec
-from sweeper.prompts import prompt_rows
+from sweeper.planning.plan import Job, plan
+from sweeper.planning.spec import ImageSpec
+from sweeper.planning.prompts import prompt_rows
 
 VERSIONS = {"sweeper": "0.1.0", "diffusers": "0.42.1", "torch": "2.13.0"}
 
@@ -119,7 +121,7 @@ def test_a_png_naming_a_relative_dir_like_a_hub_id_is_a_local_model(tmp_path, ca
 
 
 def test_the_scheduler_check_also_guards_the_render_path():
-    from sweeper import pipelines
+    from sweeper.rendering import pipelines
 
     with pytest.raises(PlanError, match="not a diffusers scheduler class"):
         pipelines.scheduler_class("AutoModel", {})
@@ -131,7 +133,7 @@ def test_the_scheduler_check_also_guards_the_render_path():
 
 
 def test_planted_claims_and_merge_locks_are_never_written_through(tmp_path):
-    from sweeper import writers
+    from sweeper.storing import writers
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
@@ -243,7 +245,7 @@ def holding(folder: Path) -> dict:
 
 @pytest.mark.parametrize("act", ["forget_stored", "take_over", "create", "release"])
 def test_claims_are_made_and_removed_in_their_folder_even_when_it_is_swapped_for_a_link(tmp_path, monkeypatch, act):
-    from sweeper import writers
+    from sweeper.storing import writers
 
     (spec,) = plan([Job(0, plan_config())])
     victim, before = a_victim(tmp_path, spec.image_id)
@@ -269,7 +271,7 @@ def test_claims_are_made_and_removed_in_their_folder_even_when_it_is_swapped_for
 
 
 def test_stale_temps_are_removed_in_their_folder_even_when_it_is_swapped_for_a_link(tmp_path, monkeypatch):
-    from sweeper import writers
+    from sweeper.storing import writers
 
     victim, _ = a_victim(tmp_path, ".old.tmp")
     old = time.time() - writers.TEMP_STALE_SECONDS - 60
@@ -320,7 +322,8 @@ def test_the_merge_removes_parts_only_in_their_folder_even_when_it_is_swapped_fo
 SWAPPED_RUNS = """
 import contextlib, io, json, logging, sys
 from pathlib import Path
-from sweeper import app, run
+from sweeper import app
+from sweeper.launching import run
 
 victim, checked, results = Path(sys.argv[1]), run.check_sweep_dir, []
 
@@ -364,7 +367,7 @@ def test_hydra_job_files_are_not_written_through_links_swapped_in_after_the_chec
 
 
 def test_a_wildcard_folder_swapped_for_a_link_after_the_walk_is_not_read(tmp_path, monkeypatch):
-    from sweeper import templates
+    from sweeper.planning import templates
 
     victim, _ = a_victim(tmp_path)
     (victim / "colors.txt").write_text("password-123\n")
@@ -601,7 +604,7 @@ def parquet_bomb(path: Path, rows: list[dict], value_bytes: int = 50_000, copies
 @pytest.fixture
 def small_bounds(monkeypatch):
     """Bounds scaled down 1000 times, so that a bomb of 10 MB trips them as 10 GB trips the real ones."""
-    from sweeper import bounds
+    from sweeper.storing import bounds
 
     monkeypatch.setattr(bounds, "MAX_TABLE_BYTES", 2 * 2**20)
 
@@ -632,7 +635,7 @@ def test_report_compare_refuses_a_parquet_bomb_manifest_in_one_line(tmp_path, ca
 
 
 def test_the_bounds_hold_rows_columns_and_bytes_on_disk(tmp_path, monkeypatch):
-    from sweeper import bounds
+    from sweeper.storing import bounds
 
     path = tmp_path / "t.parquet"
     pq.write_table(pa.table({f"c{i}": list(range(10)) for i in range(5)}), path)
@@ -647,7 +650,7 @@ def test_the_bounds_hold_rows_columns_and_bytes_on_disk(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "bomb"])
 def test_an_array_task_refuses_a_plan_swapped_after_submission_at_once(tmp_path, kind, small_bounds):
-    from sweeper import slurm
+    from sweeper.launching import slurm
 
     sweep = tmp_path / "sweep"
     sweep.mkdir()
@@ -702,7 +705,7 @@ def in_thread(call, timeout: float = 20) -> list:
 
 
 def test_fifos_planted_as_a_claim_or_the_merge_lock_are_taken_over_without_a_wait(tmp_path):
-    from sweeper import writers
+    from sweeper.storing import writers
 
     (spec,) = plan([Job(0, plan_config())])
     (tmp_path / writers.CLAIMS_DIR).mkdir()
@@ -720,7 +723,7 @@ def test_fifos_planted_as_a_claim_or_the_merge_lock_are_taken_over_without_a_wai
 
 @pytest.mark.parametrize("holder", ["this-host", "another-host"])
 def test_claims_and_merge_locks_dated_in_the_future_do_not_hold_for_ever(tmp_path, holder):
-    from sweeper import writers
+    from sweeper.storing import writers
 
     (spec,) = plan([Job(0, plan_config())])
     text = f"{socket.gethostname()} 1" if holder == "this-host" else "another-host 12"  # pid 1 lives: only the date can free it
@@ -737,7 +740,7 @@ def test_claims_and_merge_locks_dated_in_the_future_do_not_hold_for_ever(tmp_pat
 
 
 def test_a_young_claim_of_another_host_is_left_to_it_and_said(tmp_path, capsys, tiny_models):
-    from sweeper import writers
+    from sweeper.storing import writers
 
     jobs = [Job(0, plan_config(seed=[0, 1]))]
     prepared = run.prepare(jobs, tmp_path)
@@ -769,7 +772,7 @@ def test_a_png_whose_json_nests_100000_deep_is_refused_in_one_line(tmp_path, cap
     kwargs_bomb = crafted_png(tmp_path / "y.png", a_spec(), scheduler_kwargs="[" * 100_000)  # JSON inside the JSON
     assert replay.main([str(kwargs_bomb)]) == 2
     assert "must be a JSON object of scheduler config values" in one_error_line(capsys)
-    from sweeper.bounds import loads_json
+    from sweeper.storing.bounds import loads_json
 
     assert loads_json('{"prompt": "' + "[" * 100 + '\\"{"}') == {"prompt": "[" * 100 + "\"{"}  # brackets in text do not nest
 
@@ -836,7 +839,7 @@ def test_a_huge_prompt_file_is_refused_before_any_work(tmp_path, content, messag
 
 
 def test_a_huge_csv_prompt_file_is_refused_before_any_work(tmp_path, monkeypatch):
-    from sweeper import prompt_files
+    from sweeper.planning import prompt_files
 
     path = tmp_path / "prompts.csv"
     path.write_text("prompt,negative_prompt\n" + "a cat,ugly\n" * 11)
@@ -861,7 +864,7 @@ def test_a_plain_prompt_is_bounded_in_length(key):
 
 
 def test_the_template_budget_holds_for_a_whole_prompt_file(tmp_path, monkeypatch):
-    from sweeper import templates
+    from sweeper.planning import templates
 
     # A file's allowance made small, so that 300 templates each well inside their own 1 s budget
     # surely overrun it on any machine (the real one: 2 s + 50 ms a template; the crafted file planned for 101 s).
@@ -896,7 +899,7 @@ def test_a_long_word_in_a_grid_label_is_ellipsized_in_a_few_measures(monkeypatch
 
 @pytest.mark.parametrize("length", [2**63, 2**40])
 def test_a_lora_whose_header_length_is_absurd_is_refused_in_one_line(tmp_path, capsys, length):
-    from sweeper import lora_files
+    from sweeper.planning import lora_files
 
     lora = tmp_path / "style.safetensors"
     lora.write_bytes(length.to_bytes(8, "little") + b"{}" + b"\0" * 64)
@@ -909,7 +912,7 @@ def test_a_lora_whose_header_length_is_absurd_is_refused_in_one_line(tmp_path, c
 
 
 def test_a_wildcard_folder_is_bounded_in_total_size(tmp_path, monkeypatch):
-    from sweeper import wildcards
+    from sweeper.planning import wildcards
 
     folder = tmp_path / "wildcards"
     folder.mkdir()

@@ -19,9 +19,12 @@ import pytest
 from conftest import composed_job, main_per_case, plan_config, render_in_process, run_cli
 from PIL import Image
 
-from sweeper import manifest, replay, run, schedule, slurm, writers
+from sweeper.storing import manifest, writers
+from sweeper import replay
+from sweeper.launching import run, slurm
+from sweeper.planning import schedule
 from sweeper.errors import PlanError
-from sweeper.plan import Job, plan
+from sweeper.planning.plan import Job, plan
 
 pytest.importorskip("submitit")
 
@@ -189,9 +192,9 @@ def test_every_manifest_reader_takes_any_mix_of_rows_writers_can_leave(tmp_path)
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sweeper.files import write_atomic
+    from sweeper.storing.files import write_atomic
     from sweeper.report.cli import main as report
-    from sweeper.store import image_path
+    from sweeper.storing.store import image_path
 
     kinds = ("ok", "error", "lost", "ok untimed")
     combos = [combo for n in (1, 2, 3) for combo in itertools.product(kinds, repeat=n)]

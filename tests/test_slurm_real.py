@@ -18,7 +18,9 @@ import pandas as pd
 import pytest
 from conftest import REPO, Started, main_per_case
 
-from sweeper import manifest, replay, slurm
+from sweeper.storing import manifest
+from sweeper import replay
+from sweeper.launching import slurm
 
 pytestmark = pytest.mark.slurm
 pytest.importorskip("submitit")

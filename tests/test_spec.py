@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sweeper import manifest, spec, store
-from sweeper.spec import FIELDS, ROLES, ImageSpec
+from sweeper.storing import manifest, store
+from sweeper.planning import spec
+from sweeper.planning.spec import FIELDS, ROLES, ImageSpec
 
 SRC = Path(spec.__file__).parent
 

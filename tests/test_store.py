@@ -19,11 +19,11 @@ from PIL import Image
 
 from conftest import CONTRACT_COLUMNS, plan_config
 
-from sweeper import manifest, store
-from sweeper.plan import Job, plan
-from sweeper.spec import ImageSpec
-from sweeper.files import write_atomic
-from sweeper.store import BackgroundWriter, image_path, parameters_text, png_bytes
+from sweeper.storing import manifest, store
+from sweeper.planning.plan import Job, plan
+from sweeper.planning.spec import ImageSpec
+from sweeper.storing.files import write_atomic
+from sweeper.storing.store import BackgroundWriter, image_path, parameters_text, png_bytes
 
 VERSIONS = {"sweeper": "0.1.0", "diffusers": "0.42.1", "torch": "2.13.0"}
 

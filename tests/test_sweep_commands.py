@@ -8,7 +8,7 @@ import json
 import pandas as pd
 from conftest import only_dir
 
-from sweeper import commands, manifest
+from sweeper.storing import commands, manifest
 
 SMALL = ("model=tiny", "width=32", "height=32", "steps=2", "seed=0")
 

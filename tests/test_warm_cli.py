@@ -13,7 +13,7 @@ PROBE = """
 import json, threading, time
 from pathlib import Path
 from hydra.experimental.callback import Callback
-from sweeper import templates
+from sweeper.planning import templates
 
 class Seen(Callback):  # what the case finds when it starts, and leaves when it ends
     def on_multirun_start(self, config, **kwargs):

@@ -18,8 +18,8 @@ import pandas as pd
 import pytest
 from conftest import plan_config
 
-from sweeper import files, manifest, store, writers
-from sweeper.plan import Job, plan
+from sweeper.storing import files, manifest, store, writers
+from sweeper.planning.plan import Job, plan
 
 
 def specs(count: int):
@@ -106,7 +106,7 @@ def test_hydras_joblib_and_submitit_launchers_render_into_one_dir_at_once(tmp_pa
 # renders can be counted across processes (the manifest keeps one row per image however many there were).
 COUNT_RENDERS = """
 import os
-from sweeper import render
+from sweeper.rendering import render
 
 real = render.render_batch
 

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import hydra
 from omegaconf import DictConfig
 
-from sweeper import stops
+from sweeper.launching import stops
 from sweeper.errors import DeviceFailed, Interrupted, PlanError, RankLost, RanksDisagree, StorageError, SubmitFailed, UnsafePath
 
 
@@ -35,9 +35,10 @@ def render_job(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
-    from sweeper import commands, distributed, launch, run
-    from sweeper.hydra_jobs import job_from_config
-    from sweeper.runtime import this_process
+    from sweeper.storing import commands
+    from sweeper.launching import distributed, launch, run
+    from sweeper.planning.hydra_jobs import job_from_config
+    from sweeper.rendering.runtime import this_process
 
     hydra_cfg = HydraConfig.get()
     single = hydra_cfg.mode == RunMode.RUN
@@ -59,7 +60,8 @@ def render_job(cfg: DictConfig) -> dict[str, Any]:
 
 def finish(out_dir: Path) -> None:
     """After the last image: one manifest, the report, and exit 1 if images failed or the report could not be built."""
-    from sweeper import manifest, report
+    from sweeper.storing import manifest
+    from sweeper import report
 
     table = manifest.merge(out_dir)
     no_report = ""
@@ -78,7 +80,9 @@ def finish(out_dir: Path) -> None:
 
 def stopped(out_dir: Path, planned: int) -> NoReturn:
     """After Ctrl-C (or SIGTERM, SIGHUP): one manifest and the report of what was saved, and how to go on."""
-    from sweeper import distributed, manifest, report
+    from sweeper.launching import distributed
+    from sweeper.storing import manifest
+    from sweeper import report
 
     if distributed.rank() == 0:
         table = manifest.merge(out_dir)
@@ -93,7 +97,7 @@ def stopped(out_dir: Path, planned: int) -> NoReturn:
 def exit_if_failed(out_dir: Path, table=None, also: str = "") -> None:
     """Exit 1 with a summary if images of `out_dir` failed (of `table`, if read already); their rows say why.
     `also`: what else went wrong, said on the same line."""
-    from sweeper import manifest
+    from sweeper.storing import manifest
 
     failed = manifest.failed(out_dir, table)
     if failed:
@@ -147,7 +151,7 @@ def _run(show_traceback: bool) -> None:
         if show_traceback:
             raise
         from sweeper.cli_errors import explain
-        from sweeper.validate import known_keys
+        from sweeper.planning.validate import known_keys
 
         fail(explain(str(error), getattr(error, "override", None), known_keys()) or " ".join(line.strip() for line in str(error).splitlines() if line.strip()))
 

@@ -21,8 +21,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from sweeper.errors import UnsafePath
-from sweeper.files import check_not_link, folder, write_atomic
-from sweeper.spec import EXECUTION_FIELDS
+from sweeper.storing.files import check_not_link, folder, write_atomic
+from sweeper.planning.spec import EXECUTION_FIELDS
 
 # Overrides that change neither which images a sweep holds nor their pixels:
 # left out of the default name, so adding them still resumes the same dir.
@@ -83,10 +83,10 @@ def _agree_among_ranks(config: DictConfig, key: str) -> None:
 
     Each rank would stamp its own ${now:...} (hydra #2070) and draw its own seeds for -1.
     """
-    from sweeper import distributed
+    from sweeper.launching import distributed
     from sweeper.app import fail
     from sweeper.errors import RankLost
-    from sweeper.runtime import this_process
+    from sweeper.rendering.runtime import this_process
 
     if distributed.launched():
         runtime = this_process()  # the one the sweeper plugin and the jobs plan with next
@@ -99,9 +99,9 @@ def _agree_among_ranks(config: DictConfig, key: str) -> None:
 
 class SweeperCallback(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from sweeper import distributed, run
+        from sweeper.launching import distributed, run
         from sweeper.app import fail
-        from sweeper.hydra_jobs import job_from_config
+        from sweeper.planning.hydra_jobs import job_from_config
         from sweeper.errors import PlanError, RankLost, RanksDisagree, UnsafePath
 
         _name_output_dir(config, "run")
@@ -123,7 +123,7 @@ class SweeperCallback(Callback):
         _agree_among_ranks(config, "sweep")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from sweeper import distributed
+        from sweeper.launching import distributed
         from sweeper.app import finish
 
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -9,7 +9,7 @@
     SWEEPER_FAULT=kill:part=1       ... after its 1st manifest part file is stored
     SWEEPER_FAULT=kill:temp=1       ... after writing a temp file, before renaming it (a torn write)
 
-    SWEEPER_FAULT_WORKER=1          only in the SLURM array's worker 1 (sweeper/slurm.py), or Ray actor 1
+    SWEEPER_FAULT_WORKER=1          only in the SLURM array's worker 1 (sweeper/launching/slurm.py), or Ray actor 1
 
 Unset (the normal case) every check is one dict lookup.
 """

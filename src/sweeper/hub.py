@@ -10,8 +10,8 @@ import re
 from pathlib import Path
 
 from sweeper.errors import PlanError
-from sweeper.spec import SINGLE_FILE_SUFFIXES
-from sweeper.tiny import TINY_MODELS
+from sweeper.planning.spec import SINGLE_FILE_SUFFIXES
+from sweeper.rendering.tiny import TINY_MODELS
 
 def offline_hint(key: str) -> str:
     tiny = "refiner=tiny" if key.startswith("refiner") else "model=tiny"

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sweeper.lora_files import SUFFIX
+from sweeper.planning.lora_files import SUFFIX
 
 MODELS = {"tiny": "tiny-sdxl", "tiny-sd": "tiny-sd"}  # model= option -> tiny model
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
@@ -28,7 +28,7 @@ def make_lora(path: Path, model: str = "tiny", seed: int = 0, rank: int = 4) -> 
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from sweeper.tiny import tiny_model_dir
+    from sweeper.rendering.tiny import tiny_model_dir
 
     unet = UNet2DConditionModel.from_pretrained(tiny_model_dir(MODELS[model]) / "unet")
     with torch.random.fork_rng():

@@ -30,13 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from sweeper.bounds import loads_json
+from sweeper.storing.bounds import loads_json
 from sweeper.errors import PlanError
-from sweeper.files import MAX_IMAGE_PIXELS
-from sweeper.plan import recorded_specs
-from sweeper.runtime import Runtime, this_process
-from sweeper.spec import ImageSpec
-from sweeper.tiny import TINY_MODELS
+from sweeper.storing.files import MAX_IMAGE_PIXELS
+from sweeper.planning.plan import recorded_specs
+from sweeper.rendering.runtime import Runtime, this_process
+from sweeper.planning.spec import ImageSpec
+from sweeper.rendering.tiny import TINY_MODELS
 
 _CALL_LIMIT = 64  # images in one recorded pipeline call (sweeper's batches are at most 16 by default)
 _CALL_PIXELS = MAX_IMAGE_PIXELS  # all of them together: one 4096x4096 image, or 64 of 1024x1024
@@ -55,7 +55,7 @@ class Recorded:
 
 def read(path: Path) -> Recorded:
     """What the PNG says about how it was made. Raises ValueError (one line) if it is not a sweeper PNG."""
-    from sweeper.files import open_image
+    from sweeper.storing.files import open_image
 
     try:
         with open_image(path) as image:
@@ -75,7 +75,7 @@ def read(path: Path) -> Recorded:
 
 
 def _per_image(spec: ImageSpec) -> dict[str, Any]:
-    from sweeper.store import CALL_FIELDS
+    from sweeper.storing.store import CALL_FIELDS
 
     return {name: getattr(spec, name) for name in CALL_FIELDS}
 
@@ -85,7 +85,8 @@ def checked(recorded: Recorded, args: argparse.Namespace) -> list[ImageSpec]:
 
     Raises PlanError (one line).
     """
-    from sweeper import devices, hub
+    from sweeper.rendering import devices
+    from sweeper import hub
 
     spec = recorded.spec
     local = {"model_id": args.model, "model_config": args.model_config, "refiner_id": args.refiner}
@@ -114,7 +115,7 @@ def checked(recorded: Recorded, args: argparse.Namespace) -> list[ImageSpec]:
         if not args.download and model_id not in TINY_MODELS and hub.is_hub_or_tiny(model_id) and not hub.in_local_cache(model_id, revision):
             raise PlanError(f"{key}={model_id!r} is not in the local Hugging Face cache; replay downloads what a PNG names only with --download")
         hub.check_available(key, model_id, revision)
-    from sweeper import pipelines  # diffusers: the render needs it next anyway
+    from sweeper.rendering import pipelines  # diffusers: the render needs it next anyway
 
     pipelines.check_scheduler_classes(specs)
     return specs
@@ -162,9 +163,9 @@ def replay(recorded: Recorded, specs: list[ImageSpec], runtime: Runtime) -> np.n
     """Render the recorded call again with `runtime`'s pipelines; the image's pixels (H, W, 3) uint8."""
     import torch
 
-    from sweeper.render import render_batch
-    from sweeper.schedule import Batch
-    from sweeper.store import to_image
+    from sweeper.rendering.render import render_batch
+    from sweeper.planning.schedule import Batch
+    from sweeper.storing.store import to_image
 
     device = "cuda:0" if specs[0].device == "cuda" else specs[0].device
     if device == "cpu" and recorded.threads:
@@ -198,8 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from sweeper import __version__
-    from sweeper.files import write_atomic
-    from sweeper.store import png_bytes
+    from sweeper.storing.files import write_atomic
+    from sweeper.storing.store import png_bytes
 
     versions = {"sweeper": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
     changed = [f"{name} {recorded.versions.get(name)} -> {now}" for name, now in versions.items() if recorded.versions.get(name) != now]

@@ -28,9 +28,9 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
 
 def _render_all(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) -> list[JobReturn]:
     """All jobs planned together; images batched across jobs and shared among processes."""
-    from sweeper import launch as sweeper_launch
-    from sweeper.hydra_jobs import JobComposer
-    from sweeper.runtime import this_process
+    from sweeper.launching import launch as sweeper_launch
+    from sweeper.planning.hydra_jobs import JobComposer
+    from sweeper.rendering.runtime import this_process
 
     composer = JobComposer(launcher.hydra_context.config_loader, launcher.config)
     processes = sweeper_launch.num_processes(launcher.num_processes)
@@ -40,8 +40,8 @@ def _render_all(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) 
 
 
 def _render_elsewhere(launcher, job_overrides, initial_job_idx: int, sweep_dir: Path) -> list[JobReturn]:
-    """All jobs planned here, rendered by workers the launcher starts (sweeper/slurm.py, sweeper/ray_actors.py)."""
-    from sweeper.hydra_jobs import JobComposer
+    """All jobs planned here, rendered by workers the launcher starts (sweeper/launching/slurm.py, sweeper/launching/ray_actors.py)."""
+    from sweeper.planning.hydra_jobs import JobComposer
 
     composer = JobComposer(launcher.hydra_context.config_loader, launcher.config)
     try:
@@ -54,13 +54,13 @@ def _render_elsewhere(launcher, job_overrides, initial_job_idx: int, sweep_dir: 
 
 def _planned(launcher, composer, job_overrides, initial_job_idx: int, sweep_dir: Path, **prepare) -> tuple[list, object]:
     """The jobs and their plan: what our sweeper planned and checked for exactly these jobs, else planned now."""
-    from sweeper import run
+    from sweeper.launching import run
 
     planned = launcher.planned
     # Lists compare their items by identity first: the sweeper's own override lists take no time at 100,000 jobs.
     if planned is not None and planned[0] == (initial_job_idx, list(job_overrides)):
         return planned[1], planned[2]
-    from sweeper import commands
+    from sweeper.storing import commands
 
     jobs = composer.jobs(job_overrides, initial_job_idx + commands.running_first_job(sweep_dir))
     return jobs, run.prepare(jobs, sweep_dir, **prepare)

@@ -22,8 +22,8 @@ from hydra.errors import HydraException
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper import distributed
-from sweeper.files import write_atomic
+from sweeper.launching import distributed
+from sweeper.storing.files import write_atomic
 from sweeper.errors import PlanError
 
 
@@ -122,7 +122,7 @@ class PlanningSweeper(BasicSweeper):
         every_job = [job for batch in self.overrides for job in batch]
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
 
-        from sweeper import commands
+        from sweeper.storing import commands
 
         prepared = None
         command = [str(item) for item in params_conf]
@@ -137,7 +137,7 @@ class PlanningSweeper(BasicSweeper):
         sweep_dir.mkdir(parents=True, exist_ok=True)
         if distributed.rank() == 0:
             write_atomic(sweep_dir / "multirun.yaml", OmegaConf.to_yaml(self.config).encode("utf-8"))
-            from sweeper import run
+            from sweeper.launching import run
 
             if prepared is not None and (prepared.todo or not (sweep_dir / run.PLAN_FILE).exists()):
                 run.write_plan(prepared, sweep_dir)  # what the sweep asks for, whichever launcher renders it
@@ -155,11 +155,11 @@ class PlanningSweeper(BasicSweeper):
 
     def _plan(self, every_job: list, sweep_dir: Path, first_job: int):
         """Plan and check all jobs (raises PlanError); says what will happen."""
-        from sweeper import run
-        from sweeper.hydra_jobs import JobComposer
+        from sweeper.launching import run
+        from sweeper.planning.hydra_jobs import JobComposer
 
         from hydra_plugins.sweeper_plugins.accelerate_launcher import AccelerateLauncher
-        from sweeper import launch
+        from sweeper.launching import launch
 
         launcher = self.launcher
         if hasattr(launcher, "check"):

@@ -27,7 +27,7 @@ from sweeper.report.layout import Layout, Section, layout
 from sweeper.report.page import render_html
 from sweeper.report.sweep import ReportError, Sweep, choose_axes, label, load_sweep, sort_key, sweep_command
 from sweeper.report.thumbs import image_states
-from sweeper.store import THUMBS_DIR
+from sweeper.storing.store import THUMBS_DIR
 
 __all__ = [
     "GRID_CELL", "MAX_COLS", "PAGE_CELLS", "PAGE_PAIRS", "REPORT", "THUMBS_DIR", "Comparison", "Layout", "ReportError",

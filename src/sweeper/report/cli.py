@@ -10,13 +10,13 @@ from typing import NoReturn
 
 import pyarrow as pa
 
-from sweeper import commands, manifest
+from sweeper.storing import commands, manifest
 from sweeper.errors import UnsafePath
-from sweeper.files import write_atomic
+from sweeper.storing.files import write_atomic
 from sweeper.report.grid_png import GRID_CELL, write_grid_png
 from sweeper.report.page import render_html
 from sweeper.report.sweep import ReportError, Sweep, choose_axes, load_sweep
-from sweeper.run import PLAN_FILE
+from sweeper.launching.run import PLAN_FILE
 
 REPORT = "report.html"
 

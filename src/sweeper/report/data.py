@@ -11,7 +11,7 @@ from urllib.parse import quote
 from sweeper.report.compare import Comparison
 from sweeper.report.layout import codes
 from sweeper.report.sweep import Sweep
-from sweeper.store import THUMB_EXT, THUMB_SIDE, THUMBS_DIR
+from sweeper.storing.store import THUMB_EXT, THUMB_SIDE, THUMBS_DIR
 
 PAGE_CELLS = 200  # grid cells per page in the browser
 MAX_COLS = 16  # wider grids are cut into blocks of columns

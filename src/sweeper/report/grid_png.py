@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from sweeper.files import is_regular_inside, open_image
+from sweeper.storing.files import is_regular_inside, open_image
 from sweeper.report.layout import layout
 from sweeper.report.sweep import ReportError, Sweep
 

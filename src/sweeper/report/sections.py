@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from sweeper import commands
+from sweeper.storing import commands
 from sweeper.report.compare import Comparison
 from sweeper.report.markup import Raw, bar_chart, esc, seconds_text, table
 from sweeper.report.sweep import ENVIRONMENT, Sweep, label, sort_key, sweep_command

@@ -15,11 +15,11 @@ from typing import Any
 
 import pyarrow as pa
 
-from sweeper import manifest
-from sweeper.bounds import load_plain_yaml, read_regular, read_table
+from sweeper.storing import manifest
+from sweeper.storing.bounds import load_plain_yaml, read_regular, read_table
 from sweeper.errors import UnsafePath
-from sweeper.files import is_regular_inside
-from sweeper.run import AXES, PLAN_FILE
+from sweeper.storing.files import is_regular_inside
+from sweeper.launching.run import AXES, PLAN_FILE
 
 # Columns written as the key they follow when that key was left unset (manifest.row): an axis only where they differ from it.
 FOLLOWS = {"prompt_2": "prompt", "negative_prompt_2": "negative_prompt"}

@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sweeper.errors import UnsafePath
-from sweeper.files import is_regular_inside, open_image, write_atomic
+from sweeper.storing.files import is_regular_inside, open_image, write_atomic
 from sweeper.report.sweep import Sweep
-from sweeper.store import IMAGES_DIR, THUMB_EXT, THUMBS_DIR, needs_thumbnail, thumbnail_bytes, thumbnail_path
+from sweeper.storing.store import IMAGES_DIR, THUMB_EXT, THUMBS_DIR, needs_thumbnail, thumbnail_bytes, thumbnail_path
 
 
 def _regular_files(folder: Path, root: Path) -> dict[str, int]:

@@ -22,11 +22,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from sweeper import lora_files
+from sweeper.planning import lora_files
 from sweeper.errors import PlanError
-from sweeper.files import write_atomic
-from sweeper.spec import A1111_KEYS, PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec, public_model_name
-from sweeper.tiny import sweeper_cache
+from sweeper.storing.files import write_atomic
+from sweeper.planning.spec import A1111_KEYS, PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec, public_model_name
+from sweeper.rendering.tiny import sweeper_cache
 
 IMAGES_DIR = "images"
 THUMBS_DIR = ".thumbs"  # the report's thumbnails, made as images land

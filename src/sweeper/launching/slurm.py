@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from sweeper.bounds import MAX_TABLE_FILE_BYTES, parse_table, read_regular
+from sweeper.storing.bounds import MAX_TABLE_FILE_BYTES, parse_table, read_regular
 from sweeper.errors import Interrupted, PlanError, SubmitFailed, UnsafePath
 
 CLUSTERS = ("slurm", "local")
@@ -96,14 +96,14 @@ def submitit_folder(conf: Mapping[str, Any], sweep_dir: Path) -> Path:
     (a pickle there would be code anyone could plant); by default sweeper's cache in your home."""
     if conf.get("submitit_folder"):
         return Path(conf["submitit_folder"]).expanduser()
-    from sweeper.tiny import sweeper_cache
+    from sweeper.rendering.tiny import sweeper_cache
 
     key = hashlib.sha1(str(Path(sweep_dir).resolve()).encode()).hexdigest()[:12]
     return sweeper_cache() / "slurm" / key
 
 
 def plan_digest(sweep_dir: Path) -> str:
-    from sweeper.run import PLAN_FILE
+    from sweeper.launching.run import PLAN_FILE
 
     try:
         return hashlib.sha256(read_regular(Path(sweep_dir) / PLAN_FILE, MAX_TABLE_FILE_BYTES, "a Parquet table", follow_links=False)).hexdigest()
@@ -115,7 +115,7 @@ def render(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> list[tupl
     """Submit the array of workers for `prepared.todo` (or find the one still alive for this
     sweep dir) and wait for it, unless `wait=false`. Returns (image_id, error) for the images
     of workers that were lost."""
-    from sweeper import run
+    from sweeper.launching import run
 
     array = alive_array(conf, sweep_dir)
     wait_for_it = conf.get("wait", True)
@@ -143,7 +143,8 @@ def render(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> list[tupl
 def _forget_failed_submit(sweep_dir: Path) -> None:
     """Nothing was rendered: in a sweep dir that holds nothing rendered yet, take back what the
     command wrote for the sweep (plan.parquet, multirun.yaml, commands.jsonl, the dir itself when it is empty)."""
-    from sweeper import commands, manifest, run
+    from sweeper.storing import commands, manifest
+    from sweeper.launching import run
 
     if any((sweep_dir / name).exists() for name in ("images", manifest.MANIFEST, manifest.PARTS_DIR)):
         return
@@ -218,7 +219,7 @@ RECORD = "array.json"
 def _record(folder: Path, array: Array, digest: str) -> None:
     """Which array renders this sweep dir (beside submitit's pickles, in our own folder), so
     that a command run while it is alive waits for it instead of submitting another."""
-    from sweeper.files import write_atomic
+    from sweeper.storing.files import write_atomic
 
     record = {"job_id": array.job_id, "workers": len(array.jobs), "digest": digest, "todo": array.todo}
     write_atomic(folder / RECORD, json.dumps(record).encode())
@@ -227,7 +228,7 @@ def _record(folder: Path, array: Array, digest: str) -> None:
 def check_plan(prepared: Any, conf: Mapping[str, Any], sweep_dir: Path) -> None:
     """Refuse a plan other than the one an array still alive for this sweep dir renders, before the
     command writes its plan file over the one that array's (requeued) workers read."""
-    from sweeper import run
+    from sweeper.launching import run
 
     alive_array(conf, sweep_dir, hashlib.sha256(run.plan_bytes(prepared)).hexdigest())
 
@@ -237,7 +238,7 @@ def alive_array(conf: Mapping[str, Any], sweep_dir: Path, digest: str | None = N
     PlanError if it renders a plan other than the one whose hash is `digest` (by default the dir's plan file)."""
     from submitit import SlurmJob
 
-    from sweeper import run
+    from sweeper.launching import run
 
     folder = submitit_folder(conf, sweep_dir)
     if conf.get("cluster") != "slurm" or not (folder / RECORD).is_file() or not (Path(sweep_dir) / run.PLAN_FILE).is_file():
@@ -319,8 +320,8 @@ class Worker:
         self.sweep_dir, self.digest, self.world_size, self.todo, self.threads = sweep_dir, digest, world_size, list(todo), threads
 
     def __call__(self, rank: int) -> dict[str, int]:
-        from sweeper import run
-        from sweeper.runtime import Runtime
+        from sweeper.launching import run
+        from sweeper.rendering.runtime import Runtime
 
         os.environ["SWEEPER_WORKER"] = str(rank)  # for the fault hook (tests)
         if self.threads:
@@ -382,7 +383,7 @@ def _last_time_limit() -> Any:
 
 
 def _check_device(specs: Sequence[Any]) -> None:
-    from sweeper.devices import cuda_problem
+    from sweeper.rendering.devices import cuda_problem
 
     if specs and specs[0].device == "cuda":
         problem = cuda_problem(specs[0].gpu)
@@ -392,8 +393,8 @@ def _check_device(specs: Sequence[Any]) -> None:
 
 def read_plan(sweep_dir: Path, digest: str) -> list[Any]:
     """The specs of the sweep dir's plan.parquet, if it is the one submitted (its digest)."""
-    from sweeper.spec import FIELD_NAMES, ImageSpec
-    from sweeper.run import PLAN_FILE
+    from sweeper.planning.spec import FIELD_NAMES, ImageSpec
+    from sweeper.launching.run import PLAN_FILE
 
     path = Path(sweep_dir) / PLAN_FILE
     try:  # a FIFO or a link to /dev/zero put there since the submission must not hang or fill a worker
@@ -434,7 +435,7 @@ def wait(array: Array, prepared: Any, sweep_dir: Path, poll_seconds: float = 1.0
     that were lost or stopped: they are error rows by then, so the summary,
     the exit code and a re-run know.
     """
-    from sweeper import run
+    from sweeper.launching import run
 
     images = Path(sweep_dir) / "images"
     start = _count(images)
@@ -536,8 +537,9 @@ def _count(folder: Path) -> int:
 
 def _record_lost(prepared: Any, array: Array, sweep_dir: Path, rank: int, reason: str) -> list[tuple[str, str]]:
     """Error rows for what a worker's share left undone (its share cut as the worker cut it, from the array's to-do list)."""
-    from sweeper import manifest, schedule
-    from sweeper.store import image_path
+    from sweeper.storing import manifest
+    from sweeper.planning import schedule
+    from sweeper.storing.store import image_path
 
     world_size = len(array.jobs)
     given = set(array.todo)

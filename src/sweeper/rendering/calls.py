@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from sweeper import faults, schedule
-from sweeper.spec import ImageSpec
-from sweeper.runtime import Runtime
+from sweeper import faults
+from sweeper.planning import schedule
+from sweeper.planning.spec import ImageSpec
+from sweeper.rendering.runtime import Runtime
 
 
 @dataclass
@@ -60,7 +61,7 @@ _FATAL_MARKERS = ("illegal memory access", "device-side assert", "unspecified la
 def _attempt(batch: schedule.Batch, device: str, runtime: Runtime) -> _Attempt:
     import torch
 
-    from sweeper.render import render_batch
+    from sweeper.rendering.render import render_batch
 
     try:
         faults.before_render(batch.specs)
@@ -78,8 +79,8 @@ def _attempt(batch: schedule.Batch, device: str, runtime: Runtime) -> _Attempt:
 
 def render_backing_off(batch: schedule.Batch, device: str, progress: Any, runtime: Runtime) -> list[Rendered]:
     """Render a batch; out of memory, restore the pipelines and retry the halves, down to one image."""
-    from sweeper import pipelines
-    from sweeper.store import problem
+    from sweeper.rendering import pipelines
+    from sweeper.storing.store import problem
 
     started, tic = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     attempt = _attempt(batch, device, runtime)
@@ -123,8 +124,8 @@ class Encoded:
 
 def encode(done: Rendered, versions: dict[str, str], facts: dict[str, Any], threads: int) -> Encoded:
     """PNGs of the good images (and their thumbnails for the report), and the call's manifest rows."""
-    from sweeper import manifest
-    from sweeper.store import call_record, image_path, needs_thumbnail, png_bytes, thumbnail_bytes, thumbnail_path, to_image
+    from sweeper.storing import manifest
+    from sweeper.storing.store import call_record, image_path, needs_thumbnail, png_bytes, thumbnail_bytes, thumbnail_path, to_image
 
     call = call_record(done.batch.specs, threads)
     files, rows = [], []
@@ -146,7 +147,7 @@ def encode(done: Rendered, versions: dict[str, str], facts: dict[str, Any], thre
 
 def write(encoded: Encoded, out_dir: Path, parts: Any, claims: Any) -> None:
     """The files, then the rows to `parts`, then the claims go (on a writer thread)."""
-    from sweeper.files import write_atomic
+    from sweeper.storing.files import write_atomic
 
     for path, data, durable in encoded.files:
         write_atomic(out_dir / path, data, durable=durable, root=out_dir)
@@ -163,8 +164,8 @@ def store(done: Rendered, out_dir: Path, versions: dict[str, str], facts: dict[s
 
 def store_errors(specs: Sequence[ImageSpec], error: str, out_dir: Path, facts: dict[str, Any]) -> None:
     """Error rows for images that will not be rendered here, so the summary and a re-run know."""
-    from sweeper import manifest
-    from sweeper.store import image_path
+    from sweeper.storing import manifest
+    from sweeper.storing.store import image_path
 
     if specs:
         manifest.write_part(out_dir, [manifest.row(spec, image_path(spec), "error", error, **facts) for spec in specs])

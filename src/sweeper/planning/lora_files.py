@@ -179,7 +179,7 @@ def text_width(path: Path) -> int | None:
 def model_text_width(model: Mapping[str, Any]) -> int | None:
     """The width of the text embeddings the model's UNet attends to, from its UNet config where one is
     on this machine (a tiny model, a local diffusers dir, a cached hub model, a single file's `config`)."""
-    from sweeper.tiny import TEXT_WIDTHS
+    from sweeper.rendering.tiny import TEXT_WIDTHS
 
     model_id, config = str(model.get("id") or ""), model.get("config")
     if model_id in TEXT_WIDTHS:

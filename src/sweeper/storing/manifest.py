@@ -24,13 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sweeper import faults, lora_files
-from sweeper.bounds import loads_json, read_table
+from sweeper import faults
+from sweeper.planning import lora_files
+from sweeper.storing.bounds import loads_json, read_table
 from sweeper.errors import PlanError, UnsafePath
-from sweeper.files import check_not_link, folder, open_image, write_atomic
-from sweeper.spec import FIELDS, public_model_name
-from sweeper.writers import forget_stored, merging
-from sweeper.store import IMAGES_DIR
+from sweeper.storing.files import check_not_link, folder, open_image, write_atomic
+from sweeper.planning.spec import FIELDS, public_model_name
+from sweeper.storing.writers import forget_stored, merging
+from sweeper.storing.store import IMAGES_DIR
 
 MANIFEST = "manifest.parquet"
 IMAGE_ID_PATTERN = "^[0-9a-f]{20}$"  # spec.py's ids: 20 hex digits of a sha256

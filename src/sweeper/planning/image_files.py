@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from sweeper import validate
+from sweeper.planning import validate
 from sweeper.errors import invalid, show
-from sweeper.files import MAX_IMAGE_BYTES, read_image_file
+from sweeper.storing.files import MAX_IMAGE_BYTES, read_image_file
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROMPT_FILE_PATHS = ("inside", "anywhere")

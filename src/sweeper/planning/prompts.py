@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from sweeper import prompt_files, templates
+from sweeper.planning import prompt_files, templates
 from sweeper.errors import invalid, show
 
 DEFAULT_LIMIT = 100_000  # the default max_images; plan.py passes its budget

@@ -23,9 +23,9 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from sweeper.runtime import Runtime, release_memory
-from sweeper.spec import EXECUTION_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec
-from sweeper.tiny import TINY_MODELS, tiny_model_dir
+from sweeper.rendering.runtime import Runtime, release_memory
+from sweeper.planning.spec import EXECUTION_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec
+from sweeper.rendering.tiny import TINY_MODELS, tiny_model_dir
 
 diffusers_logging.disable_progress_bar()
 diffusers_logging.set_verbosity_error()

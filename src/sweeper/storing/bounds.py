@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from sweeper.files import read_bounded
+from sweeper.storing.files import read_bounded
 
 MAX_JSON_DEPTH = 32  # sweeper's own JSON (a PNG's chunk, scheduler kwargs) nests 4 deep
 MAX_TABLE_FILE_BYTES = 512 * 2**20  # a manifest, part or plan file on disk (100,000 images: ~20 MB)

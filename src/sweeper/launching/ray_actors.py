@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from sweeper import stops
+from sweeper.launching import stops
 from sweeper.errors import PlanError
 
 _local_dir: str | None = None  # the temp dir of the local Ray that connect started
@@ -122,7 +122,7 @@ def resources() -> Resources:
 
 def local_resources() -> Resources:
     """What a local Ray started here will count (before starting it)."""
-    from sweeper.devices import usable_gpus
+    from sweeper.rendering.devices import usable_gpus
 
     cpus = os.cpu_count() or 1
     return Resources(cpus, usable_gpus(), cpus)
@@ -173,7 +173,7 @@ def pool(conf: Mapping[str, Any], device: str, batches: int, have: Resources, mu
 def check_plan(prepared: Any, conf: Mapping[str, Any]) -> Pool | None:
     """Refuse (PlanError), before Ray starts or anything is written, a plan the actors cannot render;
     the pool of a local Ray that this command starts (None: a running Ray or a cluster says later)."""
-    from sweeper import schedule
+    from sweeper.planning import schedule
 
     if any(spec.gpu is not None for spec in prepared.todo):
         raise PlanError("device=cuda:N pins one GPU, but Ray gives each actor GPUs of its own; use device=cuda")
@@ -191,7 +191,7 @@ class Renderer:
         import torch
 
         from sweeper import __version__
-        from sweeper.runtime import Runtime
+        from sweeper.rendering.runtime import Runtime
 
         os.environ.update(environment, SWEEPER_WORKER=str(rank))  # for the fault hook (tests)
         if threads:
@@ -208,8 +208,9 @@ class Renderer:
         left this process unable to render on (then the driver has Ray restart it)."""
         import torch
 
-        from sweeper import run, schedule
-        from sweeper.calls import encode, render_backing_off
+        from sweeper.launching import run
+        from sweeper.planning import schedule
+        from sweeper.rendering.calls import encode, render_backing_off
 
         device = run.render_device(specs[0], gpu=0)  # Ray shows each actor only its own GPUs
         messages = _Messages()
@@ -238,8 +239,9 @@ class _Messages:
 def render(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Render `prepared.todo` with a pool of actors; the images written here. Returns (image_id, error)
     of the images that failed (their rows are in the manifest parts by then)."""
-    from sweeper import faults, schedule
-    from sweeper.ray_dispatch import Dispatch
+    from sweeper import faults
+    from sweeper.planning import schedule
+    from sweeper.launching.ray_dispatch import Dispatch
 
     sweep_dir = Path(sweep_dir)
     batches = schedule.make_batches(prepared.todo)

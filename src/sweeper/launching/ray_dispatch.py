@@ -25,7 +25,7 @@ class Queue:
     """Batches to hand out, costliest first; an actor takes those of the models it has loaded first."""
 
     def __init__(self, batches: Sequence[Any]) -> None:
-        from sweeper.schedule import load_key
+        from sweeper.planning.schedule import load_key
 
         self._load_key = load_key
         self._groups: dict[tuple, collections.deque] = {}
@@ -58,9 +58,9 @@ class Dispatch:
     """The driver's loop: hand out batches, write what comes back, retry what an actor's death lost."""
 
     def __init__(self, prepared: Any, sweep_dir: Path, actors: list[Any], batches: Sequence[Any], max_retries: int) -> None:
-        from sweeper import manifest
-        from sweeper.store import BackgroundWriter
-        from sweeper.writers import Claims
+        from sweeper.storing import manifest
+        from sweeper.storing.store import BackgroundWriter
+        from sweeper.storing.writers import Claims
 
         self.prepared, self.sweep_dir, self.actors, self.max_retries = prepared, sweep_dir, actors, max_retries
         self.writer, self.parts, self.claims = BackgroundWriter(), manifest.PartWriter(sweep_dir), Claims(sweep_dir)
@@ -76,7 +76,7 @@ class Dispatch:
 
     def run(self) -> list[tuple[str, str]]:
         """Render every batch; (image_id, error) of the images that failed."""
-        from sweeper import run
+        from sweeper.launching import run
 
         with run.progress_bar(len(self.prepared.todo)) as self.bar:
             try:
@@ -104,7 +104,7 @@ class Dispatch:
 
     def _hand_out(self) -> None:
         """Each free actor takes the next batch (one at a time: an actor that dies lost only the batch it was rendering)."""
-        from sweeper import schedule
+        from sweeper.planning import schedule
 
         for actor in sorted(self.ready):
             while self.queue and not self.busy[actor]:
@@ -123,7 +123,7 @@ class Dispatch:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        from sweeper.calls import write
+        from sweeper.rendering.calls import write
 
         actor, batch = self.in_flight.pop(ref)
         self.busy[actor] = False
@@ -183,8 +183,8 @@ class Dispatch:
 
     def _give_up(self, batches: Sequence[Any], reason: str, claimed: bool = False) -> None:
         """Error rows for `batches`; the claims go of those handed out before (the others' are not ours)."""
-        from sweeper import manifest
-        from sweeper.store import image_path
+        from sweeper.storing import manifest
+        from sweeper.storing.store import image_path
 
         specs = [spec for batch in batches for spec in batch.specs]
         ours = [spec for batch in batches if self.deaths.pop(id(batch), 0) or claimed for spec in batch.specs]

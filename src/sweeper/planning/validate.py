@@ -15,8 +15,8 @@ from typing import Any, Mapping, Sequence
 
 from sweeper.cli_errors import unknown_key
 from sweeper.errors import PlanError, invalid
-from sweeper.spec import CROP_KEYS, SINGLE_FILE_SUFFIXES, SIZE_KEYS
-from sweeper.tiny import RECIPE_VERSION, TINY_MODELS
+from sweeper.planning.spec import CROP_KEYS, SINGLE_FILE_SUFFIXES, SIZE_KEYS
+from sweeper.rendering.tiny import RECIPE_VERSION, TINY_MODELS
 
 FAMILIES = ("sdxl", "sd15")
 REFINER_MODES = ("ensemble", "img2img")
@@ -302,7 +302,7 @@ def batch_size(c: Mapping[str, Any]) -> int | None:
 
 def per_prompt(c: Mapping[str, Any], key: str, count: int) -> list[str | None]:
     """A value for every prompt: one string for all, or a list zipped with the prompts."""
-    from sweeper.templates import MAX_PROMPT_CHARS
+    from sweeper.planning.templates import MAX_PROMPT_CHARS
 
     value = c.get(key)
     texts = [value] if isinstance(value, str) else value if isinstance(value, (list, tuple)) else []

@@ -22,11 +22,14 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from sweeper import devices, distributed, manifest, run, schedule, stops
+from sweeper.rendering import devices
+from sweeper.launching import distributed, run, stops
+from sweeper.storing import manifest
+from sweeper.planning import schedule
 from sweeper.errors import DeviceFailed, Interrupted, PlanError, RankLost
-from sweeper.runtime import Runtime
-from sweeper.store import image_path
-from sweeper.writers import remove_stale_temps
+from sweeper.rendering.runtime import Runtime
+from sweeper.storing.store import image_path
+from sweeper.storing.writers import remove_stale_temps
 
 
 def num_processes(value: Any) -> int:

@@ -17,11 +17,11 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from sweeper import lora_files
-from sweeper.spec import ImageSpec
+from sweeper.planning import lora_files
+from sweeper.planning.spec import ImageSpec
 
 if TYPE_CHECKING:
-    from sweeper.runtime import Runtime
+    from sweeper.rendering.runtime import Runtime
 
 
 class LoraMismatch(RuntimeError):

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweeper.plan import Job
+from sweeper.planning.plan import Job
 
 # `key=7`, `key=-3`, `key=7.5`: numbers exactly as Hydra's grammar reads them.
 _NUMBER_OVERRIDE = re.compile(r"^(?P<key>[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)=(?P<value>[+-]?(?:0|[1-9][0-9]*)(?P<fraction>\.[0-9]+)?)$")

@@ -17,9 +17,9 @@ import shlex
 from pathlib import Path
 from typing import Any, Sequence
 
-from sweeper.bounds import loads_json
+from sweeper.storing.bounds import loads_json
 from sweeper.errors import UnsafePath
-from sweeper.files import read_inside, write_atomic
+from sweeper.storing.files import read_inside, write_atomic
 
 COMMANDS_FILE = "commands.jsonl"
 MAX_BYTES = 4 << 20  # ~10,000 commands; a larger file is not ours to read

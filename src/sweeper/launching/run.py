@@ -23,14 +23,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
-from sweeper import devices, distributed, hub, schedule
-from sweeper.calls import render_backing_off, store, store_errors
+from sweeper.rendering import devices
+from sweeper.launching import distributed
+from sweeper import hub
+from sweeper.planning import schedule
+from sweeper.rendering.calls import render_backing_off, store, store_errors
 from sweeper.errors import DeviceFailed, Interrupted, PlanError, StorageError, UnsafePath
-from sweeper.files import check_sweep_dir
-from sweeper.writers import CLAIM_STALE_SECONDS, Claims
-from sweeper.plan import Job, plan
-from sweeper.runtime import Runtime, this_process
-from sweeper.spec import ImageSpec
+from sweeper.storing.files import check_sweep_dir
+from sweeper.storing.writers import CLAIM_STALE_SECONDS, Claims
+from sweeper.planning.plan import Job, plan
+from sweeper.rendering.runtime import Runtime, this_process
+from sweeper.planning.spec import ImageSpec
 
 # manifest (pyarrow), store (numpy, PIL) and torch are imported where used:
 # planning a sweep needs none of them.
@@ -90,7 +93,7 @@ def prepare(
         hub.check_available(key, model_id, revision)
     done = set()
     if Path(out_dir).is_dir():
-        from sweeper import manifest
+        from sweeper.storing import manifest
 
         done = manifest.done_ids(out_dir)
     todo = [spec for spec in specs if spec.image_id not in done]
@@ -130,7 +133,7 @@ PLAN_FILE = "plan.parquet"
 def write_plan(prepared: Prepared, out_dir: Path) -> None:
     """Every image the sweep asks for, as a table of specs in the sweep dir: what is still
     to do is the plan less the manifest (the report says it)."""
-    from sweeper.files import write_atomic
+    from sweeper.storing.files import write_atomic
 
     write_atomic(Path(out_dir) / PLAN_FILE, plan_bytes(prepared))
 
@@ -222,7 +225,7 @@ def notes(specs: Sequence[ImageSpec]) -> list[str]:
     in the same place render the same pictures under different ids."""
     from collections import defaultdict
 
-    from sweeper.validate import split_steps
+    from sweeper.planning.validate import split_steps
 
     splits: dict[tuple, set[float]] = defaultdict(set)
     for steps, mode, split, kwargs in {(s.steps, s.refiner_mode, s.refiner_split, s.scheduler_kwargs) for s in specs if s.refiner_id}:
@@ -282,8 +285,10 @@ def execute(
     import diffusers
     import torch
 
-    from sweeper import __version__, manifest, pipelines
-    from sweeper.store import BackgroundWriter
+    from sweeper import __version__
+    from sweeper.storing import manifest
+    from sweeper.rendering import pipelines
+    from sweeper.storing.store import BackgroundWriter
 
     pipelines.check_scheduler_classes(prepared.todo)
     runtime = runtime or this_process()

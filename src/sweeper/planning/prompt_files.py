@@ -15,9 +15,9 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from sweeper.bounds import read_regular
+from sweeper.storing.bounds import read_regular
 from sweeper.errors import PlanError, invalid, one_line, show
-from sweeper.templates import MAX_PROMPT_CHARS
+from sweeper.planning.templates import MAX_PROMPT_CHARS
 
 # Per-row parameter columns a CSV prompt file may have, besides `prompt`.
 CSV_PARAMS: tuple[str, ...] = (

@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from sweeper.spec import EXECUTION_FIELDS, ID_FIELDS, PER_IMAGE_FIELDS, ImageSpec
-from sweeper.tiny import TINY_MODELS
+from sweeper.planning.spec import EXECUTION_FIELDS, ID_FIELDS, PER_IMAGE_FIELDS, ImageSpec
+from sweeper.rendering.tiny import TINY_MODELS
 
 _SHARED_FIELDS = tuple(name for name in ID_FIELDS if name not in PER_IMAGE_FIELDS) + EXECUTION_FIELDS
 # VAE decode of an image costs about 1.55 UNet forwards of it (10.5 vs 6.76 TFLOP for SDXL).

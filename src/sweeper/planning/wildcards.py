@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from sweeper.errors import UnsafePath, one_line
-from sweeper.files import folder
+from sweeper.storing.files import folder
 
 class MissingWildcard(LookupError):
     def __init__(self, name: str) -> None:
@@ -108,7 +108,7 @@ def read_wildcards(root: Path, files: list[tuple[str, Path, int, int]], fail: Ca
     from dynamicprompts.wildcards.collection.list import ListWildcardCollection
     from dynamicprompts.wildcards.collection.structured import _parse_structured_file_dict
 
-    from sweeper.files import load_yaml, read_inside
+    from sweeper.storing.files import load_yaml, read_inside
 
     real_root = root.resolve()
     wildcards: dict[str, Any] = {}

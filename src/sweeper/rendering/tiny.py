@@ -5,7 +5,7 @@ base, SDXL refiner and SD 1.x pipelines from a fixed seed, saves them with
 `save_pretrained` into a cache dir and hands back that dir, which is then
 loaded with `from_pretrained` exactly like a real model id.
 
-    python -c "from sweeper.tiny import tiny_model_dir; print(tiny_model_dir('tiny-sdxl'))"
+    python -c "from sweeper.rendering.tiny import tiny_model_dir; print(tiny_model_dir('tiny-sdxl'))"
 """
 
 from __future__ import annotations

@@ -15,15 +15,15 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-from sweeper import image_files, lora_files, validate
-from sweeper.bounds import loads_json
+from sweeper.planning import image_files, lora_files, validate
+from sweeper.storing.bounds import loads_json
 from sweeper.errors import PlanError, invalid, show
-from sweeper.prompts import prompt_rows
-from sweeper.spec import (
+from sweeper.planning.prompts import prompt_rows
+from sweeper.planning.spec import (
     CROP_KEYS, EXECUTION_FIELDS, ROW_ID_FIELDS, SHARED_ID_FIELDS, SIZE_KEYS, ImageSpec, canonical_json, public_model_name,
     row_hash, seeded_id, shared_hash,
 )
-from sweeper.templates import MAX_PROMPT_CHARS
+from sweeper.planning.templates import MAX_PROMPT_CHARS
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from sweeper.errors import invalid, one_line
-from sweeper.wildcards import MissingWildcard, WildcardLoop, manager_class, read_wildcards, wildcard_files
+from sweeper.planning.wildcards import MissingWildcard, WildcardLoop, manager_class, read_wildcards, wildcard_files
 
 # What makes a prompt a template: a `{` (variants, ${variables}, %{wraps}) or a
 # `__name__` wildcard. Anything else is taken as it is, without dynamicprompts.

@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from sweeper import loras, pipelines
-from sweeper.files import read_image_file
-from sweeper.image_files import content_sha
-from sweeper.runtime import Runtime
-from sweeper.spec import CROP_KEYS, SIZE_KEYS, ImageSpec
-from sweeper.schedule import Batch
+from sweeper.rendering import loras, pipelines
+from sweeper.storing.files import read_image_file
+from sweeper.planning.image_files import content_sha
+from sweeper.rendering.runtime import Runtime
+from sweeper.planning.spec import CROP_KEYS, SIZE_KEYS, ImageSpec
+from sweeper.planning.schedule import Batch
 
 
 @dataclass

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from sweeper.errors import StorageError, UnsafePath
-from sweeper.files import folder
+from sweeper.storing.files import folder
 
 CLAIMS_DIR = ".claims"
 IMAGES_DIR = "images"

@@ -1,0 +1,1 @@
+"""Rendering: pipelines loaded once, batches rendered, outcomes encoded; the model families."""

@@ -14,7 +14,10 @@ from omegaconf import OmegaConf
 
 from sweeper.app import config_dir
 from sweeper.errors import PlanError
+from sweeper.planning import schedulers
 from sweeper.planning.plan import Job, plan
+from sweeper.rendering import families
+from sweeper.rendering.tiny import tiny_models
 
 CONF = Path(config_dir())
 
@@ -81,13 +84,14 @@ A1111_LABELS = {
     "lms": "LMS",
     "heun": "Heun",
     "unipc": "UniPC",
+    "flow_euler": "Euler",
 }
 
 
 def test_the_config_groups_hold_the_documented_options():
     assert options("model") == ["sd15", "sdxl", "tiny", "tiny-sd"]
     assert options("refiner") == ["none", "sdxl", "tiny"]
-    assert options("scheduler") == sorted(A1111_LABELS)
+    assert SCHEDULERS == sorted(A1111_LABELS)
     assert "tiny_guidance" in options("experiment")
 
 
@@ -136,18 +140,40 @@ def test_a_refiner_on_an_sd15_base_is_refused(model, refiner):
         plan([Job(0, job_config(f"model={model}", f"refiner={refiner}"))])
 
 
-@pytest.mark.parametrize("scheduler", options("scheduler"))
+SCHEDULERS = [name for name in options("scheduler") if name != "auto"]
+
+
+def tiny_model_for(scheduler: str) -> str:
+    """A tiny model preset whose family takes schedulers of this one's kind (flow matching or not)."""
+    wanted = schedulers.kind(schedulers.config(scheduler))
+    tiny = [m for m in options("model") if load_yaml("model", m)["model"]["id"] in tiny_models()]
+    return next(m for m in sorted(tiny, key=lambda m: m != "tiny") if families.get(load_yaml("model", m)["model"]["family"]).schedulers == wanted)
+
+
+@pytest.mark.parametrize("scheduler", SCHEDULERS)
 def test_every_scheduler_composes_and_plans(scheduler):
     expected = load_yaml("scheduler", scheduler)
-    (spec,) = plan([Job(0, job_config("model=tiny", f"scheduler={scheduler}"))])
+    (spec,) = plan([Job(0, job_config(f"model={tiny_model_for(scheduler)}", f"scheduler={scheduler}"))])
     assert spec.scheduler == scheduler == expected["name"]
     assert spec.scheduler_class == expected["class_name"]
     assert spec.scheduler_label == A1111_LABELS[scheduler] == expected["label"]
 
 
+@pytest.mark.parametrize("model", options("model"))
+def test_scheduler_auto_is_the_family_own_and_others_of_its_kind_only(model):
+    family = families.get(load_yaml("model", model)["model"]["family"])
+    (spec,) = plan([Job(0, job_config(f"model={model}"))])
+    own = load_yaml("scheduler", family.default_scheduler)
+    assert (spec.scheduler, spec.scheduler_class, spec.scheduler_label) == (own["name"], own["class_name"], own["label"])
+    other = next(name for name in SCHEDULERS if schedulers.kind(schedulers.config(name)) != family.schedulers)
+    with pytest.raises(PlanError) as error:
+        plan([Job(0, job_config(f"model={model}", f"scheduler={other}"))])
+    assert "\n" not in str(error.value) and f"invalid scheduler={other!r}: {family.title} models take {family.schedulers} schedulers: auto, " in str(error.value)
+
+
 def test_every_scheduler_makes_a_different_image():
-    ids = {plan([Job(0, job_config("model=tiny", f"scheduler={s}"))])[0].image_id for s in options("scheduler")}
-    assert len(ids) == len(options("scheduler"))
+    ids = {plan([Job(0, job_config(f"model={tiny_model_for(s)}", f"scheduler={s}"))])[0].image_id for s in SCHEDULERS}
+    assert len(ids) == len(SCHEDULERS)
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
@@ -206,7 +232,7 @@ def diffusers():
     return diffusers
 
 
-@pytest.mark.parametrize("scheduler", options("scheduler"))
+@pytest.mark.parametrize("scheduler", [s for s in SCHEDULERS if schedulers.kind(schedulers.config(s)) == families.DISCRETE])
 def test_every_scheduler_class_exists_and_takes_its_kwargs(diffusers, scheduler):
     config = load_yaml("scheduler", scheduler)
     cls = getattr(diffusers, config["class_name"])

@@ -20,14 +20,9 @@ from typing import Any, NoReturn
 import hydra
 from omegaconf import DictConfig
 
+from sweeper.configs import config_dir
 from sweeper.launching import stops
 from sweeper.errors import DeviceFailed, Interrupted, PlanError, RankLost, RanksDisagree, StorageError, SubmitFailed, UnsafePath
-
-
-def config_dir() -> str:
-    """conf/ as shipped in the wheel (sweeper/conf), else the source checkout's top-level conf/."""
-    packaged = Path(__file__).resolve().parent / "conf"
-    return str(packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "conf")
 
 
 def render_job(cfg: DictConfig) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sweeper.errors import PlanError
 from sweeper.planning.spec import SINGLE_FILE_SUFFIXES
-from sweeper.rendering.tiny import TINY_MODELS
+from sweeper.rendering.tiny import tiny_models
 
 def offline_hint(key: str) -> str:
     tiny = "refiner=tiny" if key.startswith("refiner") else "model=tiny"
@@ -21,14 +21,14 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 def is_hub_or_tiny(model_id: str) -> bool:
     """A tiny model's name, or a hub id (org/name) that names nothing on this machine."""
-    if model_id in TINY_MODELS:
+    if model_id in tiny_models():
         return True
     return bool(_HUB_ID.fullmatch(model_id)) and ".." not in model_id and not Path(model_id).expanduser().exists()
 
 
 def check_available(key: str, model_id: str, revision: str | None) -> None:
     """Raise PlanError (one line, naming `key`) unless `model_id` can be loaded."""
-    if model_id in TINY_MODELS or model_id.endswith(SINGLE_FILE_SUFFIXES):  # plan checked the file
+    if model_id in tiny_models() or model_id.endswith(SINGLE_FILE_SUFFIXES):  # plan checked the file
         return
     path = Path(model_id).expanduser()
     if path.exists():

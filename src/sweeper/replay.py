@@ -36,7 +36,7 @@ from sweeper.storing.files import MAX_IMAGE_PIXELS
 from sweeper.planning.plan import recorded_specs
 from sweeper.rendering.runtime import Runtime, this_process
 from sweeper.planning.spec import ImageSpec
-from sweeper.rendering.tiny import TINY_MODELS
+from sweeper.rendering.tiny import tiny_models
 
 _CALL_LIMIT = 64  # images in one recorded pipeline call (sweeper's batches are at most 16 by default)
 _CALL_PIXELS = MAX_IMAGE_PIXELS  # all of them together: one 4096x4096 image, or 64 of 1024x1024
@@ -112,7 +112,7 @@ def checked(recorded: Recorded, args: argparse.Namespace) -> list[ImageSpec]:
     for key, model_id, revision in (("model.id", first.model_id, first.model_revision), ("refiner.id", first.refiner_id, first.refiner_revision), ("model.config", first.model_config, None)):
         if model_id is None:
             continue
-        if not args.download and model_id not in TINY_MODELS and hub.is_hub_or_tiny(model_id) and not hub.in_local_cache(model_id, revision):
+        if not args.download and model_id not in tiny_models() and hub.is_hub_or_tiny(model_id) and not hub.in_local_cache(model_id, revision):
             raise PlanError(f"{key}={model_id!r} is not in the local Hugging Face cache; replay downloads what a PNG names only with --download")
         hub.check_available(key, model_id, revision)
     from sweeper.rendering import pipelines  # diffusers: the render needs it next anyway

@@ -179,11 +179,11 @@ def text_width(path: Path) -> int | None:
 def model_text_width(model: Mapping[str, Any]) -> int | None:
     """The width of the text embeddings the model's UNet attends to, from its UNet config where one is
     on this machine (a tiny model, a local diffusers dir, a cached hub model, a single file's `config`)."""
-    from sweeper.rendering.tiny import TEXT_WIDTHS
+    from sweeper.rendering.tiny import tiny_models
 
     model_id, config = str(model.get("id") or ""), model.get("config")
-    if model_id in TEXT_WIDTHS:
-        return TEXT_WIDTHS[model_id]
+    if model_id in tiny_models():
+        return tiny_models()[model_id].text_width(model_id)
     source = str(config) if config else model_id
     folder = Path(source).expanduser()
     if folder.is_dir():

@@ -15,15 +15,16 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-from sweeper.planning import image_files, lora_files, validate
+from sweeper.planning import image_files, lora_files, schedulers, validate
 from sweeper.storing.bounds import loads_json
 from sweeper.errors import PlanError, invalid, show
 from sweeper.planning.prompts import prompt_rows
 from sweeper.planning.spec import (
-    CROP_KEYS, EXECUTION_FIELDS, ROW_ID_FIELDS, SHARED_ID_FIELDS, SIZE_KEYS, ImageSpec, canonical_json, public_model_name,
-    row_hash, seeded_id, shared_hash,
+    CROP_KEYS, EXECUTION_FIELDS, SHARED_ID_FIELDS, SIZE_KEYS, ImageSpec, canonical_json, public_model_name,
+    row_hash, row_id_values, seeded_id, shared_hash,
 )
 from sweeper.planning.templates import MAX_PROMPT_CHARS
+from sweeper.rendering import families
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,12 @@ class _SpecMaker:
     def __init__(self, template: ImageSpec) -> None:
         self._shared = shared_hash(template)
         self._values = template.to_dict()
+        self.family, self.model = template.family, template.model
 
     def row(self, seeds: Sequence[int], **changes: Any) -> list[ImageSpec]:
         """One spec per seed, each with `changes` (the row's prompts, init image, labels)."""
         values = {**self._values, **changes}
-        row = row_hash(self._shared, [values[name] for name in ROW_ID_FIELDS])
+        row = row_hash(self._shared, row_id_values(values))
         return [ImageSpec.hashed({**values, "seed": seed}, seeded_id(row, seed)) for seed in seeds]
 
 
@@ -128,15 +130,19 @@ def plan_job(
             limit = validate.max_images(c)
             raise invalid("max_images", limit, f"the sweep asks for more than {limit} images; raise max_images to render them all")
         prompt = {name: row.params.get(name, texts[name][row.source]) for name in validate.PER_PROMPT_KEYS}
+        family = families.get(maker.family)
+        for key, value in prompt.items():  # per row: jobs that differ only in prompts share their checked settings
+            if value is not None and key not in family.keys:
+                families.check_keys(family, {key: value}, maker.model)
         if not cfg:  # guidance <= 1: diffusers never reads a negative prompt; null, so one picture has one id
-            prompt.update(negative_prompt=None, negative_prompt_2=None)
+            prompt.update(negative_prompt=None, negative_prompt_2=None, negative_prompt_3=None)
         for init in inits:
             specs.extend(maker.row(seeds, prompt=row.prompt, prompt_template=row.template, **prompt, **init, **labels))
     return specs
 
 
 # Keys that a job's images differ in without their settings changing (planned per job).
-_PER_JOB_KEYS = frozenset({"seed", "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "dry_run", "name"})
+_PER_JOB_KEYS = frozenset({"seed", "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3", "dry_run", "name"})
 
 
 class _Settings:
@@ -165,15 +171,14 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     model = validate.model(c.get("model"))
     if _overridden(job, "model.id") and not _overridden(job, "model.name"):
         model["name"] = public_model_name(model["id"])  # not the name of the config group it came from
-    family = model["family"]
-    refiner = validate.refiner(c.get("refiner"), family)
-    scheduler = validate.scheduler(c.get("scheduler"))
+    family = families.get(model["family"])
+    families.check_keys(family, c, model["name"])
+    refiner = validate.refiner(c.get("refiner"), family.name)
+    scheduler = schedulers.checked(c.get("scheduler"), family)
     sizes = {key: validate.pair(c, key, minimum=1) for key in SIZE_KEYS}
     sizes.update({key: validate.pair(c, key, minimum=0) for key in CROP_KEYS})
-    if family != "sdxl":
-        for key in validate.SDXL_ONLY_KEYS:
-            if c.get(key) is not None:
-                raise invalid(key, c.get(key), f"only for SDXL models, but model={model['name']} is {family}")
+    own = validate.family_values(c)
+    family.check(own, {**model, "guidance": c.get("guidance"), "negative_prompt": c.get("negative_prompt")})
     device, gpu = validate.device(c.get("device", "auto"), auto_device)
     mode = validate.choice(c, "mode", validate.MODES)
     if mode != "txt2img" and refiner["id"] is not None:
@@ -186,6 +191,8 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     if guidance <= 1:  # no classifier-free guidance: diffusers uses no negative conditioning
         sizes.update(negative_original_size=None, negative_target_size=None, negative_crops_coords_top_left=None)
     attention = validate.choice(c, "attention", validate.ATTENTION, default="sdpa")
+    if attention == "eager" and not family.eager_attention:
+        raise invalid("attention", attention, f"diffusers' plain attention processor is for UNets; {family.title} models run sdpa")
     fuse_qkv = validate.flag(c, "fuse_qkv")
     compiled, offload = validate.compile_mode(c), validate.offload(c, device)
     if compiled is not None and offload != "none":
@@ -200,7 +207,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     return ImageSpec(
         model_id=model["id"],
         model_revision=model["revision"],
-        family=family,
+        family=family.name,
         refiner_id=refiner["id"],
         refiner_revision=refiner["revision"],
         refiner_split=refiner["split"],
@@ -215,6 +222,8 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         negative_prompt=None,
         prompt_2=None,
         negative_prompt_2=None,
+        prompt_3=None,
+        negative_prompt_3=None,
         seed=0,
         guidance=guidance,
         steps=steps,
@@ -222,7 +231,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         height=height,
         dtype=validate.dtype(c.get("dtype", "auto"), device),
         device=device,
-        watermark=validate.watermark(c, family),
+        watermark=validate.watermark(c),
         safety_checker=validate.safety_checker(c, model),
         model=model["name"],
         model_config=model["config"],
@@ -247,6 +256,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         gpu=gpu,
         **adapters,
         **_conditioning(sizes, mode, width, height),
+        **own,
     )
 
 
@@ -294,7 +304,8 @@ def config_of(spec: ImageSpec) -> dict[str, Any]:
     except (TypeError, ValueError):
         raise invalid("scheduler_kwargs", spec.scheduler_kwargs, "must be a JSON object of scheduler config values") from None
     copied = ("guidance", "steps", "width", "height", *SIZE_KEYS, *CROP_KEYS, "mode", "strength", "watermark", "safety_checker",
-              "dtype", "device", "attention", "channels_last", "fuse_qkv", "offload", "vae_slicing", "vae_tiling")
+              "dtype", "device", "attention", "channels_last", "fuse_qkv", "offload", "vae_slicing", "vae_tiling",
+              "true_cfg", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip", "slg_scale", "slg_start", "slg_stop")
     return {
         "model": {"name": spec.model, "id": spec.model_id, "revision": spec.model_revision, "family": spec.family, "config": spec.model_config},
         "refiner": refiner,
@@ -304,6 +315,7 @@ def config_of(spec: ImageSpec) -> dict[str, Any]:
         "compile": False if spec.compile is None else spec.compile,
         "vae_upcast": "auto" if spec.vae_upcast is None else spec.vae_upcast,
         "lora": None if spec.lora is None else list(spec.lora),
+        "slg_layers": None if spec.slg_layers is None else list(spec.slg_layers),
         "lora_scale": 1.0 if spec.lora_scale is None else list(spec.lora_scale),
     }
 

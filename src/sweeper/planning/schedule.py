@@ -13,10 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from sweeper.planning.spec import EXECUTION_FIELDS, ID_FIELDS, PER_IMAGE_FIELDS, ImageSpec
-from sweeper.rendering.tiny import TINY_MODELS
+from sweeper.planning.spec import ALL_PER_IMAGE_FIELDS, EXECUTION_FIELDS, ID_FIELDS, ImageSpec
+from sweeper.rendering.tiny import tiny_models
 
-_SHARED_FIELDS = tuple(name for name in ID_FIELDS if name not in PER_IMAGE_FIELDS) + EXECUTION_FIELDS
+_SHARED_FIELDS = tuple(name for name in ID_FIELDS if name not in ALL_PER_IMAGE_FIELDS) + EXECUTION_FIELDS
 # VAE decode of an image costs about 1.55 UNet forwards of it (10.5 vs 6.76 TFLOP for SDXL).
 DECODE_FORWARDS = 1.55
 # Rough seconds per cost unit (pixel x UNet forward) for the estimate printed before a sweep.
@@ -64,7 +64,7 @@ def startup_seconds(specs: Iterable[ImageSpec]) -> float:
     if not models:
         return 0.0
     return STARTUP_SECONDS + sum(
-        LOAD_SECONDS["tiny" if model in TINY_MODELS else "full"] for pair in models for model in pair if model is not None
+        LOAD_SECONDS["tiny" if model in tiny_models() else "full"] for pair in models for model in pair if model is not None
     )
 
 
@@ -75,7 +75,7 @@ def estimate_seconds(specs: Iterable[ImageSpec], seconds_per_unit: float | None 
     for spec in specs:
         kind = (spec.model_id, spec.device, spec.scheduler_class, spec.steps, spec.strength, spec.guidance, spec.width, spec.height, spec.refiner_mode, spec.refiner_split)
         if kind not in seconds:
-            rate = seconds_per_unit or SECONDS_PER_UNIT[("tiny" if spec.model_id in TINY_MODELS else "full", spec.device)]
+            rate = seconds_per_unit or SECONDS_PER_UNIT[("tiny" if spec.model_id in tiny_models() else "full", spec.device)]
             seconds[kind] = cost(spec) * rate
         total += seconds[kind]
     return total

@@ -12,8 +12,11 @@ with its manifest column type (None: not a manifest column), its key in the
 A1111 `parameters` text if it has one, and the value a spec written by an
 older sweeper gets when it lacks the field. An id field added after ids were
 in use is `optional`: at that default it is left out of the hash, so the
-images of earlier sweeps keep their ids. The id fields, the manifest
-schema (manifest.py) and the PNG text (store.py) are derived from them.
+images of earlier sweeps keep their ids. A `sparse` field is a key that only
+some model families take (families/): unset (None), it is also left out of the
+PNG's JSON and of the manifest file, so the sweeps of other families stay byte
+for byte what they were. The id fields, the manifest schema (manifest.py) and
+the PNG text (store.py) are derived from them.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from typing import Any, Mapping, NamedTuple, Sequence
 
 IDENTITY, PER_IMAGE, EXECUTION, LABEL = "identity", "per-image", "execution", "label"
 ROLES = (IDENTITY, PER_IMAGE, EXECUTION, LABEL)
-COLUMN_TYPES = ("string", "int64", "float64", "bool", "pair", "strings", "floats")  # manifest.py maps them to pyarrow types
+COLUMN_TYPES = ("string", "int64", "float64", "bool", "pair", "strings", "floats", "ints")  # manifest.py maps them to pyarrow types
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")  # loaded with from_single_file
 SIZE_KEYS = ("original_size", "target_size", "negative_original_size", "negative_target_size")
 CROP_KEYS = ("crops_coords_top_left", "negative_crops_coords_top_left")
@@ -42,10 +45,15 @@ class Field(NamedTuple):
     a1111: str | None  # its key in the A1111 parameters text
     default: Any  # for a spec written before the field existed; MISSING: always written
     optional: bool  # an id field hashed only when it is not at its default
+    sparse: bool  # a key of some families only: unset (None), left out of ids, PNG JSON and the manifest file
 
 
 def _f(role: str, column: str | None, a1111: str | None = None, default: Any = MISSING, optional: bool = False) -> Any:
-    return field(metadata={"role": role, "column": column, "a1111": a1111, "default": default, "optional": optional})
+    return field(metadata={"role": role, "column": column, "a1111": a1111, "default": default, "optional": optional, "sparse": False})
+
+
+def _sparse(role: str, column: str, a1111: str | None = None) -> Any:
+    return field(metadata={"role": role, "column": column, "a1111": a1111, "default": None, "optional": True, "sparse": True})
 
 
 @dataclass(frozen=True)
@@ -64,10 +72,23 @@ class ImageSpec:
     negative_prompt: str | None = _f(PER_IMAGE, "string")
     prompt_2: str | None = _f(PER_IMAGE, "string")
     negative_prompt_2: str | None = _f(PER_IMAGE, "string")
+    prompt_3: str | None = _sparse(PER_IMAGE, "string")  # SD 3.5's T5 prompt; null = the prompt
+    negative_prompt_3: str | None = _sparse(PER_IMAGE, "string")
     prompt_file: str | None = _f(LABEL, "string")
     seed: int = _f(PER_IMAGE, "int64", "Seed")
     guidance: float = _f(IDENTITY, "float64", "CFG scale")
     steps: int = _f(IDENTITY, "int64", "Steps")
+    # Keys of some families only (families/ says which family takes which).
+    true_cfg: float | None = _sparse(IDENTITY, "float64")  # true classifier-free guidance of guidance-distilled models
+    max_sequence_length: int | None = _sparse(IDENTITY, "int64")  # the T5 / LLM prompt's token budget
+    shift: float | None = _sparse(IDENTITY, "float64")  # flow-matching timestep shift
+    dynamic_shift: bool | None = _sparse(IDENTITY, "bool")  # shift by image size (use_dynamic_shifting)
+    sigmas: str | None = _sparse(IDENTITY, "string", "Schedule type")  # karras, exponential, beta
+    clip_skip: int | None = _sparse(IDENTITY, "int64", "Clip skip")  # A1111's: 1 = the last layer
+    slg_layers: tuple[int, ...] | None = _sparse(IDENTITY, "ints")  # skip-layer guidance (SD 3.5)
+    slg_scale: float | None = _sparse(IDENTITY, "float64")
+    slg_start: float | None = _sparse(IDENTITY, "float64")
+    slg_stop: float | None = _sparse(IDENTITY, "float64")
     width: int = _f(IDENTITY, "int64", "Size")
     height: int = _f(IDENTITY, "int64", "Size")
     original_size: tuple[int, int] | None = _f(IDENTITY, "pair")
@@ -124,7 +145,7 @@ class ImageSpec:
 
     @cached_property
     def image_id(self) -> str:
-        return seeded_id(row_hash(shared_hash(self), [getattr(self, name) for name in ROW_ID_FIELDS]), self.seed)
+        return seeded_id(row_hash(shared_hash(self), row_id_values(vars(self))), self.seed)
 
     @classmethod
     def hashed(cls, values: Mapping[str, Any], image_id: str) -> ImageSpec:
@@ -137,14 +158,20 @@ class ImageSpec:
 
     @property
     def uses_cfg(self) -> bool:
-        return self.guidance > 1.0
+        """Classifier-free guidance runs (a negative prompt has effect, each step costs two passes): by
+        `true_cfg` where the family takes it (guidance-distilled models), else by `guidance`."""
+        return (self.guidance if self.true_cfg is None else self.true_cfg) > 1.0
 
     def to_dict(self) -> dict[str, Any]:
         """Every field (its values are JSON-ready: tuples become lists)."""
         return {name: getattr(self, name) for name in FIELD_NAMES}
 
+    def to_stored_dict(self) -> dict[str, Any]:
+        """`to_dict` less the sparse fields left unset: what a PNG carries."""
+        return {name: value for name, value in self.to_dict().items() if not (name in SPARSE_FIELDS and value is None)}
+
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True, ensure_ascii=False)
+        return json.dumps(self.to_stored_dict(), sort_keys=True, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> ImageSpec:
@@ -167,11 +194,14 @@ ID_FIELDS = tuple(f.name for f in FIELDS if f.role in (IDENTITY, PER_IMAGE))
 LABEL_FIELDS = tuple(f.name for f in FIELDS if f.role == LABEL)
 EXECUTION_FIELDS = tuple(f.name for f in FIELDS if f.role == EXECUTION)
 # Id fields that may differ between the images of one pipeline call; the seed is hashed last.
-ROW_ID_FIELDS = tuple(f.name for f in FIELDS if f.role == PER_IMAGE and f.name != "seed")
+SPARSE_FIELDS = frozenset(f.name for f in FIELDS if f.sparse)
+ROW_ID_FIELDS = tuple(f.name for f in FIELDS if f.role == PER_IMAGE and f.name != "seed" and not f.sparse)
+SPARSE_ROW_FIELDS = tuple(f.name for f in FIELDS if f.role == PER_IMAGE and f.sparse)
 PER_IMAGE_FIELDS = (*ROW_ID_FIELDS, "seed")
+ALL_PER_IMAGE_FIELDS = (*PER_IMAGE_FIELDS, *SPARSE_ROW_FIELDS)
 SHARED_ID_FIELDS = tuple(f.name for f in FIELDS if f.role == IDENTITY)
 PAIR_FIELDS = tuple(f.name for f in FIELDS if f.column == "pair")
-TUPLE_FIELDS = tuple(f.name for f in FIELDS if f.column in ("pair", "strings", "floats"))  # lists in JSON
+TUPLE_FIELDS = tuple(f.name for f in FIELDS if f.column in ("pair", "strings", "floats", "ints"))  # lists in JSON
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in FIELDS if f.default is not MISSING}
 OPTIONAL_ID_FIELDS = frozenset(f.name for f in FIELDS if f.optional)
 # A1111 key -> the fields it shows (Size: width and height), in table order.
@@ -195,6 +225,13 @@ def shared_hash(spec: ImageSpec) -> Any:
     """sha256 fed with the id fields that the images of a call share (optional ones only when set)."""
     values = {name: getattr(spec, name) for name in SHARED_ID_FIELDS}
     return hashlib.sha256(canonical_json({name: value for name, value in values.items() if not _unset(name, value)}).encode("utf-8"))
+
+
+def row_id_values(values: Mapping[str, Any]) -> list[Any]:
+    """What row_hash takes of an image's fields: the ROW_ID_FIELDS' values, then the sparse ones set, if any."""
+    row = [values[name] for name in ROW_ID_FIELDS]
+    sparse = {name: values[name] for name in SPARSE_ROW_FIELDS if values.get(name) is not None}
+    return [*row, sparse] if sparse else row
 
 
 def row_hash(shared: Any, row: Sequence[Any]) -> Any:

@@ -16,16 +16,15 @@ from typing import Any, Mapping, Sequence
 from sweeper.cli_errors import unknown_key
 from sweeper.errors import PlanError, invalid
 from sweeper.planning.spec import CROP_KEYS, SINGLE_FILE_SUFFIXES, SIZE_KEYS
-from sweeper.rendering.tiny import RECIPE_VERSION, TINY_MODELS
+from sweeper.rendering import families
+from sweeper.rendering.tiny import recipe_version, tiny_models
 
-FAMILIES = ("sdxl", "sd15")
 REFINER_MODES = ("ensemble", "img2img")
 MODES = ("txt2img", "img2img", "inpaint")
 DTYPES = ("auto", "float16", "bfloat16", "float32")
 ATTENTION = ("sdpa", "eager")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 OFFLOAD = ("none", "model", "sequential")
-SDXL_ONLY_KEYS = ("prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS)
 DEFAULT_MAX_IMAGES = 100_000
 DEFAULT_MAX_SIZE = 4096  # pixels per side: beyond the largest real use of SD models
 DEFAULT_MAX_STEPS = 1000  # the models' own training schedule has 1000 timesteps
@@ -37,7 +36,8 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # The keys of conf/config.yaml (a test keeps the two equal) and of its groups: any other is a typo.
 CONFIG_KEYS = (
     "name", "prompt", "prompt_file", "prompt_file_paths", "wildcards", "negative_prompt", "prompt_2", "negative_prompt_2",
-    "seed", "guidance", "steps", "width", "height", "original_size", "target_size", "crops_coords_top_left",
+    "prompt_3", "negative_prompt_3", "seed", "guidance", "true_cfg", "steps", "max_sequence_length", "shift", "dynamic_shift", "sigmas",
+    "clip_skip", "slg_layers", "slg_scale", "slg_start", "slg_stop", "width", "height", "original_size", "target_size", "crops_coords_top_left",
     "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "mode", "init_image", "mask_image",
     "strength", "watermark", "safety_checker", "dtype", "device", "batch_size", "attention", "channels_last", "fuse_qkv",
     "compile", "vae_upcast", "offload", "vae_slicing", "vae_tiling", "lora", "lora_scale", "max_images", "max_size", "max_steps", "dry_run",
@@ -68,7 +68,7 @@ def check_keys(c: Mapping[str, Any]) -> None:
                 raise PlanError(unknown_key(f"{key}.{field}", known_keys()))
 
 
-PER_PROMPT_KEYS = ("negative_prompt", "prompt_2", "negative_prompt_2")
+PER_PROMPT_KEYS = ("negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3")
 
 
 def max_images(c: Mapping[str, Any]) -> int:
@@ -78,12 +78,10 @@ def max_images(c: Mapping[str, Any]) -> int:
 def model(model: Any) -> dict[str, Any]:
     if not isinstance(model, Mapping) or not model.get("id") or not isinstance(model.get("id"), str):
         raise invalid("model.id", None if not isinstance(model, Mapping) else model.get("id"), "must name a model (model=sdxl, sd15, tiny, tiny-sd)")
-    family = model.get("family")
-    if family not in FAMILIES:
-        raise invalid("model.family", family, f"allowed: {', '.join(FAMILIES)}")
+    family = families.family_of(model)
     revision = model.get("revision")
-    if model["id"] in TINY_MODELS and revision is None:
-        revision = RECIPE_VERSION  # a new tiny recipe makes new images, never mixes with old ones
+    if model["id"] in tiny_models() and revision is None:
+        revision = recipe_version(model["id"])  # a new tiny recipe makes new images, never mixes with old ones
     config = model.get("config")
     if config is not None and not (isinstance(config, str) and config):
         raise invalid("model.config", config, "must be null, or a diffusers model dir or hub id")
@@ -100,8 +98,8 @@ def model(model: Any) -> dict[str, Any]:
 def refiner(refiner: Any, family: str) -> dict[str, Any]:
     if refiner is None or refiner.get("name", "none") == "none":
         return {"name": "none", "id": None, "revision": None, "split": None, "mode": None}
-    if family != "sdxl":
-        raise PlanError(f"invalid refiner={refiner['name']}: needs an SDXL base model, but the model is {family}")
+    if "refiner" not in families.get(family).keys:
+        raise PlanError(f"invalid refiner={refiner['name']}: needs an SDXL base model, but the model is {families.get(family).title} ({family})")
     if not isinstance(refiner.get("id"), str) or not refiner["id"]:
         raise invalid("refiner.id", refiner.get("id"), "must name a refiner model")
     split = refiner.get("split")
@@ -111,20 +109,9 @@ def refiner(refiner: Any, family: str) -> dict[str, Any]:
     if mode not in REFINER_MODES:
         raise invalid("refiner.mode", mode, f"allowed: {', '.join(REFINER_MODES)}")
     revision = refiner.get("revision")
-    if refiner["id"] in TINY_MODELS and revision is None:
-        revision = RECIPE_VERSION
+    if refiner["id"] in tiny_models() and revision is None:
+        revision = recipe_version(refiner["id"])
     return {"name": refiner["name"], "id": refiner["id"], "revision": revision, "split": float(split), "mode": mode}
-
-
-def scheduler(scheduler: Any) -> dict[str, Any]:
-    if not isinstance(scheduler, Mapping) or not isinstance(scheduler.get("class_name"), str):
-        value = scheduler.get("class_name") if isinstance(scheduler, Mapping) else scheduler
-        raise invalid("scheduler.class_name", value, "each scheduler config needs the name of a diffusers scheduler class")
-    kwargs = scheduler.get("kwargs") or {}
-    if not isinstance(kwargs, Mapping):
-        raise invalid("scheduler.kwargs", kwargs, "must be a mapping of scheduler config values")
-    name = scheduler.get("name") or scheduler["class_name"]
-    return {"name": name, "class_name": scheduler["class_name"], "kwargs": dict(kwargs), "label": scheduler.get("label") or name}
 
 
 def check_split(refiner: Mapping[str, Any], steps: int, scheduler_kwargs: Mapping[str, Any]) -> None:
@@ -241,10 +228,8 @@ def strength(c: Mapping[str, Any], steps: int) -> float:
     return float(value)
 
 
-def watermark(c: Mapping[str, Any], family: str) -> bool:
-    value = flag(c, "watermark")
-    if value and family != "sdxl":
-        raise invalid("watermark", value, "only SDXL pipelines have the invisible watermark")
+def watermark(c: Mapping[str, Any]) -> bool:
+    value = flag(c, "watermark")  # families.check_keys refused it for a family without one
     if value:
         import importlib.util
 
@@ -257,13 +242,49 @@ def safety_checker(c: Mapping[str, Any], model: Mapping[str, Any]) -> bool:
     value = c.get("safety_checker", "auto")
     if value not in ("auto", True, False):
         raise invalid("safety_checker", value, "allowed: auto (the model's own, if it has one), true, false")
-    if value is True and model["family"] != "sd15":
+    has_one = families.get(model["family"]).safety_checker
+    if value is True and not has_one:
         raise invalid("safety_checker", value, "only Stable Diffusion 1.x pipelines have a safety checker")
     # A checkpoint file holds no safety checker (from_single_file loads none); true takes model.config's.
     single_file = model["id"].endswith(SINGLE_FILE_SUFFIXES)
     if value is True and single_file and model["config"] is None:
         raise invalid("safety_checker", value, "a single-file checkpoint holds no safety checker; set model.config to a diffusers model that has one")
-    return model["family"] == "sd15" and not single_file if value == "auto" else value
+    return has_one and not single_file if value == "auto" else value
+
+
+SIGMAS = ("default", *families.SIGMAS)
+MAX_SEQUENCE_LENGTH = 1024  # the longest any family's text encoder takes (Qwen-Image); each family bounds its own
+
+
+def family_values(c: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys that some families take, checked as values (null: not given); the family checks the rest."""
+    values: dict[str, Any] = {}
+    for key in ("true_cfg", "slg_scale"):
+        values[key] = None if c.get(key) is None else _number(c, key, 0, math.inf, "a finite number >= 0")
+    for key in ("slg_start", "slg_stop"):
+        values[key] = None if c.get(key) is None else _number(c, key, 0, 1, "a fraction of the steps, 0 .. 1")
+    values["shift"] = None if c.get("shift") is None else _number(c, "shift", 0, 100, "a number > 0 and <= 100", strict=True)
+    values["max_sequence_length"] = None if c.get("max_sequence_length") is None else _int(c, "max_sequence_length", minimum=1)
+    if (values["max_sequence_length"] or 0) > MAX_SEQUENCE_LENGTH:
+        raise invalid("max_sequence_length", values["max_sequence_length"], f"must be at most {MAX_SEQUENCE_LENGTH} tokens")
+    values["clip_skip"] = None if c.get("clip_skip") is None else _int(c, "clip_skip", minimum=1)
+    values["dynamic_shift"] = None if c.get("dynamic_shift") is None else flag(c, "dynamic_shift")
+    sigmas = c.get("sigmas")
+    if sigmas is not None and sigmas not in SIGMAS:
+        raise invalid("sigmas", sigmas, f"allowed: null, {', '.join(SIGMAS)}")
+    values["sigmas"] = None if sigmas in (None, "default") else sigmas
+    layers = c.get("slg_layers")
+    if layers is not None and not (isinstance(layers, (list, tuple)) and 0 < len(layers) <= 64 and all(is_int(n) and 0 <= n < 1000 for n in layers)):
+        raise invalid("slg_layers", layers, "must be null or a list of layer numbers (integers >= 0)")
+    values["slg_layers"] = None if layers is None else tuple(layers)
+    return values
+
+
+def _number(c: Mapping[str, Any], key: str, low: float, high: float, what: str, strict: bool = False) -> float:
+    value = c.get(key)
+    if not _is_number(value) or not low <= value <= high or (strict and value == low) or not math.isfinite(value):
+        raise invalid(key, value, f"must be {what}")
+    return float(value)
 
 
 def compile_mode(c: Mapping[str, Any]) -> str | None:

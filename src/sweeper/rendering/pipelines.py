@@ -23,9 +23,10 @@ from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionS
 from diffusers.utils import logging as diffusers_logging
 from transformers.utils import logging as transformers_logging
 
-from sweeper.rendering.runtime import Runtime, release_memory
 from sweeper.planning.spec import EXECUTION_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec
-from sweeper.rendering.tiny import TINY_MODELS, tiny_model_dir
+from sweeper.rendering import families
+from sweeper.rendering.runtime import Runtime, release_memory
+from sweeper.rendering.tiny import tiny_model_dir, tiny_models
 
 diffusers_logging.disable_progress_bar()
 diffusers_logging.set_verbosity_error()
@@ -33,18 +34,16 @@ transformers_logging.disable_progress_bar()
 transformers_logging.set_verbosity_error()
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-BASE_CLASSES = {"sdxl": diffusers.StableDiffusionXLPipeline, "sd15": diffusers.StableDiffusionPipeline}
-MODE_CLASSES = {
-    ("sdxl", "img2img"): diffusers.StableDiffusionXLImg2ImgPipeline,
-    ("sdxl", "inpaint"): diffusers.StableDiffusionXLInpaintPipeline,
-    ("sd15", "img2img"): diffusers.StableDiffusionImg2ImgPipeline,
-    ("sd15", "inpaint"): diffusers.StableDiffusionInpaintPipeline,
-}
+
+
+def pipeline_class(spec: ImageSpec) -> type:
+    """The diffusers pipeline of the spec's family and mode."""
+    return getattr(diffusers, families.get(spec.family).pipelines[spec.mode])
 
 
 def source(model_id: str, revision: str | None) -> dict[str, Any]:
     """What `from_pretrained` gets: a tiny model's built dir, or the id and revision as given."""
-    if model_id in TINY_MODELS:
+    if model_id in tiny_models():
         return {"pretrained_model_name_or_path": str(tiny_model_dir(model_id))}
     return {"pretrained_model_name_or_path": model_id, "revision": revision}
 
@@ -73,27 +72,23 @@ def base_pipeline(runtime: Runtime, spec: ImageSpec, device: str) -> Any:
         return base
     pipe = runtime.pipeline(("mode", key, spec.mode))
     if pipe is None:
-        extra = {"add_watermarker": spec.watermark} if spec.family == "sdxl" else {}
+        extra = families.get(spec.family).load_kwargs(spec, from_pipe=True)
         # from_pipe converts the shared modules to its dtype, float32 unless told
-        pipe = MODE_CLASSES[(spec.family, spec.mode)].from_pipe(base, dtype=TORCH_DTYPES[spec.dtype], **extra)
+        pipe = pipeline_class(spec).from_pipe(base, dtype=TORCH_DTYPES[spec.dtype], **extra)
         pipe.set_progress_bar_config(disable=True)  # from_pipe does not carry it over
         runtime.add(("mode", key, spec.mode), pipe, runtime.resident(base).scheduler_config)
     return pipe
 
 
 def _load_base(spec: ImageSpec):
-    pipeline_class = BASE_CLASSES[spec.family]
-    extra: dict[str, Any] = {"dtype": TORCH_DTYPES[spec.dtype]}
-    if spec.family == "sdxl":
-        extra["add_watermarker"] = spec.watermark
-    elif not spec.safety_checker:
-        extra.update(safety_checker=None, requires_safety_checker=False)
+    base_class = getattr(diffusers, families.get(spec.family).pipelines["txt2img"])
+    extra: dict[str, Any] = {"dtype": TORCH_DTYPES[spec.dtype], **families.get(spec.family).load_kwargs(spec, from_pipe=False)}
     if not spec.model_id.endswith(SINGLE_FILE_SUFFIXES):
-        return pipeline_class.from_pretrained(**source(spec.model_id, spec.model_revision), **extra)
+        return base_class.from_pretrained(**source(spec.model_id, spec.model_revision), **extra)
     config = source(spec.model_config, None)["pretrained_model_name_or_path"] if spec.model_config else None
-    if spec.family == "sd15" and spec.safety_checker:  # not in the file: from_single_file loads none
+    if spec.safety_checker:  # SD 1.x's, not in the file: from_single_file loads none
         extra["safety_checker"] = StableDiffusionSafetyChecker.from_pretrained(config, subfolder="safety_checker", dtype=extra["dtype"])
-    pipe = pipeline_class.from_single_file(spec.model_id, config=config, **extra)
+    pipe = base_class.from_single_file(spec.model_id, config=config, **extra)
     _check_loaded(pipe, spec.model_id)
     return pipe
 
@@ -131,15 +126,16 @@ def _ready(pipe, spec: ImageSpec, device: str):
     offload hooks must then see; torch.compile with offload is refused at planning.
     """
     pipe.set_progress_bar_config(disable=True)
-    if spec.attention == "eager":
+    denoiser = families.get(spec.family).denoiser(pipe)
+    if spec.attention == "eager":  # UNet families only (planning refuses it for others)
         from diffusers.models.attention_processor import AttnProcessor
 
-        pipe.unet.set_attn_processor(AttnProcessor())
+        denoiser.set_attn_processor(AttnProcessor())
         pipe.vae.set_attn_processor(AttnProcessor())
     if spec.fuse_qkv:
         pipe.fuse_qkv_projections()
     if spec.channels_last:
-        pipe.unet.to(memory_format=torch.channels_last)
+        denoiser.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)
     if spec.vae_upcast is not None:
         pipe.vae.register_to_config(force_upcast=spec.vae_upcast)
@@ -152,7 +148,7 @@ def _ready(pipe, spec: ImageSpec, device: str):
     if spec.offload == "none":
         pipe.to(device)
     if spec.compile is not None:
-        pipe.unet.compile(mode=spec.compile)
+        denoiser.compile(mode=spec.compile)
     return pipe
 
 
@@ -199,9 +195,10 @@ def set_scheduler(runtime: Runtime, pipe: Any, spec: ImageSpec, noise_seeds: lis
     `from_config` inspects signatures on every call (~30 ms).
     """
     resident = runtime.resident(pipe)
-    key = (spec.scheduler_class, spec.scheduler_kwargs)
+    own = families.get(spec.family).scheduler_kwargs(spec)  # the spec's sigmas, shift
+    key = (spec.scheduler_class, spec.scheduler_kwargs, json.dumps(own, sort_keys=True))
     if key not in resident.schedulers:
-        kwargs = json.loads(spec.scheduler_kwargs)
+        kwargs = {**json.loads(spec.scheduler_kwargs), **own}
         resident.schedulers[key] = scheduler_class(spec.scheduler_class, kwargs).from_config(resident.scheduler_config, **kwargs)
     scheduler = copy.deepcopy(resident.schedulers[key])
     if hasattr(scheduler, "noise_sampler_seed"):

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from sweeper.rendering import loras, pipelines
+from sweeper.rendering import families, loras, pipelines
 from sweeper.storing.files import read_image_file
 from sweeper.planning.image_files import content_sha
 from sweeper.rendering.runtime import Runtime
-from sweeper.planning.spec import CROP_KEYS, SIZE_KEYS, ImageSpec
+from sweeper.planning.spec import ALL_PER_IMAGE_FIELDS, ImageSpec
 from sweeper.planning.schedule import Batch
 
 
@@ -113,11 +113,7 @@ def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any) 
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
     # 3. The call's arguments: per-image prompt embeddings and images, shared settings.
-    kwargs: dict[str, Any] = dict(num_inference_steps=first.steps, guidance_scale=first.guidance, generator=generators)
-    if first.family == "sdxl":
-        for key in (*SIZE_KEYS, *CROP_KEYS):
-            if getattr(first, key) is not None:
-                kwargs[key] = getattr(first, key)
+    kwargs: dict[str, Any] = dict(num_inference_steps=first.steps, generator=generators, **families.get(first.family).call_kwargs(first))
     size = dict(width=first.width, height=first.height)
     if first.mode != "txt2img":
         kwargs.update(strength=first.strength, image=[_image(s.init_image, s.init_image_sha, size, "RGB") for s in specs])
@@ -175,41 +171,26 @@ def prompt_embeddings(
     """The batch's prompt embeddings as the pipeline's keyword arguments, each prompt encoded once,
     and per image which prompts the tokenizer cut. `lora`: with the spec's adapters active
     (a LoRA may hold text encoder weights, so its adapters and weights key the cache)."""
-    cfg = specs[0].uses_cfg
-    per_image = [_encoded(runtime, pipe, spec, cfg, device, lora) for spec in specs]
-    names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
-    embeddings = {name: torch.cat([parts[i] for parts in per_image]) for i, name in enumerate(names) if per_image[0][i] is not None}
-    return embeddings, [parts[4] for parts in per_image]
+    family = families.get(specs[0].family)
+    per_image = [_encoded(runtime, pipe, family, spec, device, lora) for spec in specs]
+    return family.combine([embeddings for embeddings, _ in per_image]), [warning for _, warning in per_image]
 
 
-def _encoded(runtime: Runtime, pipe: Any, spec: ImageSpec, cfg: bool, device: str, lora: bool) -> tuple:
-    """(embeds, negative, pooled, negative pooled, truncation warning) of one image's prompts; None where unused."""
+# What an image's prompt embeddings depend on besides its prompts and the pipeline.
+_ENCODING_FIELDS = ("uses_cfg", "true_cfg", "max_sequence_length", "clip_skip")
+
+
+def _encoded(runtime: Runtime, pipe: Any, family: Any, spec: ImageSpec, device: str, lora: bool) -> tuple[dict[str, torch.Tensor], str | None]:
+    """(embeddings as call arguments, truncation warning) of one image's prompts."""
     adapters = (spec.lora_sha, spec.lora_scale) if lora else None
-    key = (pipe, spec.prompt, spec.negative_prompt, spec.prompt_2, spec.negative_prompt_2, cfg, adapters)
+    prompts = tuple(getattr(spec, name) for name in ALL_PER_IMAGE_FIELDS if "prompt" in name)
+    key = (pipe, prompts, tuple(getattr(spec, name) for name in _ENCODING_FIELDS), adapters)
     cached = runtime.cached_embeddings(key)
     if cached is not None:
         return cached
     with torch.no_grad():
-        if spec.family == "sdxl":
-            encoded = pipe.encode_prompt(
-                spec.prompt, spec.prompt_2, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-                negative_prompt=spec.negative_prompt, negative_prompt_2=spec.negative_prompt_2,
-            )
-        else:
-            embeds, negative = pipe.encode_prompt(spec.prompt, device, 1, cfg, negative_prompt=spec.negative_prompt)
-            encoded = (embeds, negative, None, None)
-    if not cfg:
-        encoded = (encoded[0], None, encoded[2], None)
-    return runtime.store_embeddings(key, (*encoded, _truncation(pipe, spec)))
-
-
-def _truncation(pipe, spec: ImageSpec) -> str | None:
-    """Which of the image's prompts the CLIP tokenizer cuts (77 tokens), as diffusers does silently."""
-    tokenizer = pipe.tokenizer or pipe.tokenizer_2
-    limit = tokenizer.model_max_length
-    names = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
-    cut = [name for name in names if getattr(spec, name) and len(tokenizer(getattr(spec, name)).input_ids) > limit]
-    return f"{' and '.join(cut)} truncated to {limit} tokens" if cut else None
+        encoded = family.encode(pipe, spec, device)
+    return runtime.store_embeddings(key, (encoded, family.truncation(pipe, spec)))
 
 
 def _image(path: str, sha: str, size: dict[str, int], mode: str) -> Image.Image:

@@ -1,9 +1,9 @@
 """Tiny random-weight pipelines for tests, demos and CI.
 
-No machine here reaches a model hub, so sweeper builds its own small SDXL
-base, SDXL refiner and SD 1.x pipelines from a fixed seed, saves them with
-`save_pretrained` into a cache dir and hands back that dir, which is then
-loaded with `from_pretrained` exactly like a real model id.
+No machine here reaches a model hub, so sweeper builds its own small models
+of every family (each family module builds its own, from the parts here) from
+a fixed seed, saves them with `save_pretrained` into a cache dir and hands back
+that dir, which is then loaded with `from_pretrained` exactly like a real model id.
 
     python -c "from sweeper.rendering.tiny import tiny_model_dir; print(tiny_model_dir('tiny-sdxl'))"
 """
@@ -15,15 +15,19 @@ import shutil
 import tempfile
 from pathlib import Path
 
-# Bump when a recipe changes: it is part of every tiny image's id (as the
-# model revision) and of the cache path, so old renders are never mistaken
-# for new ones.
-RECIPE_VERSION = "v2"  # v2: text_encoder_2 wider than text_encoder (as in SDXL); tiny-sd has a safety checker
-TINY_MODELS = ("tiny-sdxl", "tiny-sdxl-refiner", "tiny-sd")
-# Each UNet's cross_attention_dim (the width of the text embeddings it attends to): planning
-# refuses a LoRA made for another width without building the model.
-TEXT_WIDTHS = {"tiny-sdxl": 32 + 48, "tiny-sdxl-refiner": 48, "tiny-sd": 32}
 _SEED = 0
+
+
+def tiny_models() -> dict:
+    """Every tiny model's name -> its family (each family module lists its own)."""
+    from sweeper.rendering.families import tiny_models
+
+    return tiny_models()
+
+
+def recipe_version(name: str) -> str:
+    """The tiny model's recipe version: its revision, so part of its images' ids, and part of its cache path."""
+    return tiny_models()[name].tiny_version
 
 
 def sweeper_cache() -> Path:
@@ -31,16 +35,11 @@ def sweeper_cache() -> Path:
     return Path(os.environ.get("SWEEPER_CACHE") or Path.home() / ".cache" / "sweeper")
 
 
-def cache_root() -> Path:
-    """Where tiny models are kept."""
-    return sweeper_cache() / "tiny" / RECIPE_VERSION
-
-
 def tiny_model_dir(name: str) -> Path:
     """Return the directory of tiny model `name`, building it on first use."""
-    if name not in TINY_MODELS:
-        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(TINY_MODELS)}")
-    target = cache_root() / name
+    if name not in tiny_models():
+        raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(tiny_models())}")
+    target = sweeper_cache() / "tiny" / recipe_version(name) / name
     if (target / "model_index.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -63,14 +62,10 @@ def _build(name: str):
 
     with torch.random.fork_rng():
         torch.manual_seed(_SEED)
-        if name == "tiny-sdxl":
-            return _sdxl_base()
-        if name == "tiny-sdxl-refiner":
-            return _sdxl_refiner()
-        return _sd15()
+        return tiny_models()[name].build_tiny(name)
 
 
-def _tokenizer():
+def clip_tokenizer():
     from tokenizers import pre_tokenizers
     from transformers import CLIPTokenizer
 
@@ -88,7 +83,7 @@ def _tokenizer():
     return tokenizer, len(vocab)
 
 
-def _text_encoder(with_projection: bool, vocab_size: int, tokenizer):
+def clip_text_encoder(with_projection: bool, vocab_size: int, tokenizer):
     """CLIP text encoder: 32 wide; the projected one (SDXL's text_encoder_2) 48 wide.
 
     Real SDXL's two encoders differ in width (768, 1280), and diffusers'
@@ -112,7 +107,7 @@ def _text_encoder(with_projection: bool, vocab_size: int, tokenizer):
     return model_class(config)
 
 
-def _unet(cross_attention_dim: int, time_ids_dim: int | None):
+def sd_unet(cross_attention_dim: int, time_ids_dim: int | None):
     from diffusers import UNet2DConditionModel
 
     sdxl_kwargs = {}
@@ -139,7 +134,7 @@ def _unet(cross_attention_dim: int, time_ids_dim: int | None):
     )
 
 
-def _vae():
+def sd_vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -154,7 +149,7 @@ def _vae():
     )
 
 
-def _scheduler():
+def sd_scheduler():
     from diffusers import EulerDiscreteScheduler
 
     # The real SDXL / SD 1.5 scheduler settings, so swaps behave as they do there.
@@ -166,67 +161,3 @@ def _scheduler():
         steps_offset=1,
         timestep_spacing="leading",
     )
-
-
-def _sdxl_base():
-    from diffusers import StableDiffusionXLPipeline
-
-    tokenizer, vocab_size = _tokenizer()
-    return StableDiffusionXLPipeline(
-        vae=_vae(),
-        text_encoder=_text_encoder(False, vocab_size, tokenizer),
-        text_encoder_2=_text_encoder(True, vocab_size, tokenizer),
-        tokenizer=tokenizer,
-        tokenizer_2=tokenizer,
-        unet=_unet(cross_attention_dim=TEXT_WIDTHS["tiny-sdxl"], time_ids_dim=80),
-        scheduler=_scheduler(),
-    )
-
-
-def _sdxl_refiner():
-    from diffusers import StableDiffusionXLImg2ImgPipeline
-
-    # The refiner shares the base's text_encoder_2 and vae when loaded next to
-    # it; its own copies are the base's, so it is also whole on its own.
-    base = _sdxl_base()
-    return StableDiffusionXLImg2ImgPipeline(
-        vae=base.vae,
-        text_encoder=None,
-        text_encoder_2=base.text_encoder_2,
-        tokenizer=None,
-        tokenizer_2=base.tokenizer_2,
-        unet=_unet(cross_attention_dim=TEXT_WIDTHS["tiny-sdxl-refiner"], time_ids_dim=72),
-        scheduler=_scheduler(),
-        requires_aesthetics_score=True,
-        force_zeros_for_empty_prompt=False,
-    )
-
-
-def _sd15():
-    from diffusers import StableDiffusionPipeline
-    from transformers import CLIPImageProcessor
-
-    tokenizer, vocab_size = _tokenizer()
-    return StableDiffusionPipeline(
-        vae=_vae(),
-        text_encoder=_text_encoder(False, vocab_size, tokenizer),
-        tokenizer=tokenizer,
-        unet=_unet(cross_attention_dim=TEXT_WIDTHS["tiny-sd"], time_ids_dim=None),
-        scheduler=_scheduler(),
-        safety_checker=_safety_checker(),
-        feature_extractor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
-    )
-
-
-def _safety_checker():
-    """SD 1.x's checker on a tiny CLIP vision model. Its concept embeddings and
-    thresholds start at ones, so it flags nothing (tests lower the thresholds)."""
-    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
-    from transformers import CLIPConfig
-
-    config = CLIPConfig(
-        text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2),
-        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=8),
-        projection_dim=32,
-    )
-    return StableDiffusionSafetyChecker(config)

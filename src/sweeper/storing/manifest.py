@@ -29,7 +29,7 @@ from sweeper.planning import lora_files
 from sweeper.storing.bounds import loads_json, read_table
 from sweeper.errors import PlanError, UnsafePath
 from sweeper.storing.files import check_not_link, folder, open_image, write_atomic
-from sweeper.planning.spec import FIELDS, public_model_name
+from sweeper.planning.spec import FIELDS, SPARSE_FIELDS, public_model_name
 from sweeper.storing.writers import forget_stored, merging
 from sweeper.storing.store import IMAGES_DIR
 
@@ -39,7 +39,7 @@ PARTS_DIR = ".manifest-parts"
 
 _TYPES = {
     "string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(), "pair": pa.list_(pa.int64()),
-    "strings": pa.list_(pa.string()), "floats": pa.list_(pa.float64()),
+    "strings": pa.list_(pa.string()), "floats": pa.list_(pa.float64()), "ints": pa.list_(pa.int64()),
 }
 # How each image's rendering went; the spec's own columns come from its field table (spec.py).
 _RUN_HEAD = [("image_id", pa.string()), ("path", pa.string()), ("status", pa.string()), ("error", pa.string()), ("warning", pa.string())]
@@ -104,6 +104,9 @@ def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> di
         if spec.uses_cfg and spec.negative_prompt_2 is None:
             values["negative_prompt_2"] = values["negative_prompt"]
     values.update(compile=spec.compile is not None, compile_mode=spec.compile, **lora_columns(spec))
+    for name in SPARSE_FIELDS:  # other families' keys: not in this row (nor in its PNG)
+        if values[name] is None:
+            del values[name]
     return {"image_id": spec.image_id, "path": path, "status": status, "error": error, **values, **run_facts}
 
 
@@ -332,11 +335,18 @@ def merge(out_dir: Path) -> pa.Table:
         if table.num_rows == 0 or (not parts and merged is not None and merged.num_rows == table.num_rows):
             return table  # nothing new: a re-run of a finished sweep leaves the manifest as it is
         buffer = io.BytesIO()
-        pq.write_table(table, buffer)
+        pq.write_table(_stored_columns(table), buffer)
         write_atomic(out_dir / MANIFEST, buffer.getvalue())
         if parts:
             _drop_parts(out_dir, parts, tables)
     return table
+
+
+def _stored_columns(table: pa.Table) -> pa.Table:
+    """The manifest file's columns: a key of some families only is left out while no row has it,
+    so a sweep of other families keeps the schema it always had (read() adds it back as nulls)."""
+    unused = [name for name in SPARSE_FIELDS if table.column(name).null_count == table.num_rows]
+    return table.drop_columns(unused)
 
 
 def _drop_parts(out_dir: Path, parts: list[Path], tables: dict[Path, pa.Table | None]) -> None:

@@ -25,7 +25,7 @@ from PIL import Image, PngImagePlugin
 from sweeper.planning import lora_files
 from sweeper.errors import PlanError
 from sweeper.storing.files import write_atomic
-from sweeper.planning.spec import A1111_KEYS, PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, ImageSpec, public_model_name
+from sweeper.planning.spec import A1111_KEYS, PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, SPARSE_ROW_FIELDS, ImageSpec, public_model_name
 from sweeper.rendering.tiny import sweeper_cache
 
 IMAGES_DIR = "images"
@@ -41,7 +41,8 @@ def image_path(spec: ImageSpec) -> str:
 
 # The order A1111 writes its keys in; a key added to the field table (spec.py) and not named here goes last.
 A1111_ORDER = (
-    "Steps", "Sampler", "CFG scale", "Seed", "Size", "Model", "Denoising strength", "Model hash", "Refiner", "Refiner switch at", "Lora hashes",
+    "Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Model", "Denoising strength", "Model hash", "Clip skip", "Refiner",
+    "Refiner switch at", "Lora hashes",
 )
 
 
@@ -52,7 +53,7 @@ def parameters_text(spec: ImageSpec, versions: dict[str, str]) -> str:
     lines = [" ".join([spec.prompt, *(f"<lora:{lora_files.a1111_name(v)}:{w:g}>" for v, w in zip(spec.lora or (), spec.lora_scale or ()))])]
     if spec.negative_prompt:
         lines.append(f"Negative prompt: {spec.negative_prompt}")
-    values = {key: _a1111_value(key, [getattr(spec, name) for name in names]) for key, names in A1111_KEYS.items()}
+    values = {key: _a1111_value(key, [getattr(spec, name) for name in names]) for key, names in a1111_keys(spec.family).items()}
     if spec.model_id.endswith(SINGLE_FILE_SUFFIXES) and Path(spec.model_id).is_file():
         values["Model hash"] = checkpoint_hash(spec.model_id)  # what A1111 and civitai know a checkpoint by
     order = [*A1111_ORDER, *(key for key in values if key not in A1111_ORDER)]
@@ -60,6 +61,19 @@ def parameters_text(spec: ImageSpec, versions: dict[str, str]) -> str:
     pairs.append(("Version", f"sweeper {versions.get('sweeper', '')}".strip()))
     lines.append(", ".join(f"{key}: {_quote(value)}" for key, value in pairs))
     return "\n".join(lines)
+
+
+@functools.lru_cache(maxsize=None)
+def a1111_keys(family: str) -> dict[str, tuple[str, ...]]:
+    """PNG text key -> the fields it shows, for a family: A1111's, but where the family's own tools
+    write another key for a field (Forge: Flux's guidance is "Distilled CFG Scale")."""
+    from sweeper.rendering.families import get
+
+    renamed = get(family).a1111
+    keys = {key: tuple(name for name in names if name not in renamed) for key, names in A1111_KEYS.items()}
+    for name, key in renamed.items():
+        keys[key] = (*keys.get(key, ()), name)
+    return {key: names for key, names in keys.items() if names}
 
 
 def _a1111_value(key: str, values: list[Any]) -> object | None:
@@ -147,7 +161,13 @@ CALL_FIELDS = (*PER_IMAGE_FIELDS, "prompt_template", "init_image", "mask_image")
 def call_record(specs: Sequence[ImageSpec], threads: int) -> dict[str, Any]:
     """How an image was computed: every image of its pipeline call, in order, and the
     CPU thread count (float sums, hence pixels, depend on both), for an exact replay."""
-    return {"batch": [{name: getattr(spec, name) for name in CALL_FIELDS} for spec in specs], "threads": threads}
+    batch = [{name: getattr(spec, name) for name in CALL_FIELDS} | _sparse_prompts(spec) for spec in specs]
+    return {"batch": batch, "threads": threads}
+
+
+def _sparse_prompts(spec: ImageSpec) -> dict[str, Any]:
+    """The per-image fields of some families only, when set (other families' PNGs stay as they were)."""
+    return {name: getattr(spec, name) for name in SPARSE_ROW_FIELDS if getattr(spec, name) is not None}
 
 
 def thumbnail_path(image_id: str) -> str:
@@ -180,7 +200,7 @@ def png_bytes(
     names only and carries no host name or command line (the manifest has them)."""
     info = PngImagePlugin.PngInfo()
     info.add_itxt("parameters", parameters_text(spec, versions))
-    sweeper = {"image_id": spec.image_id, "spec": _public(spec.to_dict()), "versions": versions}
+    sweeper = {"image_id": spec.image_id, "spec": _public(spec.to_stored_dict()), "versions": versions}
     if row is not None:
         sweeper["row"] = _public({**row, "host": None})
     if call is not None:

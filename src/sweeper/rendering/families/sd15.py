@@ -1,0 +1,63 @@
+"""Stable Diffusion 1.x: one CLIP text encoder, the safety checker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sweeper.rendering.families._stable_diffusion import StableDiffusion
+
+
+class SD15(StableDiffusion):
+    name = "sd15"
+    title = "Stable Diffusion 1.x"
+    pipelines = {
+        "txt2img": "StableDiffusionPipeline",
+        "img2img": "StableDiffusionImg2ImgPipeline",
+        "inpaint": "StableDiffusionInpaintPipeline",
+    }
+    index_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
+    keys = ("negative_prompt", "sigmas")
+    safety_checker = True
+    tiny = {"tiny-sd": "base"}
+    text_widths = {"tiny-sd": 32}
+
+    def load_kwargs(self, spec: Any, from_pipe: bool) -> dict[str, Any]:
+        return {} if spec.safety_checker or from_pipe else {"safety_checker": None, "requires_safety_checker": False}
+
+    def encode(self, pipe: Any, spec: Any, device: str) -> dict[str, Any]:
+        embeds, negative = pipe.encode_prompt(spec.prompt, device, 1, spec.uses_cfg, negative_prompt=spec.negative_prompt)
+        return {"prompt_embeds": embeds, **({"negative_prompt_embeds": negative} if spec.uses_cfg else {})}
+
+    def build_tiny(self, name: str) -> Any:
+        from diffusers import StableDiffusionPipeline
+        from transformers import CLIPImageProcessor
+
+        from sweeper.rendering.tiny import clip_text_encoder, clip_tokenizer, sd_scheduler, sd_unet, sd_vae
+
+        tokenizer, vocab_size = clip_tokenizer()
+        return StableDiffusionPipeline(
+            vae=sd_vae(),
+            text_encoder=clip_text_encoder(False, vocab_size, tokenizer),
+            tokenizer=tokenizer,
+            unet=sd_unet(cross_attention_dim=self.text_widths["tiny-sd"], time_ids_dim=None),
+            scheduler=sd_scheduler(),
+            safety_checker=_safety_checker(),
+            feature_extractor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        )
+
+
+def _safety_checker():
+    """SD 1.x's checker on a tiny CLIP vision model. Its concept embeddings and
+    thresholds start at ones, so it flags nothing (tests lower the thresholds)."""
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    config = CLIPConfig(
+        text_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2),
+        vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=32, patch_size=8),
+        projection_dim=32,
+    )
+    return StableDiffusionSafetyChecker(config)
+
+
+FAMILY = SD15()

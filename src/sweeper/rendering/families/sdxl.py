@@ -1,0 +1,84 @@
+"""SDXL: two CLIP text encoders, size and crop conditioning, the refiner, the invisible watermark."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sweeper.planning.spec import CROP_KEYS, SIZE_KEYS
+from sweeper.rendering.families._stable_diffusion import StableDiffusion
+
+
+class SDXL(StableDiffusion):
+    name = "sdxl"
+    title = "SDXL"
+    pipelines = {
+        "txt2img": "StableDiffusionXLPipeline",
+        "img2img": "StableDiffusionXLImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLInpaintPipeline",
+    }
+    index_classes = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
+    keys = ("negative_prompt", "prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS, "sigmas", "refiner", "watermark")
+    tiny = {"tiny-sdxl": "base", "tiny-sdxl-refiner": "refiner"}
+    text_widths = {"tiny-sdxl": 32 + 48, "tiny-sdxl-refiner": 48}
+
+    def load_kwargs(self, spec: Any, from_pipe: bool) -> dict[str, Any]:
+        return {"add_watermarker": spec.watermark}
+
+    def encode(self, pipe: Any, spec: Any, device: str) -> dict[str, Any]:
+        cfg = spec.uses_cfg
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+            spec.prompt, spec.prompt_2, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+            negative_prompt=spec.negative_prompt, negative_prompt_2=spec.negative_prompt_2,
+        )
+        found = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
+        if cfg:
+            found.update(negative_prompt_embeds=negative, negative_pooled_prompt_embeds=negative_pooled)
+        return found
+
+    def call_kwargs(self, spec: Any) -> dict[str, Any]:
+        sizes = {key: getattr(spec, key) for key in (*SIZE_KEYS, *CROP_KEYS) if getattr(spec, key) is not None}
+        return {"guidance_scale": spec.guidance, **sizes}
+
+    def build_tiny(self, name: str) -> Any:
+        return _base() if self.tiny[name] == "base" else _refiner()
+
+
+def _base():
+    from diffusers import StableDiffusionXLPipeline
+
+    from sweeper.rendering.tiny import clip_text_encoder, clip_tokenizer, sd_scheduler, sd_unet, sd_vae
+
+    tokenizer, vocab_size = clip_tokenizer()
+    return StableDiffusionXLPipeline(
+        vae=sd_vae(),
+        text_encoder=clip_text_encoder(False, vocab_size, tokenizer),
+        text_encoder_2=clip_text_encoder(True, vocab_size, tokenizer),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=sd_unet(cross_attention_dim=FAMILY.text_widths["tiny-sdxl"], time_ids_dim=80),
+        scheduler=sd_scheduler(),
+    )
+
+
+def _refiner():
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from sweeper.rendering.tiny import sd_scheduler, sd_unet
+
+    # The refiner shares the base's text_encoder_2 and vae when loaded next to
+    # it; its own copies are the base's, so it is also whole on its own.
+    base = _base()
+    return StableDiffusionXLImg2ImgPipeline(
+        vae=base.vae,
+        text_encoder=None,
+        text_encoder_2=base.text_encoder_2,
+        tokenizer=None,
+        tokenizer_2=base.tokenizer_2,
+        unet=sd_unet(cross_attention_dim=FAMILY.text_widths["tiny-sdxl-refiner"], time_ids_dim=72),
+        scheduler=sd_scheduler(),
+        requires_aesthetics_score=True,
+        force_zeros_for_empty_prompt=False,
+    )
+
+
+FAMILY = SDXL()

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from sweeper.app import config_dir
 from sweeper.errors import PlanError
 from sweeper.planning.plan import Job, plan, plan_job
+from sweeper.rendering import families
 from sweeper.planning.spec import EXECUTION_FIELDS, LABEL_FIELDS, PER_IMAGE_FIELDS, SPARSE_FIELDS, ImageSpec
 from sweeper.planning.validate import SEED_LIMIT
 from sweeper.rendering.tiny import recipe_version
@@ -511,8 +512,8 @@ def test_a_bad_job_anywhere_fails_the_whole_plan(base):
 def test_boundary_values_are_accepted(base):
     spec = one(with_(base, steps=1, width=8, height=8, guidance=0, seed=SEED_LIMIT - 1, batch_size=1))
     assert (spec.steps, spec.width, spec.height, spec.guidance, spec.seed, spec.batch_size) == (1, 8, 8, 0.0, SEED_LIMIT - 1, 1)
-    assert not spec.uses_cfg
-    assert one(with_(base, guidance=1.5)).uses_cfg
+    assert not families.uses_cfg(spec)
+    assert families.uses_cfg(one(with_(base, guidance=1.5)))
     assert one(with_(base, crops_coords_top_left=[0, 8])).crops_coords_top_left == (0, 8)
     assert one(with_(base, crops_coords_top_left=[0, 0])).crops_coords_top_left is None  # diffusers' default, one id
 

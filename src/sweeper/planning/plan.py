@@ -120,7 +120,7 @@ def plan_job(
             validate.check_keys(c)
             template = _template(rc, job, prompt_file, auto_device)
             roots = image_files.csv_paths(c, rc, row.params, prompt_file)
-            return _SpecMaker(template), image_files.init_images(rc, template.mode, roots), template.uses_cfg
+            return _SpecMaker(template), image_files.init_images(rc, template.mode, roots), families.uses_cfg(template)
 
         maker, inits, cfg = settings.get(c, row.params, checked)
         # Every job draws the same random seeds for -1 (by position), so a `guidance=3,5,7
@@ -168,7 +168,11 @@ class _Settings:
 
 def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_device: str) -> ImageSpec:
     """A job's settings as a spec, with placeholders for the per-image fields."""
-    model = validate.model(c.get("model"))
+    model = c.get("model")
+    if _overridden(job, "model.id") and not _overridden(job, "model.family") and isinstance(model, Mapping) and isinstance(model.get("id"), str):
+        # another model than the preset's: its own model_index.json names its family, where it is on this machine
+        model = {**model, "family": families.detected(model["id"], model.get("revision")) or model.get("family")}
+    model = validate.model(model)
     if _overridden(job, "model.id") and not _overridden(job, "model.name"):
         model["name"] = public_model_name(model["id"])  # not the name of the config group it came from
     family = families.get(model["family"])

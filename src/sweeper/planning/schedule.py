@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from sweeper.planning.spec import ALL_PER_IMAGE_FIELDS, EXECUTION_FIELDS, ID_FIELDS, ImageSpec
+from sweeper.rendering import families
 from sweeper.rendering.tiny import tiny_models
 
 _SHARED_FIELDS = tuple(name for name in ID_FIELDS if name not in ALL_PER_IMAGE_FIELDS) + EXECUTION_FIELDS
@@ -49,7 +50,7 @@ def cost(spec: ImageSpec) -> float:
     steps = spec.steps if spec.strength is None else max(1, int(spec.steps * spec.strength))
     if spec.refiner_mode == "img2img":
         steps += spec.steps * (1 - spec.refiner_split)
-    calls = (2 if spec.scheduler_class in TWO_CALLS_PER_STEP else 1) * (2 if spec.uses_cfg else 1)
+    calls = (2 if spec.scheduler_class in TWO_CALLS_PER_STEP else 1) * (2 if families.uses_cfg(spec) else 1)
     return spec.width * spec.height * (steps * calls + DECODE_FORWARDS)
 
 

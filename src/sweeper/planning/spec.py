@@ -156,12 +156,6 @@ class ImageSpec:
         vars(spec).update(values, image_id=image_id)
         return spec
 
-    @property
-    def uses_cfg(self) -> bool:
-        """Classifier-free guidance runs (a negative prompt has effect, each step costs two passes): by
-        `true_cfg` where the family takes it (guidance-distilled models), else by `guidance`."""
-        return (self.guidance if self.true_cfg is None else self.true_cfg) > 1.0
-
     def to_dict(self) -> dict[str, Any]:
         """Every field (its values are JSON-ready: tuples become lists)."""
         return {name: getattr(self, name) for name in FIELD_NAMES}

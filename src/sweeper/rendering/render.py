@@ -113,14 +113,15 @@ def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any) 
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
     # 3. The call's arguments: per-image prompt embeddings and images, shared settings.
-    kwargs: dict[str, Any] = dict(num_inference_steps=first.steps, generator=generators, **families.get(first.family).call_kwargs(first))
+    family = families.get(first.family)
+    kwargs: dict[str, Any] = dict(num_inference_steps=first.steps, generator=generators, **family.call_kwargs(first))
     size = dict(width=first.width, height=first.height)
     if first.mode != "txt2img":
         kwargs.update(strength=first.strength, image=[_image(s.init_image, s.init_image_sha, size, "RGB") for s in specs])
     if first.mode == "inpaint":
         kwargs["mask_image"] = [_image(s.mask_image, s.mask_image_sha, size, "L") for s in specs]
-    if first.mode == "img2img":
-        size = {}  # img2img takes its size from the (resized) image
+    if first.mode not in family.sized_modes:
+        size = {}
 
     # 4. Base: every step, or up to the refiner's split.
     pipelines.activate(runtime, base, first, device)
@@ -177,14 +178,14 @@ def prompt_embeddings(
 
 
 # What an image's prompt embeddings depend on besides its prompts and the pipeline.
-_ENCODING_FIELDS = ("uses_cfg", "true_cfg", "max_sequence_length", "clip_skip")
+_ENCODING_FIELDS = ("true_cfg", "max_sequence_length", "clip_skip")
 
 
 def _encoded(runtime: Runtime, pipe: Any, family: Any, spec: ImageSpec, device: str, lora: bool) -> tuple[dict[str, torch.Tensor], str | None]:
     """(embeddings as call arguments, truncation warning) of one image's prompts."""
     adapters = (spec.lora_sha, spec.lora_scale) if lora else None
     prompts = tuple(getattr(spec, name) for name in ALL_PER_IMAGE_FIELDS if "prompt" in name)
-    key = (pipe, prompts, tuple(getattr(spec, name) for name in _ENCODING_FIELDS), adapters)
+    key = (pipe, prompts, family.uses_cfg(spec), tuple(getattr(spec, name) for name in _ENCODING_FIELDS), adapters)
     cached = runtime.cached_embeddings(key)
     if cached is not None:
         return cached

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from sweeper import faults
 from sweeper.planning import lora_files
+from sweeper.rendering import families
 from sweeper.storing.bounds import loads_json, read_table
 from sweeper.errors import PlanError, UnsafePath
 from sweeper.storing.files import check_not_link, folder, open_image, write_atomic
@@ -91,18 +92,21 @@ def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> di
     A key left unset is written as the value that ran, so two sweeps' rows join on their
     columns (in SQL a null equals nothing, not even a null): no negative prompt under CFG is ""
     (an SDXL model with force_zeros_for_empty_prompt runs a zero embedding for it), an unset
-    SDXL prompt_2 is the prompt, negative_prompt_2 the negative prompt.
+    prompt_2 (prompt_3) is the prompt, negative_prompt_2 (_3) the negative prompt, where the family takes them.
     """
     values = {name: getattr(spec, name) for name in SPEC_COLUMNS}
     for name, value in values.items():
         if isinstance(value, tuple):
             values[name] = list(value)
-    if spec.uses_cfg and values["negative_prompt"] is None:
+    cfg = families.uses_cfg(spec)
+    if cfg and values["negative_prompt"] is None:
         values["negative_prompt"] = ""
-    if spec.family == "sdxl":
-        values["prompt_2"] = spec.prompt if spec.prompt_2 is None else spec.prompt_2
-        if spec.uses_cfg and spec.negative_prompt_2 is None:
-            values["negative_prompt_2"] = values["negative_prompt"]
+    taken = families.get(spec.family).keys
+    for n in ("2", "3"):  # the other text encoders' prompts, where the family has them
+        if f"prompt_{n}" in taken:
+            values[f"prompt_{n}"] = spec.prompt if getattr(spec, f"prompt_{n}") is None else getattr(spec, f"prompt_{n}")
+            if cfg and getattr(spec, f"negative_prompt_{n}") is None:
+                values[f"negative_prompt_{n}"] = values["negative_prompt"]
     values.update(compile=spec.compile is not None, compile_mode=spec.compile, **lora_columns(spec))
     for name in SPARSE_FIELDS:  # other families' keys: not in this row (nor in its PNG)
         if values[name] is None:

@@ -47,8 +47,14 @@ class Family:
     lora: bool = True  # takes LoRA adapters (load_lora_weights)
     eager_attention: bool = False  # attention=eager (diffusers' plain AttnProcessor) fits its denoiser
     safety_checker: bool = False  # its pipelines carry a safety checker (SD 1.x)
+    sized_modes: tuple[str, ...] = ("txt2img", "img2img", "inpaint")  # modes whose call takes width and height
 
     # Planning (no torch).
+    def uses_cfg(self, spec: Any) -> bool:
+        """Classifier-free guidance runs: a negative prompt has effect, each step costs two passes.
+        By `true_cfg` where it is set (guidance-distilled models), else `guidance` > 1."""
+        return (spec.guidance if spec.true_cfg is None else spec.true_cfg) > 1.0
+
     def check(self, values: dict[str, Any], model: Mapping[str, Any]) -> None:
         """Refuse what this family cannot honour in a job's checked values (one line), and fill in
         the defaults that will run, so the manifest shows them. `values` is changed in place."""
@@ -108,6 +114,11 @@ def _all() -> dict[str, Family]:
             family = importlib.import_module(f"{__name__}.{module.name}").FAMILY
             found[family.name] = family
     return found
+
+
+def uses_cfg(spec: Any) -> bool:
+    """Whether the spec's pipeline call runs classifier-free guidance (its family says by what)."""
+    return get(spec.family).uses_cfg(spec)
 
 
 def names() -> tuple[str, ...]:

@@ -10,6 +10,7 @@ from sweeper.rendering.families import DISCRETE, Family
 class StableDiffusion(Family):
     schedulers = DISCRETE
     eager_attention = True
+    sized_modes = ("txt2img", "inpaint")  # img2img takes its size from the (resized) image
     default_scheduler = "euler"
     tiny_version = "v2"  # v2: text_encoder_2 wider than text_encoder (as in SDXL); tiny-sd has a safety checker
     text_widths: dict[str, int]  # each tiny UNet's cross_attention_dim

@@ -25,8 +25,9 @@ class SD15(StableDiffusion):
         return {} if spec.safety_checker or from_pipe else {"safety_checker": None, "requires_safety_checker": False}
 
     def encode(self, pipe: Any, spec: Any, device: str) -> dict[str, Any]:
-        embeds, negative = pipe.encode_prompt(spec.prompt, device, 1, spec.uses_cfg, negative_prompt=spec.negative_prompt)
-        return {"prompt_embeds": embeds, **({"negative_prompt_embeds": negative} if spec.uses_cfg else {})}
+        cfg = self.uses_cfg(spec)
+        embeds, negative = pipe.encode_prompt(spec.prompt, device, 1, cfg, negative_prompt=spec.negative_prompt)
+        return {"prompt_embeds": embeds, **({"negative_prompt_embeds": negative} if cfg else {})}
 
     def build_tiny(self, name: str) -> Any:
         from diffusers import StableDiffusionPipeline

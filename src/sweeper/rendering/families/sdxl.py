@@ -25,7 +25,7 @@ class SDXL(StableDiffusion):
         return {"add_watermarker": spec.watermark}
 
     def encode(self, pipe: Any, spec: Any, device: str) -> dict[str, Any]:
-        cfg = spec.uses_cfg
+        cfg = self.uses_cfg(spec)
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
             spec.prompt, spec.prompt_2, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
             negative_prompt=spec.negative_prompt, negative_prompt_2=spec.negative_prompt_2,

@@ -161,3 +161,57 @@ def sd_scheduler():
         steps_offset=1,
         timestep_spacing="leading",
     )
+
+
+def t5_tokenizer():
+    """A T5 Unigram tokenizer built here (Flux, SD 3.5): <pad>=0, </s>=1, <unk>=2, then word-start
+    pieces and single characters (printable ASCII), 100 <extra_id_N> sentinels at the end as in the
+    real one. In transformers 5 T5TokenizerFast is tokenizers-backed: no sentencepiece model needed."""
+    import string
+
+    from transformers import T5TokenizerFast
+
+    chars = [c for c in string.printable if not c.isspace()]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + c, -3.0) for c in chars] + [(c, -4.0) for c in chars]
+    vocab += [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
+    return T5TokenizerFast(vocab=vocab, extra_ids=100, model_max_length=512)
+
+
+# Qwen3's chat template, as far as the pipelines use it (one user message, generation prompt, thinking off).
+QWEN_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+
+def qwen_tokenizer():
+    """A Qwen2 byte-level BPE tokenizer built here (Qwen-Image, Z-Image, Flux.2 Klein): the 256 byte
+    symbols, no merges (one token per UTF-8 byte), Qwen's special tokens and chat template; saved
+    and loaded once, so it is the tokenizer `from_pretrained` gives back."""
+    from tokenizers import AddedToken, pre_tokenizers
+    from transformers import Qwen2TokenizerFast
+
+    vocab = {char: index for index, char in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    tokenizer = Qwen2TokenizerFast(
+        vocab=vocab,
+        merges=[],
+        unk_token=None,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>", "<|im_end|>"],
+        model_max_length=131072,
+        chat_template=QWEN_CHAT_TEMPLATE,
+    )
+    tokenizer.add_tokens([AddedToken("<think>", special=False), AddedToken("</think>", special=False)])
+    with tempfile.TemporaryDirectory() as scratch:
+        tokenizer.save_pretrained(scratch)
+        return Qwen2TokenizerFast.from_pretrained(scratch)

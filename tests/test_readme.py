@@ -3,7 +3,7 @@
 Each command from the README's code blocks is run as written through the real
 entry point (all in one interpreter), planned and checked with `dry_run=true`.
 There is no hub here: where an example names a hub model (the default SDXL,
-`refiner=sdxl`), `model=tiny` / `refiner=tiny` stand in, and with no Ray cluster to
+`refiner=sdxl`, a family's public checkpoint), that family's tiny model stands in, and with no Ray cluster to
 join a local Ray (which a dry run never starts) stands in for `address=auto`. The files examples
 read (photos/, masks/, wildcards/, loras/) are made first.
 
@@ -57,12 +57,20 @@ def readme_commands() -> list[str]:
     return [line[line.index("python -m sweeper ") :] for line in code_lines() if "python -m sweeper " in line]
 
 
+# Each family's public checkpoints: its tiny model stands in (there is no hub here).
+STAND_INS = {
+    "model=sdxl": "model=tiny", "model=sd15": "model=tiny-sd", "model=flux-dev": "model=tiny-flux", "model=flux-schnell": "model=tiny-flux-schnell",
+    "model=sd35-medium": "model=tiny-sd35", "model=sd35-large": "model=tiny-sd35", "model=qwen-image": "model=tiny-qwen-image",
+    "model=z-image-turbo": "model=tiny-z-image", "model=flux2-klein": "model=tiny-flux2-klein",
+}
+
+
 def as_tested(command: str) -> list[str]:
     """The command's arguments, with the offline stand-ins (a launcher's dry run submits nothing)."""
     args = shlex.split(command, comments=True)[3:]  # after `python -m sweeper`
     if "--help" in args:
         return args
-    args = ["refiner=tiny" if arg == "refiner=sdxl" else arg for arg in args]
+    args = ["refiner=tiny" if arg == "refiner=sdxl" else STAND_INS.get(arg, arg) for arg in args]
     args = [arg for arg in args if arg != "hydra.launcher.address=auto"]  # no Ray cluster here: a local one stands in
     if not any(re.match(r"model=", arg) for arg in args):
         args.append("model=tiny")

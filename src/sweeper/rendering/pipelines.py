@@ -209,9 +209,11 @@ def set_scheduler(runtime: Runtime, pipe: Any, spec: ImageSpec, noise_seeds: lis
 
 
 def check_scheduler_classes(specs: list[ImageSpec]) -> None:
-    """Refuse a scheduler config naming no diffusers scheduler, or kwargs its config lacks, before any model loads."""
-    for class_name, kwargs in sorted({(spec.scheduler_class, spec.scheduler_kwargs) for spec in specs}):
-        scheduler_class(class_name, json.loads(kwargs))
+    """Refuse a scheduler config naming no diffusers scheduler, or kwargs its config lacks (with the
+    spec's own sigmas and shift), before any model loads."""
+    asked = {(spec.scheduler_class, spec.scheduler_kwargs, json.dumps(families.get(spec.family).scheduler_kwargs(spec))) for spec in specs}
+    for class_name, kwargs, own in sorted(asked):
+        scheduler_class(class_name, {**json.loads(kwargs), **json.loads(own)})
 
 
 def scheduler_class(class_name: str, kwargs: dict[str, Any]) -> type:

@@ -87,6 +87,8 @@ def test_what_flux2_klein_ignores_is_refused_in_one_line_before_anything_loads(t
         ("model=tiny-flux2-klein", "shift=3"): f"invalid shift=3: model=tiny-flux2-klein is Flux.2 Klein (flux2-klein), which ignores it; {keys}",
         ("model=tiny-flux2-klein-base", "true_cfg=4"): f"invalid true_cfg=4: model=tiny-flux2-klein-base is Flux.2 Klein (flux2-klein), which ignores it; {keys}",
         ("model=tiny-flux2-klein", "prompt_2=x"): "invalid prompt_2=x: model=tiny-flux2-klein is Flux.2 Klein (flux2-klein), which ignores it",
+        ("model=tiny-flux2-klein", "original_size=[64,64]"): "invalid original_size=[64, 64]: model=tiny-flux2-klein is Flux.2 Klein (flux2-klein), which ignores it",
+        ("model=tiny-flux2-klein", "refiner=tiny"): "invalid refiner=tiny: model=tiny-flux2-klein is Flux.2 Klein (flux2-klein), which ignores it",
         ("model=tiny-flux2-klein", "clip_skip=2"): "invalid clip_skip=2: model=tiny-flux2-klein is Flux.2 Klein (flux2-klein), which ignores it",
         ("model=tiny-flux2-klein", "mode=img2img", f"init_image={image}"): (
             "invalid mode='img2img': model=tiny-flux2-klein is Flux.2 Klein (flux2-klein), which diffusers has no img2img pipeline for; its modes: txt2img, inpaint"),

@@ -163,13 +163,14 @@ def test_a_distilled_sweep_over_its_axes_lora_batches_and_replay(tmp_path, warm_
     parameters, stored = png_text(out, df, 6, PROMPTS[0])
     assert parameters.startswith(f"{PROMPTS[0]} <lora:klein:1>\n") and "dynamic_shift" not in stored["spec"]  # null: the model's own
 
-    # One prompt alone (batch of 1) renders as in the batch of 2, within a couple of levels; the tokenizer's
-    # cut at max_sequence_length (counted on the chat text) is said, and what it cut changes nothing.
+    # One prompt alone (batch of 1, the transformer's Q/K/V fused) renders as in the batch of 2, within a couple
+    # of levels; the tokenizer's cut at max_sequence_length (counted on the chat text) is said, and what it cut changes nothing.
     alone = tmp_path / "alone"
     df_alone = sweep(
         warm_cli, alone, "model=tiny-flux2-klein", f"prompt=[{PROMPTS[1]},{LONG},{LONG} at dusk]", "max_sequence_length=512,64",
-        "batch_size=1", "hydra.sweeper.zip=[[max_sequence_length]]",
+        "batch_size=1", "fuse_qkv=true", "hydra.sweeper.zip=[[max_sequence_length]]",
     )
+    assert set(df_alone.fuse_qkv) == {True}
     px_alone = pixels(alone, df_alone)
     assert differ(px_alone[(0, PROMPTS[1])], px[(0, PROMPTS[1])]) <= 2
     assert differ(px_alone[(1, LONG)], px_alone[(1, LONG + " at dusk")]) == 0

@@ -14,7 +14,7 @@ import numbers
 from pathlib import Path
 from typing import Any, Mapping
 
-from sweeper.errors import PlanError, invalid
+from sweeper.errors import invalid
 from sweeper.planning.spec import SINGLE_FILE_SUFFIXES
 from sweeper.rendering.families import _model_index
 from sweeper.rendering.families._flow import FlowFamily
@@ -43,14 +43,12 @@ class Flux2Klein(FlowFamily):
         guidance, negative = model.get("guidance"), model.get("negative_prompt")
         if self.distilled(model["id"], model.get("revision")):
             if isinstance(guidance, numbers.Number) and not isinstance(guidance, bool) and guidance != DISTILLED_GUIDANCE:
-                raise PlanError(
-                    f"invalid guidance={guidance}: model={name} is {self.title} step-distilled, which runs no guidance (diffusers ignores it); "
-                    f"leave it at {DISTILLED_GUIDANCE:g}, or use a base model (FLUX.2-klein-base-*) for true CFG"
-                )
+                raise invalid("guidance", guidance, f"model={name} is {self.title} step-distilled, which runs no guidance (diffusers ignores it); "
+                              f"leave it at {DISTILLED_GUIDANCE:g}, or use a base model (FLUX.2-klein-base-*) for true CFG")
             if negative is not None:
-                raise PlanError(f"invalid negative_prompt={_show(negative)}: model={name} is {self.title} step-distilled, which runs no CFG, so a negative prompt does nothing")
+                raise invalid("negative_prompt", _short(negative), f"model={name} is {self.title} step-distilled, which runs no CFG, so a negative prompt does nothing")
         elif negative is not None and isinstance(guidance, numbers.Number) and guidance <= 1:
-            raise PlanError(f"invalid negative_prompt={_show(negative)}: {self.title} runs CFG (with the negative prompt) only at guidance > 1, not {guidance}")
+            raise invalid("negative_prompt", _short(negative), f"{self.title} runs CFG (with the negative prompt) only at guidance > 1, not {guidance}")
         if values["max_sequence_length"] is None:
             values["max_sequence_length"] = MAX_SEQUENCE_LENGTH
 
@@ -102,8 +100,8 @@ class Flux2Klein(FlowFamily):
         )
 
 
-def _show(value: Any) -> str:
-    return repr(value[:80]) if isinstance(value, str) else str(value)[:80]
+def _short(value: Any) -> Any:
+    return value[:80] if isinstance(value, str) else value
 
 
 def _tokens(tokenizer: Any, prompt: str) -> int:

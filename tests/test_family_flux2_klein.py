@@ -130,6 +130,19 @@ def test_distilled_or_base_is_what_the_model_index_says_else_the_hub_name(tmp_pa
         klein(model={"name": "d", "id": "black-forest-labs/FLUX.2-klein-4B", **hub}, guidance=4.0)
 
 
+def test_a_distilled_model_planned_as_a_base_one_fails_its_images_rather_than_ignore_their_guidance():
+    # Planned by its name where its model_index.json was not on the machine, loaded where it is.
+    from diffusers import Flux2KleinPipeline
+
+    from sweeper.rendering import families
+    from sweeper.rendering.tiny import tiny_model_dir
+
+    pipe = Flux2KleinPipeline.from_pretrained(tiny_model_dir("tiny-flux2-klein"))
+    spec = klein(model={"name": "b", "id": "tiny-flux2-klein-base", "revision": None, "family": "flux2-klein"}, guidance=4.0)
+    with pytest.raises(RuntimeError, match="tiny-flux2-klein-base is step-distilled .* plan it with guidance=1$"):
+        families.get("flux2-klein").encode(pipe, spec, "cpu")
+
+
 # --- rendering: the sweeps -------------------------------------------------------------------------
 
 
@@ -143,6 +156,7 @@ def test_a_distilled_sweep_over_its_axes_lora_batches_and_replay(tmp_path, warm_
         "dynamic_shift=null,null,null,false,null,null,null", f"lora=null,null,null,null,{lora},{lora},{lora}", "lora_scale=1,1,1,1,0,0.5,1",
         "hydra.sweeper.zip=[[max_sequence_length,sigmas,dynamic_shift,lora,lora_scale]]",
     )
+    assert (out / "report.html").is_file()
     assert len(df) == 14 and set(df.batch_size) == {2} and set(df.base_steps) == {4} and set(df.dtype) == {"float32"}
     px = pixels(out, df)
     for prompt in PROMPTS:

@@ -185,12 +185,17 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     family.check(own, {**model, "guidance": c.get("guidance"), "negative_prompt": c.get("negative_prompt")})
     device, gpu = validate.device(c.get("device", "auto"), auto_device)
     mode = validate.choice(c, "mode", validate.MODES)
+    if mode not in family.pipelines:
+        raise invalid("mode", mode, f"model={model['name']} is {family.title} ({family.name}), which diffusers has no {mode} pipeline for; its modes: {', '.join(family.pipelines)}")
     if mode != "txt2img" and refiner["id"] is not None:
         raise PlanError(f"invalid refiner={refiner['name']}: works with mode=txt2img only; use refiner=none with mode={mode}")
     steps = validate.steps(c)
     strength = None if mode == "txt2img" else validate.strength(c, steps)
     validate.check_split(refiner, steps, scheduler["kwargs"])
     width, height = validate.size(c, "width"), validate.size(c, "height")
+    for key, value in (("width", width), ("height", height)):
+        if value % family.size_multiple:  # its pipeline would floor it silently: another size than the manifest's
+            raise invalid(key, value, f"{family.title} models take multiples of {family.size_multiple}")
     guidance = validate.guidance(c)
     if guidance <= 1:  # no classifier-free guidance: diffusers uses no negative conditioning
         sizes.update(negative_original_size=None, negative_target_size=None, negative_crops_coords_top_left=None)

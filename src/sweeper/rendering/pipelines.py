@@ -132,8 +132,8 @@ def _ready(pipe, spec: ImageSpec, device: str):
 
         denoiser.set_attn_processor(AttnProcessor())
         pipe.vae.set_attn_processor(AttnProcessor())
-    if spec.fuse_qkv:
-        pipe.fuse_qkv_projections()
+    if spec.fuse_qkv:  # the SD pipelines fuse their UNet's and VAE's; where the pipeline cannot (Flux.2 Klein), the denoiser's
+        (pipe if hasattr(pipe, "fuse_qkv_projections") else denoiser).fuse_qkv_projections()
     if spec.channels_last:
         denoiser.to(memory_format=torch.channels_last)
         pipe.vae.to(memory_format=torch.channels_last)

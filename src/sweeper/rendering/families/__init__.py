@@ -48,6 +48,7 @@ class Family:
     eager_attention: bool = False  # attention=eager (diffusers' plain AttnProcessor) fits its denoiser
     safety_checker: bool = False  # its pipelines carry a safety checker (SD 1.x)
     sized_modes: tuple[str, ...] = ("txt2img", "img2img", "inpaint")  # modes whose call takes width and height
+    size_multiple: int = 8  # width and height: what its pipelines take without flooring them
 
     # Planning (no torch).
     def uses_cfg(self, spec: Any) -> bool:

@@ -28,7 +28,7 @@ def script(*args: str, cwd, timeout: int = 600) -> tuple[subprocess.CompletedPro
 
 
 def test_every_script_has_a_test_here():
-    tested = {"gpu_check.py", "bench.py", "bench_scale.py", "bench_launchers.py", "sdxl_random.py"}
+    tested = {"gpu_check.py", "bench.py", "bench_scale.py", "bench_launchers.py", "sdxl_random.py", "flux_random.py"}
     assert {path.name for path in SCRIPTS.glob("*.py")} == tested
 
 
@@ -93,3 +93,35 @@ def test_sdxl_random_counts_the_real_models_parameters_without_building_it(tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     counts = json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"'))
     assert round(counts["unet"] / 1e9, 2) == 2.57  # SDXL base's UNet, as DESIGN.md gives it
+
+
+def test_flux_random_counts_the_real_models_parameters_and_flops_without_building_it(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPTS / "flux_random.py")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert round(counts["transformer"] / 1e9, 1) == 11.9 and round(counts["vae"] / 1e6) == 84  # FLUX.1-dev's
+    assert counts["image_tflop"] == pytest.approx(counts["transformer_forward_tflop"] * 28 + counts["vae_decode_tflop"], rel=1e-4)
+
+
+@pytest.mark.parametrize("tiny, size", [(False, 1024), (False, 512), (True, 64)])
+def test_flux_flop_formula_matches_torchs_flop_counter(tiny, size):
+    """The FLOPs per transformer forward that gpu_check divides by are the config formula's; torch counts the same
+    forward on the meta device (nothing allocated), matmul by matmul."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import flux_random
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    transformer_config, vae_config, text_tokens = flux_random.configs(tiny)
+    transformer = flux_random.build("meta", "bfloat16", tiny=tiny).transformer
+    tokens = flux_random.image_tokens(size, vae_config)
+    assert tokens == (size // 16) ** 2
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        transformer(hidden_states=torch.zeros(1, tokens, transformer_config["in_channels"]), timestep=torch.zeros(1), guidance=torch.zeros(1),
+                    pooled_projections=torch.zeros(1, transformer_config["pooled_projection_dim"]),
+                    encoder_hidden_states=torch.zeros(1, text_tokens, transformer_config["joint_attention_dim"]),
+                    txt_ids=torch.zeros(text_tokens, 3), img_ids=torch.zeros(tokens, 3), return_dict=False)
+    assert flux_random.transformer_flops(transformer_config, tokens, text_tokens) == counter.get_total_flops()

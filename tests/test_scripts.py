@@ -44,6 +44,20 @@ def test_gpu_check_on_the_cpu_runs_its_tests_and_fills_its_table(tmp_path, tiny_
     drift = out["dtype_drift"]
     assert drift["problems"] == [] and set(drift["drift"]) == {"float32_sdpa_vs_cpu_float32", "float16_sdpa_vs_float32", "bfloat16_sdpa_vs_float32"}
     assert 0 < drift["drift"]["bfloat16_sdpa_vs_float32"] < drift["seed_distance"] / 4  # bfloat16 really ran: its images differ a little
+    # FLUX at its tiny config: the same pipeline call, FLOP count and row fields as the full-size rows on CUDA.
+    flux = out["flux_table"]
+    assert [(row["model"], row["dtype"], row["vae_dtype"], row["batch"], row["images"]) for row in flux] == [
+        ("flux-tiny", "float32", "float32", 1, 1), ("flux-tiny", "float32", "float32", 2, 2)]
+    for row in flux:
+        assert row["problems"] == [] and row["nan"] is False
+        for field in ("s_per_image", "images_per_s", "warmup_s", "tflop_per_image", "tflops", "fraction_of_matmul_peak"):
+            assert isinstance(row[field], (int, float)) and row[field] > 0, (field, row[field])
+        assert row["tflops"] == pytest.approx(row["tflop_per_image"] * row["images_per_s"], rel=0.02)
+        assert row["fraction_of_matmul_peak"] == pytest.approx(row["tflops"] / out["matmul_peak_tflops"], rel=0.02)
+        assert row["peak_memory_gb"] is None and row["goal_s_per_image"] is None and row["meets_goal"] is None  # CUDA only
+    assert flux[0]["tflop_per_image"] == out["flux"]["tflop_per_image"] > out["flux"]["vae_decode_tflop"] > 0
+    assert out["flux"]["text_encoders"].startswith("not built")
+    assert out["checks_passed"] == out["tests"]["passed"] + len(out["table"]) + len(flux) + 1  # + the drift check
 
 
 def test_gpu_check_fails_when_a_cuda_test_fails(tmp_path, tiny_models, monkeypatch):
@@ -62,6 +76,19 @@ def test_gpu_check_fails_when_a_cuda_test_fails(tmp_path, tiny_models, monkeypat
     assert (tests["passed"], tests["failed"], tests["expected"]) == (1, 1, 2)
     (failing / "test_cuda.py").write_text("import pytest, time\n\n@pytest.mark.cuda\ndef test_slow(): time.sleep(60)\n")
     assert gpu_check.run_cuda_tests("cpu", timeout_s=5)["failed"] == 1  # a timeout is a failure, not a hang
+
+
+def test_gpu_check_lists_flux_rows_past_the_budget_as_skipped_without_building_flux():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    result = {"flux_table": [], "failed_rows": [], "skipped_rows": []}
+    gpu_check.flux_rows("cuda", 1.0, lambda: True, result, lambda: None)
+    assert [(row["model"], row["compile"], row["batch"]) for row in result["skipped_rows"]] == [
+        ("flux-random", compile_mode, batch) for compile_mode in ("off", "default") for batch in (1, 2, 4)]
+    assert "flux" not in result and result["flux_table"] == result["failed_rows"] == []
 
 
 def test_bench_at_256_px_matches_the_loops_pixel_for_pixel(tmp_path, tiny_models):

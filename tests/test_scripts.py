@@ -128,6 +128,8 @@ def test_flux_random_counts_the_real_models_parameters_and_flops_without_buildin
     counts = json.loads(result.stdout.strip().splitlines()[-1])
     assert round(counts["transformer"] / 1e9, 1) == 11.9 and round(counts["vae"] / 1e6) == 84  # FLUX.1-dev's
     assert counts["image_tflop"] == pytest.approx(counts["transformer_forward_tflop"] * 28 + counts["vae_decode_tflop"], rel=1e-4)
+    # The README's and gpu_check's numbers at 1024x1024, 28 steps.
+    assert (round(counts["transformer_forward_tflop"], 1), round(counts["vae_decode_tflop"], 1), round(counts["image_tflop"])) == (74.4, 10.5, 2093)
 
 
 @pytest.mark.parametrize("tiny, size", [(False, 1024), (False, 512), (True, 64)])

@@ -220,7 +220,8 @@ def flux_setup(device: str) -> dict:
     log(f"{info['model']}: built on {device} in {dtype} in {info['built_s']} s (in memory, not saved); parameters: "
         + ", ".join(f"{name} {count / 1e6:.4g} M" for name, count in counts.items())
         + f"; {info['tflop_per_image']:.6g} TFLOP per image; text encoders {info['text_encoders']}")
-    return {"pipe": pipe, "tiny": tiny, "flops": flops, "info": info, "compiled": None}
+    return {"pipe": pipe, "flops": flops, "info": info, "compiled": None,
+            "prompt_embeds": lambda batch: flux_random.random_prompt_embeds(pipe, batch, device, tiny=tiny)}
 
 
 def measure_flux_row(flux: dict, device: str, batch: int, compile_mode: str | None, peak: float) -> dict:
@@ -228,14 +229,11 @@ def measure_flux_row(flux: dict, device: str, batch: int, compile_mode: str | No
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(HERE))
-    import flux_random
-
     pipe, info = flux["pipe"], flux["info"]
     if compile_mode and flux["compiled"] != compile_mode:
         pipe.transformer.compile(mode=compile_mode)  # in place, as sweeper compiles the UNet; rows after it stay compiled
         flux["compiled"] = compile_mode
-    embeds, pooled = flux_random.random_prompt_embeds(pipe, batch, device, tiny=flux["tiny"])
+    embeds, pooled = flux["prompt_embeds"](batch)
 
     def call(steps: int) -> np.ndarray:
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in range(batch)]
@@ -254,7 +252,7 @@ def measure_flux_row(flux: dict, device: str, batch: int, compile_mode: str | No
     seconds = time.perf_counter() - tic
     achieved = flux["flops"]["image"] * batch / seconds / 1e12
     compiled = compile_mode or "off"
-    full_size = not flux["tiny"]
+    full_size = info["model"] == "flux-random"
     row = {
         "model": info["model"], "dtype": _dtype_name(pipe.transformer.dtype), "asked_dtype": info["dtype"], "vae_dtype": _dtype_name(pipe.vae.dtype),
         "ran_on": str(pipe.transformer.device), "compile": compiled, "batch": batch, "images": int(images.shape[0]),

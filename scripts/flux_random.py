@@ -7,8 +7,8 @@ hub. The text encoders are not built: T5-XXL (4.7 B parameters) and CLIP-L run
 once per prompt, not once per step, so the pipeline is given random
 `prompt_embeds` (B, 512, 4096) and `pooled_prompt_embeds` (B, 768) instead
 (`FluxPipeline` takes text_encoder=None and tokenizer=None when the embeddings
-are passed). Nothing is saved: the bfloat16 transformer alone is 24 GB, and
-building it on the GPU in bfloat16 takes seconds.
+are passed). Nothing is saved: the bfloat16 transformer alone is 24 GB; it is
+built straight on the GPU in bfloat16 (no float32 copy on the host).
 
     python scripts/flux_random.py [--size 1024] [--steps 28]   # parameters and FLOPs per image (meta device: nothing allocated)
 
@@ -105,7 +105,7 @@ def build(device: str = "cuda", dtype: str = "bfloat16", tiny: bool = False):
     transformer_config, vae_config, _ = configs(tiny)
     torch_dtype = getattr(torch, dtype)
     # Parameters are created on `device` in `dtype` directly: no float32 copy
-    # of 12 B parameters on the host (48 GB), and on a GPU the init is seconds.
+    # of 12 B parameters on the host (48 GB), and the random init runs on the GPU.
     with torch.random.fork_rng(devices=[] if device in ("cpu", "meta") else None), torch.device(device), _default_dtype(torch_dtype):
         torch.manual_seed(SEED)
         transformer = FluxTransformer2DModel(**transformer_config)

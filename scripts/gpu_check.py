@@ -19,8 +19,20 @@
    torch.compile off and on, and the fraction of the measured matmul peak
    (416 TFLOP per image: 6.76 TFLOP per UNet forward x 60 + 10.5 for the decode).
    With --device cpu: the tiny model at 64x64, 2 steps.
+5. Full-size random-weight FLUX.1-dev (scripts/flux_random.py: the real
+   transformer and VAE configs, built on the GPU in bfloat16, in memory, never
+   saved) at 1024x1024, 28 steps, batch 1/2/4, eager then compiled, called
+   through diffusers' FluxPipeline (sweeper has no Flux path yet): seconds per
+   image beside the goal (under 4 s on one H200) and xDiT's published H100
+   anchor (6.7 s eager, 4.3 s compiled), peak memory, and the fraction of the
+   measured matmul peak (2093 TFLOP per image: 74.4 TFLOP per transformer
+   forward x 28 + 10.5 for the decode). The text encoders are not built (T5-XXL
+   is 4.7 B parameters and runs once per prompt, not per step): random
+   prompt_embeds (B, 512, 4096) and pooled_prompt_embeds (B, 768) are passed in.
+   Runs before the SDXL rows, which a tight --budget-s then skips.
+   With --device cpu: 1 double + 1 single block of width 32, 64x64, 2 steps, float32.
 
-The last line is JSON: device, checks_passed, checks_failed, table. Rows that
+The last line is JSON: device, checks_passed, checks_failed, table, flux_table. Rows that
 do not fit the time budget (--budget-s) are listed as skipped, not guessed.
 """
 
@@ -39,6 +51,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 UNET_TFLOP_1024 = 6.76
 VAE_DECODE_TFLOP_1024 = 10.5
+FLUX_GOAL_S_PER_IMAGE = 4.0  # issue 28: FLUX.1-dev, 1024x1024, 28 steps, on one H200
+FLUX_H100_S_PER_IMAGE = {"off": 6.7, "default": 4.3}  # xDiT's published FLUX.1-dev on one H100, eager and compiled
 
 
 def log(message: str) -> None:
@@ -183,6 +197,112 @@ def measure_row(model: list[str], size: int, steps: int, device: str, dtype: str
     return row
 
 
+def flux_setup(device: str) -> dict:
+    """FLUX.1-dev with random weights, built in memory: full size in bfloat16 on CUDA, the tiny config in float32 on
+    the CPU; its size, steps and FLOPs per image."""
+    sys.path.insert(0, str(HERE))
+    import flux_random
+
+    tiny = device == "cpu"
+    dtype, size, steps = ("float32", 64, 2) if tiny else ("bfloat16", 1024, 28)
+    tic = time.perf_counter()
+    pipe = flux_random.build(device, dtype, tiny=tiny)
+    pipe.set_progress_bar_config(disable=True)
+    _sync(device)
+    counts = flux_random.parameter_counts(pipe)
+    flops = flux_random.image_flops(size, steps, tiny=tiny)
+    info = {"model": "flux-tiny" if tiny else "flux-random", "dtype": dtype, "size": size, "steps": steps,
+            "built_s": round(time.perf_counter() - tic, 1), "parameters": counts,
+            "text_encoders": "not built: random prompt_embeds (B, %d, %d) and pooled_prompt_embeds (B, %d) passed in"
+                             % (flux_random.configs(tiny)[2], pipe.transformer.config.joint_attention_dim, pipe.transformer.config.pooled_projection_dim),
+            "transformer_tflop_per_forward": _significant(flops["transformer_forward"] / 1e12),
+            "vae_decode_tflop": _significant(flops["vae_decode"] / 1e12), "tflop_per_image": _significant(flops["image"] / 1e12)}
+    log(f"{info['model']}: built on {device} in {dtype} in {info['built_s']} s (in memory, not saved); parameters: "
+        + ", ".join(f"{name} {count / 1e6:.4g} M" for name, count in counts.items())
+        + f"; {info['tflop_per_image']:.6g} TFLOP per image; text encoders {info['text_encoders']}")
+    return {"pipe": pipe, "flops": flops, "info": info, "compiled": None,
+            "prompt_embeds": lambda batch: flux_random.random_prompt_embeds(pipe, batch, device, tiny=tiny)}
+
+
+def measure_flux_row(flux: dict, device: str, batch: int, compile_mode: str | None, peak: float) -> dict:
+    """One FLUX row: a warm-up call (2 steps: compiles when asked), then one timed call of the full steps."""
+    import numpy as np
+    import torch
+
+    pipe, info = flux["pipe"], flux["info"]
+    if compile_mode and flux["compiled"] != compile_mode:
+        pipe.transformer.compile(mode=compile_mode)  # in place, as sweeper compiles the UNet; rows after it stay compiled
+        flux["compiled"] = compile_mode
+    embeds, pooled = flux["prompt_embeds"](batch)
+
+    def call(steps: int) -> np.ndarray:
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in range(batch)]
+        return pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=info["size"], width=info["size"], num_inference_steps=steps,
+                    guidance_scale=3.5, generator=generators, output_type="np").images
+
+    tic = time.perf_counter()
+    call(2)
+    _sync(device)
+    warm_s = time.perf_counter() - tic
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    tic = time.perf_counter()
+    images = call(info["steps"])
+    _sync(device)
+    seconds = time.perf_counter() - tic
+    achieved = flux["flops"]["image"] * batch / seconds / 1e12
+    compiled = compile_mode or "off"
+    full_size = info["model"] == "flux-random"
+    row = {
+        "model": info["model"], "dtype": _dtype_name(pipe.transformer.dtype), "asked_dtype": info["dtype"], "vae_dtype": _dtype_name(pipe.vae.dtype),
+        "ran_on": str(pipe.transformer.device), "compile": compiled, "batch": batch, "images": int(images.shape[0]),
+        "s_per_image": round(seconds / batch, 3), "images_per_s": round(batch / seconds, 3), "warmup_s": round(warm_s, 1),
+        "goal_s_per_image": FLUX_GOAL_S_PER_IMAGE if full_size else None,
+        "meets_goal": seconds / batch < FLUX_GOAL_S_PER_IMAGE if full_size else None,
+        "h100_anchor_s_per_image": FLUX_H100_S_PER_IMAGE.get(compiled) if full_size else None,
+        "peak_memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None,
+        "tflop_per_image": info["tflop_per_image"], "tflops": _significant(achieved), "fraction_of_matmul_peak": _significant(achieved / peak),
+        "nan": bool(np.isnan(images).any()),
+    }
+    goal = f" (goal < {FLUX_GOAL_S_PER_IMAGE} s on one H200; H100 anchor {row['h100_anchor_s_per_image']} s)" if full_size else ""
+    log(f"{info['model']} {row['dtype']} compile={compiled} batch {batch}: {row['s_per_image']} s/img{goal}, {row['images_per_s']} img/s, "
+        f"{row['peak_memory_gb']} GB, {row['tflops']} TFLOP/s ({row['fraction_of_matmul_peak']} of the matmul peak)")
+    return row
+
+
+def flux_rows(device: str, peak: float, over_budget, result: dict, save) -> None:
+    """The FLUX table: eager rows first (cheap), then compiled ones; a row past the budget is skipped. The pipeline
+    is freed at the end so the SDXL rows' peak memory is theirs alone."""
+    import gc
+
+    import torch
+
+    wanted = [(None, 1), (None, 2), (None, 4), ("default", 1), ("default", 2), ("default", 4)] if device == "cuda" else [(None, 1), (None, 2)]
+    flux = None
+    for compile_mode, batch in wanted:
+        model = "flux-tiny" if device == "cpu" else "flux-random"
+        if over_budget():
+            result["skipped_rows"].append({"model": model, "dtype": "float32" if device == "cpu" else "bfloat16", "compile": compile_mode or "off", "batch": batch})
+            continue
+        try:
+            if flux is None:
+                flux = flux_setup(device)
+                result["flux"] = flux["info"]
+            row = measure_flux_row(flux, device, batch, compile_mode, peak)
+            row["problems"] = row_problems(row, device)
+            result["flux_table"].append(row)
+        except Exception as error:  # a row that fails is a failed check, the others still run
+            failed = {"model": model, "compile": compile_mode or "off", "batch": batch, "error": f"{type(error).__name__}: {error}"[:300]}
+            result["failed_rows"].append(failed)
+            log(f"{model} row compile={compile_mode} batch {batch} failed: {failed['error']}")
+        save()
+    del flux
+    gc.collect()
+    if device == "cuda":
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+
+
 DRIFT_SEEDS = 4
 
 
@@ -216,6 +336,11 @@ def dtype_drift(device: str) -> dict:
     return {"seed_distance": round(seed_distance, 2), "drift": drift, "problems": problems}
 
 
+def _significant(value: float) -> float:
+    """Four significant digits: the tiny model's TFLOP counts are millionths."""
+    return float(f"{value:.4g}")
+
+
 def _dtype_name(dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -224,11 +349,11 @@ def row_problems(row: dict, device: str) -> list[str]:
     """Why a measured row does not count as a passed check: NaN pixels, or not what was asked for."""
     problems = ["NaN in the images"] if row["nan"] else []
     if row["dtype"] != row["asked_dtype"]:
-        problems.append(f"the UNet ran in {row['dtype']}, not {row['asked_dtype']}")
+        problems.append(f"the UNet or transformer ran in {row['dtype']}, not {row['asked_dtype']}")
     if row["vae_dtype"] != row["asked_dtype"]:
         problems.append(f"the VAE stayed {row['vae_dtype']} after the call")
     if not row["ran_on"].startswith(device):
-        problems.append(f"the UNet ran on {row['ran_on']}")
+        problems.append(f"the UNet or transformer ran on {row['ran_on']}")
     return problems
 
 
@@ -250,13 +375,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     name = torch.cuda.get_device_name(0) if args.device == "cuda" else "cpu"
     log(f"device {name}, torch {torch.__version__}")
-    result = {"device": name, "torch": torch.__version__, "tests": {"summary": "not run"}, "table": [], "failed_rows": [], "skipped_rows": []}
+    result = {"device": name, "torch": torch.__version__, "tests": {"summary": "not run"}, "table": [], "flux_table": [], "failed_rows": [], "skipped_rows": []}
 
     def save() -> None:
         drift_ok = "dtype_drift" in result and not result["dtype_drift"]["problems"]
-        result["checks_passed"] = result["tests"].get("passed", 0) + sum(1 for row in result["table"] if not row["problems"]) + drift_ok
+        rows = result["table"] + result["flux_table"]
+        result["checks_passed"] = result["tests"].get("passed", 0) + sum(1 for row in rows if not row["problems"]) + drift_ok
         result["checks_failed"] = (result["tests"].get("failed", 0) + len(result["failed_rows"])
-                                   + sum(1 for row in result["table"] if row["problems"])
+                                   + sum(1 for row in rows if row["problems"])
                                    + len(result.get("dtype_drift", {}).get("problems", [])))
         result["wall_s"] = round(time.perf_counter() - started, 1)
         if args.json_out:
@@ -270,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
     peak = matmul_peak(args.device)
     result["matmul_peak_tflops"] = round(peak, 3)
     log(f"large matmul: {peak:.1f} TFLOP/s")
+    flux_rows(args.device, peak, lambda: time.perf_counter() - started > args.budget_s, result, save)
     model = None  # built for the first row that fits the budget
     # Most telling first: a row past the budget is skipped, not guessed.
     rows_wanted = [(dtype, None, batch) for batch in (1, 4) for dtype in ("bfloat16", "float16")]

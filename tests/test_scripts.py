@@ -28,7 +28,7 @@ def script(*args: str, cwd, timeout: int = 600) -> tuple[subprocess.CompletedPro
 
 
 def test_every_script_has_a_test_here():
-    tested = {"gpu_check.py", "bench.py", "bench_scale.py", "bench_launchers.py", "sdxl_random.py"}
+    tested = {"gpu_check.py", "bench.py", "bench_scale.py", "bench_launchers.py", "sdxl_random.py", "flux_random.py"}
     assert {path.name for path in SCRIPTS.glob("*.py")} == tested
 
 
@@ -44,6 +44,20 @@ def test_gpu_check_on_the_cpu_runs_its_tests_and_fills_its_table(tmp_path, tiny_
     drift = out["dtype_drift"]
     assert drift["problems"] == [] and set(drift["drift"]) == {"float32_sdpa_vs_cpu_float32", "float16_sdpa_vs_float32", "bfloat16_sdpa_vs_float32"}
     assert 0 < drift["drift"]["bfloat16_sdpa_vs_float32"] < drift["seed_distance"] / 4  # bfloat16 really ran: its images differ a little
+    # FLUX at its tiny config: the same pipeline call, FLOP count and row fields as the full-size rows on CUDA.
+    flux = out["flux_table"]
+    assert [(row["model"], row["dtype"], row["vae_dtype"], row["batch"], row["images"]) for row in flux] == [
+        ("flux-tiny", "float32", "float32", 1, 1), ("flux-tiny", "float32", "float32", 2, 2)]
+    for row in flux:
+        assert row["problems"] == [] and row["nan"] is False
+        for field in ("s_per_image", "images_per_s", "warmup_s", "tflop_per_image", "tflops", "fraction_of_matmul_peak"):
+            assert isinstance(row[field], (int, float)) and row[field] > 0, (field, row[field])
+        assert row["tflops"] == pytest.approx(row["tflop_per_image"] * row["images_per_s"], rel=0.02)
+        assert row["fraction_of_matmul_peak"] == pytest.approx(row["tflops"] / out["matmul_peak_tflops"], rel=0.02)
+        assert row["peak_memory_gb"] is None and row["goal_s_per_image"] is None and row["meets_goal"] is None  # CUDA only
+    assert flux[0]["tflop_per_image"] == out["flux"]["tflop_per_image"] > out["flux"]["vae_decode_tflop"] > 0
+    assert out["flux"]["text_encoders"].startswith("not built")
+    assert out["checks_passed"] == out["tests"]["passed"] + len(out["table"]) + len(flux) + 1  # + the drift check
 
 
 def test_gpu_check_fails_when_a_cuda_test_fails(tmp_path, tiny_models, monkeypatch):
@@ -62,6 +76,19 @@ def test_gpu_check_fails_when_a_cuda_test_fails(tmp_path, tiny_models, monkeypat
     assert (tests["passed"], tests["failed"], tests["expected"]) == (1, 1, 2)
     (failing / "test_cuda.py").write_text("import pytest, time\n\n@pytest.mark.cuda\ndef test_slow(): time.sleep(60)\n")
     assert gpu_check.run_cuda_tests("cpu", timeout_s=5)["failed"] == 1  # a timeout is a failure, not a hang
+
+
+def test_gpu_check_lists_flux_rows_past_the_budget_as_skipped_without_building_flux():
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import gpu_check
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    result = {"flux_table": [], "failed_rows": [], "skipped_rows": []}
+    gpu_check.flux_rows("cuda", 1.0, lambda: True, result, lambda: None)
+    assert [(row["model"], row["compile"], row["batch"]) for row in result["skipped_rows"]] == [
+        ("flux-random", compile_mode, batch) for compile_mode in ("off", "default") for batch in (1, 2, 4)]
+    assert "flux" not in result and result["flux_table"] == result["failed_rows"] == []
 
 
 def test_bench_at_256_px_matches_the_loops_pixel_for_pixel(tmp_path, tiny_models):
@@ -93,3 +120,37 @@ def test_sdxl_random_counts_the_real_models_parameters_without_building_it(tmp_p
     assert result.returncode == 0, result.stderr[-3000:]
     counts = json.loads(result.stdout.strip().splitlines()[-1].replace("'", '"'))
     assert round(counts["unet"] / 1e9, 2) == 2.57  # SDXL base's UNet, as DESIGN.md gives it
+
+
+def test_flux_random_counts_the_real_models_parameters_and_flops_without_building_it(tmp_path):
+    result = subprocess.run([sys.executable, str(SCRIPTS / "flux_random.py")], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert round(counts["transformer"] / 1e9, 1) == 11.9 and round(counts["vae"] / 1e6) == 84  # FLUX.1-dev's
+    assert counts["image_tflop"] == pytest.approx(counts["transformer_forward_tflop"] * 28 + counts["vae_decode_tflop"], rel=1e-4)
+    # The README's and gpu_check's numbers at 1024x1024, 28 steps.
+    assert (round(counts["transformer_forward_tflop"], 1), round(counts["vae_decode_tflop"], 1), round(counts["image_tflop"])) == (74.4, 10.5, 2093)
+
+
+@pytest.mark.parametrize("tiny, size", [(False, 1024), (False, 512), (True, 64)])
+def test_flux_flop_formula_matches_torchs_flop_counter(tiny, size):
+    """The FLOPs per transformer forward that gpu_check divides by are the config formula's; torch counts the same
+    forward on the meta device (nothing allocated), matmul by matmul."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import flux_random
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    transformer_config, vae_config, text_tokens = flux_random.configs(tiny)
+    transformer = flux_random.build("meta", "bfloat16", tiny=tiny).transformer
+    tokens = flux_random.image_tokens(size, vae_config)
+    assert tokens == (size // 16) ** 2
+    with torch.device("meta"), FlopCounterMode(display=False) as counter:
+        transformer(hidden_states=torch.zeros(1, tokens, transformer_config["in_channels"]), timestep=torch.zeros(1), guidance=torch.zeros(1),
+                    pooled_projections=torch.zeros(1, transformer_config["pooled_projection_dim"]),
+                    encoder_hidden_states=torch.zeros(1, text_tokens, transformer_config["joint_attention_dim"]),
+                    txt_ids=torch.zeros(text_tokens, 3), img_ids=torch.zeros(tokens, 3), return_dict=False)
+    assert flux_random.transformer_flops(transformer_config, tokens, text_tokens) == counter.get_total_flops()

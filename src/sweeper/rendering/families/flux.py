@@ -106,7 +106,8 @@ def _check_schedule(values: Mapping[str, Any], scheduler: Mapping[str, Any], mod
     without dynamic shifting. (These hold for the scheduler classes, whatever flow family runs them.)"""
     name, class_name, kwargs = scheduler["name"], scheduler["class_name"], scheduler.get("kwargs") or {}
     if class_name not in SCHEDULER_CLASSES or (class_name != EULER and not kwargs.get("use_flow_sigmas")):
-        raise invalid("scheduler", name, f"Flux.1 renders with {EULER} and, on flow sigmas (use_flow_sigmas), {UNIPC} and {DPM}: flow_euler, flow_unipc, flow_dpmpp_2m")
+        fits = f"Flux.1 renders with {EULER} and, on flow sigmas (use_flow_sigmas), {UNIPC} and {DPM}: flow_euler, flow_unipc, flow_dpmpp_2m"
+        raise invalid("scheduler", name, f"{class_name}{'' if class_name in SCHEDULER_CLASSES else ' raises or draws its own noise there'}; {fits}")
     dynamic = values["dynamic_shift"] if values["dynamic_shift"] is not None else kwargs.get("use_dynamic_shifting", model_dynamic)
     sigmas = values["sigmas"] or next((s for s, flag in (("karras", "use_karras_sigmas"), ("exponential", "use_exponential_sigmas"), ("beta", "use_beta_sigmas")) if kwargs.get(flag)), None)
     if class_name == DPM:

@@ -28,7 +28,7 @@ JOBS = {
     "guidance": {"guidance": 1.0},
     "true_cfg": {"true_cfg": 4},  # no negative prompt: CFG against the empty prompt
     "negative": {"true_cfg": 4, "negative_prompt": "blurry"},
-    "short_t5": {"max_sequence_length": 64},
+    "short_t5": {"max_sequence_length": 64, "prompt_2": "LONG"},  # a T5 prompt of 80 tokens: cut, and said so
     "default_t5": {"max_sequence_length": "null"},  # the family fills in 512
     "karras": {"sigmas": "karras"},
     "static": {"dynamic_shift": "false"},
@@ -76,7 +76,7 @@ def sweep(tmp_path_factory):
     rng = np.random.default_rng(0)
     Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(inputs / "init.png")
     Image.fromarray(np.pad(np.full((32, 32), 255, np.uint8), 16)).save(inputs / "mask.png")
-    where = {"LORA": str(inputs / LORA), "INIT": str(inputs / "init.png"), "MASK": str(inputs / "mask.png")}
+    where = {"LONG": "tree" * 20, "LORA": str(inputs / LORA), "INIT": str(inputs / "init.png"), "MASK": str(inputs / "mask.png")}
     axes = {key: ",".join(str(where.get(job.get(key, value), job.get(key, value))) for job in JOBS.values()) for key, value in BASE.items()}
     args = ["-m", f"prompt={PROMPTS}", "seed=0", "name=flux", *(f"{key}={values}" for key, values in axes.items()),
             f"hydra.sweeper.zip=[[{','.join(BASE)}]]"]
@@ -116,6 +116,7 @@ def test_the_manifest_and_png_text_say_what_ran(sweep):
     negative = rows["negative"].iloc[0]
     assert (negative.negative_prompt, negative.true_cfg) == ("blurry", 4.0)
     assert (rows["static"].iloc[0]["dynamic_shift"], rows["shift"].iloc[0]["shift"], rows["karras"].iloc[0]["sigmas"]) == (False, 2.0, "karras")
+    assert set(rows["short_t5"].warning) == {"prompt_2 truncated to 64 T5 tokens"} and rows["base"].warning.isna().all()
     assert rows["schnell"].iloc[0].guidance == 0.0 and rows["default_t5"].iloc[0].max_sequence_length == 512
     text = Image.open(out / negative.path).text["parameters"].splitlines()
     assert text[1] == "Negative prompt: blurry"
@@ -143,6 +144,7 @@ def test_images_replay_and_a_batch_equals_each_image_alone(sweep, fresh_runtime,
 REFUSED = [
     (["model=tiny-flux-schnell", "guidance=3.5"], "invalid guidance=3.5: model=tiny-flux-schnell is a Flux.1 without distilled guidance (schnell)"),
     (["model=tiny-flux", "negative_prompt=blurry"], "invalid negative_prompt='blurry': Flux.1 reads a negative prompt only with true_cfg > 1"),
+    (["model=tiny-flux", "negative_prompt_2=blurry"], "invalid negative_prompt_2='blurry': Flux.1 reads a negative prompt only with true_cfg > 1"),
     (["model=tiny-flux", "max_sequence_length=513"], "invalid max_sequence_length=513: Flux.1's T5 prompt takes at most 512 tokens"),
     (["model=tiny-flux", "shift=2"], "invalid shift=2.0: this model shifts its schedule by image size"),
     (["model=tiny-flux", "scheduler=flow_dpmpp_2m", "sigmas=karras"], "invalid sigmas='karras': scheduler=flow_dpmpp_2m (DPM-Solver) on flow sigmas gives NaN"),

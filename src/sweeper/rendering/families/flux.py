@@ -69,9 +69,10 @@ class Flux(FlowFamily):
 
     def truncation(self, pipe: Any, spec: Any) -> str | None:
         """The prompts T5 cuts at max_sequence_length, and those CLIP cuts at 77 (its pooled vector only)."""
-        t5 = [("prompt_2" if spec.prompt_2 else "prompt", spec.prompt_2 or spec.prompt)]
+        t5 = [("prompt_2" if spec.prompt_2 not in (None, spec.prompt) else "prompt", spec.prompt_2 or spec.prompt)]
         if self.uses_cfg(spec):
-            t5.append(("negative_prompt_2" if spec.negative_prompt_2 else "negative_prompt", spec.negative_prompt_2 or spec.negative_prompt))
+            own = spec.negative_prompt_2 not in (None, spec.negative_prompt)
+            t5.append(("negative_prompt_2" if own else "negative_prompt", spec.negative_prompt_2 or spec.negative_prompt))
         length = spec.max_sequence_length
         cut = [f"{name} truncated to {length} T5 tokens" for name, text in t5 if text and len(pipe.tokenizer_2(text).input_ids) > length]
         limit = pipe.tokenizer.model_max_length

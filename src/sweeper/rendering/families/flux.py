@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sweeper.errors import invalid
+from sweeper.rendering.families import SIGMAS
 from sweeper.rendering.families._flow import FlowFamily
 
 MAX_SEQUENCE_LENGTH = 512  # T5's prompt budget in FluxPipeline (more raises)
@@ -110,7 +111,7 @@ def _check_schedule(values: Mapping[str, Any], scheduler: Mapping[str, Any], mod
         fits = f"Flux.1 renders with {EULER} and, on flow sigmas (use_flow_sigmas), {UNIPC} and {DPM}: flow_euler, flow_unipc, flow_dpmpp_2m"
         raise invalid("scheduler", name, f"{class_name}{'' if class_name in SCHEDULER_CLASSES else ' raises or draws its own noise there'}; {fits}")
     dynamic = values["dynamic_shift"] if values["dynamic_shift"] is not None else kwargs.get("use_dynamic_shifting", model_dynamic)
-    sigmas = values["sigmas"] or next((s for s, flag in (("karras", "use_karras_sigmas"), ("exponential", "use_exponential_sigmas"), ("beta", "use_beta_sigmas")) if kwargs.get(flag)), None)
+    sigmas = values["sigmas"] or next((sigmas for sigmas, flag in SIGMAS.items() if kwargs.get(flag)), None)  # or the config's own
     if class_name == DPM:
         if dynamic is False:
             raise invalid("dynamic_shift", False, f"scheduler={name} (DPM-Solver) runs Flux.1 with dynamic shifting only; use flow_euler or flow_unipc")

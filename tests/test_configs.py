@@ -85,6 +85,8 @@ A1111_LABELS = {
     "heun": "Heun",
     "unipc": "UniPC",
     "flow_euler": "Euler",
+    "flow_unipc": "UniPC",
+    "flow_dpmpp_2m": "DPM++ 2M",
 }
 
 

@@ -142,7 +142,8 @@ def plan_job(
 
 
 # Keys that a job's images differ in without their settings changing (planned per job).
-_PER_JOB_KEYS = frozenset({"seed", "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3", "dry_run", "name"})
+# Not the negative prompts: a family refuses one where it does nothing, which its check of the settings sees.
+_PER_JOB_KEYS = frozenset({"seed", "prompt", "prompt_2", "prompt_3", "dry_run", "name"})
 
 
 class _Settings:

@@ -116,6 +116,27 @@ def test_the_defaults_that_run_are_filled_in_and_unset_keys_stay_out_of_the_id()
     assert negative.image_id == off.image_id and negative.negative_prompt_3 is None
     with pytest.raises(PlanError, match="skip-layer guidance is txt2img only: diffusers' SD 3.5 inpaint"):
         plan([composed_job(0, *TINY, "slg_layers=[1]", "slg_stop=0.9", "mode=inpaint")])
+    # the defaults skip at step i when steps * 0.01 < i < steps * 0.2: from 6 steps on
+    with pytest.raises(PlanError, match="with steps=5, slg_start=0.01 and slg_stop=0.2 no step skips them"):
+        plan([composed_job(0, *TINY, "slg_layers=[7]", "steps=5")])
+    assert plan([composed_job(0, *TINY, "slg_layers=[7]", "steps=6")])[0].slg_scale == 2.8
+    with pytest.raises(PlanError, match=r"^invalid original_size=\[64, 64\]: model=tiny-sd35 is SD 3.5 \(sd3\), which ignores it"):
+        plan([composed_job(0, *TINY, "original_size=[64,64]")])
+
+
+@pytest.mark.parametrize("preset, model_id, steps, guidance", [
+    ("sd35-medium", "stabilityai/stable-diffusion-3.5-medium", 40, 4.5),
+    ("sd35-large", "stabilityai/stable-diffusion-3.5-large", 28, 3.5),
+    ("tiny-sd35", "tiny-sd35", 4, 5.0),
+])
+def test_the_presets_are_sd35(preset, model_id, steps, guidance):
+    (spec,) = plan([composed_job(0, f"model={preset}")])
+    assert (spec.family, spec.model_id, spec.steps, spec.guidance, spec.scheduler) == ("sd3", model_id, steps, guidance, "flow_euler")
+
+
+def test_another_model_id_is_sd35_by_its_model_index(sd35):
+    (spec,) = plan([composed_job(0, "model=tiny", f"model.id={sd35}", "width=32", "height=32")])
+    assert (spec.family, spec.max_sequence_length) == ("sd3", 256)
 
 
 # --- rendering ------------------------------------------------------------------------------------

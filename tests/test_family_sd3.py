@@ -89,6 +89,7 @@ REFUSED = [
     (["refiner=tiny"], "invalid refiner=tiny: model=tiny-sd35 is SD 3.5 (sd3), which ignores it"),
     (["scheduler=euler"], "invalid scheduler='euler': SD 3.5 models take flow schedulers"),
     (["attention=eager"], "SD 3.5 models run sdpa"),
+    (["fuse_qkv=true"], "invalid fuse_qkv=true: diffusers' SD 3.5 pipeline has no fused Q/K/V projections"),
 ]
 
 
@@ -176,7 +177,7 @@ def test_each_axis_changes_the_pixels_where_it_should_and_not_where_it_should_no
     variants = {
         "base": (),
         "prompt_2": ("prompt_2=a green dog",),
-        "prompt_3": (f"prompt_3={LONG}",),
+        "prompt_3": (f"prompt_3={LONG} and {LONG}",),  # over 77 T5 tokens: cut, as the warning says
         "prompts said": ("prompt_2=a red cat", "prompt_3=a red cat"),  # the unset ones mean the prompt
         "negative": ("negative_prompt=blurry",),
         "negative_2": ("negative_prompt=blurry", "negative_prompt_2=dark"),
@@ -203,6 +204,7 @@ def test_each_axis_changes_the_pixels_where_it_should_and_not_where_it_should_no
     assert diff("negative_2", "negative") > 2 and diff("negative_3", "negative") > 2 and diff("slg other layers", "slg") > 2
     assert diff("prompts said", "base") == 0 and diff("negatives said", "negative") == 0 and diff("slg scale 0", "base") == 0
     assert (rows["slg"].slg_scale, rows["slg"].slg_start, rows["slg"].slg_stop) == (2.8, 0.01, 0.5)
+    assert rows["prompt_3"].warning == "prompt_3 truncated to 77 T5 tokens" and pd.isna(rows["base"].warning)
     text = Image.open(tmp_path / rows["karras"].path).text["parameters"]
     assert "Sampler: Euler, Schedule type: karras, CFG scale: 5" in text
 

@@ -38,6 +38,8 @@ class SD3(FlowFamily):
     def check(self, values: dict[str, Any], model: Mapping[str, Any]) -> None:
         """Refuses what the pipelines would ignore or fail on; fills max_sequence_length (256),
         clip_skip (1: the last layer) and, with slg_layers, the skip-layer guidance defaults."""
+        if model.get("fuse_qkv") is True:  # diffusers' fused joint attention fails on 3.5 Medium's dual-attention layers
+            raise invalid("fuse_qkv", True, f"diffusers' {self.title} pipeline has no fused Q/K/V projections")
         for key in ("width", "height"):
             if _is_int(model.get(key)) and model[key] % 16:
                 raise invalid(key, model[key], f"{self.title} takes multiples of 16 (the VAE's 8 times the transformer's patches of 2)")

@@ -40,7 +40,7 @@ def _by_job(folder: Path) -> dict[int, pd.Series]:
 
 
 @pytest.fixture(scope="module")
-def sd35(tmp_path_factory) -> Path:
+def sd35() -> Path:
     from sweeper.rendering.tiny import tiny_model_dir
 
     return tiny_model_dir("tiny-sd35")

@@ -33,7 +33,7 @@ class SD3(FlowFamily):
     )
     tiny = {"tiny-sd35": "medium"}
     tiny_version = "v1"
-    # img2img and inpaint too: without a size they resize the image to the model's default (1024 px), not keep its own
+    # sized_modes: all three (the default). Without a size, img2img and inpaint resize the image to 1024 px, not keep its own
 
     def check(self, values: dict[str, Any], model: Mapping[str, Any]) -> None:
         """Refuses what the pipelines would ignore or fail on; fills max_sequence_length (256),

@@ -92,7 +92,7 @@ def test_what_flux2_klein_ignores_is_refused_in_one_line_before_anything_loads(t
         ("model=tiny-flux2-klein", "clip_skip=2"): "invalid clip_skip=2: model=tiny-flux2-klein is Flux.2 Klein (flux2-klein), which ignores it",
         ("model=tiny-flux2-klein", "mode=img2img", f"init_image={image}"): (
             "invalid mode='img2img': model=tiny-flux2-klein is Flux.2 Klein (flux2-klein), which diffusers has no img2img pipeline for; its modes: txt2img, inpaint"),
-        ("model=tiny-flux2-klein", "width=40"): "invalid width=40: Flux.2 Klein models take multiples of 16",
+        ("model=tiny-flux2-klein", "width=40"): "invalid width=40: Flux.2 Klein takes multiples of 16",
         ("model=tiny-flux2-klein", f"model.id={tmp_path / 'klein.safetensors'}"): "Flux.2 Klein loads from a diffusers dir or hub id only",
         ("model=tiny-flux2-klein", "scheduler=euler"): "invalid scheduler='euler': Flux.2 Klein models take flow schedulers: auto, ",
     }

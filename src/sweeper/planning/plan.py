@@ -183,8 +183,8 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     sizes = {key: validate.pair(c, key, minimum=1) for key in SIZE_KEYS}
     sizes.update({key: validate.pair(c, key, minimum=0) for key in CROP_KEYS})
     own = validate.family_values(c)
-    given = {key: c.get(key) for key in ("guidance", "negative_prompt", "negative_prompt_2")}
-    family.check(own, {**model, **given, "scheduler": scheduler})
+    given = ("guidance", "negative_prompt", "negative_prompt_2", "mode", "steps", "width", "height", "fuse_qkv")
+    family.check(own, {**model, **{key: c.get(key) for key in given}, "scheduler": scheduler})
     device, gpu = validate.device(c.get("device", "auto"), auto_device)
     mode = validate.choice(c, "mode", validate.MODES)
     if mode not in family.pipelines:
@@ -197,7 +197,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     width, height = validate.size(c, "width"), validate.size(c, "height")
     for key, value in (("width", width), ("height", height)):
         if value % family.size_multiple:  # its pipeline would floor it silently: another size than the manifest's
-            raise invalid(key, value, f"{family.title} models take multiples of {family.size_multiple}")
+            raise invalid(key, value, f"{family.title} takes multiples of {family.size_multiple}")
     guidance = validate.guidance(c)
     if guidance <= 1:  # no classifier-free guidance: diffusers uses no negative conditioning
         sizes.update(negative_original_size=None, negative_target_size=None, negative_crops_coords_top_left=None)

@@ -27,6 +27,7 @@ class Flux(FlowFamily):
     keys = ("negative_prompt", "prompt_2", "negative_prompt_2", "true_cfg", "max_sequence_length", "shift", "dynamic_shift", "sigmas")
     tiny = {"tiny-flux": "dev", "tiny-flux-schnell": "schnell"}
     tiny_version = "v1"
+    size_multiple = 16  # the VAE's 8 times the transformer's patches of 2 (FluxPipeline floors other sizes)
     a1111 = {"guidance": "Distilled CFG Scale", "true_cfg": "CFG scale"}  # as Forge writes Flux's
     # sized_modes: all three. Without height/width Flux img2img renders 1024x1024, not at the image's size.
 

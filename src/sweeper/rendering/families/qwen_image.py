@@ -15,6 +15,7 @@ from sweeper.rendering.families._flow import FlowFamily
 TRUE_CFG = 4.0  # the pipeline's default and the model card's
 MAX_SEQUENCE_LENGTH = 512  # the pipeline call's default (its limit is 1024)
 GUIDANCE = 1.0  # what the presets set: guidance_scale is not passed, so any other value would be a silent no-op
+EULER = "FlowMatchEulerDiscreteScheduler"  # its own; the only scheduler class tried with its pipeline here
 TINY_TEXT_WIDTH = 16  # the tiny text encoder's hidden size = its transformer's joint_attention_dim
 
 
@@ -42,6 +43,10 @@ class QwenImage(FlowFamily):
         if isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and guidance != GUIDANCE:
             raise invalid("guidance", guidance, f"{self.title} has no guidance scale (it is not guidance-distilled); "
                           f"its CFG scale is true_cfg (default {TRUE_CFG:g}); leave guidance at {GUIDANCE:g}")
+        scheduler = model.get("scheduler")
+        if scheduler is not None and scheduler["class_name"] != EULER:
+            raise invalid("scheduler", scheduler["name"], f"{self.title}'s pipeline hands the scheduler its own sigmas and mu, which DPM-Solver, "
+                          f"DEIS, SA-Solver and FlowMatchHeun refuse; {EULER} (flow_euler, auto) is the one tested with it")
         if values["shift"] is not None:
             # The scheduler ignores `shift` while it shifts by image size (the real model's default).
             if values["dynamic_shift"]:
@@ -153,10 +158,10 @@ def _tokenizer():
     """A Qwen2 byte-level BPE whose merges spell each word of the templates' system prompts as one token.
 
     Not tiny.qwen_tokenizer() (no merges: one token per byte): the pipeline drops a hard-coded
-    `prompt_template_encode_start_idx` = 34 leading hidden states, the real tokenizer's length of the
-    template's system prefix; that one splits the prefix into 149 tokens, so the dropped states would
-    be part of the system prompt's and the embeddings silently wrong. Here the prefix is 34 tokens
-    (build_tiny checks it); user text is mostly one token per byte.
+    `prompt_template_encode_start_idx` = 34 leading hidden states, the template's system prefix as the
+    real tokenizer splits it. That one splits the prefix into 149 tokens, so 115 states of the system
+    prompt would stay in every prompt's embeddings, silently. Here the prefix is 34 tokens (build_tiny
+    checks it); user text is mostly one token per byte.
     """
     from tokenizers import AddedToken, pre_tokenizers
     from transformers import Qwen2Tokenizer

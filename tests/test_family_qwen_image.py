@@ -49,6 +49,7 @@ IMAGE_CASES = [
     ("lora", "txt2img", "null", "null", 0.6, "q.safetensors", 1),
     ("lora_05", "txt2img", "null", "null", 0.6, "q.safetensors", 0.5),
     ("lora_0", "txt2img", "null", "null", 0.6, "q.safetensors", 0),
+    ("lora_kohya", "txt2img", "null", "null", 0.6, "q_kohya.safetensors", 1),
 ]
 IMAGE_KEYS = ("mode", "init_image", "mask_image", "strength", "lora", "lora_scale")
 
@@ -107,6 +108,21 @@ def _lora(path: Path) -> Path:
     return path
 
 
+def _to_kohya(source: Path, target: Path) -> Path:
+    """The same adapter with the key names of kohya-style trainers: diffusion_model.<module>.lora_down/lora_up.weight and .alpha."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    converted = {}
+    for key, tensor in load_file(source).items():
+        module, kind = key.removeprefix("transformer.").rsplit(".lora_", 1)
+        converted[f"diffusion_model.{module}.{'lora_down' if kind.startswith('A') else 'lora_up'}.weight"] = tensor
+        if kind.startswith("A"):
+            converted[f"diffusion_model.{module}.alpha"] = torch.tensor(float(tensor.shape[0]))
+    save_file(converted, target)
+    return target
+
+
 @pytest.fixture(scope="module")
 def images(warm_cli, tmp_path_factory) -> Sweep:
     folder = tmp_path_factory.mktemp("qwen-images")
@@ -115,7 +131,7 @@ def images(warm_cli, tmp_path_factory) -> Sweep:
     mask = np.zeros((40, 48), np.uint8)
     mask[:, 24:] = 255
     Image.fromarray(mask).save(folder / "mask.png")
-    _lora(folder / "q.safetensors")
+    _to_kohya(_lora(folder / "q.safetensors"), folder / "q_kohya.safetensors")
     args = ("-m", "model=tiny-qwen-image", PROMPTS, "batch_size=1", *_zipped(IMAGE_CASES, IMAGE_KEYS), f"hydra.sweep.dir={folder / 'sweep'}")
     done = warm_cli.run(*args, cwd=folder, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -186,6 +202,7 @@ def test_img2img_and_inpaint_take_the_init_image_at_the_sweeps_size(images):
 def test_a_lora_changes_the_pixels_and_its_weight_scales_it(images):
     assert images.diff("lora", "txt2img") > 2 and images.diff("lora_05", "lora") > 0 and images.diff("lora_05", "txt2img") > 0
     assert images.diff("lora_0", "txt2img") == 0  # weight 0: as without
+    assert images.diff("lora_kohya", "lora") == 0  # kohya's key names: diffusers converts them on load
     with Image.open(images.png("lora_05")) as image:
         assert image.text["parameters"].splitlines()[0] == "a red cat <lora:q:0.5>"
 

@@ -20,6 +20,7 @@ from PIL import Image
 
 from conftest import composed_job, main_per_case
 from sweeper import replay
+from sweeper.errors import PlanError
 from sweeper.planning.plan import plan
 from sweeper.rendering.tiny import tiny_model_dir
 
@@ -219,6 +220,7 @@ REFUSED = [
     (["guidance=5"], "invalid guidance=5: Qwen-Image has no guidance scale (it is not guidance-distilled); its CFG scale is true_cfg (default 4); leave guidance at 1"),
     (["shift=3", "dynamic_shift=true"], "invalid shift=3.0: dynamic_shift=true shifts by image size and ignores shift; set dynamic_shift=false"),
     (["prompt_2=x"], "invalid prompt_2=x: model=tiny-qwen-image is Qwen-Image (qwen-image), which ignores it; the keys of its own: negative_prompt, true_cfg, max_sequence_length, shift, dynamic_shift, sigmas"),
+    (["original_size=[64,64]"], "invalid original_size=[64, 64]: model=tiny-qwen-image is Qwen-Image (qwen-image), which ignores it"),
     (["clip_skip=2"], "invalid clip_skip=2: model=tiny-qwen-image is Qwen-Image (qwen-image), which ignores it"),
     (["refiner=tiny"], "invalid refiner=tiny: model=tiny-qwen-image is Qwen-Image (qwen-image), which ignores it"),
     (["max_sequence_length=1025"], "invalid max_sequence_length=1025: must be at most 1024 tokens"),
@@ -241,3 +243,11 @@ def test_another_model_id_is_planned_as_qwen_image_from_its_model_index():
 
     (spec,) = plan([composed_job(0, "model=tiny", f"model.id={tiny_model_dir('tiny-qwen-image')}", "guidance=1")])
     assert (spec.family, spec.true_cfg, spec.max_sequence_length, spec.negative_prompt) == ("qwen-image", 4.0, 512, "")
+
+
+def test_a_qwen_image_edit_checkpoint_is_refused_as_of_no_family_sweeper_knows(tmp_path):
+    # Edit's pipeline needs a Qwen2VLProcessor, which needs torchvision: not a pipeline of this family
+    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "QwenImageEditPipeline"}))
+    with pytest.raises(PlanError) as error:
+        plan([composed_job(0, "model=tiny-qwen-image", f"model.id={tmp_path}")])
+    assert "\n" not in str(error.value) and "its pipeline QwenImageEditPipeline is of no family sweeper knows" in str(error.value)

@@ -136,6 +136,8 @@ def plan_job(
                 families.check_keys(family, {key: value}, maker.model)
         if not cfg:  # guidance <= 1: diffusers never reads a negative prompt; null, so one picture has one id
             prompt.update(negative_prompt=None, negative_prompt_2=None, negative_prompt_3=None)
+        elif prompt["negative_prompt"] is None:
+            prompt["negative_prompt"] = family.cfg_negative_prompt
         for init in inits:
             specs.extend(maker.row(seeds, prompt=row.prompt, prompt_template=row.template, **prompt, **init, **labels))
     return specs

@@ -72,7 +72,8 @@ def a1111_keys(family: str) -> dict[str, tuple[str, ...]]:
     renamed = get(family).a1111
     keys = {key: tuple(name for name in names if name not in renamed) for key, names in A1111_KEYS.items()}
     for name, key in renamed.items():
-        keys[key] = (*keys.get(key, ()), name)
+        if key is not None:
+            keys[key] = (*keys.get(key, ()), name)
     return {key: names for key, names in keys.items() if names}
 
 

@@ -43,12 +43,13 @@ class Family:
     default_scheduler: str  # what scheduler=auto means: a config of conf/scheduler
     tiny: Mapping[str, str]  # tiny model name -> the name `build_tiny` builds it by
     tiny_version: str  # the tiny models' recipe: their revision, so part of their images' ids
-    a1111: Mapping[str, str] = {}  # spec field -> the key its PNG text has for this family, where not A1111's
+    a1111: Mapping[str, str | None] = {}  # spec field -> the key its PNG text has for this family, where not A1111's (None: left out)
     lora: bool = True  # takes LoRA adapters (load_lora_weights)
     eager_attention: bool = False  # attention=eager (diffusers' plain AttnProcessor) fits its denoiser
     safety_checker: bool = False  # its pipelines carry a safety checker (SD 1.x)
     sized_modes: tuple[str, ...] = ("txt2img", "img2img", "inpaint")  # modes whose call takes width and height
     size_multiple: int = 8  # width and height: what its pipelines take without flooring them
+    cfg_negative_prompt: str | None = None  # the negative prompt planned under CFG where none is given (its pipeline runs CFG only with one)
 
     # Planning (no torch).
     def uses_cfg(self, spec: Any) -> bool:

@@ -165,6 +165,9 @@ REFUSED = [
     (["original_size=[64,64]"], "invalid original_size=[64, 64]: model=tiny-z-image is Z-Image (z-image), which ignores it"),
     (["scheduler=euler"], "invalid scheduler='euler': Z-Image models take flow schedulers: auto, flow_euler"),
     (["max_sequence_length=2000"], "invalid max_sequence_length=2000: must be at most"),
+    # a flow-matching UniPC (as diffusers configures it for flow models) raises on the pipeline's sigma list
+    (["scheduler.name=flow_unipc", "scheduler.class_name=UniPCMultistepScheduler", "+scheduler.kwargs.use_flow_sigmas=true",
+      "+scheduler.kwargs.prediction_type=flow_prediction"], "invalid scheduler='flow_unipc': Z-Image's pipeline passes its scheduler a list of sigmas"),
 ]
 
 

@@ -182,7 +182,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     sizes = {key: validate.pair(c, key, minimum=1) for key in SIZE_KEYS}
     sizes.update({key: validate.pair(c, key, minimum=0) for key in CROP_KEYS})
     own = validate.family_values(c)
-    family.check(own, {**model, **{key: c.get(key) for key in ("guidance", "negative_prompt", "width", "height")}})
+    family.check(own, {**model, **{key: c.get(key) for key in ("guidance", "negative_prompt", "width", "height")}, "scheduler": scheduler})
     device, gpu = validate.device(c.get("device", "auto"), auto_device)
     mode = validate.choice(c, "mode", validate.MODES)
     if mode != "txt2img" and refiner["id"] is not None:

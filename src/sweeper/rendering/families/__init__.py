@@ -57,7 +57,8 @@ class Family:
 
     def check(self, values: dict[str, Any], model: Mapping[str, Any]) -> None:
         """Refuse what this family cannot honour in a job's checked values (one line), and fill in
-        the defaults that will run, so the manifest shows them. `values` is changed in place."""
+        the defaults that will run, so the manifest shows them. `values` is changed in place; `model` is the
+        model config with the job's guidance, negative_prompt, width and height as given, and its checked scheduler config."""
 
     def text_width(self, tiny_name: str) -> int | None:
         """A tiny model's text embedding width, for refusing a LoRA made for another model."""

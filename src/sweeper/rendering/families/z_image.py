@@ -16,6 +16,9 @@ from sweeper.rendering.families._flow import FlowFamily
 
 MAX_SEQUENCE_LENGTH = 512  # the pipeline's default: tokens of the chat-templated prompt
 SIZE_MULTIPLE = 16  # the VAE's 8x times the transformer's 2x2 patches: the pipeline raises on others
+# The pipeline always hands its scheduler a sigma list (and mu): these take it; UniPC wants numpy
+# sigmas, DPM++ and the Heun one none at all (they raise on the first call).
+SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchLCMScheduler")
 
 
 class ZImage(FlowFamily):
@@ -36,6 +39,9 @@ class ZImage(FlowFamily):
             size = model.get(key)
             if isinstance(size, int) and not isinstance(size, bool) and size % SIZE_MULTIPLE:
                 raise invalid(key, size, f"{self.title} takes multiples of {SIZE_MULTIPLE} (its VAE and patches)")
+        scheduler = model.get("scheduler")
+        if scheduler is not None and scheduler["class_name"] not in SCHEDULERS:
+            raise invalid("scheduler", scheduler["name"], f"{self.title}'s pipeline passes its scheduler a list of sigmas, which only {' and '.join(SCHEDULERS)} take")
         if values["shift"] is not None and values["dynamic_shift"]:
             raise invalid("shift", values["shift"], "dynamic_shift=true shifts by image size instead, ignoring shift; set one of them")
         if values["max_sequence_length"] is None:

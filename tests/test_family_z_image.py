@@ -163,6 +163,9 @@ REFUSED = [
     (["prompt_2=x"], "invalid prompt_2=x: model=tiny-z-image is Z-Image (z-image), which ignores it"),
     (["refiner=tiny"], "invalid refiner=tiny: model=tiny-z-image is Z-Image (z-image), which ignores it"),
     (["original_size=[64,64]"], "invalid original_size=[64, 64]: model=tiny-z-image is Z-Image (z-image), which ignores it"),
+    (["slg_scale=2"], "invalid slg_scale=2: model=tiny-z-image is Z-Image (z-image), which ignores it"),
+    (["watermark=true"], "invalid watermark=true: model=tiny-z-image is Z-Image (z-image), which ignores it"),
+    (["attention=eager"], "invalid attention='eager': diffusers' plain attention processor is for UNets; Z-Image models run sdpa"),
     (["scheduler=euler"], "invalid scheduler='euler': Z-Image models take flow schedulers: auto, flow_euler"),
     (["max_sequence_length=2000"], "invalid max_sequence_length=2000: must be at most"),
     # a flow-matching UniPC (as diffusers configures it for flow models) raises on the pipeline's sigma list

@@ -103,3 +103,21 @@ def test_a_tiny_model_is_built_by_its_family_into_its_recipe_dir(tiny_models):
     path = tiny_model_dir("tiny-sd")
     assert path.parent.name == families.get("sd15").tiny_version
     assert json.loads((path / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+
+
+def test_sigmas_is_a_key_of_the_sd_families_too(tiny_models):
+    from sweeper.planning.schedule import Batch
+    from sweeper.rendering import pipelines
+    from sweeper.rendering.render import render_batch
+    from sweeper.rendering.runtime import this_process
+
+    (plain,) = _plan("model=tiny", "steps=4", "scheduler=dpmpp_2m")
+    (karras,) = _plan("model=tiny", "steps=4", "scheduler=dpmpp_2m", "sigmas=karras")
+    assert (plain.sigmas, karras.sigmas) == (None, "karras") and plain.image_id != karras.image_id
+    (default,) = _plan("model=tiny", "steps=4", "scheduler=dpmpp_2m", "sigmas=default")
+    assert default.image_id == plain.image_id  # `default` is the scheduler's own schedule: one picture, one id
+    images = [render_batch(Batch((spec,)), "cpu", this_process()).images[0] for spec in (plain, karras)]
+    assert abs(images[0] - images[1]).max() > 0.02
+    (ddim,) = _plan("model=tiny", "scheduler=ddim", "sigmas=karras")
+    with pytest.raises(PlanError, match="use_karras_sigmas' is not a config value of DDIMScheduler"):
+        pipelines.check_scheduler_classes([ddim])

@@ -121,3 +121,12 @@ def test_sigmas_is_a_key_of_the_sd_families_too(tiny_models):
     (ddim,) = _plan("model=tiny", "scheduler=ddim", "sigmas=karras")
     with pytest.raises(PlanError, match="use_karras_sigmas' is not a config value of DDIMScheduler"):
         pipelines.check_scheduler_classes([ddim])
+
+
+@pytest.mark.parametrize("model", ["tiny-sd35", "tiny-flux2-klein"])
+@pytest.mark.parametrize("scheduler", ["flow_unipc", "flow_dpmpp_2m"])
+def test_a_flow_scheduler_a_family_cannot_run_is_refused_in_one_line(model, scheduler):
+    with pytest.raises(PlanError) as error:
+        _plan(f"model={model}", f"scheduler={scheduler}")
+    assert "\n" not in str(error.value) and f"invalid scheduler={scheduler!r}: " in str(error.value)
+    assert "FlowMatchEulerDiscreteScheduler only (tried here): auto, flow_euler" in str(error.value)

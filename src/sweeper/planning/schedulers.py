@@ -27,6 +27,9 @@ def checked(scheduler: Any, family: families.Family) -> dict[str, Any]:
     if kind(found) != family.schedulers:
         fitting = ", ".join(name for name in names() if kind(_scheduler(config(name))) == family.schedulers)
         raise invalid("scheduler", found["name"], f"{family.title} models take {family.schedulers} schedulers: auto, {fitting}")
+    if family.scheduler_classes is not None and found["class_name"] not in family.scheduler_classes:
+        fitting = ", ".join(name for name in names() if config(name)["class_name"] in family.scheduler_classes)
+        raise invalid("scheduler", found["name"], f"{family.title}'s pipelines run {' and '.join(family.scheduler_classes)} only (tried here): auto, {fitting}")
     return found
 
 

@@ -40,6 +40,7 @@ class Family:
     index_classes: tuple[str, ...]  # model_index.json `_class_name`s of this family's checkpoints
     keys: tuple[str, ...]  # the FAMILY_KEYS it takes
     schedulers: str  # DISCRETE or FLOW: the scheduler classes that fit its model
+    scheduler_classes: tuple[str, ...] | None = None  # where only some of that kind run its pipelines: those
     default_scheduler: str  # what scheduler=auto means: a config of conf/scheduler
     tiny: Mapping[str, str]  # tiny model name -> the name `build_tiny` builds it by
     tiny_version: str  # the tiny models' recipe: their revision, so part of their images' ids

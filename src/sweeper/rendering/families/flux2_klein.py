@@ -34,6 +34,8 @@ class Flux2Klein(FlowFamily):
     size_multiple = 16  # 8x VAE, then 2x2 latent patches: the pipeline floors other sizes silently
     tiny = {"tiny-flux2-klein": "distilled", "tiny-flux2-klein-base": "base"}
     tiny_version = "v1"
+    # UniPC and DPM-Solver on flow sigmas raise in its img2img / inpaint or give NaN with sigma schedules
+    scheduler_classes = ("FlowMatchEulerDiscreteScheduler",)
 
     # Planning (no torch).
     def check(self, values: dict[str, Any], model: Mapping[str, Any]) -> None:

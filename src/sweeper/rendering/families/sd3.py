@@ -33,6 +33,8 @@ class SD3(FlowFamily):
     )
     tiny = {"tiny-sd35": "medium"}
     tiny_version = "v1"
+    # UniPC and DPM-Solver on flow sigmas raise in its img2img / inpaint or give NaN with sigma schedules
+    scheduler_classes = ("FlowMatchEulerDiscreteScheduler",)
     size_multiple = 16  # the VAE's 8 times the transformer's patches of 2
     # sized_modes: all three (the default). Without a size, img2img and inpaint resize the image to 1024 px, not keep its own
 

@@ -188,7 +188,7 @@ def test_dry_run_prints_count_and_estimate_and_writes_nothing(tmp_path, warm_cli
 # so a case that imported one shows it whatever ran before (one interpreter start instead of three).
 LIGHT_CHECK = """
 import json, sys
-from sweeper.app import main
+from sweeper.app import config_dir, main
 for args in json.loads(sys.argv[1]):
     sys.argv = ["sweeper", *args]
     code = 0
@@ -221,11 +221,13 @@ def test_help_planning_and_validation_import_neither_torch_nor_diffusers(light_r
 def test_help_lists_groups_and_the_config_the_overrides_compose(tmp_path, warm_cli):
     result = warm_cli.run("model=tiny-sd", "steps=7", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "  scheduler: ddim, dpmpp_2m," in result.stdout and "  model: sd15, sdxl, tiny, tiny-sd" in result.stdout
+    models = ", ".join(sorted(path.stem for path in (Path(config_dir()) / "model").glob("*.yaml")))
+    assert "  scheduler: auto, ddim, dpmpp_2m," in result.stdout and f"  model: {models}\n" in result.stdout
+    assert "sd15, sdxl, tiny, tiny-sd" in models and "tiny-flux" in models
     assert "\nsteps: 7\n" in result.stdout and "\nwidth: 64\n" in result.stdout and "  id: tiny-sd\n" in result.stdout
     assert not (tmp_path / "outputs").exists()
     bad = warm_cli.run("model=nope", "--help", cwd=tmp_path)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["sweeper: error: invalid model=nope: no such option; allowed: sd15, sdxl, tiny, tiny-sd"]
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [f"sweeper: error: invalid model=nope: no such option; allowed: {models}"]
 
 
 def test_prompts_from_file_with_commas_and_non_ascii_and_every_key(tmp_path, warm_cli):

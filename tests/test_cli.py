@@ -4,6 +4,7 @@ interpreter (conftest.warm_cli) where the test is about the command, not its pro
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import numpy as np

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import CONTRACT_COLUMNS, main_per_case, only_dir, run_cli
+from sweeper.configs import config_dir
 from PIL import Image
 
 pytestmark = pytest.mark.slow
@@ -189,7 +190,7 @@ def test_dry_run_prints_count_and_estimate_and_writes_nothing(tmp_path, warm_cli
 # so a case that imported one shows it whatever ran before (one interpreter start instead of three).
 LIGHT_CHECK = """
 import json, sys
-from sweeper.app import config_dir, main
+from sweeper.app import main
 for args in json.loads(sys.argv[1]):
     sys.argv = ["sweeper", *args]
     code = 0

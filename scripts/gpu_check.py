@@ -256,7 +256,7 @@ def measure_flux_row(flux: dict, device: str, batch: int, compile_mode: str | No
     row = {
         "model": info["model"], "dtype": _dtype_name(pipe.transformer.dtype), "asked_dtype": info["dtype"], "vae_dtype": _dtype_name(pipe.vae.dtype),
         "ran_on": str(pipe.transformer.device), "compile": compiled, "batch": batch, "images": int(images.shape[0]),
-        "s_per_image": round(seconds / batch, 3), "images_per_s": round(batch / seconds, 3), "warmup_s": round(warm_s, 1),
+        "s_per_image": round(seconds / batch, 3), "images_per_s": round(batch / seconds, 3), "warmup_s": round(warm_s, 3),
         "goal_s_per_image": FLUX_GOAL_S_PER_IMAGE if full_size else None,
         "meets_goal": seconds / batch < FLUX_GOAL_S_PER_IMAGE if full_size else None,
         "h100_anchor_s_per_image": FLUX_H100_S_PER_IMAGE.get(compiled) if full_size else None,

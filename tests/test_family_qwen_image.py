@@ -225,7 +225,7 @@ REFUSED = [
     (["max_sequence_length=1025"], "invalid max_sequence_length=1025: must be at most 1024 tokens"),
     (["scheduler=euler"], "invalid scheduler='euler': Qwen-Image models take flow schedulers: auto, "),
     (["scheduler=dpmpp_2m", "+scheduler.kwargs.use_flow_sigmas=true", "+scheduler.kwargs.prediction_type=flow_prediction"],
-     "invalid scheduler='dpmpp_2m': Qwen-Image's pipeline hands the scheduler its own sigmas and mu, which DPM-Solver"),
+     "invalid scheduler='dpmpp_2m': Qwen-Image's pipelines run FlowMatchEulerDiscreteScheduler only (tried here): auto, flow_euler"),
 ]
 
 

@@ -170,7 +170,7 @@ REFUSED = [
     (["max_sequence_length=2000"], "invalid max_sequence_length=2000: must be at most"),
     # a flow-matching UniPC (as diffusers configures it for flow models) raises on the pipeline's sigma list
     (["scheduler.name=flow_unipc", "scheduler.class_name=UniPCMultistepScheduler", "+scheduler.kwargs.use_flow_sigmas=true",
-      "+scheduler.kwargs.prediction_type=flow_prediction"], "invalid scheduler='flow_unipc': Z-Image's pipeline passes its scheduler a list of sigmas"),
+      "+scheduler.kwargs.prediction_type=flow_prediction"], "invalid scheduler='flow_unipc': Z-Image's pipelines run FlowMatchEulerDiscreteScheduler and FlowMatchLCMScheduler only (tried here): auto, flow_euler"),
 ]
 
 

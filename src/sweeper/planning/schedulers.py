@@ -24,12 +24,14 @@ def checked(scheduler: Any, family: families.Family) -> dict[str, Any]:
         given = {key: scheduler.get(key) for key in ("name", "label", "kwargs") if scheduler.get(key) not in (None, "auto", {})}
         scheduler = {**own, **given}
     found = _scheduler(scheduler)
+    fits = [name for name in names() if kind(_scheduler(config(name))) == family.schedulers]
+    if family.scheduler_classes is not None:
+        fits = [name for name in fits if config(name)["class_name"] in family.scheduler_classes]
     if kind(found) != family.schedulers:
-        fitting = ", ".join(name for name in names() if kind(_scheduler(config(name))) == family.schedulers)
+        fitting = ", ".join(fits)
         raise invalid("scheduler", found["name"], f"{family.title} models take {family.schedulers} schedulers: auto, {fitting}")
     if family.scheduler_classes is not None and found["class_name"] not in family.scheduler_classes:
-        fitting = ", ".join(name for name in names() if config(name)["class_name"] in family.scheduler_classes)
-        raise invalid("scheduler", found["name"], f"{family.title}'s pipelines run {' and '.join(family.scheduler_classes)} only (tried here): auto, {fitting}")
+        raise invalid("scheduler", found["name"], f"{family.title}'s pipelines run {' and '.join(family.scheduler_classes)} only (tried here): auto, {', '.join(fits)}")
     return found
 
 

@@ -35,6 +35,8 @@ class QwenImage(FlowFamily):
     # Its CFG scale is true_cfg; guidance does nothing, so the PNG text leaves it out.
     a1111 = {"true_cfg": "CFG scale", "guidance": None}
     cfg_negative_prompt = ""
+    # Its pipeline hands the scheduler its own sigmas and mu, which DPM-Solver, DEIS, SA-Solver and FlowMatchHeun refuse.
+    scheduler_classes = (EULER,)
 
     def uses_cfg(self, spec: Any) -> bool:
         return spec.true_cfg > 1.0
@@ -44,10 +46,6 @@ class QwenImage(FlowFamily):
         if isinstance(guidance, (int, float)) and not isinstance(guidance, bool) and guidance != GUIDANCE:
             raise invalid("guidance", guidance, f"{self.title} has no guidance scale (it is not guidance-distilled); "
                           f"its CFG scale is true_cfg (default {TRUE_CFG:g}); leave guidance at {GUIDANCE:g}")
-        scheduler = model.get("scheduler")
-        if scheduler is not None and scheduler["class_name"] != EULER:
-            raise invalid("scheduler", scheduler["name"], f"{self.title}'s pipeline hands the scheduler its own sigmas and mu, which DPM-Solver, "
-                          f"DEIS, SA-Solver and FlowMatchHeun refuse; {EULER} (flow_euler, auto) is the one tested with it")
         if values["shift"] is not None:
             # The scheduler ignores `shift` while it shifts by image size (the real model's default).
             if values["dynamic_shift"]:

@@ -15,9 +15,6 @@ from sweeper.errors import invalid
 from sweeper.rendering.families._flow import FlowFamily
 
 MAX_SEQUENCE_LENGTH = 512  # the pipeline's default: tokens of the chat-templated prompt
-# The pipeline always hands its scheduler a sigma list (and mu): these take it; UniPC wants numpy
-# sigmas, DPM++ and the Heun one none at all (they raise on the first call).
-SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchLCMScheduler")
 
 
 class ZImage(FlowFamily):
@@ -29,15 +26,15 @@ class ZImage(FlowFamily):
     tiny = {"tiny-z-image": "base"}
     tiny_version = "v1"
     size_multiple = 16  # the VAE's 8x times the transformer's 2x2 patches: the pipeline raises on others
+    # The pipeline always hands its scheduler a sigma list (and mu): these take it; UniPC wants numpy
+    # sigmas, DPM++ and the Heun one none at all (they raise on the first call).
+    scheduler_classes = ("FlowMatchEulerDiscreteScheduler", "FlowMatchLCMScheduler")
 
     def uses_cfg(self, spec: Any) -> bool:
         """CFG runs at any guidance above 0 (not above 1 as in SD)."""
         return spec.guidance > 0
 
     def check(self, values: dict[str, Any], model: Mapping[str, Any]) -> None:
-        scheduler = model.get("scheduler")
-        if scheduler is not None and scheduler["class_name"] not in SCHEDULERS:
-            raise invalid("scheduler", scheduler["name"], f"{self.title}'s pipeline passes its scheduler a list of sigmas, which only {' and '.join(SCHEDULERS)} take")
         if values["shift"] is not None and values["dynamic_shift"]:
             raise invalid("shift", values["shift"], "dynamic_shift=true shifts by image size instead, ignoring shift; set one of them")
         if values["max_sequence_length"] is None:

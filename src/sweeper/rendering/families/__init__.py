@@ -134,8 +134,9 @@ def get(name: str) -> Family:
     return _all()[name]
 
 
+@functools.lru_cache(maxsize=1)
 def tiny_models() -> dict[str, Family]:
-    """Every tiny model's name -> its family."""
+    """Every tiny model's name -> its family (asked once per image while planning: made once)."""
     return {tiny: family for family in _all().values() for tiny in family.tiny}
 
 

@@ -132,3 +132,25 @@ def test_what_cannot_act_is_refused_in_one_line_before_anything_loads(tmp_path):
 def test_clip_skip_1_is_unset(value, expected):
     (spec,) = plan([composed_job(0, "model=tiny", f"clip_skip={value}")], auto_device="cpu")
     assert spec.clip_skip == expected
+
+
+def test_the_refiner_encodes_with_the_same_clip_skip(tmp_path, warm_cli, tiny_models):
+    """The refiner's text_encoder_2 (the base's) takes the clip skip too, and its call the rescale: both render."""
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from sweeper.rendering import families
+
+    refiner = StableDiffusionXLImg2ImgPipeline.from_pretrained(tiny_models["tiny-sdxl-refiner"])
+    specs = [plan([composed_job(0, "model=tiny", "refiner=tiny", f"clip_skip={n}")], auto_device="cpu")[0] for n in (1, 2)]
+    with torch.no_grad():
+        last, skipped = (families.get("sdxl").encode(refiner, spec, "cpu")["prompt_embeds"] for spec in specs)
+    assert last.shape == skipped.shape and not torch.equal(last, skipped)
+
+    result = warm_cli.run("-m", "model=tiny", "refiner=tiny", "width=32", "height=32", "steps=4", "seed=1", "prompt=a red fox",
+                          "clip_skip=null,2", "guidance_rescale=null,0.7", "name=refined", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = tmp_path / "outputs" / "sweeps" / "refined"
+    df = pd.read_parquet(sweep / "manifest.parquet")
+    assert len(df) == 4 and set(df.status) == {"ok"} and set(df.refiner) == {"tiny"}
+    assert len({pixels(sweep, path).tobytes() for path in df.path}) == 4

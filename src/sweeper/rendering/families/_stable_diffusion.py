@@ -19,7 +19,7 @@ class StableDiffusion(Family):
     text_widths: dict[str, int]  # each tiny UNet's cross_attention_dim
 
     def check(self, values: dict[str, Any], model: Mapping[str, Any]) -> None:
-        """Bounds clip_skip; 1 (the last layer) is unset, as A1111 writes no "Clip skip" for it (same image, same id).
+        """Bounds clip_skip; 1 (the model's own layer: SD 1.x's last, SDXL's penultimate) is unset, as A1111 writes no "Clip skip" for it (same image, same id).
         Refuses guidance_rescale where CFG does not run (guidance <= 1)."""
         guidance = model.get("guidance")
         if values["guidance_rescale"] is not None and isinstance(guidance, (int, float)) and guidance <= 1:

@@ -223,8 +223,10 @@ def test_help_planning_and_validation_import_neither_torch_nor_diffusers(light_r
 def test_help_lists_groups_and_the_config_the_overrides_compose(tmp_path, warm_cli):
     result = warm_cli.run("model=tiny-sd", "steps=7", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    models = ", ".join(sorted(name[:-5] for name in os.listdir(os.path.join(config_dir(), "model")) if name.endswith(".yaml")))
-    assert "  scheduler: auto, ddim, dpmpp_2m," in result.stdout and f"  model: {models}\n" in result.stdout
+    models, schedulers = (", ".join(sorted(name[:-5] for name in os.listdir(os.path.join(config_dir(), group)) if name.endswith(".yaml")))
+                          for group in ("model", "scheduler"))
+    assert f"  scheduler: {schedulers}\n" in result.stdout and schedulers.startswith("auto, ddim, deis, dpm2, dpmpp_2m,")
+    assert f"  model: {models}\n" in result.stdout
     assert {"sd15", "sdxl", "tiny", "tiny-sd", "tiny-flux"} <= set(models.split(", "))
     assert "\nsteps: 7\n" in result.stdout and "\nwidth: 64\n" in result.stdout and "  id: tiny-sd\n" in result.stdout
     assert not (tmp_path / "outputs").exists()

@@ -90,7 +90,7 @@ def test_a_model_index_of_no_known_family_is_refused_in_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("key, value", [("true_cfg", "4"), ("max_sequence_length", "256"), ("shift", "3"), ("slg_layers", "[7,8]"),
-                                        ("prompt_3", "t5"), ("clip_skip", "2")])
+                                        ("prompt_3", "t5"), ("dynamic_shift", "true")])  # clip_skip: SDXL takes it
 def test_a_key_sdxl_would_ignore_is_refused_naming_the_family_and_its_keys(key, value):
     with pytest.raises(PlanError) as error:
         _plan("model=tiny", f"{key}={value}")

@@ -80,6 +80,7 @@ class ImageSpec:
     steps: int = _f(IDENTITY, "int64", "Steps")
     # Keys of some families only (families/ says which family takes which).
     true_cfg: float | None = _sparse(IDENTITY, "float64")  # true classifier-free guidance of guidance-distilled models
+    guidance_rescale: float | None = _sparse(IDENTITY, "float64", "CFG Rescale")  # rescales CFG's noise prediction (SD 1.x, SDXL), 0 .. 1
     max_sequence_length: int | None = _sparse(IDENTITY, "int64")  # the T5 / LLM prompt's token budget
     shift: float | None = _sparse(IDENTITY, "float64")  # flow-matching timestep shift
     dynamic_shift: bool | None = _sparse(IDENTITY, "bool")  # shift by image size (use_dynamic_shifting)

@@ -36,7 +36,7 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # The keys of conf/config.yaml (a test keeps the two equal) and of its groups: any other is a typo.
 CONFIG_KEYS = (
     "name", "prompt", "prompt_file", "prompt_file_paths", "wildcards", "negative_prompt", "prompt_2", "negative_prompt_2",
-    "prompt_3", "negative_prompt_3", "seed", "guidance", "true_cfg", "steps", "max_sequence_length", "shift", "dynamic_shift", "sigmas",
+    "prompt_3", "negative_prompt_3", "seed", "guidance", "true_cfg", "guidance_rescale", "steps", "max_sequence_length", "shift", "dynamic_shift", "sigmas",
     "clip_skip", "slg_layers", "slg_scale", "slg_start", "slg_stop", "width", "height", "original_size", "target_size", "crops_coords_top_left",
     "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "mode", "init_image", "mask_image",
     "strength", "watermark", "safety_checker", "dtype", "device", "batch_size", "attention", "channels_last", "fuse_qkv",
@@ -261,6 +261,7 @@ def family_values(c: Mapping[str, Any]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key in ("true_cfg", "slg_scale"):
         values[key] = None if c.get(key) is None else _number(c, key, 0, math.inf, "a finite number >= 0")
+    values["guidance_rescale"] = None if c.get("guidance_rescale") is None else _number(c, "guidance_rescale", 0, 1, "a number 0 .. 1")
     for key in ("slg_start", "slg_stop"):
         values[key] = None if c.get(key) is None else _number(c, key, 0, 1, "a fraction of the steps, 0 .. 1")
     values["shift"] = None if c.get("shift") is None else _number(c, "shift", 0, 100, "a number > 0 and <= 100", strict=True)

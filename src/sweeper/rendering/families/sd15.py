@@ -16,7 +16,7 @@ class SD15(StableDiffusion):
         "inpaint": "StableDiffusionInpaintPipeline",
     }
     index_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
-    keys = ("negative_prompt", "sigmas")
+    keys = ("negative_prompt", "guidance_rescale", "sigmas", "clip_skip")
     safety_checker = True
     tiny = {"tiny-sd": "base"}
     text_widths = {"tiny-sd": 32}
@@ -26,7 +26,11 @@ class SD15(StableDiffusion):
 
     def encode(self, pipe: Any, spec: Any, device: str) -> dict[str, Any]:
         cfg = self.uses_cfg(spec)
-        embeds, negative = pipe.encode_prompt(spec.prompt, device, 1, cfg, negative_prompt=spec.negative_prompt)
+        if spec.clip_skip is None:
+            embeds, negative = pipe.encode_prompt(spec.prompt, device, 1, cfg, negative_prompt=spec.negative_prompt)
+        else:  # diffusers' own clip_skip fails on transformers 5's CLIPTextModel (no .text_model) and skips no layer of the negative
+            embeds = _clip_skipped(pipe, spec.prompt, spec.clip_skip, device)
+            negative = _clip_skipped(pipe, spec.negative_prompt or "", spec.clip_skip, device) if cfg else None
         return {"prompt_embeds": embeds, **({"negative_prompt_embeds": negative} if cfg else {})}
 
     def build_tiny(self, name: str) -> Any:
@@ -45,6 +49,15 @@ class SD15(StableDiffusion):
             safety_checker=_safety_checker(),
             feature_extractor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
         )
+
+
+def _clip_skipped(pipe: Any, text: str, clip_skip: int, device: str) -> Any:
+    """A1111's clip skip: the text encoder's hidden state `clip_skip` from the end (1 = the last), final layer norm applied."""
+    tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    tokens = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    mask = tokens.attention_mask.to(device) if getattr(encoder.config, "use_attention_mask", False) else None
+    states = encoder(tokens.input_ids.to(device), attention_mask=mask, output_hidden_states=True).hidden_states[-clip_skip]
+    return getattr(encoder, "text_model", encoder).final_layer_norm(states).to(encoder.dtype)
 
 
 def _safety_checker():

@@ -9,10 +9,10 @@ from typing import Any, Mapping
 
 from sweeper.errors import invalid
 from sweeper.rendering.families._flow import FlowFamily
+from sweeper.rendering.families._stable_diffusion import CLIP_SKIP_LIMIT, diffusers_clip_skip
 
 T5_LIMIT = 512  # the longest T5 prompt the pipelines take
 T5_DEFAULT = 256
-CLIP_SKIP_LIMIT = 12  # CLIP-L's layers: A1111's clip skip 12 takes its first
 SLG_DEFAULTS = {"slg_scale": 2.8, "slg_start": 0.01, "slg_stop": 0.2}  # diffusers' own
 TINY_LAYERS = 10  # so 3.5 Medium's skip-layer guidance layers [7, 8, 9] exist
 TINY_T5_WIDTH = 96  # >= the two CLIP widths together (32 + 48): their states are zero-padded up to it
@@ -82,7 +82,7 @@ class SD3(FlowFamily):
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
             spec.prompt, spec.prompt_2, spec.prompt_3, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
             negative_prompt=spec.negative_prompt, negative_prompt_2=spec.negative_prompt_2, negative_prompt_3=spec.negative_prompt_3,
-            clip_skip=_diffusers_clip_skip(spec.clip_skip), max_sequence_length=spec.max_sequence_length,
+            clip_skip=diffusers_clip_skip(spec.clip_skip), max_sequence_length=spec.max_sequence_length,
         )
         found = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
         if cfg:
@@ -141,11 +141,6 @@ class SD3(FlowFamily):
             if isinstance(module, torch.nn.Module):
                 module.eval()
         return pipe
-
-
-def _diffusers_clip_skip(clip_skip: int | None) -> int | None:
-    """A1111's clip skip N (1 = the last layer) is diffusers' N - 1 (its None and 0 take the last)."""
-    return None if clip_skip is None or clip_skip <= 1 else clip_skip - 1
 
 
 def _num_layers(model: Mapping[str, Any]) -> int | None:

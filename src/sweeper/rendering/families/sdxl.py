@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sweeper.planning.spec import CROP_KEYS, SIZE_KEYS
-from sweeper.rendering.families._stable_diffusion import StableDiffusion
+from sweeper.rendering.families._stable_diffusion import StableDiffusion, diffusers_clip_skip
 
 
 class SDXL(StableDiffusion):
@@ -17,7 +17,7 @@ class SDXL(StableDiffusion):
         "inpaint": "StableDiffusionXLInpaintPipeline",
     }
     index_classes = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
-    keys = ("negative_prompt", "prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS, "sigmas", "refiner", "watermark")
+    keys = ("negative_prompt", "prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS, "guidance_rescale", "sigmas", "clip_skip", "refiner", "watermark")
     tiny = {"tiny-sdxl": "base", "tiny-sdxl-refiner": "refiner"}
     text_widths = {"tiny-sdxl": 32 + 48, "tiny-sdxl-refiner": 48}
 
@@ -25,10 +25,12 @@ class SDXL(StableDiffusion):
         return {"add_watermarker": spec.watermark}
 
     def encode(self, pipe: Any, spec: Any, device: str) -> dict[str, Any]:
+        # The refiner encodes with the same clip skip on its text_encoder_2 (the base's), as A1111 does.
         cfg = self.uses_cfg(spec)
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
             spec.prompt, spec.prompt_2, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
             negative_prompt=spec.negative_prompt, negative_prompt_2=spec.negative_prompt_2,
+            clip_skip=diffusers_clip_skip(spec.clip_skip),
         )
         found = {"prompt_embeds": embeds, "pooled_prompt_embeds": pooled}
         if cfg:
@@ -37,7 +39,7 @@ class SDXL(StableDiffusion):
 
     def call_kwargs(self, spec: Any) -> dict[str, Any]:
         sizes = {key: getattr(spec, key) for key in (*SIZE_KEYS, *CROP_KEYS) if getattr(spec, key) is not None}
-        return {"guidance_scale": spec.guidance, **sizes}
+        return {**super().call_kwargs(spec), **sizes}
 
     def build_tiny(self, name: str) -> Any:
         return _base() if self.tiny[name] == "base" else _refiner()

@@ -8,6 +8,8 @@ diffusers when a sweep starts (rendering/pipelines.scheduler_class).
 
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -24,15 +26,17 @@ def checked(scheduler: Any, family: families.Family) -> dict[str, Any]:
         given = {key: scheduler.get(key) for key in ("name", "label", "kwargs") if scheduler.get(key) not in (None, "auto", {})}
         scheduler = {**own, **given}
     found = _scheduler(scheduler)
-    fits = [name for name in names() if kind(_scheduler(config(name))) == family.schedulers]
-    if family.scheduler_classes is not None:
-        fits = [name for name in fits if config(name)["class_name"] in family.scheduler_classes]
     if kind(found) != family.schedulers:
-        fitting = ", ".join(fits)
-        raise invalid("scheduler", found["name"], f"{family.title} models take {family.schedulers} schedulers: auto, {fitting}")
+        raise invalid("scheduler", found["name"], f"{family.title} models take {family.schedulers} schedulers: auto, {_fitting(family)}")
     if family.scheduler_classes is not None and found["class_name"] not in family.scheduler_classes:
-        raise invalid("scheduler", found["name"], f"{family.title}'s pipelines run {' and '.join(family.scheduler_classes)} only (tried here): auto, {', '.join(fits)}")
+        raise invalid("scheduler", found["name"], f"{family.title}'s pipelines run {' and '.join(family.scheduler_classes)} only (tried here): auto, {_fitting(family)}")
     return found
+
+
+def _fitting(family: families.Family) -> str:
+    """The configs of conf/scheduler the family runs, for a refusal to name."""
+    fits = [name for name in names() if kind(_scheduler(config(name))) == family.schedulers]
+    return ", ".join(name for name in fits if family.scheduler_classes is None or config(name)["class_name"] in family.scheduler_classes)
 
 
 def kind(scheduler: Mapping[str, Any]) -> str:
@@ -48,7 +52,13 @@ def names() -> list[str]:
 
 
 def config(name: str) -> dict[str, Any]:
-    """A config of conf/scheduler (sweeper's own files)."""
+    """A config of conf/scheduler (sweeper's own files), read once per process: planning asks for the
+    family's own at every setting of a sweep."""
+    return copy.deepcopy(_config(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _config(name: str) -> dict[str, Any]:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.load(Path(config_dir()) / "scheduler" / f"{name}.yaml"))

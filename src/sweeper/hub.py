@@ -6,24 +6,23 @@ hub ids must be in the local Hugging Face cache or the hub must answer.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from sweeper.errors import PlanError
+from sweeper.model_files import HUB_ID
 from sweeper.planning.spec import SINGLE_FILE_SUFFIXES
 from sweeper.rendering.tiny import tiny_models
 
 def offline_hint(key: str) -> str:
     tiny = "refiner=tiny" if key.startswith("refiner") else "model=tiny"
     return f"download it first (hf download), or use {tiny} to try sweeper offline"
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def is_hub_or_tiny(model_id: str) -> bool:
     """A tiny model's name, or a hub id (org/name) that names nothing on this machine."""
     if model_id in tiny_models():
         return True
-    return bool(_HUB_ID.fullmatch(model_id)) and ".." not in model_id and not Path(model_id).expanduser().exists()
+    return bool(HUB_ID.fullmatch(model_id)) and ".." not in model_id and not Path(model_id).expanduser().exists()
 
 
 def check_available(key: str, model_id: str, revision: str | None) -> None:

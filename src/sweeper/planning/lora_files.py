@@ -184,24 +184,12 @@ def model_text_width(model: Mapping[str, Any]) -> int | None:
     model_id, config = str(model.get("id") or ""), model.get("config")
     if model_id in tiny_models():
         return tiny_models()[model_id].text_width(model_id)
+    from sweeper.model_files import model_json
+
     source = str(config) if config else model_id
-    folder = Path(source).expanduser()
-    if folder.is_dir():
-        unet_config = folder / "unet" / "config.json"
-    else:
-        from sweeper.hub import is_hub_or_tiny
-
-        if not is_hub_or_tiny(source):
-            return None
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(source, "unet/config.json", revision=None if config else model.get("revision"))
-        if not isinstance(cached, str):
-            return None
-        unet_config = Path(cached)
     try:
-        width = json.loads(unet_config.read_text(encoding="utf-8")).get("cross_attention_dim")
-    except (OSError, ValueError, AttributeError):
+        width = (model_json(source, None if config else model.get("revision"), "unet/config.json") or {}).get("cross_attention_dim")
+    except (OSError, ValueError):
         return None
     return width if isinstance(width, int) and not isinstance(width, bool) else None
 

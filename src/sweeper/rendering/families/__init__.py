@@ -15,10 +15,10 @@ import functools
 import importlib
 import json
 import pkgutil
-from pathlib import Path
 from typing import Any, Mapping
 
 from sweeper.errors import PlanError, invalid
+from sweeper.model_files import model_json
 from sweeper.planning.spec import CROP_KEYS, SIZE_KEYS
 
 # Keys that some families take and others would silently ignore: a family refuses every one
@@ -168,22 +168,10 @@ def detected(model_id: str, revision: str | None) -> str | None:
 
 
 def _model_index(model_id: str, revision: str | None) -> dict[str, Any] | None:
-    path = Path(model_id).expanduser()
-    if not (path / "model_index.json").is_file():
-        if path.exists() or model_id.count("/") != 1:
-            return None
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model_id, "model_index.json", revision=revision)
-        if not isinstance(cached, str):
-            return None
-        path = Path(cached).parent
     try:
-        with open(path / "model_index.json", "rb") as handle:  # a few hundred bytes in every real model
-            index = json.loads(handle.read(1 << 20))
+        return model_json(model_id, revision, "model_index.json")
     except (OSError, ValueError) as error:
         raise invalid("model.id", model_id, f"its model_index.json cannot be read ({str(error)[:80]})") from None
-    return index if isinstance(index, dict) else None
 
 
 def check_keys(family: Family, c: Mapping[str, Any], model_name: str) -> None:

@@ -3,11 +3,10 @@ transformer (dev only), true CFG with a negative prompt, flow-matching schedules
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Mapping
 
 from sweeper.errors import invalid
+from sweeper.model_files import model_json
 from sweeper.rendering.families import SIGMAS
 from sweeper.rendering.families._flow import FlowFamily
 
@@ -148,26 +147,10 @@ def _variant(model: Mapping[str, Any], tiny: Mapping[str, str]) -> dict[str, boo
 def _config(model: Mapping[str, Any], file: str) -> dict[str, Any]:
     """A component's config JSON of the model (a single file's `config` dir or hub id), or {} if not here."""
     source = str(model.get("config") or model.get("id") or "")
-    folder = Path(source).expanduser()
-    if folder.is_dir():
-        path = folder / file
-    else:
-        from sweeper.hub import is_hub_or_tiny
-
-        if not is_hub_or_tiny(source):
-            return {}
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(source, file, revision=None if model.get("config") else model.get("revision"))
-        if not isinstance(cached, str):
-            return {}
-        path = Path(cached)
     try:
-        with open(path, "rb") as handle:  # a few hundred bytes in a real model
-            found = json.loads(handle.read(1 << 20))
+        return model_json(source, None if model.get("config") else model.get("revision"), file) or {}
     except (OSError, ValueError):
         return {}
-    return found if isinstance(found, dict) else {}
 
 
 def _tiny_t5(tokenizer: Any) -> Any:

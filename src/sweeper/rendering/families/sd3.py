@@ -3,11 +3,10 @@ skip-layer guidance, flow-matching schedules."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Mapping
 
 from sweeper.errors import invalid
+from sweeper.model_files import model_json
 from sweeper.rendering.families._flow import FlowFamily
 from sweeper.rendering.families._stable_diffusion import CLIP_SKIP_LIMIT, diffusers_clip_skip
 
@@ -150,22 +149,9 @@ def _num_layers(model: Mapping[str, Any]) -> int | None:
     model_id = str(model.get("id") or "")
     if model_id in tiny_models():
         return TINY_LAYERS if tiny_models()[model_id] is FAMILY else None
-    folder = Path(model_id).expanduser()
-    if (folder / "transformer" / "config.json").is_file():
-        config = folder / "transformer" / "config.json"
-    elif model_id.count("/") == 1 and not folder.exists():
-        from huggingface_hub import try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model_id, "transformer/config.json", revision=model.get("revision"))
-        if not isinstance(cached, str):
-            return None
-        config = Path(cached)
-    else:
-        return None
     try:
-        with open(config, "rb") as handle:  # a few hundred bytes in every real model
-            count = json.loads(handle.read(1 << 20)).get("num_layers")
-    except (OSError, ValueError, AttributeError):
+        count = (model_json(model_id, model.get("revision"), "transformer/config.json") or {}).get("num_layers")
+    except (OSError, ValueError):
         return None
     return count if _is_int(count) and count > 0 else None
 

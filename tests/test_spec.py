@@ -27,11 +27,13 @@ DEFAULTS = dict(
     fuse_qkv=False, compile=None, vae_upcast=None, offload="none", vae_slicing=False, vae_tiling=False, gpu=None,
     lora=None, lora_scale=None, lora_sha=None, prompt_3=None, negative_prompt_3=None, true_cfg=None, guidance_rescale=None, max_sequence_length=None, shift=None,
     dynamic_shift=None, sigmas=None, clip_skip=None, slg_layers=None, slg_scale=None, slg_start=None, slg_stop=None,
+    hires_scale=None, hires_denoise=None, hires_steps=None, hires_upscaler=None,
 )
 # Keys of some families only: left out of ids, PNGs and manifest files while unset.
 SPARSE = {
     "prompt_3", "negative_prompt_3", "true_cfg", "guidance_rescale", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip",
     "slg_layers", "slg_scale", "slg_start", "slg_stop",
+    "hires_scale", "hires_denoise", "hires_steps", "hires_upscaler",
 }
 MANIFEST_COLUMNS = [
     "image_id", "path", "status", "error", "warning", "model", "refiner", "refiner_split", "refiner_mode", "scheduler",
@@ -39,16 +41,17 @@ MANIFEST_COLUMNS = [
     "steps", "true_cfg", "guidance_rescale", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip", "slg_layers", "slg_scale", "slg_start",
     "slg_stop", "width", "height",
     "original_size", "target_size", "crops_coords_top_left", "negative_original_size", "negative_target_size",
-    "negative_crops_coords_top_left", "mode", "strength", "init_image", "mask_image", "init_image_sha", "mask_image_sha",
+    "negative_crops_coords_top_left", "mode", "strength", "hires_scale", "hires_denoise", "hires_steps", "hires_upscaler", "init_image", "mask_image", "init_image_sha", "mask_image_sha",
     "prompt_template", "watermark", "safety_checker", "vae_tiling", "nsfw", "lora", "lora_scale", "lora_sha", "job_num", "overrides", "model_id", "model_revision",
     "model_config", "refiner_id", "dtype", "device", "rank", "world_size", "batch_size", "batch_index", "attention",
-    "channels_last", "fuse_qkv", "compile", "compile_mode", "vae_upcast", "offload", "vae_slicing", "base_steps", "refiner_steps", "seconds",
+    "channels_last", "fuse_qkv", "compile", "compile_mode", "vae_upcast", "offload", "vae_slicing", "base_steps", "refiner_steps", "hires_pass_steps", "seconds",
     "load_seconds", "warmup_seconds", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
 ]
 A1111 = {
     "Refiner switch at": ("refiner_split",), "Sampler": ("scheduler_label",), "Seed": ("seed",), "CFG scale": ("guidance",),
-    "Steps": ("steps",), "Size": ("width", "height"), "Denoising strength": ("strength",), "Model": ("model_id",), "Refiner": ("refiner_id",),
+    "Steps": ("steps",), "Size": ("width", "height"), "Denoising strength": ("strength", "hires_denoise"), "Model": ("model_id",), "Refiner": ("refiner_id",),
     "Lora hashes": ("lora",), "Schedule type": ("sigmas",), "Clip skip": ("clip_skip",), "CFG Rescale": ("guidance_rescale",),
+    "Hires upscale": ("hires_scale",), "Hires steps": ("hires_steps",), "Hires upscaler": ("hires_upscaler",),
 }
 
 

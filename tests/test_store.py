@@ -22,7 +22,7 @@ from conftest import CONTRACT_COLUMNS, plan_config
 
 from sweeper.storing import manifest, store
 from sweeper.planning.plan import Job, plan
-from sweeper.planning.spec import SPARSE_FIELDS, ImageSpec
+from sweeper.planning.spec import ImageSpec
 from sweeper.storing.files import write_atomic
 from sweeper.storing.store import BackgroundWriter, image_path, parameters_text, png_bytes
 
@@ -356,7 +356,7 @@ def test_merge_writes_one_manifest_and_removes_the_parts(tmp_path):
     assert frame["job_num"].tolist() == [0, 0, 0, 1, 1]
     assert frame["image_id"].tolist() == [s.image_id for s in second + first]
     # Other families' keys are no columns of an SDXL sweep's file (read() adds them as nulls).
-    stored = [name for name in manifest.SCHEMA.names if name not in SPARSE_FIELDS]
+    stored = [name for name in manifest.SCHEMA.names if name not in manifest.SPARSE_COLUMNS]
     assert pq.read_table(path).schema.equals(pa.schema([manifest.SCHEMA.field(name) for name in stored]))
     # Merging again with no new parts changes nothing.
     before = path.read_bytes()

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-from sweeper.planning import image_files, lora_files, schedulers, validate
+from sweeper.planning import hires, image_files, lora_files, schedulers, validate
 from sweeper.storing.bounds import loads_json
 from sweeper.errors import PlanError, invalid, show
 from sweeper.planning.prompts import prompt_rows
@@ -185,7 +185,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     sizes = {key: validate.pair(c, key, minimum=1) for key in SIZE_KEYS}
     sizes.update({key: validate.pair(c, key, minimum=0) for key in CROP_KEYS})
     own = validate.family_values(c)
-    given = ("guidance", "negative_prompt", "negative_prompt_2", "mode", "steps", "width", "height", "fuse_qkv")
+    given = ("guidance", "negative_prompt", "negative_prompt_2", "mode", "steps", "width", "height", "fuse_qkv", "hires")
     family.check(own, {**model, **{key: c.get(key) for key in given}, "scheduler": scheduler})
     device, gpu = validate.device(c.get("device", "auto"), auto_device)
     mode = validate.choice(c, "mode", validate.MODES)
@@ -200,6 +200,10 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     for key, value in (("width", width), ("height", height)):
         if value % family.size_multiple:  # its pipeline would floor it silently: another size than the manifest's
             raise invalid(key, value, f"{family.title} takes multiples of {family.size_multiple}")
+    second = hires.checked(c, mode, refiner, steps, width, height, family.size_multiple, validate.max_size(c), validate.max_steps(c))
+    if second["hires_scale"] is not None and sizes["negative_crops_coords_top_left"] is not None:
+        raise invalid("negative_crops_coords_top_left", list(sizes["negative_crops_coords_top_left"]),
+                      "diffusers' SDXL img2img pipeline, which runs the hires fix's second pass, ignores it; leave it null")
     guidance = validate.guidance(c)
     if guidance <= 1:  # no classifier-free guidance: diffusers uses no negative conditioning
         sizes.update(negative_original_size=None, negative_target_size=None, negative_crops_coords_top_left=None)
@@ -270,6 +274,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         **adapters,
         **_conditioning(sizes, mode, width, height),
         **own,
+        **second,
     )
 
 
@@ -330,6 +335,7 @@ def config_of(spec: ImageSpec) -> dict[str, Any]:
         "lora": None if spec.lora is None else list(spec.lora),
         "slg_layers": None if spec.slg_layers is None else list(spec.slg_layers),
         "lora_scale": 1.0 if spec.lora_scale is None else list(spec.lora_scale),
+        "hires": hires.config(spec),
     }
 
 

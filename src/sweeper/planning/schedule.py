@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
+from sweeper.planning import hires
 from sweeper.planning.spec import ALL_PER_IMAGE_FIELDS, EXECUTION_FIELDS, ID_FIELDS, ImageSpec
 from sweeper.rendering import families
 from sweeper.rendering.tiny import tiny_models
@@ -51,6 +52,9 @@ def cost(spec: ImageSpec) -> float:
     if spec.refiner_mode == "img2img":
         steps += spec.steps * (1 - spec.refiner_split)
     calls = (2 if spec.scheduler_class in TWO_CALLS_PER_STEP else 1) * (2 if families.uses_cfg(spec) else 1)
+    if spec.hires_scale is not None:  # the second pass at the larger size (and the first's decode, encode for lanczos: ignored)
+        width, height = hires.size(spec, families.get(spec.family).size_multiple)
+        return spec.width * spec.height * steps * calls + width * height * (int(spec.hires_steps * spec.hires_denoise) * calls + DECODE_FORWARDS)
     return spec.width * spec.height * (steps * calls + DECODE_FORWARDS)
 
 
@@ -74,7 +78,8 @@ def estimate_seconds(specs: Iterable[ImageSpec], seconds_per_unit: float | None 
     seconds: dict[tuple, float] = {}  # per kind of image: 100k specs are a handful of kinds
     total = 0.0
     for spec in specs:
-        kind = (spec.model_id, spec.device, spec.scheduler_class, spec.steps, spec.strength, spec.guidance, spec.width, spec.height, spec.refiner_mode, spec.refiner_split)
+        kind = (spec.model_id, spec.device, spec.scheduler_class, spec.steps, spec.strength, spec.guidance, spec.width, spec.height, spec.refiner_mode, spec.refiner_split,
+                spec.hires_scale, spec.hires_steps, spec.hires_denoise)
         if kind not in seconds:
             rate = seconds_per_unit or SECONDS_PER_UNIT[("tiny" if spec.model_id in tiny_models() else "full", spec.device)]
             seconds[kind] = cost(spec) * rate
@@ -85,7 +90,8 @@ def estimate_seconds(specs: Iterable[ImageSpec], seconds_per_unit: float | None 
 def auto_batch_size(spec: ImageSpec) -> int:
     """Images per forward when batch_size=auto: as many as a pixel budget allows, 1 to 16."""
     budget = 2**23 if spec.device == "cuda" else 2**16
-    return max(1, min(16, budget // (spec.width * spec.height)))
+    width, height = hires.size(spec, families.get(spec.family).size_multiple)  # the hires fix's second pass is the larger
+    return max(1, min(16, budget // (width * height)))
 
 
 def _switch_levels(spec: ImageSpec) -> tuple[tuple, tuple, tuple]:

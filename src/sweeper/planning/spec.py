@@ -100,6 +100,11 @@ class ImageSpec:
     negative_crops_coords_top_left: tuple[int, int] | None = _f(IDENTITY, "pair")
     mode: str = _f(IDENTITY, "string")
     strength: float | None = _f(IDENTITY, "float64", "Denoising strength", default=None)  # img2img and inpaint
+    # Hires fix (planning/hires.py): the second pass's upscale, strength, steps and upscaler; width and height stay the first pass's.
+    hires_scale: float | None = _sparse(IDENTITY, "float64", "Hires upscale")
+    hires_denoise: float | None = _sparse(IDENTITY, "float64", "Denoising strength")  # txt2img only, so never beside `strength`
+    hires_steps: int | None = _sparse(IDENTITY, "int64", "Hires steps")
+    hires_upscaler: str | None = _sparse(IDENTITY, "string", "Hires upscaler")  # latent, lanczos
     init_image: str | None = _f(LABEL, "string", default=None)  # absolute paths
     mask_image: str | None = _f(LABEL, "string", default=None)
     # The images' content, so an edited file renders again.

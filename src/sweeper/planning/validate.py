@@ -41,17 +41,19 @@ CONFIG_KEYS = (
     "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "mode", "init_image", "mask_image",
     "strength", "watermark", "safety_checker", "dtype", "device", "batch_size", "attention", "channels_last", "fuse_qkv",
     "compile", "vae_upcast", "offload", "vae_slicing", "vae_tiling", "lora", "lora_scale", "max_images", "max_size", "max_steps", "dry_run",
+    "hires",
 )
 GROUP_KEYS = {
     "model": ("name", "id", "revision", "config", "family"),
     "refiner": ("name", "id", "revision", "split", "mode"),
     "scheduler": ("name", "class_name", "label", "kwargs"),
+    "hires": ("scale", "denoise", "steps", "upscaler"),  # a mapping of config.yaml, not a group
 }
 
 
 def known_keys() -> list[str]:
     """Every key a command line may set (for the closest match to a typo)."""
-    return [*CONFIG_KEYS, *GROUP_KEYS, *(f"{group}.{field}" for group, fields in GROUP_KEYS.items() for field in fields)]
+    return list(dict.fromkeys([*CONFIG_KEYS, *GROUP_KEYS, *(f"{group}.{field}" for group, fields in GROUP_KEYS.items() for field in fields)]))
 
 
 def check_keys(c: Mapping[str, Any]) -> None:
@@ -73,6 +75,14 @@ PER_PROMPT_KEYS = ("negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3
 
 def max_images(c: Mapping[str, Any]) -> int:
     return _limit(c, "max_images", DEFAULT_MAX_IMAGES)
+
+
+def max_size(c: Mapping[str, Any]) -> int:
+    return _limit(c, "max_size", DEFAULT_MAX_SIZE)
+
+
+def max_steps(c: Mapping[str, Any]) -> int:
+    return _limit(c, "max_steps", DEFAULT_MAX_STEPS)
 
 
 def model(model: Any) -> dict[str, Any]:

@@ -35,7 +35,7 @@ class Rendered:
     started_at: dt.datetime
     finished_at: dt.datetime
     seconds: float  # per image
-    steps: tuple[int | None, int | None] = (None, None)  # (base, refiner) steps that really ran
+    steps: tuple[int | None, int | None, int | None] = (None, None, None)  # (base, refiner, hires fix) steps that really ran
     fatal: bool = False  # a CUDA error that leaves the process unable to render on
     load_seconds: float | None = None  # models loaded for this call, apart from `seconds`
     warmup_seconds: float | None = None  # the throwaway warm-up call before it, apart from `seconds`
@@ -102,7 +102,7 @@ def render_backing_off(batch: schedule.Batch, device: str, progress: Any, runtim
     flagged = [SAFETY_WARNING if verdict else None for verdict in output.nsfw or [False] * count]
     warnings = ["; ".join(w for w in found if w) or None for found in zip([w for _, w in problems], output.warnings, flagged)]
     errors = [image_error for image_error, _ in problems]
-    steps = (output.base_steps, output.refiner_steps)
+    steps = (output.base_steps, output.refiner_steps, output.hires_steps)
     # Render time: a model load and a warm-up call are not the images' cost.
     seconds = (elapsed - (output.load_seconds or 0.0) - (output.warmup_seconds or 0.0)) / count
     return [Rendered(batch, output.images, output.nsfw, None, errors, warnings, started, finished, seconds, steps,
@@ -131,6 +131,8 @@ def encode(done: Rendered, versions: dict[str, str], facts: dict[str, Any], thre
     files, rows = [], []
     timing = dict(seconds=done.seconds, started_at=done.started_at, finished_at=done.finished_at, batch_size=len(done.batch.specs),
                   base_steps=done.steps[0], refiner_steps=done.steps[1], load_seconds=done.load_seconds, warmup_seconds=done.warmup_seconds)
+    if done.steps[2] is not None:  # left out unset, as the hires fields are: other sweeps' rows and PNGs stay as they were
+        timing["hires_pass_steps"] = done.steps[2]
     for index, spec in enumerate(done.batch.specs):
         path = image_path(spec)
         error = done.errors[index]

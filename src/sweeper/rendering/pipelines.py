@@ -36,11 +36,6 @@ transformers_logging.set_verbosity_error()
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
-def pipeline_class(spec: ImageSpec) -> type:
-    """The diffusers pipeline of the spec's family and mode."""
-    return getattr(diffusers, families.get(spec.family).pipelines[spec.mode])
-
-
 def source(model_id: str, revision: str | None) -> dict[str, Any]:
     """What `from_pretrained` gets: a tiny model's built dir, or the id and revision as given."""
     if model_id in tiny_models():
@@ -68,15 +63,20 @@ def base_pipeline(runtime: Runtime, spec: ImageSpec, device: str) -> Any:
         scheduler_config = pipe.scheduler.config
         base = runtime.add(("base", key), _ready(pipe, spec, device), scheduler_config)
         runtime.loads.append(key)
-    if spec.mode == "txt2img":
-        return base
-    pipe = runtime.pipeline(("mode", key, spec.mode))
+    return base if spec.mode == "txt2img" else mode_pipeline(runtime, spec, base, spec.mode, device)
+
+
+def mode_pipeline(runtime: Runtime, spec: ImageSpec, base: Any, mode: str, device: str) -> Any:
+    """The resident base's pipeline for `mode` (img2img, inpaint), made once with from_pipe: the
+    same modules. img2img also runs the hires fix's second pass."""
+    key = base_key(spec, device)
+    pipe = runtime.pipeline(("mode", key, mode))
     if pipe is None:
         extra = families.get(spec.family).load_kwargs(spec, from_pipe=True)
         # from_pipe converts the shared modules to its dtype, float32 unless told
-        pipe = pipeline_class(spec).from_pipe(base, dtype=TORCH_DTYPES[spec.dtype], **extra)
+        pipe = getattr(diffusers, families.get(spec.family).pipelines[mode]).from_pipe(base, dtype=TORCH_DTYPES[spec.dtype], **extra)
         pipe.set_progress_bar_config(disable=True)  # from_pipe does not carry it over
-        runtime.add(("mode", key, spec.mode), pipe, runtime.resident(base).scheduler_config)
+        runtime.add(("mode", key, mode), pipe, runtime.resident(base).scheduler_config)
     return pipe
 
 

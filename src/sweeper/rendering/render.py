@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from sweeper.planning import hires
 from sweeper.rendering import families, loras, pipelines
 from sweeper.storing.files import read_image_file
 from sweeper.planning.image_files import content_sha
@@ -40,6 +41,7 @@ class Output:
     base_steps: int  # the denoising steps each model really ran (a refiner split cuts the
     refiner_steps: int | None  # noise schedule, not the steps; img2img runs int(steps * strength))
     warnings: list[str | None]  # per image: prompts the CLIP tokenizer cut at 77 tokens, as diffusers does silently
+    hires_steps: int | None = None  # the steps the hires fix's second pass really ran: int(hires_steps * hires_denoise)
     load_seconds: float | None = None  # models loaded for this call (not render time)
     warmup_seconds: float | None = None  # the throwaway warm-up call made before this one (not render time)
 
@@ -69,6 +71,7 @@ def _render_batch(batch: Batch, device: str, runtime: Runtime) -> Output:
     base = pipelines.base_pipeline(runtime, first, device)
     loras.apply(runtime, pipelines.base_key(first, device), base, first)
     refiner = None if first.refiner_id is None else pipelines.refiner_pipeline(runtime, first, base, device)
+    upscaled = None if first.hires_scale is None else pipelines.mode_pipeline(runtime, first, base, "img2img", device)
     load_seconds = time.perf_counter() - tic if len(runtime.loads) > loads else None
 
     # 2. A pipeline's first call at a shape pays one-time costs (allocations, kernel choice, compile):
@@ -78,12 +81,14 @@ def _render_batch(batch: Batch, device: str, runtime: Runtime) -> Output:
     cold = runtime.first_call(base, shape)
     if refiner is not None:
         cold = runtime.first_call(refiner, shape) or cold
+    if upscaled is not None:
+        cold = runtime.first_call(upscaled, (*hires.size(first, families.get(first.family).size_multiple), len(specs))) or cold
     warmup_seconds = None
     if cold:
         tic = time.perf_counter()
-        _call(Batch(tuple(warm_up_spec(spec) for spec in specs)), device, runtime, base, refiner)
+        _call(Batch(tuple(warm_up_spec(spec) for spec in specs)), device, runtime, base, refiner, upscaled)
         warmup_seconds = time.perf_counter() - tic
-    output = _call(batch, device, runtime, base, refiner)
+    output = _call(batch, device, runtime, base, refiner, upscaled)
     output.load_seconds, output.warmup_seconds = load_seconds, warmup_seconds
     return output
 
@@ -95,11 +100,13 @@ def warm_up_spec(spec: ImageSpec) -> ImageSpec:
     if spec.refiner_id is not None:
         return spec
     steps = 2 if spec.mode == "txt2img" else math.ceil(2 / spec.strength)
+    if spec.hires_scale is not None:
+        return dataclasses.replace(spec, steps=min(spec.steps, steps), hires_steps=min(spec.hires_steps, math.ceil(2 / spec.hires_denoise)))
     return dataclasses.replace(spec, steps=min(spec.steps, steps))
 
 
-def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any) -> Output:
-    """One pipeline call of the batch with the loaded pipelines."""
+def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any, upscaled: Any = None) -> Output:
+    """One pipeline call of the batch with the loaded pipelines (`upscaled`: the img2img pipeline of the hires fix)."""
     specs = batch.specs
     first = specs[0]
     seeds = [spec.seed for spec in specs]
@@ -126,6 +133,12 @@ def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any) 
     # 4. Base: every step, or up to the refiner's split.
     pipelines.activate(runtime, base, first, device)
     embeddings, warnings = prompt_embeddings(runtime, base, specs, device)
+    if upscaled is not None:
+        latents = base(**size, output_type="latent", **embeddings, **kwargs).images
+        base_steps = _steps_run(base, first, "base")
+        # 5. The hires fix: the same embeddings, scheduler and guidance at the larger size.
+        out = _hires_pass(runtime, upscaled, base, latents, specs, embeddings, device)
+        return Output(out.images, _nsfw(out), base_steps, None, warnings, hires_steps=_steps_run(upscaled, first, "hires"))
     if refiner is None:
         out = base(**size, output_type="np", **embeddings, **kwargs)
         return Output(out.images, _nsfw(out), _steps_run(base, first, "base"), None, warnings)
@@ -142,6 +155,45 @@ def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any) 
     pipelines.activate(runtime, refiner, first, device)
     out = refiner(image=latents, strength=1.0 - first.refiner_split, output_type="np", **_refiner_embeddings(runtime, base, refiner, specs, device), **kwargs)
     return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings)
+
+
+def _hires_pass(runtime: Runtime, pipe: Any, base: Any, latents: torch.Tensor, specs: tuple[ImageSpec, ...], embeddings: dict[str, Any], device: str) -> Any:
+    """A1111's hires fix on the first pass's latents: upscaled as latents (its "Latent": bilinear, no
+    antialiasing, decoded only at the end) or as images (decoded, PIL Lanczos, encoded again by img2img),
+    then img2img at the larger size for `hires_steps` at strength `hires_denoise`."""
+    first = specs[0]
+    width, height = hires.size(first, families.get(first.family).size_multiple)
+    if first.hires_upscaler == "latent":
+        factor = pipe.vae_scale_factor  # in float32, as A1111's samples are
+        image: Any = torch.nn.functional.interpolate(latents.float(), size=(height // factor, width // factor), mode="bilinear", antialias=False).to(latents.dtype)
+    else:
+        image = [picture.resize((width, height), Image.LANCZOS) for picture in _decoded(base, latents)]
+    seeds = [spec.seed for spec in specs]
+    pipelines.set_scheduler(runtime, pipe, first, seeds)
+    pipelines.activate(runtime, pipe, first, device)
+    generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]  # A1111 draws the second pass's noise from the seed anew
+    return pipe(image=image, strength=first.hires_denoise, num_inference_steps=first.hires_steps, generator=generators, output_type="np",
+                **embeddings, **families.get(first.family).call_kwargs(first))
+
+
+def _decoded(pipe: Any, latents: torch.Tensor) -> list[Image.Image]:
+    """The first pass's images as its pipeline would decode them (the VAE upcast of float16 SDXL included),
+    without the safety checker or the watermark, which A1111 applies to the final image only."""
+    vae = pipe.vae
+    upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+    if upcast:
+        vae.to(dtype=torch.float32)  # pipelines.restore puts it back if the decode fails
+    latents = latents.to(vae.dtype)
+    mean, std = getattr(vae.config, "latents_mean", None), getattr(vae.config, "latents_std", None)
+    if mean is not None and std is not None:
+        latents = latents * torch.tensor(std).view(1, -1, 1, 1).to(latents) / vae.config.scaling_factor + torch.tensor(mean).view(1, -1, 1, 1).to(latents)
+    else:
+        latents = latents / vae.config.scaling_factor
+    with torch.no_grad():
+        images = vae.decode(latents, return_dict=False)[0]
+    if upcast:
+        vae.to(dtype=torch.float16)
+    return pipe.image_processor.postprocess(images, output_type="pil")
 
 
 def _refiner_embeddings(runtime: Runtime, base: Any, refiner: Any, specs: tuple[ImageSpec, ...], device: str) -> dict[str, torch.Tensor]:

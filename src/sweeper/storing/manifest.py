@@ -62,6 +62,7 @@ _RUN_AFTER = {
 _RUN_TAIL = [
     ("base_steps", pa.int64()),
     ("refiner_steps", pa.int64()),
+    ("hires_pass_steps", pa.int64()),  # the hires fix's second pass: int(hires_steps * hires_denoise) for most schedulers
     ("seconds", pa.float64()),
     ("load_seconds", pa.float64()),
     ("warmup_seconds", pa.float64()),  # a throwaway warm-up call before the image's call (new pipeline or size)
@@ -84,6 +85,8 @@ SCHEMA = pa.schema(
     + _RUN_TAIL
 )
 RUN_COLUMNS = {name for name in SCHEMA.names if name not in SPEC_COLUMNS}
+# Columns left out of rows, PNGs and the manifest file while unset: keys of some families or features only.
+SPARSE_COLUMNS = (*sorted(SPARSE_FIELDS), "hires_pass_steps")
 
 
 def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> dict[str, Any]:
@@ -349,7 +352,7 @@ def merge(out_dir: Path) -> pa.Table:
 def _stored_columns(table: pa.Table) -> pa.Table:
     """The manifest file's columns: a key of some families only is left out while no row has it,
     so a sweep of other families keeps the schema it always had (read() adds it back as nulls)."""
-    unused = [name for name in SPARSE_FIELDS if table.column(name).null_count == table.num_rows]
+    unused = [name for name in SPARSE_COLUMNS if table.column(name).null_count == table.num_rows]
     return table.drop_columns(unused)
 
 

@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from sweeper.planning import lora_files
+from sweeper.planning import hires, lora_files
 from sweeper.errors import PlanError
 from sweeper.storing.files import write_atomic
 from sweeper.planning.spec import A1111_KEYS, PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, SPARSE_ROW_FIELDS, ImageSpec, public_model_name
@@ -42,7 +42,9 @@ def image_path(spec: ImageSpec) -> str:
 # The order A1111 writes its keys in; a key added to the field table (spec.py) and not named here goes last.
 A1111_ORDER = (
     "Steps", "Sampler", "Schedule type", "CFG scale", "CFG Rescale", "Seed", "Size", "Model", "Denoising strength", "Model hash", "Clip skip", "Refiner",
-    "Refiner switch at", "Lora hashes",
+    "Refiner switch at",
+    "Hires upscale", "Hires steps", "Hires upscaler",
+    "Lora hashes",
 )
 
 
@@ -79,6 +81,8 @@ def a1111_keys(family: str) -> dict[str, tuple[str, ...]]:
 
 def _a1111_value(key: str, values: list[Any]) -> object | None:
     """A field's value as A1111 writes it; None when unset (the pair is left out)."""
+    if key == "Denoising strength":  # img2img's strength or the hires fix's: one of the two is set
+        values = [value for value in values if value is not None][:1] or [None]
     if any(value is None for value in values):
         return None
     if key == "Size":
@@ -89,6 +93,8 @@ def _a1111_value(key: str, values: list[Any]) -> object | None:
         return public_model_name(values[0])
     if key == "Lora hashes":
         return _lora_hashes(values[0])
+    if key == "Hires upscaler":
+        return hires.UPSCALERS[values[0]]
     return f"{values[0]:g}" if isinstance(values[0], float) else values[0]
 
 

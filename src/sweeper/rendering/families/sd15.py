@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
+from sweeper.errors import invalid
 from sweeper.rendering.families._stable_diffusion import StableDiffusion
 
 
@@ -16,10 +17,17 @@ class SD15(StableDiffusion):
         "inpaint": "StableDiffusionInpaintPipeline",
     }
     index_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
-    keys = ("negative_prompt", "guidance_rescale", "sigmas", "clip_skip")
+    keys = ("negative_prompt", "guidance_rescale", "sigmas", "clip_skip", "hires")
     safety_checker = True
     tiny = {"tiny-sd": "base"}
     text_widths = {"tiny-sd": 32}
+
+    def check(self, values: dict[str, Any], model: Mapping[str, Any]) -> None:
+        """As SD's; and no CFG rescale with the hires fix, whose second pass diffusers' SD 1.x img2img pipeline runs without one."""
+        super().check(values, model)
+        hires = model.get("hires")
+        if values["guidance_rescale"] is not None and isinstance(hires, Mapping) and hires.get("scale") is not None:
+            raise invalid("guidance_rescale", values["guidance_rescale"], "not with hires.scale on SD 1.x: diffusers' img2img pipeline, which runs the second pass, has no CFG rescale")
 
     def load_kwargs(self, spec: Any, from_pipe: bool) -> dict[str, Any]:
         return {} if spec.safety_checker or from_pipe else {"safety_checker": None, "requires_safety_checker": False}

@@ -12,6 +12,8 @@ from conftest import composed_job, main_per_case, render_in_process
 from PIL import Image
 
 from sweeper import replay
+from sweeper.planning import hires
+from sweeper.planning.plan import plan
 
 NULL = "null"
 PROMPTS = "prompt=[a red fox,a blue car in the rain]"
@@ -154,6 +156,10 @@ REFUSED = [
     (["model=tiny-sd", "guidance_rescale=0.5", "hires.scale=2"], "invalid guidance_rescale=0.5: not with hires.scale on SD 1.x"),
     (["model=tiny-flux", "hires.scale=2"], "invalid hires.scale=2: model=tiny-flux is Flux.1 (flux), which ignores it"),
     (["model=tiny-sd35", "hires.scale=2"], "invalid hires.scale=2: model=tiny-sd35 is SD 3.5"),
+    (["model=tiny-qwen-image", "hires.scale=2"], "invalid hires.scale=2: model=tiny-qwen-image is Qwen-Image"),
+    (["model=tiny-z-image", "hires.scale=2"], "invalid hires.scale=2: model=tiny-z-image is Z-Image"),
+    (["model=tiny-flux2-klein", "hires.scale=2"], "invalid hires.scale=2: model=tiny-flux2-klein is Flux.2 Klein"),
+    (["model=tiny", "hires.scale=2", "negative_crops_coords_top_left=[0,8]"], "invalid negative_crops_coords_top_left=[0, 8]: diffusers' SDXL img2img pipeline"),
 ]
 
 
@@ -163,3 +169,14 @@ def test_what_hires_cannot_do_is_refused_in_one_line_before_anything_loads(tmp_p
         lines = stderr.strip().splitlines()
         assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
     assert not answers["outputs"] and not answers["torch"]
+
+
+def test_hires_steps_null_or_0_is_steps_and_the_size_is_floored_to_a_multiple_of_8():
+    def planned(*overrides: str):
+        return plan([composed_job(0, "model=tiny", "width=64", "height=72", "steps=3", *overrides)], auto_device="cpu")[0]
+
+    specs = [planned("hires.scale=1.3", f"hires.steps={value}") for value in ("null", "0", "3")]
+    assert {spec.hires_steps for spec in specs} == {3} and len({spec.image_id for spec in specs}) == 1
+    assert hires.size(specs[0], 8) == (80, 88)  # int(64 * 1.3) = 83 -> 80, int(72 * 1.3) = 93 -> 88
+    off = planned("hires.denoise=0.3", "hires.upscaler=lanczos")  # hires.scale null: the rest is not recorded
+    assert (off.hires_scale, off.hires_denoise, off.hires_steps, off.hires_upscaler) == (None,) * 4 and off.image_id == planned().image_id

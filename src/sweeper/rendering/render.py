@@ -163,9 +163,9 @@ def _hires_pass(runtime: Runtime, pipe: Any, base: Any, latents: torch.Tensor, s
     then img2img at the larger size for `hires_steps` at strength `hires_denoise`."""
     first = specs[0]
     width, height = hires.size(first, families.get(first.family).size_multiple)
-    if first.hires_upscaler == "latent":
-        factor = pipe.vae_scale_factor  # in float32, as A1111's samples are
-        image: Any = torch.nn.functional.interpolate(latents.float(), size=(height // factor, width // factor), mode="bilinear", antialias=False).to(latents.dtype)
+    if first.hires_upscaler == "latent":  # interpolated in float32, as A1111's samples are, then back to the pipeline's dtype
+        size = (height // pipe.vae_scale_factor, width // pipe.vae_scale_factor)
+        image: Any = torch.nn.functional.interpolate(latents.float(), size=size, mode="bilinear", antialias=False).to(latents.dtype)
     else:
         image = [picture.resize((width, height), Image.LANCZOS) for picture in _decoded(base, latents)]
     seeds = [spec.seed for spec in specs]

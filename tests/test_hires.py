@@ -177,6 +177,7 @@ def test_hires_steps_null_or_0_is_steps_and_the_size_is_floored_to_a_multiple_of
 
     specs = [planned("hires.scale=1.3", f"hires.steps={value}") for value in ("null", "0", "3")]
     assert {spec.hires_steps for spec in specs} == {3} and len({spec.image_id for spec in specs}) == 1
+    assert (specs[0].hires_denoise, specs[0].hires_upscaler) == (0.7, "latent")  # the defaults, A1111's
     assert hires.size(specs[0], 8) == (80, 88)  # int(64 * 1.3) = 83 -> 80, int(72 * 1.3) = 93 -> 88
     off = planned("hires.denoise=0.3", "hires.upscaler=lanczos")  # hires.scale null: the rest is not recorded
     assert (off.hires_scale, off.hires_denoise, off.hires_steps, off.hires_upscaler) == (None,) * 4 and off.image_id == planned().image_id

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from itertools import product
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
+from test_report import TreeBuilder, browse, embedded_data, fake_sweep
 
+from sweeper import report
 from sweeper.report import charts, stats
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -118,3 +121,154 @@ def test_the_chart_is_well_formed_svg_with_the_values_and_the_scorer():
     assert "2.5 (n=2)" not in texts and "5.5 (n=2)" in texts  # a small group says its n
     assert len(list(root.iter(f"{SVG}circle"))) == 3
     assert len([line for line in root.iter(f"{SVG}line") if line.get("class") == "interval"]) == 2  # none for n=2
+
+
+# The page of a sweep with scores (a fake sweep dir, as in test_report.py, and a scores.parquet beside it)
+
+SCORER = "tiny/clip-64"
+
+
+def write_scores(sweep: Path, rows: list[dict], metrics: dict[str, tuple[str, str]], offset: float = 0.0) -> pd.DataFrame:
+    """A score per ok image and metric (metric -> scorer, revision), in the long format of scores.parquet."""
+    scored = []
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        digest = int(row["image_id"][:8], 16)
+        for n, (metric, (scorer, revision)) in enumerate(metrics.items()):
+            value = row["guidance"] * (1 + n) + (digest % 1000) / 250 + offset  # guidance helps, plus a spread per image
+            scored.append(dict(image_id=row["image_id"], metric=metric, value=value, scorer=scorer, scorer_revision=revision,
+                               scored_at=pd.Timestamp("2026-01-01", tz="UTC")))
+    frame = pd.DataFrame(scored)
+    frame.to_parquet(sweep / "scores.parquet", index=False)
+    return frame
+
+
+def cells(node) -> list[list[str]]:
+    return [[td.text() for td in tr.find_all("td")] for tr in node.find_all("tr")[1:]]
+
+
+def static_page(path: Path):
+    builder = TreeBuilder()
+    builder.feed(path.read_text(encoding="utf-8"))
+    return builder.root
+
+
+def test_the_scores_section_shows_the_numbers_of_a_direct_computation_labelled_with_their_scorer(tmp_path, capsys):
+    sweep = tmp_path / "sweep-a"
+    rows = fake_sweep(sweep)
+    scored = write_scores(sweep, rows, {"clip": (SCORER, "abc123"), "aesthetic": (f"tiny/head on {SCORER}", "def456")})
+    assert report.main([str(sweep)]) == 0
+    dom = static_page(sweep / "report.html")
+    section = dom.by_id("scores")
+    assert [a.attrs["href"] for a in dom.find_all("nav")[0].find_all("a")][:3] == ["#grid", "#scores", "#axes"]
+    blocks = {block.attrs["data-score"]: block for block in section.find_all("div", "score")}
+    assert list(blocks) == ["aesthetic", "clip"]
+    clip = blocks["clip"]
+    assert f"scorer: {SCORER} (revision abc123)" in clip.find_all("h3")[0].text()
+    # Axes: prompt (its images differ in seed) and guidance; the seed is what varies within a value.
+    assert [node.attrs["data-axis"] for node in clip.find_all("div", "score-axis")] == ["prompt", "guidance"]
+    (guidance,) = [node for node in clip.find_all("div", "score-axis") if node.attrs["data-axis"] == "guidance"]
+    assert f"scorer: {SCORER} (revision abc123)" in guidance.text()
+
+    # The direct computation: the manifest's ok rows joined with the clip scores, by guidance.
+    joined = pd.read_parquet(sweep / "manifest.parquet").merge(scored[scored.metric == "clip"], on="image_id")
+    expected = []
+    for value in (3.0, 7.5, 10.0):
+        values = joined[joined.guidance == value]["value"].to_numpy()
+        resampled = values[np.random.default_rng(0).integers(0, len(values), size=(2000, len(values)))].mean(axis=1)
+        low, high = np.percentile(resampled, [2.5, 97.5])
+        expected.append([f"{value:g}", str(len(values)), f"{values.mean():.4g}", f"{low:.4g} – {high:.4g}"])
+    (means,) = guidance.find_all("table", "score-means")
+    assert cells(means) == expected and [row[1] for row in expected] == ["8", "8", "7"]  # guidance 10 lost its failed image
+    pivot = joined.pivot_table(index=["prompt", "seed"], columns="guidance", values="value")
+    both = pivot[[7.5, 3.0]].dropna()
+    wins = (both[7.5] > both[3.0]).sum() + 0.5 * (both[7.5] == both[3.0]).sum()
+    (matrix,) = guidance.find_all("table", "win-rates")
+    assert cells(matrix)[1][:2] == ["7.5", f"{wins / len(both):.0%} ({wins:.4g} of {len(both)})"]
+    assert cells(matrix)[2][1].endswith("of 7)")  # 10 vs 3: 7 pairs, the failed image has none
+    (chart,) = guidance.find_all("svg", "chart")
+    assert f"scorer: {SCORER} (revision abc123)" in chart.text() and all(row[2] in chart.text() for row in expected)
+    overall = clip.find_all("p", "score-all")[0].text()
+    assert f"all 23 scored images: mean {joined['value'].mean():.4g}" in overall
+
+    # The page's data: per score its values by manifest row, for sorting and tinting in the browser.
+    data = embedded_data(sweep / "report.html")
+    ids = [row["image_id"] for row in pd.read_parquet(sweep / "manifest.parquet").to_dict("records")]
+    (clip_data,) = [score for score in data["scores"] if score["id"] == "clip"]
+    by_id = dict(zip(scored[scored.metric == "clip"].image_id, scored[scored.metric == "clip"].value))
+    assert clip_data["values"] == [None if i not in by_id else pytest.approx(by_id[i], abs=1e-6) for i in ids]
+    assert clip_data["by"] == f"{SCORER} (revision abc123)" and data["sortBy"] == data["tint"] == ""
+
+    # --sort-by / --tint must name a score of the sweep: one line, exit 2.
+    with pytest.raises(SystemExit) as exit_info:
+        report.main([str(sweep), "--tint", "pickscore"])
+    assert exit_info.value.code == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == "sweeper: error: --tint: no score 'pickscore' in this sweep; scored here: aesthetic, clip"
+
+
+def test_a_sweep_without_scores_has_no_scores_section(tmp_path):
+    sweep = tmp_path / "sweep-a"
+    fake_sweep(sweep)
+    report.write_report(sweep)
+    text = (sweep / "report.html").read_text(encoding="utf-8")
+    assert 'id="scores"' not in text and 'href="#scores"' not in text
+    assert embedded_data(sweep / "report.html")["scores"] == []
+
+
+def test_compare_shows_score_differences_on_paired_images_by_the_same_scorer(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    rows_a = fake_sweep(a, scheduler="euler")
+    rows_b = fake_sweep(b, scheduler="ddim", guidances=(7.5, 10.0, 12.0), fail=False)
+    scored_a = write_scores(a, rows_a, {"clip": (SCORER, "abc123"), "aesthetic": ("head-a", "1")})
+    scored_b = write_scores(b, rows_b, {"clip": (SCORER, "abc123"), "aesthetic": ("head-b", "1")}, offset=0.5)
+    output = report.write_report(a, compare=b, output=tmp_path / "compare.html")
+    section = static_page(output).by_id("compare-scores")
+    (table,) = section.find_all("table", "score-diffs")
+
+    # Pairs: same prompt, seed and guidance (7.5 and 10); A's failed image has no score, so 15 of 16.
+    key = ["prompt", "seed", "guidance"]
+    side_a = pd.read_parquet(a / "manifest.parquet").merge(scored_a[scored_a.metric == "clip"], on="image_id")[key + ["value"]]
+    side_b = pd.read_parquet(b / "manifest.parquet").merge(scored_b[scored_b.metric == "clip"], on="image_id")[key + ["value"]]
+    pairs = side_a.merge(side_b, on=key, suffixes=("_a", "_b"))
+    difference = (pairs.value_a - pairs.value_b).to_numpy()
+    resampled = difference[np.random.default_rng(0).integers(0, len(difference), size=(2000, len(difference)))].mean(axis=1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    wins = (difference > 0).sum() + 0.5 * (difference == 0).sum()
+    assert cells(table) == [[
+        "clip", f"{SCORER} (revision abc123)", "15", f"{difference.mean():.4g}", f"{low:.4g} – {high:.4g}",
+        f"{wins / 15:.0%} ({wins:.4g} of 15)",
+    ]]
+    # The aesthetic scores came from different heads: not compared, and said so.
+    assert "Not compared, scored in one sweep only: A: aesthetic by head-a (revision 1); B: aesthetic by head-b (revision 1)." in section.text()
+
+
+def test_grids_sorted_and_tinted_by_a_score_in_chromium(tmp_path):
+    sweep = tmp_path / "sweep-a"
+    rows = fake_sweep(sweep)
+    scored = write_scores(sweep, rows, {"clip": (SCORER, "abc123"), "aesthetic": ("head", "1")})
+    assert report.main([str(sweep), "--sort-by", "clip", "--tint", "aesthetic"]) == 0
+    page = browse(sweep / "report.html", tmp_path)
+    assert page.console == []
+    assert page.dom.by_id("scores").find_all("svg", "chart")  # the section renders with its charts
+
+    # Per grid (one per prompt): rows (guidance) and columns (seed) by their mean clip score, best first.
+    joined = pd.read_parquet(sweep / "manifest.parquet").merge(scored[scored.metric == "clip"], on="image_id")
+    tints = dict(zip(scored[scored.metric == "aesthetic"].image_id, scored[scored.metric == "aesthetic"].value))
+    for block in page.dom.by_id("grid-blocks").find_all("div", "block"):
+        prompt = block.find_all("h3")[0].text().removeprefix("prompt = ")
+        mine = joined[joined.prompt == prompt]
+        by_seed = mine.groupby("seed")["value"].mean().sort_values(ascending=False)
+        assert [th.text() for th in block.find_all("th", "xlabel")] == [str(seed) for seed in by_seed.index]
+        assert [th.text() for th in block.find_all("th", "ylabel")] == ["10", "7.5", "3"]
+        tinted = block.find_all("button", "tinted")
+        assert len(tinted) == len(mine)  # every scored image, none of the failed one
+        for tile in tinted:
+            image_id = tile.find_all("img")[0].attrs["src"].removeprefix(".thumbs/").removesuffix(".webp")
+            assert tile.find_all("span", "score")[0].text() == f"{tints[image_id]:.4g}"
+            assert f"aesthetic {tints[image_id]:.4g} (scorer head (revision 1))" in tile.attrs["title"]
+    (sort_by,) = page.dom.by_id("grid-controls").find_all("label", "sort-by")
+    assert [option.text() for option in sort_by.find_all("option")] == [
+        "(axis order)", "aesthetic (head (revision 1))", f"clip ({SCORER} (revision abc123))",
+    ]

@@ -249,7 +249,8 @@ def test_grids_sorted_and_tinted_by_a_score_in_chromium(tmp_path):
     rows = fake_sweep(sweep)
     scored = write_scores(sweep, rows, {"clip": (SCORER, "abc123"), "aesthetic": ("head", "1")})
     assert report.main([str(sweep), "--sort-by", "clip", "--tint", "aesthetic"]) == 0
-    page = browse(sweep / "report.html", tmp_path)
+    opened = rows[5]
+    page = browse(sweep / "report.html", tmp_path, fragment=f"#img=0:{opened['image_id']}")
     assert page.console == []
     assert page.dom.by_id("scores").find_all("svg", "chart")  # the section renders with its charts
 
@@ -268,7 +269,25 @@ def test_grids_sorted_and_tinted_by_a_score_in_chromium(tmp_path):
             image_id = tile.find_all("img")[0].attrs["src"].removeprefix(".thumbs/").removesuffix(".webp")
             assert tile.find_all("span", "score")[0].text() == f"{tints[image_id]:.4g}"
             assert f"aesthetic {tints[image_id]:.4g} (scorer head (revision 1))" in tile.attrs["title"]
+    # An opened image lists its scores with their scorers.
+    box = page.dom.by_id("lightbox")
+    listed = {tr.find_all("th")[0].text(): tr.find_all("td")[0].text() for tr in box.find_all("tr", "score")}
+    mine = scored[scored.image_id == opened["image_id"]].set_index("metric")["value"]
+    assert listed == {f"clip ({SCORER} (revision abc123))": f"{mine['clip']:.4g}", "aesthetic (head (revision 1))": f"{mine['aesthetic']:.4g}"}
     (sort_by,) = page.dom.by_id("grid-controls").find_all("label", "sort-by")
     assert [option.text() for option in sort_by.find_all("option")] == [
         "(axis order)", "aesthetic (head (revision 1))", f"clip ({SCORER} (revision abc123))",
     ]
+
+
+def test_a_metric_from_two_scorers_is_two_scores_named_by_their_scorer(tmp_path):
+    sweep = tmp_path / "sweep-a"
+    rows = fake_sweep(sweep, seeds=range(2))
+    first = write_scores(sweep, rows, {"clip": ("openai/clip-vit-large-patch14", "r1")})
+    second = write_scores(sweep, rows, {"clip": (SCORER, "r2")}, offset=1.0)
+    pd.concat([first, second]).to_parquet(sweep / "scores.parquet", index=False)
+    assert report.main([str(sweep), "--sort-by", f"clip[{SCORER}]"]) == 0
+    section = static_page(sweep / "report.html").by_id("scores")
+    names = [block.attrs["data-score"] for block in section.find_all("div", "score")]
+    assert names == ["clip[openai/clip-vit-large-patch14]", f"clip[{SCORER}]"]
+    assert embedded_data(sweep / "report.html")["sortBy"] == f"clip[{SCORER}]"

@@ -190,7 +190,10 @@ def test_the_scores_section_shows_the_numbers_of_a_direct_computation_labelled_w
     (chart,) = guidance.find_all("svg", "chart")
     assert f"scorer: {SCORER} (revision abc123)" in chart.text() and all(row[2] in chart.text() for row in expected)
     overall = clip.find_all("p", "score-all")[0].text()
-    assert f"all 23 scored images: mean {joined['value'].mean():.4g}" in overall
+    everything = joined["value"].to_numpy()
+    resampled = everything[np.random.default_rng(0).integers(0, 23, size=(2000, 23))].mean(axis=1)
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    assert overall == f"all 23 scored images: mean {everything.mean():.4g}, 95% interval {low:.4g} – {high:.4g}"
 
     # The page's data: per score its values by manifest row, for sorting and tinting in the browser.
     data = embedded_data(sweep / "report.html")
@@ -257,6 +260,7 @@ def test_grids_sorted_and_tinted_by_a_score_in_chromium(tmp_path):
     # Per grid (one per prompt): rows (guidance) and columns (seed) by their mean clip score, best first.
     joined = pd.read_parquet(sweep / "manifest.parquet").merge(scored[scored.metric == "clip"], on="image_id")
     tints = dict(zip(scored[scored.metric == "aesthetic"].image_id, scored[scored.metric == "aesthetic"].value))
+    extremes = []
     for block in page.dom.by_id("grid-blocks").find_all("div", "block"):
         prompt = block.find_all("h3")[0].text().removeprefix("prompt = ")
         mine = joined[joined.prompt == prompt]
@@ -267,8 +271,13 @@ def test_grids_sorted_and_tinted_by_a_score_in_chromium(tmp_path):
         assert len(tinted) == len(mine)  # every scored image, none of the failed one
         for tile in tinted:
             image_id = tile.find_all("img")[0].attrs["src"].removeprefix(".thumbs/").removesuffix(".webp")
+            if tints[image_id] in (min(tints.values()), max(tints.values())):  # the lowest red, the highest green
+                hue = 0 if tints[image_id] == min(tints.values()) else 120
+                assert f"--tint: hsl({hue}, " in tile.attrs["style"]
+                extremes.append(hue)
             assert tile.find_all("span", "score")[0].text() == f"{tints[image_id]:.4g}"
             assert f"aesthetic {tints[image_id]:.4g} (scorer head (revision 1))" in tile.attrs["title"]
+    assert sorted(extremes) == [0, 120]
     # An opened image lists its scores with their scorers.
     box = page.dom.by_id("lightbox")
     listed = {tr.find_all("th")[0].text(): tr.find_all("td")[0].text() for tr in box.find_all("tr", "score")}

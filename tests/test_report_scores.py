@@ -213,11 +213,15 @@ def test_the_scores_section_shows_the_numbers_of_a_direct_computation_labelled_w
 
 def test_a_sweep_without_scores_has_no_scores_section(tmp_path):
     sweep = tmp_path / "sweep-a"
-    fake_sweep(sweep)
+    rows = fake_sweep(sweep)
     report.write_report(sweep)
     text = (sweep / "report.html").read_text(encoding="utf-8")
     assert 'id="scores"' not in text and 'href="#scores"' not in text
     assert embedded_data(sweep / "report.html")["scores"] == []
+    # Scores written after the report make it stale: the next multirun's end writes it again.
+    assert not report.is_stale(sweep)
+    write_scores(sweep, rows, {"clip": (SCORER, "abc123")})
+    assert report.is_stale(sweep)
 
 
 def test_compare_shows_score_differences_on_paired_images_by_the_same_scorer(tmp_path):

@@ -288,9 +288,10 @@ def test_grids_sorted_and_tinted_by_a_score_in_chromium(tmp_path):
     mine = scored[scored.image_id == opened["image_id"]].set_index("metric")["value"]
     assert listed == {f"clip ({SCORER} (revision abc123))": f"{mine['clip']:.4g}", "aesthetic (head (revision 1))": f"{mine['aesthetic']:.4g}"}
     (sort_by,) = page.dom.by_id("grid-controls").find_all("label", "sort-by")
-    assert [option.text() for option in sort_by.find_all("option")] == [
-        "(axis order)", "aesthetic (head (revision 1))", f"clip ({SCORER} (revision abc123))",
-    ]
+    (tint_by,) = page.dom.by_id("grid-controls").find_all("label", "tint")
+    choices = ["aesthetic (head (revision 1))", f"clip ({SCORER} (revision abc123))"]
+    assert [option.text() for option in sort_by.find_all("option")] == ["(axis order)", *choices]
+    assert [option.text() for option in tint_by.find_all("option")] == ["(none)", *choices]
 
 
 def test_a_metric_from_two_scorers_is_two_scores_named_by_their_scorer(tmp_path):

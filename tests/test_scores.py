@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import multiprocessing
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import main_per_case, run_cli
 
 from sweeper.storing import scores
 
@@ -101,3 +104,139 @@ def test_the_readme_join_of_manifest_and_scores(tmp_path, monkeypatch):
     assert list(found["table"].columns[-2:]) == ["aesthetic", "clip"]
     assert found["table"]["clip"].tolist() == [0, 1, 2, 3]
     assert found["table"].groupby("guidance")["clip"].mean().tolist() == [0.5, 2.5]
+
+
+# Scoring through the real CLI on the tiny model and the tiny scorers.
+
+SWEEP = ("-m", "model=tiny", "width=64", "height=64", "steps=2", "guidance=1,5", "seed=0", "prompt=a red fox")
+SCORED = ("score=[clip,aesthetic]", "scorer=tiny")
+
+
+def _long(sweep: Path) -> pd.DataFrame:
+    return scores.read_scores(sweep).set_index(["image_id", "metric"])["value"]
+
+
+@pytest.fixture(scope="module")
+def scored_sweep(tmp_path_factory, warm_cli):
+    """A sweep over guidance scored as it renders (score=[clip,aesthetic]), and the same command again."""
+    cwd = tmp_path_factory.mktemp("scored")
+    first = warm_cli.run(*SWEEP, *SCORED, "name=a", cwd=cwd)
+    assert first.returncode == 0, first.stderr
+    sweep = cwd / "outputs" / "sweeps" / "a"
+    before = (sweep / scores.SCORES).read_bytes()
+    again = warm_cli.run(*SWEEP, *SCORED, "name=a", cwd=cwd)
+    assert again.returncode == 0, again.stderr
+    return sweep, before, again
+
+
+def test_a_sweep_scores_each_image_once_as_it_renders(scored_sweep):
+    sweep, before, again = scored_sweep
+    manifest = pd.read_parquet(sweep / "manifest.parquet")
+    long = pd.read_parquet(sweep / scores.SCORES)
+    assert len(manifest) == 2 and set(manifest["status"]) == {"ok"}
+    assert sorted(long.groupby(["image_id", "metric"]).size().items()) == [((i, m), 1) for i in sorted(manifest["image_id"]) for m in ("aesthetic", "clip")]
+    assert set(long["scorer"]) == {"tiny-clip", "tiny-aesthetic on tiny-clip"} and long["scorer_revision"].str.startswith("sha256:").all()
+    assert (long.query("metric == 'clip'")["value"] > 0).all() and long["value"].nunique() == 4
+    assert "score" not in manifest.columns and "scorer" not in manifest.columns  # a run setting, not part of the images
+    # The same command again: nothing rendered, nothing scored, the file as it was.
+    assert "nothing to render" in again.stderr and "scoring" not in again.stderr
+    assert (sweep / scores.SCORES).read_bytes() == before and not (sweep / scores.PARTS_DIR).exists()
+
+
+def test_scoring_later_and_after_a_kill_gives_the_same_scores_once(scored_sweep, tmp_path, warm_cli, capsys):
+    from sweeper import score
+
+    expected = _long(scored_sweep[0])
+    # Scoring fails (out of memory): the images are kept, unscored.
+    failing = warm_cli.run(*SWEEP, *SCORED, "name=b", cwd=tmp_path, env={"SWEEPER_FAULT": "score:all=1"})
+    sweep = tmp_path / "outputs" / "sweeps" / "b"
+    assert failing.returncode == 0, failing.stderr
+    assert "scoring failed, the images are kept (OutOfMemoryError" in failing.stderr
+    assert len(pd.read_parquet(sweep / "manifest.parquet")) == 2 and len(scores.read_scores(sweep)) == 0
+    # python -m sweeper.score killed (kill -9) after its first batch's part: that batch is kept.
+    killed = run_cli(str(sweep), "--metric", "clip,aesthetic", "--scorer", "tiny", "--batch-size", "1",
+                     cwd=tmp_path, module="sweeper.score", env={"SWEEPER_FAULT": "kill:part=1"})
+    assert killed.returncode == -9
+    assert len(list((sweep / scores.PARTS_DIR).glob("part-*.parquet"))) == 1 and len(scores.read_scores(sweep)) == 2
+    # The same sweep command scores the image left, from its PNG: each image once, the values of the first sweep.
+    resumed = warm_cli.run(*SWEEP, *SCORED, "name=b", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "scoring 1 stored image(s) that have no clip, aesthetic score yet" in resumed.stderr
+    stored = pd.read_parquet(sweep / scores.SCORES)
+    assert len(stored) == 4 and not stored.duplicated(["image_id", "metric"]).any() and not (sweep / scores.PARTS_DIR).exists()
+    pd.testing.assert_series_equal(_long(sweep).sort_index(), expected.sort_index(), atol=1e-4, rtol=0)
+    assert score.main([str(sweep), "--metric", "clip,aesthetic", "--scorer", "tiny"]) == 0
+    assert "0 image(s) scored" in capsys.readouterr().out and len(scores.read_scores(sweep)) == 4
+    # Another CLIP model (here the tiny one's weights under another name) scores beside the first.
+    from sweeper.scoring.tiny import tiny_scorer_dir
+
+    other = tmp_path / "other-clip"
+    shutil.copytree(tiny_scorer_dir("tiny-clip"), other)
+    assert score.main([str(sweep), "--metric", "clip", "--scorer", "tiny", "--clip-model", str(other)]) == 0
+    wide = scores.scores_wide(sweep)
+    assert list(wide.columns) == ["image_id", "aesthetic", f"clip[{other}]", "clip[tiny-clip]"]
+    assert np.allclose(wide[f"clip[{other}]"], wide["clip[tiny-clip]"], atol=1e-4)
+
+
+def test_our_clip_score_is_torchmetrics_clip_score(scored_sweep):
+    import torch
+    from PIL import Image
+    from torchmetrics.functional.multimodal import clip_score
+    from transformers import CLIPModel, CLIPProcessor
+
+    from sweeper.scoring.tiny import tiny_scorer_dir
+
+    sweep = scored_sweep[0]
+    folder = tiny_scorer_dir("tiny-clip")
+    model, processor = CLIPModel.from_pretrained(folder).eval(), CLIPProcessor.from_pretrained(folder)
+
+    class Features(torch.nn.Module):
+        """torchmetrics 1.9 expects tensors from get_*_features; transformers 5 returns outputs holding them."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.model, self.config = model, model.config
+
+        def get_image_features(self, *args, **kwargs):
+            return model.get_image_features(*args, **kwargs).pooler_output
+
+        def get_text_features(self, *args, **kwargs):
+            return model.get_text_features(*args, **kwargs).pooler_output
+
+    ours = _long(sweep).xs("clip", level="metric")
+    assert len(ours) == 2
+    for image_id, value in ours.items():
+        pixels = torch.tensor(np.asarray(Image.open(sweep / "images" / f"{image_id}.png").convert("RGB"))).permute(2, 0, 1)
+        theirs = clip_score(pixels, "a red fox", lambda: (Features(), processor)).item()
+        assert abs(theirs - value) < 1e-4, (theirs, value)
+
+
+def test_refusals_exit_2_in_one_line_and_write_nothing(tmp_path, capsys, tiny_models):
+    from sweeper import score
+
+    cases = [
+        [*SWEEP, "score=[clip,beauty]"],
+        [*SWEEP, "score=[clip]"],  # the default scorer, not on this machine
+        [*SWEEP, "score=[aesthetic]", "scorer=tiny", "scorer.aesthetic_model=nobody/nothing"],
+    ]
+    report = main_per_case(cases, cwd=tmp_path)
+    lines = [err.strip().splitlines() for _, err in report["results"]]
+    assert [code for code, _ in report["results"]] == [2, 2, 2] and not report["outputs"], report
+    assert all(len(found) == 1 for found in lines), lines
+    assert """invalid score=["clip", "beauty"]: 'beauty' is not a metric; known: clip, aesthetic, pickscore""" in lines[0][0]
+    assert "scorer.clip_model='openai/clip-vit-large-patch14' is not in the local Hugging Face cache: fetch it first (hf download openai/clip-vit-large-patch14)" in lines[1][0]
+    assert "scorer.aesthetic_model='nobody/nothing' is not in the local Hugging Face cache" in lines[2][0]
+
+    sweep = tmp_path / "sweep"
+    (sweep / "images").mkdir(parents=True)
+    pd.DataFrame({"image_id": IDS}).to_parquet(sweep / "manifest.parquet")
+    for argv, said in [
+        ([str(tmp_path / "nothing"), "--scorer", "tiny"], "no such sweep dir"),
+        ([str(sweep), "--metric", "clip,beauty", "--scorer", "tiny"], 'invalid --metric=["clip", "beauty"]: \'beauty\' is not a metric'),
+        ([str(sweep), "--metric", "clip", "--clip-model", "openai/clip-vit-base-patch32"], "fetch it first (hf download openai/clip-vit-base-patch32)"),
+        ([str(sweep), "--metric", "pickscore"], "scorer.pickscore_model='yuvalkirstain/PickScore_v1' is not in the local Hugging Face cache"),
+    ]:
+        assert score.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+    assert sorted(p.name for p in sweep.iterdir()) == ["images", "manifest.parquet"] and not (tmp_path / "nothing").exists()

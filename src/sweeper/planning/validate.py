@@ -41,11 +41,13 @@ CONFIG_KEYS = (
     "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "mode", "init_image", "mask_image",
     "strength", "watermark", "safety_checker", "dtype", "device", "batch_size", "attention", "channels_last", "fuse_qkv",
     "compile", "vae_upcast", "offload", "vae_slicing", "vae_tiling", "lora", "lora_scale", "max_images", "max_size", "max_steps", "dry_run",
+    "score",
 )
 GROUP_KEYS = {
     "model": ("name", "id", "revision", "config", "family"),
     "refiner": ("name", "id", "revision", "split", "mode"),
     "scheduler": ("name", "class_name", "label", "kwargs"),
+    "scorer": ("name", "clip_model", "aesthetic_model", "pickscore_model", "pickscore_processor"),
 }
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
+from conftest import only_dir
 from test_report import TreeBuilder, browse, embedded_data, fake_sweep
 
 from sweeper import report
@@ -97,6 +98,21 @@ def test_win_rates_of_a_constructed_example():
     direct = ((pivot["7.5"] > pivot["10"]).sum() + 0.5 * (pivot["7.5"] == pivot["10"]).sum()) / len(pivot)
     assert rates[("7.5", "10")].rate == pytest.approx(direct)
     assert rates[("7.5", "10")].wins + rates[("10", "7.5")].wins == rates[("7.5", "10")].n
+
+
+def test_a_key_that_follows_the_axis_is_part_of_it():
+    # Guidance 1 leaves the negative prompt unset ("null"), the others "": it varies, but one value per guidance.
+    frame = synthetic(guidances=("1", "5", "9"), schedulers=("euler",))
+    frame["negative_prompt"] = np.where(frame.guidance == "1", "null", "")
+    swept = ["negative_prompt", "prompt", "guidance", "seed"]
+    orders = {**ORDERS, "guidance": ["1", "5", "9"], "negative_prompt": ["", "null"]}
+    assert stats.axes_of(frame, swept) == ["prompt", "guidance"]  # negative_prompt: no axis of its own
+    assert [(key, value) for key, value, _ in stats.by_value(frame, "guidance", swept, orders)] == [((), "1"), ((), "5"), ((), "9")]
+    rates = stats.win_rates(frame, "guidance", swept, ["1", "5", "9"])
+    assert rates[("5", "1")].n == 2 * 5  # paired on prompt and seed, though their negative prompts differ
+    # Keys zipped together follow each other: both stay axes.
+    frame["steps"] = frame.guidance.map({"1": "10", "5": "20", "9": "30"})
+    assert stats.axes_of(frame, [*swept, "steps"]) == ["prompt", "guidance", "steps"]
 
 
 def test_paired_differences():
@@ -305,3 +321,42 @@ def test_a_metric_from_two_scorers_is_two_scores_named_by_their_scorer(tmp_path)
     names = [block.attrs["data-score"] for block in section.find_all("div", "score")]
     assert names == ["clip[openai/clip-vit-large-patch14]", f"clip[{SCORER}]"]
     assert embedded_data(sweep / "report.html")["sortBy"] == f"clip[{SCORER}]"
+
+
+@pytest.mark.slow
+def test_a_scored_sweep_over_guidance_ends_with_a_report_of_its_scores(tmp_path, warm_cli):
+    result = warm_cli.run(
+        "-m", "model=tiny", "width=64", "height=64", "steps=2", "guidance=1,5,9", "seed=0,1,2", "prompt=a red fox",
+        "score=[clip,aesthetic]", "scorer=tiny", cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    sweep = only_dir(tmp_path / "outputs" / "sweeps")
+    scored = pd.read_parquet(sweep / "scores.parquet")
+    joined = pd.read_parquet(sweep / "manifest.parquet").merge(scored, on="image_id")
+    assert len(joined) == 9 * 2 and set(joined.metric) == {"clip", "aesthetic"}
+
+    # The multirun's own report, and the one `python -m sweeper.report` writes, show the numbers of a direct computation.
+    for written in ("multirun", "report CLI"):
+        if written == "report CLI":
+            made = warm_cli.run(str(sweep), "--sort-by", "clip", cwd=tmp_path, module="sweeper.report")
+            assert made.returncode == 0 and made.stdout.strip() == str(sweep / "report.html"), made.stderr
+        section = static_page(sweep / "report.html").by_id("scores")
+        for metric in ("clip", "aesthetic"):
+            mine = joined[joined.metric == metric]
+            (scorer,) = set(mine.scorer)
+            (revision,) = set(mine.scorer_revision)
+            (block,) = [node for node in section.find_all("div", "score") if node.attrs["data-score"] == metric]
+            assert f"scorer: {scorer} (revision {revision})" in block.find_all("h3")[0].text()
+            expected = []
+            for guidance in (1.0, 5.0, 9.0):
+                values = mine[mine.guidance == guidance]["value"].to_numpy()
+                resampled = values[np.random.default_rng(0).integers(0, 3, size=(2000, 3))].mean(axis=1)
+                low, high = np.percentile(resampled, [2.5, 97.5])
+                expected.append([f"{guidance:g}", "3", f"{values.mean():.4g}", f"{low:.4g} – {high:.4g}"])
+            (axis,) = block.find_all("div", "score-axis")  # guidance: the prompt and the seed do not make axes here
+            assert axis.attrs["data-axis"] == "guidance" and cells(axis.find_all("table", "score-means")[0]) == expected
+            pivot = mine.pivot_table(index="seed", columns="guidance", values="value")
+            wins = (pivot[9.0] > pivot[1.0]).sum() + 0.5 * (pivot[9.0] == pivot[1.0]).sum()
+            assert cells(axis.find_all("table", "win-rates")[0])[2][1] == f"{wins / 3:.0%} ({wins:.4g} of 3)"
+            assert len(axis.find_all("svg", "chart")[0].find_all("circle")) == 3
+    assert embedded_data(sweep / "report.html")["sortBy"] == "clip"

@@ -108,7 +108,8 @@ def scores_section(sweep: Sweep, series: list[Series]) -> str:
     intro = (
         '<p class="note">Per axis value: the mean score and its 95% bootstrap interval (percentile, '
         f"2000 resamples, seeded) over images that differ only in prompt and seed; no interval under {MIN_INTERVAL} images. "
-        "Win rates compare images equal in every other swept key (prompt and seed included); ties count half.</p>"
+        "Win rates compare images equal in every other swept key (prompt and seed included); ties count half. "
+        "A key with one value per axis value (the negative prompt, unset at guidance 1) counts as part of the axis.</p>"
     )
     return '<section id="scores"><h2>Scores</h2>' + intro + "".join(blocks) + "</section>"
 
@@ -121,13 +122,13 @@ def _series_block(sweep: Sweep, one: Series) -> str:
         f'<h3 id="score-{esc(one.id)}">{esc(one.id)} {by}</h3>'
         f'<p class="score-all">all {overall.n} scored images: mean {number(overall.mean)}, 95% interval {esc(_interval(overall))}</p>'
     )
-    axes = [_axis_block(sweep, one, frame, axis) for axis in axes_of(sweep.swept)]
+    axes = [_axis_block(sweep, one, frame, axis) for axis in axes_of(frame, sweep.swept)]
     return f'<div class="score" data-score="{esc(one.id)}">{head}{"".join(axes)}</div>'
 
 
 def _axis_block(sweep: Sweep, one: Series, frame: pd.DataFrame, axis: str) -> str:
     orders = {name: sweep.labels(name) for name in sweep.swept}
-    within = within_of(axis, sweep.swept)
+    within = within_of(frame, axis, sweep.swept)
     rows = by_value(frame, axis, sweep.swept, orders)
     caption = f'<p class="note">scorer: {esc(one.made_by)}</p>'
     means = table(

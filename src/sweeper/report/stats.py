@@ -66,21 +66,31 @@ def mean_interval(values: np.ndarray, resamples: int = RESAMPLES, seed: int = SE
     return Mean(n, mean, float(low), float(high))
 
 
-def axes_of(swept: list[str]) -> list[str]:
-    """The axes scores are summarised along: every swept key but the seed."""
-    return [name for name in swept if name != "seed"]
+def follows(frame: pd.DataFrame, name: str, leader: str) -> bool:
+    """Each value of `leader` comes with one value of `name` (guidance 1 leaves the negative prompt unset:
+    negative_prompt follows guidance); such a key is part of the leader's value, not another axis."""
+    return bool((frame.groupby(leader, sort=False)[name].nunique(dropna=False) <= 1).all())
 
 
-def within_of(axis: str, swept: list[str]) -> list[str]:
-    """The swept keys an axis value's images share: all but the axis, the prompt and the seed."""
-    return [name for name in swept if name != axis and name not in REPLICATES]
+def axes_of(frame: pd.DataFrame, swept: list[str]) -> list[str]:
+    """The axes scores are summarised along: every swept key but the seed and those that follow
+    another key which does not follow them back (zipped keys follow each other: both stay)."""
+    return [
+        name for name in swept
+        if name != "seed" and not any(other != name and follows(frame, name, other) and not follows(frame, other, name) for other in swept)
+    ]
+
+
+def within_of(frame: pd.DataFrame, axis: str, swept: list[str]) -> list[str]:
+    """The swept keys an axis value's images share: all but the axis, those that follow it, the prompt and the seed."""
+    return [name for name in swept if name != axis and name not in REPLICATES and not follows(frame, name, axis)]
 
 
 def by_value(frame: pd.DataFrame, axis: str, swept: list[str], orders: dict[str, list[str]]) -> list[tuple[tuple[str, ...], str, Mean]]:
     """Per combination of the other swept keys (prompt and seed apart) and per axis value: the mean
     score and its interval over the images that differ only in prompt and seed.
     Rows in display order (`orders`: each key's labels in order); groups without a score left out."""
-    within = within_of(axis, swept)
+    within = within_of(frame, axis, swept)
     keys = [*within, axis]
     rows = []
     for key, group in frame.groupby(keys, sort=False):
@@ -93,9 +103,10 @@ def by_value(frame: pd.DataFrame, axis: str, swept: list[str], orders: dict[str,
 
 def win_rates(frame: pd.DataFrame, axis: str, swept: list[str], values: list[str]) -> dict[tuple[str, str], WinRate]:
     """For each two values a, b of the axis: how often a's image scored higher than b's on images equal
-    in every other swept key (prompt and seed included); ties count half. Several images of one key
-    and value (rare: equal keys, other columns differ) count as their mean."""
-    match = [name for name in swept if name != axis]
+    in every other swept key (prompt and seed included; keys that follow the axis are part of it);
+    ties count half. Several images of one key and value (rare: equal keys, other columns differ)
+    count as their mean."""
+    match = [name for name in swept if name != axis and not follows(frame, name, axis)]
     scored = frame[frame["value"].notna()]
     if match:
         table = scored.groupby([*match, axis], sort=False)["value"].mean().unstack(axis)

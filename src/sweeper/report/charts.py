@@ -17,7 +17,8 @@ def means_chart(title: str, labels: list[str], means: list[Mean], scorer: str) -
     """One row per label: a dot at the mean, a line across the interval, the mean written beside.
     The scale spans the lowest to the highest interval end (or mean); the scorer is named below."""
     labels, means = labels[:MAX_ROWS], means[:MAX_ROWS]
-    row, gap, width, value_width = 18, 6, 460, 64
+    row, gap, value_width = 18, 6, 64
+    width = max(460, 12 + 7 * len(f"scorer: {scorer}"))  # the scorer's whole name fits below
     label_width = min(170, 12 + 7 * max((len(text) for text in labels), default=1))
     ends = [value for mean in means for value in (mean.low, mean.mean, mean.high) if value is not None]
     low, high = (min(ends), max(ends)) if ends else (0.0, 1.0)

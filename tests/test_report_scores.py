@@ -225,6 +225,9 @@ def test_the_scores_section_shows_the_numbers_of_a_direct_computation_labelled_w
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.splitlines()
     assert line == "sweeper: error: --tint: no score 'pickscore' in this sweep; scored here: aesthetic, clip"
+    with pytest.raises(SystemExit):
+        report.main([str(sweep), "--sort-by", "clip[x]", "-o", str(tmp_path / "new" / "page.html")])
+    assert not (tmp_path / "new").exists()  # refused before anything is written
 
 
 def test_a_sweep_without_scores_has_no_scores_section(tmp_path):

@@ -31,8 +31,8 @@ def _write_html(
     else:
         output = Path(output).resolve()
     try:
+        page = render_html(sweep, x, y, output.parent, other, sort_by, tint)  # a refused --sort-by/--tint leaves no folder
         output.parent.mkdir(parents=True, exist_ok=True)
-        page = render_html(sweep, x, y, output.parent, other, sort_by, tint)
         write_atomic(output, page.encode("utf-8"), durable=False)
     except (OSError, UnsafePath) as error:
         raise ReportError(f"cannot write {output}: {error}") from None

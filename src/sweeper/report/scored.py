@@ -16,7 +16,7 @@ import pandas as pd
 from sweeper.report.charts import means_chart, number
 from sweeper.report.compare import Comparison
 from sweeper.report.markup import esc, table
-from sweeper.report.stats import MIN_INTERVAL, Mean, WinRate, axes_of, by_value, mean_interval, paired, win_rates, within_of
+from sweeper.report.stats import MIN_INTERVAL, RESAMPLES, Mean, WinRate, axes_of, by_value, mean_interval, paired, win_rates, within_of
 from sweeper.report.sweep import ReportError, Sweep
 from sweeper.storing.scores import read_scores
 
@@ -106,8 +106,8 @@ def scores_section(sweep: Sweep, series: list[Series]) -> str:
     """Per score: all images, then per axis a table of means and intervals, a chart, a win-rate matrix."""
     blocks = [_series_block(sweep, one) for one in series]
     intro = (
-        '<p class="note">Per axis value: the mean score and its 95% bootstrap interval (percentile, '
-        f"2000 resamples, seeded) over images that differ only in prompt and seed; no interval under {MIN_INTERVAL} images. "
+        f'<p class="note">Per axis value: the mean score and its 95% bootstrap interval (percentile, '
+        f"{RESAMPLES} resamples, seeded) over images that differ only in prompt and seed; no interval under {MIN_INTERVAL} images. "
         "Win rates compare images equal in every other swept key (prompt and seed included); ties count half. "
         "A key with one value per axis value (the negative prompt, unset at guidance 1) counts as part of the axis.</p>"
     )

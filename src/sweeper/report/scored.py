@@ -138,7 +138,8 @@ def _axis_block(sweep: Sweep, one: Series, frame: pd.DataFrame, axis: str) -> st
     )
     labels = [" · ".join((*key, value)) for key, value, _ in rows]
     chart = means_chart(f"mean {one.id} by {axis}, scorer {one.made_by}", labels, [mean for _, _, mean in rows], one.made_by)
-    values = [text for text in orders[axis] if text in set(frame[axis])]
+    present = set(frame[axis].unique())
+    values = [text for text in orders[axis] if text in present]
     if len(values) > MAX_MATRIX:
         matrix = f'<p class="note">No win-rate matrix: {len(values)} values of {esc(axis)} (at most {MAX_MATRIX}).</p>'
     elif len(values) > 1:

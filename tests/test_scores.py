@@ -109,6 +109,7 @@ def test_the_readme_join_of_manifest_and_scores(tmp_path, monkeypatch):
 # Scoring through the real CLI on the tiny model and the tiny scorers.
 
 SWEEP = ("-m", "model=tiny", "width=64", "height=64", "steps=2", "guidance=1,5", "seed=0", "prompt=a red fox")
+BIGGER = (*SWEEP[:-2], "seed=range(0,5)", SWEEP[-1])  # 10 images: SWEEP's 2 and 8 more (sets of 10 for FD and KID)
 SCORED = ("score=[clip,aesthetic]", "scorer=tiny")
 
 
@@ -120,11 +121,11 @@ def _long(sweep: Path) -> pd.DataFrame:
 def scored_sweep(tmp_path_factory, warm_cli):
     """A sweep over guidance scored as it renders (score=[clip,aesthetic]), and the same command again."""
     cwd = tmp_path_factory.mktemp("scored")
-    first = warm_cli.run(*SWEEP, *SCORED, "name=a", cwd=cwd)
+    first = warm_cli.run(*BIGGER, *SCORED, "name=a", cwd=cwd)
     assert first.returncode == 0, first.stderr
     sweep = cwd / "outputs" / "sweeps" / "a"
     before = (sweep / scores.SCORES).read_bytes()
-    again = warm_cli.run(*SWEEP, *SCORED, "name=a", cwd=cwd)
+    again = warm_cli.run(*BIGGER, *SCORED, "name=a", cwd=cwd)
     assert again.returncode == 0, again.stderr
     return sweep, before, again
 
@@ -133,10 +134,10 @@ def test_a_sweep_scores_each_image_once_as_it_renders(scored_sweep):
     sweep, before, again = scored_sweep
     manifest = pd.read_parquet(sweep / "manifest.parquet")
     long = pd.read_parquet(sweep / scores.SCORES)
-    assert len(manifest) == 2 and set(manifest["status"]) == {"ok"}
+    assert len(manifest) == 10 and set(manifest["status"]) == {"ok"}
     assert sorted(long.groupby(["image_id", "metric"]).size().items()) == [((i, m), 1) for i in sorted(manifest["image_id"]) for m in ("aesthetic", "clip")]
     assert set(long["scorer"]) == {"tiny-clip", "tiny-aesthetic on tiny-clip"} and long["scorer_revision"].str.startswith("sha256:").all()
-    assert (long.query("metric == 'clip'")["value"] > 0).all() and long["value"].nunique() == 4
+    assert (long.query("metric == 'clip'")["value"] > 0).all() and long["value"].nunique() == 20
     assert "score" not in manifest.columns and "scorer" not in manifest.columns  # a run setting, not part of the images
     # The same command again: nothing rendered, nothing scored, the file as it was.
     assert "nothing to render" in again.stderr and "scoring" not in again.stderr
@@ -164,7 +165,7 @@ def test_scoring_later_and_after_a_kill_gives_the_same_scores_once(scored_sweep,
     assert "scoring 1 stored image(s) that have no clip, aesthetic score yet" in resumed.stderr
     stored = pd.read_parquet(sweep / scores.SCORES)
     assert len(stored) == 4 and not stored.duplicated(["image_id", "metric"]).any() and not (sweep / scores.PARTS_DIR).exists()
-    pd.testing.assert_series_equal(_long(sweep).sort_index(), expected.sort_index(), atol=1e-4, rtol=0)
+    pd.testing.assert_series_equal(_long(sweep).sort_index(), expected[_long(sweep).index].sort_index(), atol=1e-4, rtol=0)
     assert score.main([str(sweep), "--metric", "clip,aesthetic", "--scorer", "tiny"]) == 0
     assert "0 image(s) scored" in capsys.readouterr().out and len(scores.read_scores(sweep)) == 4
     # Another CLIP model (here the tiny one's weights under another name) scores beside the first.
@@ -204,8 +205,8 @@ def test_our_clip_score_is_torchmetrics_clip_score(scored_sweep):
             return model.get_text_features(*args, **kwargs).pooler_output
 
     ours = _long(sweep).xs("clip", level="metric")
-    assert len(ours) == 2
-    for image_id, value in ours.items():
+    assert len(ours) == 10
+    for image_id, value in list(ours.items())[:3]:
         pixels = torch.tensor(np.asarray(Image.open(sweep / "images" / f"{image_id}.png").convert("RGB"))).permute(2, 0, 1)
         theirs = clip_score(pixels, "a red fox", lambda: (Features(), processor)).item()
         assert abs(theirs - value) < 1e-4, (theirs, value)
@@ -240,3 +241,43 @@ def test_refusals_exit_2_in_one_line_and_write_nothing(tmp_path, capsys, tiny_mo
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, err
     assert sorted(p.name for p in sweep.iterdir()) == ["images", "manifest.parquet"] and not (tmp_path / "nothing").exists()
+
+
+def test_fd_and_kid_on_clip_features_per_axis_value(scored_sweep, tmp_path, capsys):
+    from PIL import Image
+
+    from sweeper import score
+    from sweeper.scoring import sets
+
+    sweep = scored_sweep[0]
+    same, noise = tmp_path / "same", tmp_path / "noise"
+    shutil.copytree(sweep / "images", same)
+    noise.mkdir()
+    rng = np.random.default_rng(0)
+    for n in range(10):
+        Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(noise / f"{n}.png")
+    (noise / "notes.txt").write_text("not an image")
+    (noise / "outside.png").symlink_to(same / next(same.iterdir()).name)  # a link out: not read
+    assert [path.name for path in sets.reference_files(noise)] == [f"{n}.png" for n in range(10)]
+
+    for reference in (same, noise, same):  # the same reference again replaces its rows
+        assert score.main([str(sweep), "--fid", str(reference), "--by", "model", "--scorer", "tiny"]) == 0
+    table = pd.read_parquet(sweep / sets.SET_SCORES)
+    assert len(table) == 6 and set(table["metric"]) == {"fd_clip", "kid_clip", "kid_clip_std"}
+    assert set(table["axis_value"]) == {"tiny"} and set(table["n_images"]) == {10} and table["reference_sha"].nunique() == 2
+    fd = table.query("metric == 'fd_clip'").set_index("reference")["value"]
+    assert abs(fd[str(same)]) < 1e-3 < fd[str(noise)]  # a set against its own images, against noise
+    capsys.readouterr()
+    # Sets of 5 (per guidance value): too few for either, said and skipped.
+    assert score.main([str(sweep), "--fid", str(noise), "--by", "guidance", "--scorer", "tiny"]) == 0
+    err = capsys.readouterr().err
+    assert "guidance=1: 5 image(s) and 10 reference image(s); fd_clip needs more than 8 (the CLIP's feature dimensions) in each: skipped" in err
+    assert "kid_clip needs at least 10 in each: skipped" in err and len(pd.read_parquet(sweep / sets.SET_SCORES)) == 6
+    for argv, said in [
+        (["--fid", str(noise)], "--fid and --by go together"),
+        (["--fid", str(tmp_path / "nothing"), "--by", "guidance"], "not a folder"),
+        (["--fid", str(noise), "--by", "colour"], "invalid --by='colour': not a manifest column"),
+    ]:
+        assert score.main([str(sweep), "--scorer", "tiny", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err

@@ -3,8 +3,11 @@
     python -m sweeper.score outputs/sweeps/<name> --metric clip,aesthetic
     python -m sweeper.score outputs/sweeps/<name> --metric clip --clip-model openai/clip-vit-base-patch32   # beside the first
     python -m sweeper.score outputs/sweeps/<name> --metric clip,aesthetic --scorer tiny                    # tiny random scorers, offline
+    python -m sweeper.score outputs/sweeps/<name> --fid reference/ --by guidance   # FD and KID on CLIP features per guidance value
 
-Scores go into <name>/scores.parquet (storing/scores.py): a re-run scores
+With --fid, each value of the --by axis is compared as a set with the
+reference folder's images (scoring/sets.py) into <name>/set_scores.parquet.
+Otherwise scores go into <name>/scores.parquet (storing/scores.py): a re-run scores
 nothing new, a killed run keeps what it scored batch by batch and the same
 command scores the rest. Exit 2 with one line for what you can fix (no such
 sweep dir, an unknown metric, a scorer model not on this machine), before
@@ -51,6 +54,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=f"scorer.{name} (default: the preset's)")
     parser.add_argument("--device", default="auto", help="auto (cuda if present, else cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--batch-size", type=int, default=16, help="images scored at a time (default 16)")
+    parser.add_argument("--fid", type=Path, help="a folder of reference images: FD and KID on CLIP features (of --clip-model) per value of --by")
+    parser.add_argument("--by", help="with --fid: the manifest column whose values make the sets (guidance, seed, scheduler, ...)")
     return parser.parse_args(argv)
 
 
@@ -65,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     from sweeper.scoring import models, sweep
     from sweeper.storing import scores
 
+    if args.fid is not None:
+        return _set_distances(args, scoring, device)
     names = models.scorer_names(scoring, models.sources(scoring))
     todo = sweep.missing(args.sweep_dir, names)
     if todo:
@@ -82,6 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _set_distances(args: argparse.Namespace, scoring: Any, device: str) -> int:
+    from sweeper.scoring import models, sets
+
+    try:
+        scorer, names = models.load(scoring, device)
+    except PlanError as error:
+        print(f"sweeper.score: error: {error}", file=sys.stderr)
+        return 2
+    model, processor = scorer.models["clip"]
+    rows = sets.set_distances(args.sweep_dir, args.by, args.fid, (model, processor, device, *names["clip"]), args.batch_size,
+                              lambda text: print(f"sweeper.score: {text}", file=sys.stderr))
+    if rows:
+        sets.write(args.sweep_dir, rows)
+    for row in rows:
+        print(f"sweeper.score: {row['axis']}={row['axis_value']}: {row['metric']} {row['value']:.4f} ({row['n_images']} images, {row['n_reference']} reference)")
+    print(f"sweeper.score: {len(rows)} set score(s) into {args.sweep_dir / sets.SET_SCORES}")
+    return 0
+
+
 def _checked(args: argparse.Namespace) -> tuple[Any, str]:
     """The scoring and device the arguments ask for; PlanError (one line) for what the user can fix."""
     from sweeper.rendering import devices
@@ -91,7 +117,8 @@ def _checked(args: argparse.Namespace) -> tuple[Any, str]:
 
     if args.batch_size < 1:
         raise PlanError(f"invalid --batch-size={args.batch_size}: must be an integer >= 1")
-    config = {"score": [name.strip() for name in args.metric.split(",") if name.strip()], "scorer": _defaults(args.scorer)}
+    metrics = ["clip"] if args.fid is not None else [name.strip() for name in args.metric.split(",") if name.strip()]
+    config = {"score": metrics, "scorer": _defaults(args.scorer)}
     config["scorer"].update({name: getattr(args, name) for name in models.MODEL_KEYS if getattr(args, name)})
     try:
         scoring = models.scoring(config)
@@ -112,6 +139,14 @@ def _checked(args: argparse.Namespace) -> tuple[Any, str]:
         problem = devices.cuda_problem(int(device.split(":")[1]) if ":" in device else None)
         if problem:
             raise PlanError(f"invalid --device={args.device}: {problem}")
+    if (args.fid is None) != (args.by is None):
+        raise PlanError("--fid and --by go together: python -m sweeper.score DIR --fid REFERENCE_FOLDER --by guidance")
+    if args.fid is not None:
+        from sweeper.scoring.sets import reference_files
+
+        reference_files(args.fid)
+        if args.by == "image_id" or args.by not in manifest.read(sweep_dir).column_names:
+            raise PlanError(f"invalid --by={args.by!r}: not a manifest column (guidance, seed, scheduler, ...)")
     models.check_available(scoring)
     return scoring, device
 

@@ -1,8 +1,9 @@
 """Tiny random-weight scorers for tests and demos, built offline like the tiny pipelines (rendering/tiny.py).
 
-    tiny-clip       a CLIPModel 32 wide (2 layers each side, 32-px images), the project's CLIP tokenizer,
-                    a CLIPImageProcessor at 32 px: saved with save_pretrained, loaded with from_pretrained
-    tiny-aesthetic  the LAION aesthetic predictor's MLP on tiny-clip's 32-dim embedding, as safetensors
+    tiny-clip       a CLIPModel 32 wide (2 layers each side, 32-px images) projecting to 8 dims, the project's
+                    CLIP tokenizer, a CLIPImageProcessor at 32 px: saved with save_pretrained, loaded with
+                    from_pretrained. 8 dims: a set of 9 images is enough for a Frechet distance on them (sets.py)
+    tiny-aesthetic  the LAION aesthetic predictor's MLP on tiny-clip's 8-dim embedding, as safetensors
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from pathlib import Path
 
 from sweeper.rendering.tiny import built_once, clip_tokenizer, sweeper_cache
 
-RECIPE = "1"  # bump when a tiny scorer changes: its weights, so its revision, change with it
+RECIPE = "2"  # bump when a tiny scorer changes: its weights, so its revision, change with it
 TINY_SCORERS = ("tiny-clip", "tiny-aesthetic")
-EMBED_DIM = 32
+WIDTH = 32
+EMBED_DIM = 8
 IMAGE_SIZE = 32
 _SEED = 0
-_SHARED = 0.6
+_SHARED = 1.0
 
 
 def tiny_scorer_dir(name: str) -> Path:
@@ -33,10 +35,10 @@ def _build_clip(folder: Path) -> None:
 
     tokenizer, vocab_size = clip_tokenizer()
     text = dict(
-        hidden_size=EMBED_DIM, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=vocab_size,
+        hidden_size=WIDTH, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=vocab_size,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    vision = dict(hidden_size=EMBED_DIM, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=IMAGE_SIZE, patch_size=8)
+    vision = dict(hidden_size=WIDTH, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=IMAGE_SIZE, patch_size=8)
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=EMBED_DIM)
     with torch.random.fork_rng():
         torch.manual_seed(_SEED)

@@ -363,3 +363,25 @@ def test_a_scored_sweep_over_guidance_ends_with_a_report_of_its_scores(tmp_path,
             assert cells(axis.find_all("table", "win-rates")[0])[2][1] == f"{wins / 3:.0%} ({wins:.4g} of 3)"
             assert len(axis.find_all("svg", "chart")[0].find_all("circle")) == 3
     assert embedded_data(sweep / "report.html")["sortBy"] == "clip"
+
+
+def test_set_level_distances_are_listed_per_axis_value_with_reference_and_scorer(tmp_path):
+    from sweeper.scoring import sets
+
+    sweep = tmp_path / "sweep-a"
+    fake_sweep(sweep)
+    report.write_report(sweep)
+    at = pd.Timestamp("2026-01-01", tz="UTC").to_pydatetime()
+    rows = [
+        dict(axis="guidance", axis_value=value, metric=metric, value=distance, n_images=8, n_reference=40, reference="refs",
+             reference_sha="sha-refs", scorer="tiny-clip", scorer_revision="r1", scored_at=at)
+        for value, (metric, distance) in product(["10", "3", "7.5"], [("fd_clip", 12.5), ("kid_clip", 0.0123)])
+    ]
+    sets.write(sweep, rows)
+    assert report.is_stale(sweep)  # newer than the report: the next run writes it again
+    report.write_report(sweep)
+    (table,) = static_page(sweep / "report.html").by_id("scores").find_all("table", "set-scores")
+    assert cells(table) == [
+        ["guidance", value, metric, f"{distance:.4g}", "8", "40", "refs", "tiny-clip (revision r1)"]
+        for metric, distance in [("fd_clip", 12.5), ("kid_clip", 0.0123)] for value in ["3", "7.5", "10"]
+    ]

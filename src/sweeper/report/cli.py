@@ -17,6 +17,7 @@ from sweeper.report.grid_png import GRID_CELL, write_grid_png
 from sweeper.report.page import render_html
 from sweeper.report.sweep import ReportError, Sweep, choose_axes, load_sweep
 from sweeper.launching.run import PLAN_FILE
+from sweeper.scoring.sets import SET_SCORES
 
 REPORT = "report.html"
 
@@ -45,7 +46,7 @@ def is_stale(sweep_dir: Path) -> bool:
         written = (Path(sweep_dir) / REPORT).stat().st_mtime_ns
     except OSError:
         return True
-    sources = [Path(sweep_dir) / name for name in (manifest.MANIFEST, PLAN_FILE, commands.COMMANDS_FILE, scores.SCORES)]
+    sources = [Path(sweep_dir) / name for name in (manifest.MANIFEST, PLAN_FILE, commands.COMMANDS_FILE, scores.SCORES, SET_SCORES)]
     return any(source.exists() and source.stat().st_mtime_ns >= written for source in sources)
 
 

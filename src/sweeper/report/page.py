@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from sweeper.report.compare import compare
 from sweeper.report.data import json_script, page_data
-from sweeper.report.scored import check_choice, compare_scores_section, load_series, page_scores, scores_section
+from sweeper.report.scored import check_choice, compare_scores_section, load_series, page_scores, scores_section, set_distances
 from sweeper.report.sections import axes_section, compare_section, environment_section, errors_section, overrides_section, overview
 from sweeper.report.sweep import Sweep
 from sweeper.report.thumbs import image_states
@@ -43,8 +43,9 @@ def render_html(
     states = image_states(sweep)
     nav = [("grid", "Grid"), ("axes", "Per axis"), ("errors", "Errors"), ("overrides", "Overrides"), ("environment", "Versions")]
     sections = [section(sweep) for section in (axes_section, errors_section, overrides_section, environment_section)]
-    if series:
-        sections.insert(0, scores_section(sweep, series))
+    sets = set_distances(sweep)
+    if series or sets:
+        sections.insert(0, scores_section(sweep, series, sets))
         nav.insert(1, ("scores", "Scores"))
     compared, compare_html = None, ""
     if other is not None:

@@ -7,17 +7,23 @@ labelled with the scorer (model id and revision) that made it. A sweep without s
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from sweeper.report.charts import means_chart, number
 from sweeper.report.compare import Comparison
 from sweeper.report.markup import esc, table
 from sweeper.report.stats import MIN_INTERVAL, RESAMPLES, Mean, WinRate, axes_of, by_value, mean_interval, paired, win_rates, within_of
+from sweeper.errors import UnsafePath
 from sweeper.report.sweep import ReportError, Sweep
+from sweeper.scoring.sets import SCHEMA as SET_SCHEMA, SET_SCORES
+from sweeper.storing.bounds import read_table
+from sweeper.storing.files import is_regular_inside
 from sweeper.storing.scores import read_scores
 
 MAX_ROWS = 200  # rows of a means table; longer ones are cut, with a note
@@ -102,9 +108,44 @@ def _rate(won: WinRate | None) -> str:
     return "—" if won is None or not won.n else f"{won.rate:.0%} ({number(won.wins)} of {won.n})"
 
 
-def scores_section(sweep: Sweep, series: list[Series]) -> str:
-    """Per score: all images, then per axis a table of means and intervals, a chart, a win-rate matrix."""
-    blocks = [_series_block(sweep, one) for one in series]
+def set_distances(sweep: Sweep) -> list[dict[str, Any]]:
+    """The rows of the sweep's set_scores.parquet (python -m sweeper.score --fid), read bounded; [] if none
+    (a damaged file is skipped with a warning)."""
+    path = sweep.dir / SET_SCORES
+    if not is_regular_inside(path, sweep.dir):
+        return []
+    try:
+        rows = read_table(path, SET_SCHEMA.names).cast(SET_SCHEMA).to_pylist()
+    except (OSError, ValueError, KeyError, pa.ArrowException, UnsafePath) as error:
+        print(f"sweeper: warning: skipping {path}: {' '.join(str(error).split())[:200]}", file=sys.stderr, flush=True)
+        return []
+    order = {name: n for n, name in enumerate(sweep.swept)}
+    return sorted(rows, key=lambda row: (
+        order.get(row["axis"], len(order)), row["axis"], row["metric"], row["reference"],
+        sweep.rank(row["axis"], row["axis_value"]) if row["axis"] in sweep.columns else 0, row["axis_value"],
+    ))
+
+
+def _sets_block(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return ""
+    shown = [
+        [row["axis"], row["axis_value"], row["metric"], number(row["value"]), row["n_images"], row["n_reference"], row["reference"],
+         f"{row['scorer']} (revision {row['scorer_revision']})" if row["scorer_revision"] else row["scorer"]]
+        for row in rows[:MAX_ROWS]
+    ]
+    return (
+        '<div class="score" data-score="sets"><h3>Set-level distances</h3>'
+        '<p class="note">Each axis value\'s images against a folder of reference images (python -m sweeper.score --fid); lower is closer.</p>'
+        + table(["axis", "value", "metric", "distance", "images", "reference images", "reference", "scorer"], shown, "set-scores", total=len(rows))
+        + "</div>"
+    )
+
+
+def scores_section(sweep: Sweep, series: list[Series], sets: list[dict[str, Any]]) -> str:
+    """Per score: all images, then per axis a table of means and intervals, a chart, a win-rate matrix;
+    then the set-level distances."""
+    blocks = [_series_block(sweep, one) for one in series] + [_sets_block(sets)]
     intro = (
         f'<p class="note">Per axis value: the mean score and its 95% bootstrap interval (percentile, '
         f"{RESAMPLES} resamples, seeded) over images that differ only in prompt and seed; no interval under {MIN_INTERVAL} images. "

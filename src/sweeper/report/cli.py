@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cell", type=int, metavar="PX",
                         help=f"cell size of --grid in pixels, images scaled up or down to it (default: the images' size, at most {GRID_CELL})")
     parser.add_argument("--sort-by", metavar="SCORE",
-                        help="order each grid's columns and rows by their mean SCORE, best first (a metric: clip, aesthetic...)")
-    parser.add_argument("--tint", metavar="SCORE", help="tint each image of the grids by its SCORE, low red to high green")
+                        help="the page's grids start with their columns and rows ordered by mean SCORE, best first (clip, aesthetic...)")
+    parser.add_argument("--tint", metavar="SCORE", help="the page's grids start with each image tinted by its SCORE, low red to high green")
     args = parser.parse_args(argv)
     if args.cell is not None and not 16 <= args.cell <= 2048:
         fail(f"--cell must be between 16 and 2048 pixels, not {args.cell}")

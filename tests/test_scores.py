@@ -281,3 +281,16 @@ def test_fd_and_kid_on_clip_features_per_axis_value(scored_sweep, tmp_path, caps
         assert score.main([str(sweep), "--scorer", "tiny", *argv]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, err
+
+
+def test_score_is_a_run_setting_not_part_of_the_images_or_the_dir_name():
+    from conftest import composed_job
+
+    from sweeper.callbacks import default_name
+    from sweeper.planning.plan import plan
+
+    plain = ["model=tiny", "guidance=1", "seed=3"]
+    scored = [*plain, "score=[clip,aesthetic]", "scorer=tiny", "scorer.clip_model=tiny-clip"]
+    assert [s.image_id for s in plan([composed_job(0, *scored)])] == [s.image_id for s in plan([composed_job(0, *plain)])]
+    assert "score" not in plan([composed_job(0, *scored)])[0].to_dict()
+    assert default_name(["guidance=1,5", *scored[3:]]) == default_name(["guidance=1,5"])  # adding score resumes the same dir

@@ -33,6 +33,14 @@ sweeper / loop, `sweeper_vs_batched_loop` sweeper / batched_loop.
     python scripts/bench.py --launcher slurm-local       # a local SLURM-style array against num_processes=2
     python scripts/bench.py --launcher ray               # 2 Ray actors (a local Ray) against num_processes=2
 
+Scoring (score=[clip,aesthetic]): the sweep's own PNGs are scored in this
+process as the render loop scores them (sweeper.scoring.metrics.Scorer), timed
+after a warm-up: `scoring_ms_per_image`, and `scoring_overhead` = that over
+sweeper's render time per image (goal on a GPU: <= 0.05). The tiny model is
+scored by the tiny scorers; `sdxl-random` (or --score-model clip-l) by a
+random-weight CLIP ViT-L/14 built on the device from openai/clip-vit-large-patch14's
+config (clip_l_random: no hub) with a 768-wide aesthetic head.
+
 `sdxl-random` is SDXL base built from its real configs with random weights
 (scripts/sdxl_random.py), saved once into the cache and loaded by both sides
 from that dir (`model=sdxl model.id=<dir>` for sweeper). Its JSON adds images/s
@@ -170,6 +178,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--launcher", choices=["slurm-local", "ray"], default=None,
                         help="instead: the sweep on a local SLURM-style array, or Ray actors, against sweeper's own processes (scripts/bench_launchers.py)")
     parser.add_argument("--workers", type=int, default=2, help="with --launcher: workers or processes (default: 2)")
+    parser.add_argument("--score-model", choices=["tiny", "clip-l"], default=None,
+                        help="the scorer timed on the sweep's images (default: tiny for the tiny model, clip-l for sdxl-random)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="with --launcher: run each command this many times, in turn, and keep each one's fastest (default: 1)")
     args = parser.parse_args(argv)
@@ -397,6 +407,66 @@ def run_sweeper(args, model_dir: Path, work: Path) -> tuple[dict, object]:
     return result, (sweep_dir, ok)
 
 
+# openai/clip-vit-large-patch14's config: what CLIPScore and the LAION aesthetic head run on.
+CLIP_L = dict(
+    text_config=dict(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, max_position_embeddings=77, projection_dim=768),
+    vision_config=dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24, patch_size=14, image_size=224, projection_dim=768),
+    projection_dim=768,
+)
+
+
+def clip_l_random(device: str):
+    """A Scorer of clip and aesthetic on a random-weight CLIP ViT-L/14 (built on `device`, no hub, never saved)
+    with its 224-px image processor, the tiny models' tokenizer and a random 768-wide aesthetic head."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from sweeper.rendering.tiny import clip_tokenizer
+    from sweeper.scoring.metrics import Scorer, aesthetic_head
+
+    tokenizer, vocab_size = clip_tokenizer()
+    tokens = dict(vocab_size=vocab_size, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = CLIPConfig(**{**CLIP_L, "text_config": {**CLIP_L["text_config"], **tokens}})
+    with torch.device(device):
+        model, head = CLIPModel(config).eval(), aesthetic_head(768)
+    processor = CLIPProcessor(image_processor=CLIPImageProcessor(), tokenizer=tokenizer)
+    return Scorer(("clip", "aesthetic"), {"clip": (model, processor), "aesthetic": head}, device)
+
+
+def scoring_ms_per_image(scorer, arrays: list, prompts: list[str], device: str, batch: int = 16) -> float:
+    """Milliseconds per image to score `arrays` ((H, W, 3) uint8) `batch` at a time, after one warm-up batch."""
+    import torch
+
+    scorer.score(arrays[:batch], prompts[:batch])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    tic = time.perf_counter()
+    for start in range(0, len(arrays), batch):
+        scorer.score(arrays[start : start + batch], prompts[start : start + batch])
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return 1000 * (time.perf_counter() - tic) / len(arrays)
+
+
+def scoring_figures(args, sweep_dir: Path, rows, render_ms_per_image: float) -> dict:
+    """The scoring cost of the sweep's images, as the render loop pays it (module docstring)."""
+    import numpy as np
+    from PIL import Image
+
+    from sweeper.scoring import models
+
+    which = args.score_model or ("clip-l" if args.model == "sdxl-random" else "tiny")
+    device = "cuda:0" if args.device == "cuda" else args.device
+    if which == "clip-l":
+        scorer = clip_l_random(device)
+    else:
+        scoring = models.Scoring(("clip", "aesthetic"), "tiny-clip", "tiny-aesthetic", "tiny-clip", "tiny-clip")
+        scorer = models.load(scoring, device)[0]
+    arrays = [np.asarray(Image.open(sweep_dir / path).convert("RGB")) for path in rows.path]
+    ms = scoring_ms_per_image(scorer, arrays, [args.prompt] * len(arrays), device)
+    return {"scorer": "clip-l-random" if which == "clip-l" else "tiny-clip", "scoring_ms_per_image": ms, "scoring_overhead": ms / render_ms_per_image}
+
+
 def compare_pixels(loop_dir: Path, sweep_dir: Path, rows) -> dict:
     """Sweeper's images against a loop's, pair by pair (same seed and guidance)."""
     import numpy as np
@@ -582,6 +652,8 @@ def main(argv=None) -> int:
         log(f"sweeper / loop: {result['ratio']:.3f}, sweeper / batched_loop: {result['sweeper_vs_batched_loop']:.3f} (goal: <= 1.10)")
         result["same_image_count"] = result["sweeper_images"] == images and result["sweeper_failed"] == 0
         result.update(compare_pixels(work / "loop", sweep_dir, rows))
+        result.update(scoring_figures(args, sweep_dir, rows, result["sweeper_ms_per_image"]))
+        log(f"scoring ({result['scorer']}): {result['scoring_ms_per_image']:.1f} ms/image, {result['scoring_overhead']:.1%} of rendering")
         batched = compare_pixels(work / "batched_loop", sweep_dir, rows)
         result.update({f"batched_loop_{key}": value for key, value in batched.items()})
         if args.model == "sdxl-random":

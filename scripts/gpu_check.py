@@ -32,7 +32,14 @@
    Runs before the SDXL rows, which a tight --budget-s then skips.
    With --device cpu: 1 double + 1 single block of width 32, 64x64, 2 steps, float32.
 
-The last line is JSON: device, checks_passed, checks_failed, table, flux_table. Rows that
+6. Scoring overhead (score=[clip,aesthetic]): a random-weight CLIP ViT-L/14 of
+   openai/clip-vit-large-patch14's config (bench.clip_l_random, built on the GPU,
+   no hub) with the aesthetic head scores 16 random 1024x1024 images as the render
+   loop would; its milliseconds per image over the SDXL table's fastest seconds
+   per image is the overhead, against the goal of at most 5%.
+   With --device cpu: the tiny scorers on 64x64 images, against the tiny table.
+
+The last line is JSON: device, checks_passed, checks_failed, table, flux_table, scoring. Rows that
 do not fit the time budget (--budget-s) are listed as skipped, not guessed.
 """
 
@@ -379,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def save() -> None:
         drift_ok = "dtype_drift" in result and not result["dtype_drift"]["problems"]
-        rows = result["table"] + result["flux_table"]
+        rows = result["table"] + result["flux_table"] + ([result["scoring"]] if "scoring" in result else [])
         result["checks_passed"] = result["tests"].get("passed", 0) + sum(1 for row in rows if not row["problems"]) + drift_ok
         result["checks_failed"] = (result["tests"].get("failed", 0) + len(result["failed_rows"])
                                    + sum(1 for row in rows if row["problems"])
@@ -420,9 +427,40 @@ def main(argv: list[str] | None = None) -> int:
             result["failed_rows"].append(failed)
             log(f"row {dtype} compile={compile_mode} batch {batch} failed: {failed['error']}")
         save()
+    if result["table"]:
+        try:
+            result["scoring"] = scoring_row(args.device, min(row["s_per_image"] for row in result["table"]))
+        except Exception as error:  # a failed check, not a crash: the table stands
+            result["failed_rows"].append({"scoring": True, "error": f"{type(error).__name__}: {error}"[:300]})
     save()
     print(json.dumps(result))
     return 0 if result["checks_failed"] == 0 and result["table"] else 1
+
+
+SCORING_GOAL = 0.05  # issue 29: CLIP-L scoring costs at most 5% of a sweep's render time
+
+
+def scoring_row(device: str, render_s_per_image: float) -> dict:
+    """Scoring overhead (module docstring, 6): CLIP-L on CUDA, the tiny scorers on the CPU."""
+    import numpy as np
+
+    sys.path.insert(0, str(HERE))
+    from bench import clip_l_random, scoring_ms_per_image
+
+    from sweeper.scoring import models
+
+    if device == "cuda":
+        scorer, size, name = clip_l_random("cuda:0"), 1024, "clip-l-random"
+    else:
+        scorer, size, name = models.load(models.Scoring(("clip", "aesthetic"), "tiny-clip", "tiny-aesthetic", "tiny-clip", "tiny-clip"), "cpu")[0], 64, "tiny-clip"
+    arrays = list(np.random.default_rng(0).integers(0, 256, (16, size, size, 3), dtype=np.uint8))
+    ms = scoring_ms_per_image(scorer, arrays, ["a photograph of an astronaut riding a horse"] * len(arrays), "cuda:0" if device == "cuda" else device)
+    overhead = ms / 1000 / render_s_per_image
+    row = {"scorer": name, "size": size, "ms_per_image": round(ms, 2), "render_s_per_image": render_s_per_image, "overhead": round(overhead, 6),
+           "goal": SCORING_GOAL if device == "cuda" else None}
+    row["problems"] = [f"scoring costs {overhead:.1%} of rendering, over the {SCORING_GOAL:.0%} goal"] if device == "cuda" and overhead > SCORING_GOAL else []
+    log(f"scoring ({name}, {size} px): {ms:.1f} ms/image, {overhead:.2%} of {render_s_per_image} s/image rendering")
+    return row
 
 
 if __name__ == "__main__":

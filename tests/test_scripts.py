@@ -57,7 +57,10 @@ def test_gpu_check_on_the_cpu_runs_its_tests_and_fills_its_table(tmp_path, tiny_
         assert row["peak_memory_gb"] is None and row["goal_s_per_image"] is None and row["meets_goal"] is None  # CUDA only
     assert flux[0]["tflop_per_image"] == out["flux"]["tflop_per_image"] > out["flux"]["vae_decode_tflop"] > 0
     assert out["flux"]["text_encoders"].startswith("not built")
-    assert out["checks_passed"] == out["tests"]["passed"] + len(out["table"]) + len(flux) + 1  # + the drift check
+    scoring = out["scoring"]  # the tiny scorers against the tiny model's fastest row
+    assert scoring["scorer"] == "tiny-clip" and scoring["problems"] == [] and scoring["ms_per_image"] > 0
+    assert scoring["overhead"] == pytest.approx(scoring["ms_per_image"] / 1000 / min(row["s_per_image"] for row in out["table"]), rel=0.01)
+    assert out["checks_passed"] == out["tests"]["passed"] + len(out["table"]) + len(flux) + 1 + 1  # + the drift check, the scoring row
 
 
 def test_gpu_check_fails_when_a_cuda_test_fails(tmp_path, tiny_models, monkeypatch):
@@ -99,6 +102,8 @@ def test_bench_at_256_px_matches_the_loops_pixel_for_pixel(tmp_path, tiny_models
     assert out["sweeper_stages"], "the start line and progress bar were not found in sweeper's output"
     assert all(out[f"{side}_ms_per_image"] > 0 for side in ("loop", "batched_loop", "sweeper"))
     assert out["sweeper_vs_batched_loop"] > 0
+    assert out["scorer"] == "tiny-clip" and out["scoring_ms_per_image"] > 0
+    assert out["scoring_overhead"] == pytest.approx(out["scoring_ms_per_image"] / out["sweeper_ms_per_image"], rel=0.01)
 
 
 def test_bench_scale_runs_a_small_sweep_twice_and_opens_its_report(tmp_path, tiny_models):

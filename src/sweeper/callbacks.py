@@ -27,7 +27,7 @@ from sweeper.planning.spec import EXECUTION_FIELDS
 # Overrides that change neither which images a sweep holds nor their pixels:
 # left out of the default name, so adding them still resumes the same dir.
 # (hydra.* too: the launcher, its process count, logging.)
-_NOT_IN_NAME = ("dry_run", *EXECUTION_FIELDS)
+_NOT_IN_NAME = ("dry_run", "score", "scorer", *EXECUTION_FIELDS)
 _MAX_KEYS = 48  # characters of key names in a default dir name
 
 
@@ -45,7 +45,7 @@ def default_name(task_overrides: Sequence[str]) -> str:
     keys, fixed = set(), set()
     for override in OverridesParser.create().parse_overrides(list(task_overrides)):
         key = override.get_key_element().lstrip("+~")
-        if key in _NOT_IN_NAME or key == "hydra" or key.startswith(("hydra.", "hydra/")):
+        if key.split(".")[0] in _NOT_IN_NAME or key == "hydra" or key.startswith(("hydra.", "hydra/")):
             continue
         keys.add(key)
         if not override.is_sweep_override():

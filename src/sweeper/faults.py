@@ -8,6 +8,7 @@
     SWEEPER_FAULT=kill:png=2        the process SIGKILLs itself right after its 2nd PNG is stored
     SWEEPER_FAULT=kill:part=1       ... after its 1st manifest part file is stored
     SWEEPER_FAULT=kill:temp=1       ... after writing a temp file, before renaming it (a torn write)
+    SWEEPER_FAULT=score:all=1       every scoring call runs out of memory (rendering is untouched)
 
     SWEEPER_FAULT_WORKER=1          only in the SLURM array's worker 1 (sweeper/launching/slurm.py), or Ray actor 1
 
@@ -62,6 +63,14 @@ def before_render(specs: Sequence) -> None:
         import torch
 
         raise torch.OutOfMemoryError(f"injected: a batch of {len(specs)} does not fit")
+
+
+def before_score() -> None:
+    fault = _fault()
+    if fault and fault[0] == "score":
+        import torch
+
+        raise torch.OutOfMemoryError("injected: scoring does not fit")
 
 
 def after_render(specs: Sequence, arrays) -> None:

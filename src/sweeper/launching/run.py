@@ -45,6 +45,7 @@ class Prepared:
     todo: list[ImageSpec]
     dry_run: bool
     random_nonce: int = 0  # what seed=random:N drew from; kept in the plan file for the next command
+    scoring: Any = None  # scoring.models.Scoring of `score=[...]`, or None: not part of the specs (it changes no pixel)
 
     @property
     def done(self) -> int:
@@ -53,7 +54,7 @@ class Prepared:
     def only(self, todo_ids: Sequence[str]) -> Prepared:
         """The same plan with another view of what is still to do (rank 0's, under several ranks)."""
         keep = set(todo_ids)
-        return Prepared(self.jobs, self.specs, [spec for spec in self.specs if spec.image_id in keep], self.dry_run, self.random_nonce)
+        return Prepared(self.jobs, self.specs, [spec for spec in self.specs if spec.image_id in keep], self.dry_run, self.random_nonce, self.scoring)
 
 
 @dataclass
@@ -91,6 +92,7 @@ def prepare(
             to_check.add(("model.config", config, None))
     for key, model_id, revision in sorted(to_check, key=str):
         hub.check_available(key, model_id, revision)
+    scoring = _scoring(jobs)
     done = set()
     if Path(out_dir).is_dir():
         from sweeper.storing import manifest
@@ -98,7 +100,20 @@ def prepare(
         done = manifest.done_ids(out_dir)
     todo = [spec for spec in specs if spec.image_id not in done]
     dry_run = any(bool(job.config.get("dry_run")) for job in jobs)
-    return Prepared(jobs=len(jobs), specs=specs, todo=todo, dry_run=dry_run, random_nonce=random_nonce)
+    return Prepared(jobs=len(jobs), specs=specs, todo=todo, dry_run=dry_run, random_nonce=random_nonce, scoring=scoring)
+
+
+def _scoring(jobs: Sequence[Job]) -> Any:
+    """The sweep's `score` and `scorer` (one for all its jobs), its models checked to be here; None when off."""
+    from sweeper.scoring import models
+
+    found = {models.scoring(job.config) for job in jobs}
+    if len(found) > 1:
+        raise PlanError("invalid score/scorer: the jobs of one sweep differ in them; scores do not change the images, so score a sweep once per scorer")
+    scoring = found.pop() if found else None
+    if scoring is not None:
+        models.check_available(scoring)
+    return scoring
 
 
 def check_devices(specs: Sequence[ImageSpec], processes: int = 1, processes_per_gpu: int = 1) -> None:
@@ -282,6 +297,7 @@ def execute(
     summary = Summary()
     batches = schedule.shard(schedule.make_batches(prepared.todo), rank, world_size)
     if not batches:
+        _score_the_rest(prepared, Path(out_dir), rank, world_size, gpu, progress)
         return summary
 
     import diffusers
@@ -298,13 +314,14 @@ def execute(
     versions = {"sweeper": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
     facts = dict(rank=rank, world_size=world_size, host=socket.gethostname(), **versions)
     writer, parts, claims = BackgroundWriter(), manifest.PartWriter(out_dir), Claims(out_dir)
+    scorer = _Scoring(prepared.scoring, out_dir)
     threads = torch.get_num_threads()  # on the CPU, pixels depend on it (replay repeats it)
     total = sum(len(batch.specs) for batch in batches)
     left_out: list[ImageSpec] = []  # claimed by another writer
     with progress or progress_bar(total, disable=rank != 0) as progress, _storage_errors(out_dir), _ctrl_c(progress, stop) as stop:
         for number, batch in enumerate(batches):
             if stop.is_set():
-                _drain(writer, parts)
+                _drain(writer, parts, scorer)
                 raise Interrupted(out_dir, len(prepared.specs))
             mine = claims.take(batch.specs)  # another writer may have rendered or claimed some since the plan
             if len(mine) < len(batch.specs):
@@ -316,6 +333,7 @@ def execute(
             device = render_device(batch.specs[0], gpu)
             for done in render_backing_off(batch, device, progress, runtime):
                 writer.submit(lambda done=done: store(done, out_dir, versions, dict(facts, device=device), threads, parts, claims))
+                scorer.add(done, device, progress)
                 for spec, error in zip(done.batch.specs, done.errors):
                     if error is None:
                         summary.rendered += 1
@@ -328,26 +346,87 @@ def execute(
                     rest = [spec for later in batches[number + 1 :] for spec in later.specs]
                     reason = f"not rendered: rank {rank} stopped after a CUDA error ({done.batch_error})"
                     writer.submit(lambda: store_errors(rest, reason, out_dir, dict(facts, device=device)))
-                    _drain(writer, parts)
+                    _drain(writer, parts, scorer)
                     summary.failed.extend((spec.image_id, reason) for spec in rest)
                     raise DeviceFailed(
                         f"rank {rank} on {device}: {done.batch_error}; the CUDA context cannot be used any more, so this process "
                         f"stopped ({len(rest) + len(done.batch.specs)} image(s) recorded as errors); run the same command again to render them"
                     )
-        _drain(writer, parts)
+        _drain(writer, parts, scorer)
         holders = claims.held_by_others(left_out)
         if holders:
             progress.write(
                 f"sweeper: {len(holders)} image(s) were left to another writer that claims them ({holders[0]}) and are not stored yet; "
                 f"once it is done, or its claims are {CLAIM_STALE_SECONDS // 60} min old, the same command renders what is missing"
             )
+        _score_the_rest(prepared, out_dir, rank, world_size, gpu, progress)
     return summary
 
 
-def _drain(writer: Any, parts: Any) -> None:
-    """Every PNG written, then every row in a part file."""
+def _drain(writer: Any, parts: Any, scorer: Any) -> None:
+    """Every PNG written, then every row in a part file, then every score."""
     writer.close()
     parts.close()
+    scorer.close()
+
+
+class _Scoring:
+    """`score=[...]` in the render loop: each call's good images scored right after they render, on
+    its device, with this process's scorer (loaded once). A scoring failure (out of memory, say) is
+    said and skipped: the images are stored apart from it, and the next run of the command scores them."""
+
+    def __init__(self, scoring: Any, out_dir: Path) -> None:
+        self._scoring, self._out_dir = scoring, out_dir
+        self._images: Any = None
+        self.failed = 0
+
+    def add(self, done: Any, device: str, progress: Progress) -> None:
+        good = [index for index, error in enumerate(done.errors) if error is None]
+        if self._scoring is None or not good:
+            return
+        import numpy as np
+
+        try:
+            if self._images is None:
+                from sweeper.scoring.sweep import Images
+
+                self._images = Images(self._out_dir, self._scoring, device)
+            specs = [done.batch.specs[index] for index in good]
+            pixels = [(np.asarray(done.arrays[index]) * 255).round().astype("uint8") for index in good]  # the PNG's (store.to_image)
+            self._images.add([spec.image_id for spec in specs], pixels, [spec.prompt for spec in specs])
+        except Exception as error:  # also a PlanError of a scorer that cannot be used: the images go on
+            self.failed += len(good)
+            if self.failed == len(good):
+                progress.write(f"sweeper: scoring failed, the images are kept ({type(error).__name__}: {' '.join(str(error).split())[:200]}); the same command scores them again")
+
+    def close(self) -> None:
+        if self._images is not None:
+            self._images.close()
+
+
+def _score_the_rest(prepared: Prepared, out_dir: Path, rank: int, world_size: int, gpu: int, progress: Progress | None) -> None:
+    """After rendering: score this rank's share of the plan's images that are stored but lack a score
+    (rendered by a run killed before it scored them, or whose scoring failed), then merge the scores."""
+    if prepared.scoring is None or not out_dir.is_dir():
+        return
+    from sweeper.scoring import models, sweep
+    from sweeper.storing import scores
+
+    names = models.scorer_names(prepared.scoring, models.sources(prepared.scoring))
+    todo = sweep.missing(out_dir, names, {spec.image_id for spec in prepared.specs})[rank::world_size]
+    if todo:
+        say = progress.write if progress is not None else lambda text: print(text, file=sys.stderr, flush=True)
+        say(f"sweeper: scoring {len(todo)} stored image(s) that have no {', '.join(prepared.scoring.metrics)} score yet")
+        images = None
+        try:
+            images = sweep.Images(out_dir, prepared.scoring, render_device(prepared.specs[0], gpu))
+            sweep.score_stored(images, out_dir, todo, sweep.BATCH_SIZE, lambda n: None)
+        except Exception as error:  # the images are stored: scoring them waits for the next run
+            say(f"sweeper: scoring failed, the images are kept ({type(error).__name__}: {' '.join(str(error).split())[:200]}); the same command scores them again")
+        finally:
+            if images is not None:
+                images.close()
+    scores.merge(out_dir)
 
 
 @contextlib.contextmanager

@@ -145,7 +145,7 @@ def plan_job(
 
 # Keys that a job's images differ in without their settings changing (planned per job).
 # Not the negative prompts: a family refuses one where it does nothing, which its check of the settings sees.
-_PER_JOB_KEYS = frozenset({"seed", "prompt", "prompt_2", "prompt_3", "dry_run", "name"})
+_PER_JOB_KEYS = frozenset({"seed", "prompt", "prompt_2", "prompt_3", "dry_run", "name", "score", "scorer"})
 
 
 class _Settings:

@@ -42,12 +42,14 @@ CONFIG_KEYS = (
     "strength", "watermark", "safety_checker", "dtype", "device", "batch_size", "attention", "channels_last", "fuse_qkv",
     "compile", "vae_upcast", "offload", "vae_slicing", "vae_tiling", "lora", "lora_scale", "max_images", "max_size", "max_steps", "dry_run",
     "hires",
+    "score",
 )
 GROUP_KEYS = {
     "model": ("name", "id", "revision", "config", "family"),
     "refiner": ("name", "id", "revision", "split", "mode"),
     "scheduler": ("name", "class_name", "label", "kwargs"),
     "hires": ("scale", "denoise", "steps", "upscaler"),  # a mapping of config.yaml, not a group
+    "scorer": ("name", "clip_model", "aesthetic_model", "pickscore_model", "pickscore_processor"),
 }
 
 

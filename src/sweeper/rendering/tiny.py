@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 _SEED = 0
 
@@ -40,17 +41,22 @@ def tiny_model_dir(name: str) -> Path:
     if name not in tiny_models():
         raise ValueError(f"unknown tiny model {name!r}; known: {', '.join(tiny_models())}")
     target = sweeper_cache() / "tiny" / recipe_version(name) / name
-    if (target / "model_index.json").exists():
+    return built_once(target, "model_index.json", lambda scratch: _build(name).save_pretrained(scratch))
+
+
+def built_once(target: Path, marker: str, build: Callable[[Path], None]) -> Path:
+    """`target`, a model dir that `build(dir)` fills, built on first use: once `target/marker` exists it is whole.
+    Built beside the target and renamed, so concurrent ranks never see half a model."""
+    if (target / marker).exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: concurrent ranks never see half a model.
-    scratch = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
-        _build(name).save_pretrained(scratch)
+        build(scratch)
         try:
             os.rename(scratch, target)
         except OSError:
-            if not (target / "model_index.json").exists():
+            if not (target / marker).exists():
                 raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

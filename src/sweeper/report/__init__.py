@@ -3,6 +3,7 @@
     python -m sweeper.report outputs/sweeps/<name>                  # -> <name>/report.html
     python -m sweeper.report SWEEP --x guidance --y seed --compare OTHER_SWEEP -o cmp.html
     python -m sweeper.report SWEEP --grid grid.png                  # + labelled PNG grid(s)
+    python -m sweeper.report SWEEP --sort-by clip --tint aesthetic  # grids ordered and tinted by a score
 
 The report is one static file: inline CSS, JS and SVG, nothing from the
 network. It links the images by path relative to itself and shows small
@@ -14,7 +15,8 @@ package imports no torch: it runs at the end of every multirun.
 
 Modules, data to page: `sweep` (manifest -> labelled rows), `thumbs`,
 `compare`, `layout` (which image goes in which grid cell), `data` (the JSON
-the page reads), `markup` and `sections` (HTML), `page` (fills
+the page reads), `markup` and `sections` (HTML), `stats`, `charts` and
+`scored` (the scores' statistics, their SVG charts and sections), `page` (fills
 `assets/page.html.j2` with them and inlines `assets/report.css` and
 `assets/report.js`), `grid_png` (the grids as PNG files), `cli`.
 """

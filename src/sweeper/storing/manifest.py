@@ -8,15 +8,11 @@ when its row says `ok` and its file exists; a re-run skips exactly those.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import io
 import os
 import re
 import sys
-import threading
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from sweeper import faults
 from sweeper.planning import lora_files
 from sweeper.rendering import families
 from sweeper.storing.bounds import loads_json, read_table
 from sweeper.errors import PlanError, UnsafePath
-from sweeper.storing.files import check_not_link, folder, open_image, write_atomic
+from sweeper.storing.files import check_not_link, open_image, write_atomic
 from sweeper.planning.spec import FIELDS, SPARSE_FIELDS, public_model_name
+from sweeper.storing import writers
 from sweeper.storing.writers import forget_stored, merging
 from sweeper.storing.store import IMAGES_DIR
 
@@ -136,54 +132,20 @@ def lora_columns(spec) -> dict[str, Any]:
 
 def write_part(out_dir: Path, rows: list[dict[str, Any]]) -> Path:
     """Write rows as a new part file, atomically; merge() folds it in later."""
-    table = pa.Table.from_pylist(rows, schema=SCHEMA)
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    path = Path(out_dir) / PARTS_DIR / f"part-{uuid.uuid4().hex}.parquet"
-    write_atomic(path, buffer.getvalue(), root=out_dir)
-    return path
+    return writers.write_part(out_dir, PARTS_DIR, pa.Table.from_pylist(rows, schema=SCHEMA))
 
 
-class PartWriter:
-    """Rows of many pipeline calls gathered into one part file (at most PART_ROWS rows or
-    PART_SECONDS old): a sweep of 100,000 images leaves ~100 parts to merge, not 6,000.
-
-    Rows not yet in a part are not lost to a crash: each PNG carries its row
-    (read() rebuilds it); only error rows, which have no PNG, render again.
-    Safe to use from the writer threads.
-    """
-
-    PART_ROWS = 1024
-    PART_SECONDS = 10.0
+class PartWriter(writers.PartWriter):
+    """Manifest rows of many pipeline calls in few part files (writers.PartWriter). Rows not yet in
+    a part are not lost to a crash: each PNG carries its row (read() rebuilds it); only error rows,
+    which have no PNG, render again."""
 
     def __init__(self, out_dir: Path) -> None:
-        self._out_dir = Path(out_dir)
-        self._rows: list[dict[str, Any]] = []
-        self._since = 0.0
-        self._lock = threading.Lock()
-
-    def add(self, rows: list[dict[str, Any]]) -> None:
-        with self._lock:
-            if not self._rows:
-                self._since = time.monotonic()
-            self._rows.extend(rows)
-            if len(self._rows) >= self.PART_ROWS or time.monotonic() - self._since >= self.PART_SECONDS:
-                self._flush()
-
-    def close(self) -> None:
-        with self._lock:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._rows:
-            write_part(self._out_dir, self._rows)
-            self._rows = []
-            faults.event("part")
+        super().__init__(out_dir, write_part)
 
 
 def _part_files(out_dir: Path) -> list[Path]:
-    check_not_link(Path(out_dir) / PARTS_DIR)
-    return sorted((Path(out_dir) / PARTS_DIR).glob("part-*.parquet"))
+    return writers.part_files(out_dir, PARTS_DIR)
 
 
 def read(out_dir: Path, files: dict[Path, pa.Table | None] | None = None) -> pa.Table:
@@ -345,7 +307,7 @@ def merge(out_dir: Path) -> pa.Table:
         pq.write_table(_stored_columns(table), buffer)
         write_atomic(out_dir / MANIFEST, buffer.getvalue())
         if parts:
-            _drop_parts(out_dir, parts, tables)
+            writers.drop_parts(out_dir, PARTS_DIR, parts, [part for part in parts if tables.get(part) is None])
     return table
 
 
@@ -354,29 +316,6 @@ def _stored_columns(table: pa.Table) -> pa.Table:
     so a sweep of other families keeps the schema it always had (read() adds it back as nulls)."""
     unused = [name for name in SPARSE_COLUMNS if table.column(name).null_count == table.num_rows]
     return table.drop_columns(unused)
-
-
-def _drop_parts(out_dir: Path, parts: list[Path], tables: dict[Path, pa.Table | None]) -> None:
-    """Remove merged parts, move damaged ones to `damaged/`, then the parts folder if empty:
-    through descriptors of the folders (files.folder), as another may swap them for links."""
-    with folder(out_dir, PARTS_DIR) as parts_fd:
-        for part in parts:
-            if tables.get(part) is None and _exists(parts_fd, part.name):
-                with folder(out_dir, PARTS_DIR, "damaged", create=True) as damaged_fd:
-                    os.rename(part.name, part.name, src_dir_fd=parts_fd, dst_dir_fd=damaged_fd)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(part.name, dir_fd=parts_fd)
-    with folder(out_dir) as out_fd, contextlib.suppress(OSError):  # another rank wrote a part meanwhile, or damaged parts are kept
-        os.rmdir(PARTS_DIR, dir_fd=out_fd)
-
-
-def _exists(dir_fd: int, name: str) -> bool:
-    try:
-        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
-        return True
-    except FileNotFoundError:
-        return False
 
 
 def done_ids(out_dir: Path) -> set[str]:

@@ -6,7 +6,7 @@ a filesystem (NFS included), may render into one sweep dir at once. No lock
 covers the dir while they render; what keeps them apart:
 
 - names: every temp file and part file has a random name of its own
-  (files.write_atomic, manifest.write_part), so no writer touches another's;
+  (files.write_atomic, write_part), so no writer touches another's;
 - claims: before rendering a batch, a writer claims its images with an atomic
   create (`.claims/<image_id>`) and leaves out images claimed by another or
   already stored, so two runs of one command at once render each image once.
@@ -14,9 +14,9 @@ covers the dir while they render; what keeps them apart:
   taken over once its process is gone (same host) or it is CLAIM_STALE_SECONDS
   old by our clock (or dated in the future: planted), and one on an image
   that is stored goes at the next merge;
-- the merge: folding part files into manifest.parquet happens under a short
-  lock file, made with an atomic create, so merges never interleave and
-  whoever merges last leaves one complete manifest;
+- the merge: folding part files into manifest.parquet (or scores.parquet)
+  happens under a short lock file, made with an atomic create, so merges
+  never interleave and whoever merges last leaves one complete file;
 - cleanup: only temp files older than TEMP_STALE_SECONDS are removed (a live
   writer's temp lives for the length of one write).
 
@@ -30,16 +30,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import io
 import os
 import secrets
 import socket
 import stat
+import threading
 import time
+import uuid
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
+from sweeper import faults
 from sweeper.errors import StorageError, UnsafePath
-from sweeper.storing.files import folder
+from sweeper.storing.files import check_not_link, folder, write_atomic
 
 CLAIMS_DIR = ".claims"
 IMAGES_DIR = "images"
@@ -248,10 +252,90 @@ def merging(out_dir: Path, wait_seconds: float = MERGE_STALE_SECONDS) -> Iterato
 def remove_stale_temps(out_dir: Path) -> None:
     """Temp files that a killed write left behind: only old ones, never a live writer's."""
     cutoff = time.time() - TEMP_STALE_SECONDS
-    for names in ((), *((name,) for name in (IMAGES_DIR, ".manifest-parts", ".thumbs", CLAIMS_DIR))):
+    for names in ((), *((name,) for name in (IMAGES_DIR, ".manifest-parts", ".scores-parts", ".thumbs", CLAIMS_DIR))):
         with contextlib.suppress(OSError, UnsafePath), folder(out_dir, *names) as dir_fd:
             for name in os.listdir(dir_fd):
                 if fnmatch.fnmatchcase(name, ".*.tmp"):
                     with contextlib.suppress(OSError):
                         if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime < cutoff:
                             os.unlink(name, dir_fd=dir_fd)
+
+
+# Part files: rows of a table (the manifest, the scores) written apart by each writer, folded into one file at the merge.
+
+
+def write_part(out_dir: Path, parts_dir: str, table: Any) -> Path:
+    """Write a pyarrow table as a new part file `<out_dir>/<parts_dir>/part-<random>.parquet`,
+    atomically (temp, fsync, rename): a name of its own, so no writer touches another's."""
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    path = Path(out_dir) / parts_dir / f"part-{uuid.uuid4().hex}.parquet"
+    write_atomic(path, buffer.getvalue(), root=out_dir)
+    return path
+
+
+def part_files(out_dir: Path, parts_dir: str) -> list[Path]:
+    check_not_link(Path(out_dir) / parts_dir)
+    return sorted((Path(out_dir) / parts_dir).glob("part-*.parquet"))
+
+
+def drop_parts(out_dir: Path, parts_dir: str, parts: Sequence[Path], damaged: Sequence[Path]) -> None:
+    """After a merge: remove merged parts, move the `damaged` ones to `<parts_dir>/damaged/` for a look,
+    then the parts folder if empty: through descriptors of the folders (files.folder), as another may swap them for links."""
+    damaged_names = {part.name for part in damaged}
+    with folder(out_dir, parts_dir) as parts_fd:
+        for part in parts:
+            if part.name in damaged_names and _exists(parts_fd, part.name):
+                with folder(out_dir, parts_dir, "damaged", create=True) as damaged_fd:
+                    os.rename(part.name, part.name, src_dir_fd=parts_fd, dst_dir_fd=damaged_fd)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part.name, dir_fd=parts_fd)
+    with folder(out_dir) as out_fd, contextlib.suppress(OSError):  # another rank wrote a part meanwhile, or damaged parts are kept
+        os.rmdir(parts_dir, dir_fd=out_fd)
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+class PartWriter:
+    """Rows of many pipeline calls gathered into one part file (at most PART_ROWS rows or
+    PART_SECONDS old), written by `write(out_dir, rows)`: a sweep of 100,000 images leaves
+    ~100 parts to merge, not 6,000. Rows not yet written are lost to a crash: the manifest's
+    come back from their PNGs, scores are scored again. Safe to use from the writer threads.
+    """
+
+    PART_ROWS = 1024
+    PART_SECONDS = 10.0
+
+    def __init__(self, out_dir: Path, write: Callable[[Path, list[dict[str, Any]]], Path]) -> None:
+        self._out_dir = Path(out_dir)
+        self._write = write
+        self._rows: list[dict[str, Any]] = []
+        self._since = 0.0
+        self._lock = threading.Lock()
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        with self._lock:
+            if not self._rows:
+                self._since = time.monotonic()
+            self._rows.extend(rows)
+            if len(self._rows) >= self.PART_ROWS or time.monotonic() - self._since >= self.PART_SECONDS:
+                self._flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._write(self._out_dir, self._rows)
+            self._rows = []
+            faults.event("part")

@@ -40,10 +40,21 @@ class Sweep {
 }
 const sweeps = D.sweeps.map((data, i) => new Sweep(data, i));
 const main = sweeps[0];
+// Scores of the main sweep's images (scored.page_scores): per score its value by row, null where none.
+const scores = new Map(D.scores.map((score) => [score.id, score]));
+const scoreText = (v) => String(Number(v.toPrecision(4)));
 
 function tile(sweep, i) {
   const state = sweep.state[i];
   const node = el("button", {type: "button", class: `tile ${state}`, "data-s": sweep.index, "data-i": i, title: sweep.describe(i)});
+  const tint = sweep === main && scores.get(view.tint);
+  if (tint && tint.values[i] !== null) {  // low red to high green over the sweep's range, the value written on it
+    const v = tint.values[i], t = tint.high > tint.low ? (v - tint.low) / (tint.high - tint.low) : 1;
+    node.classList.add("tinted");
+    node.style.setProperty("--tint", `hsl(${Math.round(t * 120)}, 75%, 42%)`);
+    node.title += ` · ${tint.id} ${scoreText(v)} (scorer ${tint.by})`;
+    node.append(el("span", {class: "score", text: scoreText(v)}));
+  }
   if (state === "error") {
     const message = sweep.value(i, "error");
     node.append(el("span", {class: "note", text: "error"}), el("span", {class: "msg", text: message === "null" ? "" : message}));
@@ -87,11 +98,15 @@ const view = {
   page: Math.max(0, Number(params.get("page")) - 1 || 0),
   pairPage: Math.max(0, Number(params.get("pairs")) - 1 || 0),
   size: D.sizes.includes(Number(params.get("size"))) ? Number(params.get("size")) : D.size,
+  sortBy: scores.has(params.get("sort")) ? params.get("sort") : D.sortBy,
+  tint: scores.has(params.get("tint")) ? params.get("tint") : D.tint,
 };
 const setSize = () => document.documentElement.style.setProperty("--cell", `${view.size}px`);
 setSize();
 if (params.get("x") === "") view.x = "";
 if (params.get("y") === "") view.y = "";
+if (params.get("sort") === "") view.sortBy = "";
+if (params.get("tint") === "") view.tint = "";
 for (const name of main.swept) {
   const value = params.get(`f.${name}`);
   if (value !== null && main.rank.get(name).has(value)) view.filters[name] = value;
@@ -105,6 +120,8 @@ function saveHash(image, pair) {
   if (view.page) out.set("page", view.page + 1);
   if (view.pairPage) out.set("pairs", view.pairPage + 1);
   if (view.size !== D.size) out.set("size", view.size);
+  if (view.sortBy !== D.sortBy) out.set("sort", view.sortBy);
+  if (view.tint !== D.tint) out.set("tint", view.tint);
   if (image) out.set("img", image);
   if (pair !== undefined) out.set("pair", pair + 1);
   history.replaceState(null, "", `#${out}`);
@@ -153,6 +170,22 @@ function controls() {
   });
   resize.classList.add("size");
   host.replaceChildren(resize, select("x (columns)", view.x, axes, setAxis("x", "y")), select("y (rows)", view.y, axes, setAxis("y", "x")));
+  if (scores.size) {
+    const ids = D.scores.map((score) => [score.id, `${score.id} (${score.by})`]);
+    const sortBy = select("sort by score", view.sortBy, [["", "(axis order)"], ...ids], (value) => {
+      view.sortBy = value;
+      view.page = 0;
+      renderGrid();
+    });
+    const tintBy = select("tint by score", view.tint, [["", "(none)"], ...ids], (value) => {
+      view.tint = value;
+      renderGrid();
+      renderCompare();
+    });
+    sortBy.classList.add("sort-by");
+    tintBy.classList.add("tint");
+    host.append(sortBy, tintBy);
+  }
   for (const name of main.swept) {
     const options = [["\u0000", "all"], ...main.values[name].map((v) => [v, v])];
     host.append(select(name, view.filters[name] ?? "\u0000", options, (value) => {
@@ -198,7 +231,8 @@ function gridBlocks() {
   });
   const blocks = [];
   for (const section of ordered) {
-    const xs = [...section.xs].sort((a, b) => a - b), ys = [...section.ys].sort((a, b) => a - b);
+    let xs = [...section.xs].sort((a, b) => a - b), ys = [...section.ys].sort((a, b) => a - b);
+    if (scores.has(view.sortBy)) [xs, ys] = byScore(section, width, xs, ys, scores.get(view.sortBy).values);
     const title = keys.map((name, n) => `${name} = ${main.label(name, section.key[n])}`).join(" · ");
     const colStep = Math.min(xs.length, D.maxCols);
     const rowStep = Math.max(1, Math.floor(D.pageCells / colStep));
@@ -212,6 +246,22 @@ function gridBlocks() {
     }
   }
   return {blocks, sections: ordered.length, shown};
+}
+
+// A section's columns and rows ordered by the mean score of their images, best first (unscored last).
+function byScore(section, width, xs, ys, values) {
+  const sums = {x: new Map(), y: new Map()};
+  const add = (sum, code, v) => { const [total, n] = sum.get(code) || [0, 0]; sum.set(code, [total + v, n + 1]); };
+  for (const [at, rows] of section.cells) {
+    for (const i of rows) {
+      if (values[i] === null) continue;
+      add(sums.x, at % width, values[i]);
+      add(sums.y, Math.floor(at / width), values[i]);
+    }
+  }
+  const mean = (sum, code) => (sum.has(code) ? sum.get(code)[0] / sum.get(code)[1] : -Infinity);
+  const order = (codes, sum) => [...codes].sort((a, b) => mean(sum, b) - mean(sum, a) || a - b);
+  return [order(xs, sums.x), order(ys, sums.y)];
 }
 
 function paginate(blocks) {
@@ -252,7 +302,7 @@ function blockNode(block) {
 let laidOut = {key: null};  // the grid's pages for the current axes and filters: paging only draws
 
 function renderGrid() {
-  const key = JSON.stringify([view.x, view.y, view.filters]);
+  const key = JSON.stringify([view.x, view.y, view.filters, view.sortBy]);
   if (laidOut.key !== key) {
     const {blocks, sections, shown} = gridBlocks();
     laidOut = {key, sections, shown, pages: paginate(blocks)};
@@ -310,8 +360,10 @@ function where(text) {
 function show(s, i) {
   const sweep = sweeps[s];
   box.querySelector(".figure").replaceChildren(figureOf(sweep, i));
+  const scored = sweep === main ? D.scores.filter((score) => score.values[i] !== null) : [];
   box.querySelector(".params").replaceChildren(el("tbody", {}, sweep.order.filter((name) => isSet(sweep.value(i, name))).map((name) =>
-    el("tr", {}, el("th", {scope: "row", text: name}), el("td", {text: sweep.value(i, name)})))));
+    el("tr", {}, el("th", {scope: "row", text: name}), el("td", {text: sweep.value(i, name)}))),
+    scored.map((score) => el("tr", {class: "score"}, el("th", {scope: "row", text: `${score.id} (${score.by})`}), el("td", {text: scoreText(score.values[i])})))));
   where(`${D.sweeps.length > 1 ? (s ? "B: " : "A: ") : ""}${sweep.name}`);
   saveHash(`${s}:${sweep.value(i, "image_id")}`);
 }

@@ -68,6 +68,8 @@ def test_index_numbering_truncation_and_name_collisions(sweep, tmp_path, capsys)
     assert run(sweep, collide, "--pattern", "{seed}") == 0 and run(sweep, collide, "--pattern", "{seed}") == 0
     assert sorted(os.listdir(collide)) == ["3-2.png", "3-3.png", "3-4.png", "3-5.png", "3-6.png", "3-7.png", "3-8.png", "3.png"]
     assert "8 present" in capsys.readouterr().out.splitlines()[-1]
+    assert run(sweep, tmp_path / "unset", "--pattern", "{index}-{subseed}x") == 0  # no subseed: empty
+    assert sorted(os.listdir(tmp_path / "unset"))[:2] == ["0-x.png", "1-x.png"]
 
 
 def test_copies_where_the_filesystem_cannot_link(sweep, tmp_path, monkeypatch, capsys):
@@ -111,18 +113,25 @@ def test_safe_name(text, name):
     assert safe_name(text) == name
 
 
-def test_what_is_refused_in_one_line_with_nothing_written(sweep, tmp_path, capsys):
+def test_a_manifest_row_outside_the_sweep_is_skipped(sweep, tmp_path, capsys):
     hostile = copy_of(sweep, tmp_path)
+    (tmp_path / "secret.png").write_bytes(b"not yours")
     df = pd.read_parquet(hostile / "manifest.parquet")
-    df.loc[3, "path"] = "../../outside.png"
+    df.loc[3, "path"] = "../secret.png"
     df.to_parquet(hostile / "manifest.parquet")
+    assert run(hostile, tmp_path / "out", "--pattern", "{image_id}") == 0
+    assert "skipping 1 row(s)" in capsys.readouterr().err
+    exported = {name: (tmp_path / "out" / name).read_bytes() for name in os.listdir(tmp_path / "out")}
+    assert len(exported) == 8 and b"not yours" not in exported.values()  # the image itself is found again from its PNG
+
+
+def test_what_is_refused_in_one_line_with_nothing_written(sweep, tmp_path, capsys):
     cases = [
         ((sweep, tmp_path / "a", "--pattern", "{seed}-{steps}-{colour}"), "no field {colour}; fields: "),
         ((sweep, tmp_path / "a", "--pattern", "{prompt.upper}"), "no field {prompt.upper}"),
         ((sweep, tmp_path / "a", "--pattern", "{seed:.2f}-{prompt:d}"), "invalid --pattern"),
-        ((hostile, tmp_path / "a"), "has the path '../../outside.png', outside the sweep dir"),
         ((sweep, sweep / "images" / "named"), "inside the sweep's images folder"),
-        ((tmp_path, tmp_path / "a"), "no manifest.parquet"),
+        ((tmp_path, tmp_path / "a"), "no images folder; is it a sweep dir?"),
     ]
     for args, expected in cases:
         assert run(*args) == 2, args
@@ -132,6 +141,6 @@ def test_what_is_refused_in_one_line_with_nothing_written(sweep, tmp_path, capsy
 
 
 def test_the_command_line(sweep, tmp_path):
-    result = run_cli(str(sweep), str(tmp_path / "out"), "--pattern", "{index:05}-{seed}-{prompt:.40}", cwd=tmp_path, module="sweeper.export")
+    result = run_cli(str(sweep), str(tmp_path / "out"), cwd=tmp_path, module="sweeper.export")  # the default pattern: {index:05}-{seed}-{prompt:.40}
     assert result.returncode == 0, result.stderr
     assert len(os.listdir(tmp_path / "out")) == 8 and "00000-3-a fox in snow.png" in os.listdir(tmp_path / "out")

@@ -15,10 +15,11 @@ export again adds only what is new.
 
 Names are made safe: no path separators, control characters or `..`, no
 leading dot, at most MAX_NAME_BYTES bytes. The sweep dir may come from
-someone else: its manifest is read with bounds and each image must be a
-regular file inside it. An unknown field, a pattern that cannot format a
-row, or a manifest that points outside its sweep is refused in one line
-(exit 2) before anything is written.
+someone else: its manifest is read as every reader of one does (bounded, only
+rows of its own images, `images/<image_id>.png`, others skipped with a
+warning), and each image must be a regular file there. An unknown field, or a
+pattern that cannot format a row, is refused in one line (exit 2) before
+anything is written.
 """
 
 from __future__ import annotations
@@ -91,34 +92,19 @@ def names(pattern: str, rows: list[dict[str, Any]]) -> list[str]:
 
 
 def read_rows(sweep: Path) -> tuple[list[str], list[dict[str, Any]]]:
-    """The manifest's columns, and its ok images in the order they were rendered, each path checked to lie in the sweep."""
-    from sweeper.storing.bounds import read_table
+    """The manifest's columns, and its ok images in the order they were rendered (finish time).
 
-    manifest = sweep / "manifest.parquet"
-    try:
-        table = read_table(manifest)
-    except FileNotFoundError:
-        raise ExportError(f"{sweep}: no manifest.parquet; is it a sweep dir (its run finished)?") from None
-    except (OSError, ValueError) as error:
-        raise ExportError(f"{manifest}: cannot be read ({' '.join(str(error).split())[:200]})") from None
-    missing = {"image_id", "path", "status"} - set(table.column_names)
-    if missing:
-        raise ExportError(f"{manifest}: not a sweeper manifest (no {', '.join(sorted(missing))} column)")
+    manifest.read bounds what it reads and keeps only rows of the dir's own images
+    (`images/<image_id>.png`), warning of any other; unmerged parts and rows kept in PNGs count too."""
+    from sweeper.storing import manifest
+    from sweeper.storing.store import IMAGES_DIR
+
+    if not (sweep / IMAGES_DIR).is_dir():
+        raise ExportError(f"{sweep}: no {IMAGES_DIR} folder; is it a sweep dir?")
+    table = manifest.read(sweep)
     rows = [row for row in table.to_pylist() if row["status"] == "ok"]
-    for row in rows:
-        path = row["path"]
-        if not isinstance(path, str) or not _inside(sweep, path):
-            raise ExportError(f"{manifest}: image {str(row['image_id'])[:40]!r} has the path {str(path)[:200]!r}, outside the sweep dir")
-    order = sorted(rows, key=lambda row: (str(row.get("finished_at") or ""), row.get("batch_index") or 0, str(row["image_id"])))
+    order = sorted(rows, key=lambda row: (str(row["finished_at"] or ""), row["batch_index"] or 0, row["image_id"]))
     return table.column_names, order
-
-
-def _inside(sweep: Path, path: str) -> bool:
-    relative = Path(path)
-    return (
-        not relative.is_absolute() and ".." not in relative.parts and relative.suffix == ".png"
-        and (sweep / relative).resolve().is_relative_to(sweep.resolve())
-    )
 
 
 def export(sweep: Path, out_dir: Path, pattern: str) -> dict[str, int]:

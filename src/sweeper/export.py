@@ -38,6 +38,7 @@ from typing import Any, Iterator
 
 from sweeper.errors import UnsafePath
 from sweeper.storing.files import MAX_IMAGE_BYTES, folder, read_inside
+from sweeper.storing.store import IMAGES_DIR
 
 DEFAULT_PATTERN = "{index:05}-{seed}-{prompt:.40}"
 MAX_NAME_BYTES = 160  # a name before its suffix and `.png`: far under the 255 bytes filesystems allow
@@ -97,20 +98,24 @@ def read_rows(sweep: Path) -> tuple[list[str], list[dict[str, Any]]]:
     manifest.read bounds what it reads and keeps only rows of the dir's own images
     (`images/<image_id>.png`), warning of any other; unmerged parts and rows kept in PNGs count too."""
     from sweeper.storing import manifest
-    from sweeper.storing.store import IMAGES_DIR
 
     if not (sweep / IMAGES_DIR).is_dir():
         raise ExportError(f"{sweep}: no {IMAGES_DIR} folder; is it a sweep dir?")
     table = manifest.read(sweep)
     rows = [row for row in table.to_pylist() if row["status"] == "ok"]
-    order = sorted(rows, key=lambda row: (str(row["finished_at"] or ""), row["batch_index"] or 0, row["image_id"]))
-    return table.column_names, order
+    return table.column_names, sorted(rows, key=_rendered)
+
+
+def _rendered(row: dict[str, Any]) -> tuple:
+    """When an image was rendered: its call's finish time (none: first), its place in the call, its id."""
+    finished = row["finished_at"]
+    return (float("-inf") if finished is None else finished.timestamp(), row["batch_index"] or 0, row["image_id"])
 
 
 def export(sweep: Path, out_dir: Path, pattern: str) -> dict[str, int]:
     """Link or copy each ok image of `sweep` into `out_dir` by `pattern`; how many were linked, copied, already there, missing."""
     sweep, out_dir = Path(sweep), Path(out_dir)
-    if out_dir.resolve().is_relative_to((sweep / "images").resolve()):
+    if out_dir.resolve().is_relative_to((sweep / IMAGES_DIR).resolve()):
         raise ExportError(f"{out_dir}: inside the sweep's images folder; export to a folder of its own")
     columns, rows = read_rows(sweep)
     check_pattern(pattern, columns)

@@ -62,6 +62,8 @@ def test_index_numbering_truncation_and_name_collisions(sweep, tmp_path, capsys)
     assert run(sweep, out, "--pattern", "{index:05}-{prompt:.4}") == 0
     names = sorted(os.listdir(out))
     assert [name[:6] for name in names] == [f"{n:05}-" for n in range(8)]
+    df = pd.read_parquet(sweep / "manifest.parquet").sort_values(["finished_at", "batch_index"])  # numbered as rendered
+    assert names == [safe_name(f"{n:05}-{prompt[:4]}") + ".png" for n, prompt in enumerate(df.prompt)]
     assert all(len(name) <= len("00000-") + 4 + len(".png") for name in names)
     # Two images per name: the second gets -2; a re-run finds both where they are.
     collide = tmp_path / "by_seed"

@@ -108,6 +108,7 @@ def test_slerp_is_a1111s_per_column_interpolation():
 
 REFUSED = [
     (["model=tiny-flux", "subseed=1", "subseed_strength=0.5"], "invalid subseed=1: model=tiny-flux is Flux.1 (flux), which ignores it"),
+    (["model=tiny-sd35", "subseed=1", "subseed_strength=0.5"], "invalid subseed=1: model=tiny-sd35 is SD 3.5 (sd3), which ignores it"),
     (["model=tiny", "subseed_strength=0.5"], "invalid subseed_strength=0.5: blends in the noise of a variation seed: set subseed too"),
     (["model=tiny", "subseed=3"], "invalid subseed=3: changes nothing without subseed_strength"),
     (["model=tiny", "subseed=3", "subseed_strength=1.5"], "invalid subseed_strength=1.5: must be a number 0 .. 1"),

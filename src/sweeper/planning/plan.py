@@ -49,6 +49,7 @@ class _SpecMaker:
         self._shared = shared_hash(template)
         self._values = template.to_dict()
         self.family, self.model = template.family, template.model
+        self.subseed_strength = template.subseed_strength
 
     def row(self, seeds: Sequence[int], **changes: Any) -> list[ImageSpec]:
         """One spec per seed, each with `changes` (the row's prompts, init image, labels)."""
@@ -126,6 +127,7 @@ def plan_job(
         # Every job draws the same random seeds for -1 (by position), so a `guidance=3,5,7
         # seed=-1` sweep compares guidance on one seed, as A1111's X/Y plot does.
         seeds = validate.seeds(rc, str(seed_nonce), None if random_nonce is None else str(random_nonce))
+        subseed = validate.subseed(rc, maker.subseed_strength)  # per job: a subseed sweep shares its settings and batches
         if budget is not None and len(specs) + len(inits) * len(seeds) > budget:
             limit = validate.max_images(c)
             raise invalid("max_images", limit, f"the sweep asks for more than {limit} images; raise max_images to render them all")
@@ -139,13 +141,13 @@ def plan_job(
         elif prompt["negative_prompt"] is None:
             prompt["negative_prompt"] = family.cfg_negative_prompt
         for init in inits:
-            specs.extend(maker.row(seeds, prompt=row.prompt, prompt_template=row.template, **prompt, **init, **labels))
+            specs.extend(maker.row(seeds, prompt=row.prompt, prompt_template=row.template, subseed=subseed, **prompt, **init, **labels))
     return specs
 
 
 # Keys that a job's images differ in without their settings changing (planned per job).
 # Not the negative prompts: a family refuses one where it does nothing, which its check of the settings sees.
-_PER_JOB_KEYS = frozenset({"seed", "prompt", "prompt_2", "prompt_3", "dry_run", "name", "score", "scorer"})
+_PER_JOB_KEYS = frozenset({"seed", "subseed", "prompt", "prompt_2", "prompt_3", "dry_run", "name", "score", "scorer"})
 
 
 class _Settings:
@@ -242,6 +244,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         prompt_3=None,
         negative_prompt_3=None,
         seed=0,
+        subseed=None,
         guidance=guidance,
         steps=steps,
         width=width,
@@ -307,8 +310,9 @@ def recorded_specs(spec: ImageSpec, call: Sequence[Mapping[str, Any]], auto_devi
         for name in ("init_image_sha", "mask_image_sha"):
             if images[name] != image.get(name):
                 raise invalid(name[:-4], images[name[:-4]], f"its content is not the recorded image's ({images[name]} != {show(image.get(name))})")
+        subseed = validate.subseed({"subseed": image.get("subseed"), "subseed_strength": template.subseed_strength}, template.subseed_strength)
         template_text = image.get("prompt_template")
-        specs.append(replace(template, **row, **images, seed=seed, prompt_template=template_text if isinstance(template_text, str) else None))
+        specs.append(replace(template, **row, **images, seed=seed, subseed=subseed, prompt_template=template_text if isinstance(template_text, str) else None))
     return specs
 
 
@@ -323,7 +327,7 @@ def config_of(spec: ImageSpec) -> dict[str, Any]:
         raise invalid("scheduler_kwargs", spec.scheduler_kwargs, "must be a JSON object of scheduler config values") from None
     copied = ("guidance", "steps", "width", "height", *SIZE_KEYS, *CROP_KEYS, "mode", "strength", "watermark", "safety_checker",
               "dtype", "device", "attention", "channels_last", "fuse_qkv", "offload", "vae_slicing", "vae_tiling",
-              "true_cfg", "guidance_rescale", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip", "slg_scale", "slg_start", "slg_stop")
+              "true_cfg", "guidance_rescale", "subseed_strength", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip", "slg_scale", "slg_start", "slg_stop")
     return {
         "model": {"name": spec.model, "id": spec.model_id, "revision": spec.model_revision, "family": spec.family, "config": spec.model_config},
         "refiner": refiner,

@@ -76,6 +76,9 @@ class ImageSpec:
     negative_prompt_3: str | None = _sparse(PER_IMAGE, "string")
     prompt_file: str | None = _f(LABEL, "string")
     seed: int = _f(PER_IMAGE, "int64", "Seed")
+    # A1111's variation seed: its noise blended into the seed's by the strength (set only when > 0; SD 1.x, SDXL).
+    subseed: int | None = _sparse(PER_IMAGE, "int64", "Variation seed")
+    subseed_strength: float | None = _sparse(IDENTITY, "float64", "Variation seed strength")
     guidance: float = _f(IDENTITY, "float64", "CFG scale")
     steps: int = _f(IDENTITY, "int64", "Steps")
     # Keys of some families only (families/ says which family takes which).

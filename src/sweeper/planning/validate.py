@@ -36,7 +36,7 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # The keys of conf/config.yaml (a test keeps the two equal) and of its groups: any other is a typo.
 CONFIG_KEYS = (
     "name", "prompt", "prompt_file", "prompt_file_paths", "wildcards", "negative_prompt", "prompt_2", "negative_prompt_2",
-    "prompt_3", "negative_prompt_3", "seed", "guidance", "true_cfg", "guidance_rescale", "steps", "max_sequence_length", "shift", "dynamic_shift", "sigmas",
+    "prompt_3", "negative_prompt_3", "seed", "subseed", "subseed_strength", "guidance", "true_cfg", "guidance_rescale", "steps", "max_sequence_length", "shift", "dynamic_shift", "sigmas",
     "clip_skip", "slg_layers", "slg_scale", "slg_start", "slg_stop", "width", "height", "original_size", "target_size", "crops_coords_top_left",
     "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "mode", "init_image", "mask_image",
     "strength", "watermark", "safety_checker", "dtype", "device", "batch_size", "attention", "channels_last", "fuse_qkv",
@@ -274,6 +274,8 @@ def family_values(c: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("true_cfg", "slg_scale"):
         values[key] = None if c.get(key) is None else _number(c, key, 0, math.inf, "a finite number >= 0")
     values["guidance_rescale"] = None if c.get("guidance_rescale") is None else _number(c, "guidance_rescale", 0, 1, "a number 0 .. 1")
+    strength = None if c.get("subseed_strength") is None else _number(c, "subseed_strength", 0, 1, "a number 0 .. 1")
+    values["subseed_strength"] = strength or None  # 0: the seed's own noise, so the seed's image and id
     for key in ("slg_start", "slg_stop"):
         values[key] = None if c.get(key) is None else _number(c, key, 0, 1, "a fraction of the steps, 0 .. 1")
     values["shift"] = None if c.get("shift") is None else _number(c, "shift", 0, 100, "a number > 0 and <= 100", strict=True)
@@ -372,6 +374,21 @@ def seeds(c: Mapping[str, Any], random_key: str, sweep_key: str | None = None) -
             raise invalid("seed", value, f"must be an integer 0 .. {SEED_LIMIT - 1}, a list of them, -1 for a random seed, or random:N")
         planned.append(_drawn(random_key, position) if seed == -1 else seed)
     return planned
+
+
+def subseed(c: Mapping[str, Any], strength: float | None) -> int | None:
+    """A job's variation seed; None where no `strength` (subseed_strength checked, 0 made None) blends it in,
+    so the image is the seed's own, with its id. Either key without the other would change nothing: refused."""
+    value = c.get("subseed")
+    if value is None:
+        if strength is not None:
+            raise invalid("subseed_strength", strength, "blends in the noise of a variation seed: set subseed too")
+        return None
+    if not is_int(value) or not 0 <= value < SEED_LIMIT:
+        raise invalid("subseed", value, f"must be an integer 0 .. {SEED_LIMIT - 1}")
+    if c.get("subseed_strength") is None:
+        raise invalid("subseed", value, "changes nothing without subseed_strength (0 .. 1) to blend its noise in")
+    return None if strength is None else value
 
 
 def _drawn(key: str, position: int) -> int:

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 
 from sweeper.planning import hires
-from sweeper.rendering import families, loras, pipelines
+from sweeper.rendering import families, loras, pipelines, variation
 from sweeper.storing.files import read_image_file
 from sweeper.planning.image_files import content_sha
 from sweeper.rendering.runtime import Runtime
@@ -133,23 +133,26 @@ def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any, 
     # 4. Base: every step, or up to the refiner's split.
     pipelines.activate(runtime, base, first, device)
     embeddings, warnings = prompt_embeddings(runtime, base, specs, device)
+    start = {}  # the base's initial noise, where variation seeds blend it (the refiner's comes from its image)
+    if first.subseed_strength is not None:
+        start["latents"] = variation.initial_noise(base, specs, generators, embeddings["prompt_embeds"].dtype, base._execution_device)
     if upscaled is not None:
-        latents = base(**size, output_type="latent", **embeddings, **kwargs).images
+        latents = base(**size, output_type="latent", **embeddings, **start, **kwargs).images
         base_steps = _steps_run(base, first, "base")
         # 5. The hires fix: the same embeddings, scheduler and guidance at the larger size.
         out = _hires_pass(runtime, upscaled, base, latents, specs, embeddings, device)
         return Output(out.images, _nsfw(out), base_steps, None, warnings, hires_steps=_steps_run(upscaled, first, "hires"))
     if refiner is None:
-        out = base(**size, output_type="np", **embeddings, **kwargs)
+        out = base(**size, output_type="np", **embeddings, **start, **kwargs)
         return Output(out.images, _nsfw(out), _steps_run(base, first, "base"), None, warnings)
     if first.refiner_mode == "ensemble":
-        latents = base(**size, denoising_end=first.refiner_split, output_type="latent", **embeddings, **kwargs).images
+        latents = base(**size, denoising_end=first.refiner_split, output_type="latent", **embeddings, **start, **kwargs).images
         base_steps = _steps_run(base, first, "base")
         # 5. Refiner takes the latents mid-denoising (ensemble of experts).
         pipelines.activate(runtime, refiner, first, device)
         out = refiner(image=latents, denoising_start=first.refiner_split, output_type="np", **_refiner_embeddings(runtime, base, refiner, specs, device), **kwargs)
         return Output(out.images, None, base_steps, _steps_run(refiner, first, "refiner"), warnings)
-    latents = base(**size, output_type="latent", **embeddings, **kwargs).images
+    latents = base(**size, output_type="latent", **embeddings, **start, **kwargs).images
     base_steps = _steps_run(base, first, "base")
     # 5. Refiner re-noises the finished latents by 1 - split and denoises them again.
     pipelines.activate(runtime, refiner, first, device)

@@ -41,7 +41,7 @@ def image_path(spec: ImageSpec) -> str:
 
 # The order A1111 writes its keys in; a key added to the field table (spec.py) and not named here goes last.
 A1111_ORDER = (
-    "Steps", "Sampler", "Schedule type", "CFG scale", "CFG Rescale", "Seed", "Size", "Model", "Denoising strength", "Model hash", "Clip skip", "Refiner",
+    "Steps", "Sampler", "Schedule type", "CFG scale", "CFG Rescale", "Seed", "Size", "Model", "Variation seed", "Variation seed strength", "Denoising strength", "Model hash", "Clip skip", "Refiner",
     "Refiner switch at",
     "Hires upscale", "Hires steps", "Hires upscaler",
     "Lora hashes",

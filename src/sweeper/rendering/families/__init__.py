@@ -26,7 +26,7 @@ from sweeper.planning.spec import CROP_KEYS, SIZE_KEYS
 FAMILY_KEYS = (
     "negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3", *SIZE_KEYS, *CROP_KEYS,
     "true_cfg", "guidance_rescale", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip",
-    "slg_layers", "slg_scale", "slg_start", "slg_stop", "refiner", "watermark", "hires",
+    "slg_layers", "slg_scale", "slg_start", "slg_stop", "refiner", "watermark", "hires", "subseed", "subseed_strength",
 )
 DISCRETE, FLOW = "discrete", "flow"  # noise-prediction schedulers; flow-matching ones
 

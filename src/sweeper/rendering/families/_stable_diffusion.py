@@ -20,7 +20,11 @@ class StableDiffusion(Family):
 
     def check(self, values: dict[str, Any], model: Mapping[str, Any]) -> None:
         """Bounds clip_skip; 1 (the model's own layer: SD 1.x's last, SDXL's penultimate) is unset, as A1111 writes no "Clip skip" for it (same image, same id).
-        Refuses guidance_rescale where CFG does not run (guidance <= 1)."""
+        Refuses guidance_rescale where CFG does not run (guidance <= 1), variation seeds but in txt2img."""
+        mode = model.get("mode")
+        if values["subseed_strength"] is not None and mode != "txt2img":
+            # A1111 varies the noise added to the init image's latents; diffusers' img2img and inpaint draw it inside the call
+            raise invalid("subseed_strength", values["subseed_strength"], f"variation seeds vary the initial noise of txt2img; not with mode={mode}")
         guidance = model.get("guidance")
         if values["guidance_rescale"] is not None and isinstance(guidance, (int, float)) and guidance <= 1:
             raise invalid("guidance_rescale", values["guidance_rescale"], f"rescales classifier-free guidance, which runs only with guidance > 1 (guidance={guidance:g})")

@@ -17,7 +17,7 @@ class SD15(StableDiffusion):
         "inpaint": "StableDiffusionInpaintPipeline",
     }
     index_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
-    keys = ("negative_prompt", "guidance_rescale", "sigmas", "clip_skip", "hires")
+    keys = ("negative_prompt", "guidance_rescale", "sigmas", "clip_skip", "hires", "subseed", "subseed_strength")
     safety_checker = True
     tiny = {"tiny-sd": "base"}
     text_widths = {"tiny-sd": 32}

@@ -17,7 +17,8 @@ class SDXL(StableDiffusion):
         "inpaint": "StableDiffusionXLInpaintPipeline",
     }
     index_classes = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
-    keys = ("negative_prompt", "prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS, "guidance_rescale", "sigmas", "clip_skip", "refiner", "watermark", "hires")
+    keys = ("negative_prompt", "prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS, "guidance_rescale", "sigmas", "clip_skip", "refiner", "watermark", "hires",
+            "subseed", "subseed_strength")
     # Not as "Clip skip" in the PNG text: A1111 counts SDXL's layers from the last one ("Clip skip SDXL"), diffusers
     # and sweeper from SDXL's own penultimate one, so A1111 would read another layer off the same number.
     a1111 = {"clip_skip": None}

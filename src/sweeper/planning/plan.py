@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-from sweeper.planning import hires, image_files, lora_files, schedulers, validate
+from sweeper.planning import hires, image_files, lora_files, schedulers, validate, variation_seeds
 from sweeper.storing.bounds import loads_json
 from sweeper.errors import PlanError, invalid, show
 from sweeper.planning.prompts import prompt_rows
@@ -127,7 +127,7 @@ def plan_job(
         # Every job draws the same random seeds for -1 (by position), so a `guidance=3,5,7
         # seed=-1` sweep compares guidance on one seed, as A1111's X/Y plot does.
         seeds = validate.seeds(rc, str(seed_nonce), None if random_nonce is None else str(random_nonce))
-        subseed = validate.subseed(rc, maker.subseed_strength)  # per job: a subseed sweep shares its settings and batches
+        subseed = variation_seeds.checked(rc, maker.subseed_strength)  # per job: a subseed sweep shares its settings and batches
         if budget is not None and len(specs) + len(inits) * len(seeds) > budget:
             limit = validate.max_images(c)
             raise invalid("max_images", limit, f"the sweep asks for more than {limit} images; raise max_images to render them all")
@@ -310,7 +310,7 @@ def recorded_specs(spec: ImageSpec, call: Sequence[Mapping[str, Any]], auto_devi
         for name in ("init_image_sha", "mask_image_sha"):
             if images[name] != image.get(name):
                 raise invalid(name[:-4], images[name[:-4]], f"its content is not the recorded image's ({images[name]} != {show(image.get(name))})")
-        subseed = validate.subseed({"subseed": image.get("subseed"), "subseed_strength": template.subseed_strength}, template.subseed_strength)
+        subseed = variation_seeds.checked({"subseed": image.get("subseed"), "subseed_strength": template.subseed_strength}, template.subseed_strength)
         template_text = image.get("prompt_template")
         specs.append(replace(template, **row, **images, seed=seed, subseed=subseed, prompt_template=template_text if isinstance(template_text, str) else None))
     return specs

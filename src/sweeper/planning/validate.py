@@ -376,21 +376,6 @@ def seeds(c: Mapping[str, Any], random_key: str, sweep_key: str | None = None) -
     return planned
 
 
-def subseed(c: Mapping[str, Any], strength: float | None) -> int | None:
-    """A job's variation seed; None where no `strength` (subseed_strength checked, 0 made None) blends it in,
-    so the image is the seed's own, with its id. Either key without the other would change nothing: refused."""
-    value = c.get("subseed")
-    if value is None:
-        if strength is not None:
-            raise invalid("subseed_strength", strength, "blends in the noise of a variation seed: set subseed too")
-        return None
-    if not is_int(value) or not 0 <= value < SEED_LIMIT:
-        raise invalid("subseed", value, f"must be an integer 0 .. {SEED_LIMIT - 1}")
-    if c.get("subseed_strength") is None:
-        raise invalid("subseed", value, "changes nothing without subseed_strength (0 .. 1) to blend its noise in")
-    return None if strength is None else value
-
-
 def _drawn(key: str, position: int) -> int:
     digest = hashlib.sha256(f"{key}:{position}".encode()).digest()
     return int.from_bytes(digest[:8], "big") % RANDOM_SEED_LIMIT

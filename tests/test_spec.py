@@ -17,7 +17,7 @@ SRC = Path(spec.__file__).parents[1]  # src/sweeper
 # The lists as they were written out by hand before the table: image ids depend on them.
 LABEL = {
     "model", "model_config", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template",
-    "init_image", "mask_image", "job_num", "overrides", "lora",
+    "init_image", "mask_image", "job_num", "overrides", "lora", "vae", "embeddings",
 }
 EXECUTION = ("batch_size", "attention", "channels_last", "fuse_qkv", "compile", "vae_upcast", "offload", "vae_slicing", "gpu")
 PER_IMAGE = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "init_image_sha", "mask_image_sha", "seed")
@@ -27,11 +27,12 @@ DEFAULTS = dict(
     fuse_qkv=False, compile=None, vae_upcast=None, offload="none", vae_slicing=False, vae_tiling=False, gpu=None,
     lora=None, lora_scale=None, lora_sha=None, prompt_3=None, negative_prompt_3=None, true_cfg=None, guidance_rescale=None, max_sequence_length=None, shift=None,
     dynamic_shift=None, sigmas=None, clip_skip=None, slg_layers=None, slg_scale=None, slg_start=None, slg_stop=None,
+    vae=None, vae_sha=None, embeddings=None, embedding_tokens=None, embeddings_sha=None,
 )
 # Keys of some families only: left out of ids, PNGs and manifest files while unset.
 SPARSE = {
     "prompt_3", "negative_prompt_3", "true_cfg", "guidance_rescale", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip",
-    "slg_layers", "slg_scale", "slg_start", "slg_stop",
+    "slg_layers", "slg_scale", "slg_start", "slg_stop", "vae", "vae_sha", "embeddings", "embedding_tokens", "embeddings_sha",
 }
 MANIFEST_COLUMNS = [
     "image_id", "path", "status", "error", "warning", "model", "refiner", "refiner_split", "refiner_mode", "scheduler",
@@ -40,7 +41,8 @@ MANIFEST_COLUMNS = [
     "slg_stop", "width", "height",
     "original_size", "target_size", "crops_coords_top_left", "negative_original_size", "negative_target_size",
     "negative_crops_coords_top_left", "mode", "strength", "init_image", "mask_image", "init_image_sha", "mask_image_sha",
-    "prompt_template", "watermark", "safety_checker", "vae_tiling", "nsfw", "lora", "lora_scale", "lora_sha", "job_num", "overrides", "model_id", "model_revision",
+    "prompt_template", "watermark", "safety_checker", "vae_tiling", "nsfw", "lora", "lora_scale", "lora_sha", "vae", "vae_sha",
+    "embeddings", "embedding_tokens", "embeddings_sha", "job_num", "overrides", "model_id", "model_revision",
     "model_config", "refiner_id", "dtype", "device", "rank", "world_size", "batch_size", "batch_index", "attention",
     "channels_last", "fuse_qkv", "compile", "compile_mode", "vae_upcast", "offload", "vae_slicing", "base_steps", "refiner_steps", "seconds",
     "load_seconds", "warmup_seconds", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
@@ -49,6 +51,7 @@ A1111 = {
     "Refiner switch at": ("refiner_split",), "Sampler": ("scheduler_label",), "Seed": ("seed",), "CFG scale": ("guidance",),
     "Steps": ("steps",), "Size": ("width", "height"), "Denoising strength": ("strength",), "Model": ("model_id",), "Refiner": ("refiner_id",),
     "Lora hashes": ("lora",), "Schedule type": ("sigmas",), "Clip skip": ("clip_skip",), "CFG Rescale": ("guidance_rescale",),
+    "VAE": ("vae",), "VAE hash": ("vae_sha",), "TI hashes": ("embedding_tokens", "embeddings_sha"),
 }
 
 

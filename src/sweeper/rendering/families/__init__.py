@@ -26,7 +26,7 @@ from sweeper.planning.spec import CROP_KEYS, SIZE_KEYS
 FAMILY_KEYS = (
     "negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3", *SIZE_KEYS, *CROP_KEYS,
     "true_cfg", "guidance_rescale", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip",
-    "slg_layers", "slg_scale", "slg_start", "slg_stop", "refiner", "watermark",
+    "slg_layers", "slg_scale", "slg_start", "slg_stop", "vae", "embeddings", "refiner", "watermark",
 )
 DISCRETE, FLOW = "discrete", "flow"  # noise-prediction schedulers; flow-matching ones
 
@@ -178,7 +178,7 @@ def check_keys(family: Family, c: Mapping[str, Any], model_name: str) -> None:
     """Refuse a key the family would ignore, naming the family and the keys it takes."""
     for key in FAMILY_KEYS:
         value = c.get(key)
-        unset = value is None or (key == "refiner" and (value or {}).get("name", "none") == "none") or (key == "watermark" and value is False)
+        unset = value is None or (key == "refiner" and (value or {}).get("name", "none") == "none") or (key == "watermark" and value is False) or value == []
         if not unset and key not in family.keys:
             own = ", ".join(k for k in family.keys if k not in ("refiner", "watermark")) or "none"
             raise PlanError(f"invalid {key}={_show(value)}: model={model_name} is {family.title} ({family.name}), which ignores it; the keys of its own: {own}")

@@ -18,6 +18,9 @@ from conftest import composed_job, main_per_case, render_in_process
 from PIL import Image
 
 from sweeper import replay
+from sweeper.planning.plan import plan
+from sweeper.planning.spec import ImageSpec
+from sweeper.rendering.textual_inversion import internal_token, with_tokens
 
 SMALL = ("width=64", "height=64", "steps=2")
 
@@ -37,11 +40,15 @@ def files(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("embeddings")
     torch.manual_seed(5)
     save_file({"clip_l": torch.randn(2, 32), "clip_g": torch.randn(2, 48)}, folder / "xltok.safetensors")
-    torch.save({"string_to_param": {"*": torch.randn(2, 32)}, "name": "sdtok", "step": 100}, folder / "sdtok.pt")
+    vectors = torch.randn(2, 32)
+    torch.save({"string_to_param": {"*": vectors}, "name": "sdtok", "step": 100}, folder / "sdtok.pt")
+    save_file({"emb_params": vectors}, folder / "same.safetensors")  # the same vectors in A1111's safetensors format
     torch.save({"string_to_param": {"*": torch.randn(1, 48)}}, folder / "widept.pt")
     save_file({"emb_params": torch.randn(1, 48)}, folder / "wide.safetensors")
     torch.save({"emb_params": torch.randn(1, 32), "extra": Payload()}, folder / "code.pt")
     (folder / "old.ckpt").write_bytes(b"not read")
+    with open(folder / "big.pt", "wb") as handle:
+        handle.truncate(17 << 20)
     return {path.stem: path for path in folder.iterdir()}
 
 
@@ -86,7 +93,7 @@ def test_sd1_pt_files_load_once_as_tensors_their_tokens_named_or_not_and_misfits
     jobs = [
         composed_job(0, *model, prompt, "seed=[0,1]", "batch_size=1", f"embeddings=[{sdtok}]"),  # two calls, one load
         composed_job(1, *model, prompt, "seed=0"),
-        composed_job(2, *model, "prompt=a fox in mytok style", "seed=0", f"embeddings=[mytok:{sdtok}]"),  # the same file, its token named
+        composed_job(2, *model, "prompt=a fox in mytok style", "seed=0", f"embeddings=[mytok:{files['same']}]"),  # the same vectors, its token named
         composed_job(3, *model, prompt, "seed=0", "clip_skip=2", f"embeddings=[{sdtok}]"),
         composed_job(4, *model, prompt, "seed=0", "clip_skip=2"),
         composed_job(5, *model, prompt, "seed=0", f"embeddings=[{files['widept']}]"),
@@ -95,7 +102,7 @@ def test_sd1_pt_files_load_once_as_tensors_their_tokens_named_or_not_and_misfits
     render_in_process(tmp_path, jobs)
     df = pd.read_parquet(tmp_path / "manifest.parquet")
     assert len(df) == 8 and df.image_id.is_unique
-    assert [kind for kind, *_ in fresh_runtime.loads] == ["tiny-sd", "embedding"], fresh_runtime.loads
+    assert [kind for kind, *_ in fresh_runtime.loads] == ["tiny-sd", "embedding", "embedding"], fresh_runtime.loads
     ok = df[df.status == "ok"]
     assert sorted(set(ok.job_num)) == [0, 1, 2, 3, 4], df.error.tolist()
     image = {row.job_num: pixels(tmp_path, row.path) for row in ok[ok.seed == 0].itertuples()}
@@ -117,6 +124,7 @@ REFUSED = [
     (["model=tiny-sd", "embeddings=[{old}]"], "not a .safetensors / .pt / .bin file"),
     (["model=tiny-sd", "embeddings=[{sdtok},{sdtok}]"], "two embeddings have one token"),
     (["model=tiny-sd", "embeddings=[a b:{sdtok}]"], "its token must be 1 .. 100 characters without spaces"),
+    (["model=tiny-sd", "embeddings=[{big}]"], "over 16 MB"),
 ]
 
 
@@ -127,3 +135,11 @@ def test_what_cannot_act_is_refused_in_one_line_before_anything_loads(tmp_path, 
         lines = stderr.strip().splitlines()
         assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
     assert not answers["outputs"] and not answers["torch"]
+
+
+def test_tokens_are_matched_as_whole_words_in_any_case():
+    (spec,) = plan([composed_job(0, "model=tiny", "prompt=x")])
+    spec = ImageSpec.from_dict({**spec.to_dict(), "prompt": "Fox, fox-tail, foxes, xfox (FOX:1.2)", "negative_prompt": "fox",
+                                "embeddings": ("/ti/fox.pt",), "embedding_tokens": ("fox",), "embeddings_sha": ("a" * 20,)})
+    token = internal_token("a" * 20)
+    assert with_tokens(spec).prompt == f"{token}, {token}-tail, foxes, xfox ({token}:1.2)" and with_tokens(spec).negative_prompt == token

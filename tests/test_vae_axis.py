@@ -110,6 +110,42 @@ def test_each_vae_value_loads_once_with_its_own_upcast_on_sd1_and_sdxl(tmp_path,
     assert resident.own_vae.config.force_upcast and [vae.config.force_upcast for vae in resident.vaes.values()] == [False, True]
 
 
+def test_img2img_and_the_refiner_decode_with_the_vae(tmp_path, vaes, fresh_runtime):
+    photo = tmp_path / "photo.png"
+    Image.fromarray((np.indices((64, 64)).sum(axis=0) * 2 % 256).astype("uint8")).convert("RGB").save(photo)
+    refined = ("model=tiny", "refiner=tiny", "width=64", "height=64", "steps=4", "prompt=a red fox")
+    img2img = ("model=tiny", *SMALL, "mode=img2img", f"init_image={photo}")
+    jobs = [composed_job(n, *common, *([f"vae={vaes['folder']}"] if n % 2 else [])) for n, common in enumerate((refined, refined, img2img, img2img))]
+    render_in_process(tmp_path / "out", jobs)
+    df = pd.read_parquet(tmp_path / "out" / "manifest.parquet").sort_values("job_num")
+    assert len(df) == 4 and set(df.status) == {"ok"}, df.error.tolist()
+    refiner_stock, refiner_vae, img2img_stock, img2img_vae = (pixels(tmp_path / "out", path) for path in df.path)
+    assert np.abs(refiner_vae - refiner_stock).max() > 8 and np.abs(img2img_vae - img2img_stock).max() > 8
+    assert [kind for kind, *_ in fresh_runtime.loads].count("vae") == 1
+
+
+def test_a_hub_vae_comes_from_the_local_cache_and_offload_is_refused(tmp_path, vaes, monkeypatch):
+    """Offline, a hub id is its snapshot in the local Hugging Face cache: the same files, the same hash."""
+    from huggingface_hub import constants
+
+    from sweeper.errors import PlanError
+
+    repo = tmp_path / "hub" / "models--someone--tinyvae"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    for name in ("config.json", "diffusion_pytorch_model.safetensors"):
+        shutil.copy(vaes["folder"] / name, snapshot / name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    (hub,) = plan([composed_job(0, "model=tiny", *SMALL, "vae=someone/tinyvae")])
+    (local,) = plan([composed_job(0, "model=tiny", *SMALL, f"vae={vaes['folder']}")])
+    assert (hub.vae, hub.vae_sha, hub.image_id) == ("someone/tinyvae", local.vae_sha, local.image_id)
+    with pytest.raises(PlanError, match="invalid vae=.*: not with offload=model; use offload=none"):
+        plan([composed_job(0, "model=tiny", *SMALL, "device=cuda", "offload=model", f"vae={vaes['folder']}")])
+
+
 REFUSED = [
     (["model=tiny-flux", "vae={folder}"], "invalid vae="),
     (["model=tiny", "vae={wide}"], "its latents have 16 channels, model=tiny's have 4: a VAE made for another model family"),

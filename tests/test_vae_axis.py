@@ -93,15 +93,15 @@ def test_a_moved_vae_keeps_its_ids_and_an_edited_one_gets_new_ones(tmp_path, vae
 
 
 def test_each_vae_value_loads_once_with_its_own_upcast_on_sd1_and_sdxl(tmp_path, vaes, fresh_runtime):
-    """VAE values and the stock one in turns (one image per call): each loaded once per model; the fp16-fix-like
-    VAE keeps its own force_upcast (false), the single file takes the model's VAE config (true)."""
+    """SD 1.x takes a VAE file too. SDXL: two VAE values and the stock one in turns (one image per call), each loaded
+    once; the fp16-fix-like VAE keeps its own force_upcast (false), the single file takes the model's VAE config (true)."""
     small = (*SMALL, "seed=[0,1]", "batch_size=1")
-    jobs = [composed_job(0, "model=tiny-sd", *small, f"vae={vaes['file']}"), composed_job(1, "model=tiny-sd", *small)]
+    jobs = [composed_job(0, "model=tiny-sd", *SMALL, f"vae={vaes['file']}"), composed_job(1, "model=tiny-sd", *SMALL)]
     values = (str(vaes["folder"]), None, str(vaes["file"]))
     jobs += [composed_job(2 + n, "model=tiny", *small, *([f"vae={value}"] if value else [])) for n, value in enumerate(values)]
     render_in_process(tmp_path, jobs)
     df = pd.read_parquet(tmp_path / "manifest.parquet")
-    assert len(df) == 10 and set(df.status) == {"ok"}, df.error.tolist()
+    assert len(df) == 8 and set(df.status) == {"ok"}, df.error.tolist()
     assert [kind for kind, *_ in fresh_runtime.loads] == ["tiny-sd", "vae", "tiny-sdxl", "vae", "vae"], fresh_runtime.loads
     first = {row.job_num: pixels(tmp_path, row.path) for row in df[df.seed == 0].itertuples()}
     assert np.abs(first[0] - first[1]).max() > 8  # SD 1.x

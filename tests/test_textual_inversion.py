@@ -143,3 +143,10 @@ def test_tokens_are_matched_as_whole_words_in_any_case():
                                 "embeddings": ("/ti/fox.pt",), "embedding_tokens": ("fox",), "embeddings_sha": ("a" * 20,)})
     token = internal_token("a" * 20)
     assert with_tokens(spec).prompt == f"{token}, {token}-tail, foxes, xfox ({token}:1.2)" and with_tokens(spec).negative_prompt == token
+
+
+def test_offload_is_refused_with_embeddings(files):
+    from sweeper.errors import PlanError
+
+    with pytest.raises(PlanError, match="invalid embeddings=.*: not with offload=model; use offload=none"):
+        plan([composed_job(0, "model=tiny-sd", "device=cuda", "offload=model", f"embeddings=[{files['sdtok']}]")])

@@ -287,6 +287,8 @@ def _vae_and_embeddings(c: Mapping[str, Any], family: Any, model: Mapping[str, A
         return found
     if refiner["id"] is not None:  # the refiner's own tokenizer would read the tokens as plain words
         raise invalid("embeddings", c.get("embeddings"), "textual inversion works with refiner=none only")
+    if offload != "none":  # diffusers' loading removes the offload hooks and installs its own
+        raise invalid("embeddings", c.get("embeddings"), f"not with offload={offload}; use offload=none")
     keys = tuple(key for key, _, _ in family.embedding_encoders)
     return {**found, **embedding_files.embeddings(c, keys, family.encoder_widths(model))}
 

@@ -110,19 +110,30 @@ def test_each_vae_value_loads_once_with_its_own_upcast_on_sd1_and_sdxl(tmp_path,
     assert resident.own_vae.config.force_upcast and [vae.config.force_upcast for vae in resident.vaes.values()] == [False, True]
 
 
-def test_img2img_and_the_refiner_decode_with_the_vae_in_the_specs_dtype(tmp_path, vaes, fresh_runtime):
+def test_img2img_and_the_refiner_decode_with_the_vae(tmp_path, vaes, fresh_runtime):
     photo = tmp_path / "photo.png"
     Image.fromarray((np.indices((64, 64)).sum(axis=0) * 2 % 256).astype("uint8")).convert("RGB").save(photo)
     refined = ("model=tiny", "refiner=tiny", "width=64", "height=64", "steps=4", "prompt=a red fox")
     img2img = ("model=tiny", *SMALL, "mode=img2img", f"init_image={photo}")
     jobs = [composed_job(n, *common, *([f"vae={vaes['folder']}"] if n % 2 else [])) for n, common in enumerate((refined, refined, img2img, img2img))]
-    jobs.append(composed_job(4, "model=tiny", *SMALL, "dtype=bfloat16", f"vae={vaes['file']}"))  # loaded in the spec's dtype
     render_in_process(tmp_path / "out", jobs)
     df = pd.read_parquet(tmp_path / "out" / "manifest.parquet").sort_values("job_num")
-    assert len(df) == 5 and set(df.status) == {"ok"}, df.error.tolist()
-    refiner_stock, refiner_vae, img2img_stock, img2img_vae = (pixels(tmp_path / "out", path) for path in df.path[:4])
+    assert len(df) == 4 and set(df.status) == {"ok"}, df.error.tolist()
+    refiner_stock, refiner_vae, img2img_stock, img2img_vae = (pixels(tmp_path / "out", path) for path in df.path)
     assert np.abs(refiner_vae - refiner_stock).max() > 8 and np.abs(img2img_vae - img2img_stock).max() > 8
-    assert [kind for kind, *_ in fresh_runtime.loads].count("vae") == 2
+    assert [kind for kind, *_ in fresh_runtime.loads].count("vae") == 1
+
+
+@pytest.mark.parametrize("key", ["folder", "file"])
+def test_a_vae_loads_in_the_specs_dtype(vaes, tiny_models, key):
+    import torch
+    from diffusers import AutoencoderKL
+
+    from sweeper.rendering import vaes as loading
+
+    (spec,) = plan([composed_job(0, "model=tiny", *SMALL, "dtype=bfloat16", f"vae={vaes[key]}")])
+    own = AutoencoderKL.from_pretrained(str(tiny_models["tiny-sdxl"] / "vae"), dtype=torch.bfloat16)
+    assert loading._load(spec, own, "cpu").dtype == torch.bfloat16
 
 
 def test_a_hub_vae_comes_from_the_local_cache_and_offload_is_refused(tmp_path, vaes, monkeypatch):

@@ -17,7 +17,7 @@ SRC = Path(spec.__file__).parents[1]  # src/sweeper
 # The lists as they were written out by hand before the table: image ids depend on them.
 LABEL = {
     "model", "model_config", "refiner", "scheduler", "scheduler_label", "prompt_file", "prompt_template",
-    "init_image", "mask_image", "job_num", "overrides", "lora",
+    "init_image", "mask_image", "job_num", "overrides", "lora", "vae", "embeddings",
 }
 EXECUTION = ("batch_size", "attention", "channels_last", "fuse_qkv", "compile", "vae_upcast", "offload", "vae_slicing", "gpu")
 PER_IMAGE = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "init_image_sha", "mask_image_sha", "seed")
@@ -28,11 +28,12 @@ DEFAULTS = dict(
     lora=None, lora_scale=None, lora_sha=None, prompt_3=None, negative_prompt_3=None, subseed=None, subseed_strength=None, true_cfg=None, guidance_rescale=None, max_sequence_length=None, shift=None,
     dynamic_shift=None, sigmas=None, clip_skip=None, slg_layers=None, slg_scale=None, slg_start=None, slg_stop=None,
     hires_scale=None, hires_denoise=None, hires_steps=None, hires_upscaler=None,
+    vae=None, vae_sha=None, embeddings=None, embedding_tokens=None, embeddings_sha=None,
 )
 # Keys of some families only: left out of ids, PNGs and manifest files while unset.
 SPARSE = {
     "prompt_3", "negative_prompt_3", "subseed", "subseed_strength", "true_cfg", "guidance_rescale", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip",
-    "slg_layers", "slg_scale", "slg_start", "slg_stop",
+    "slg_layers", "slg_scale", "slg_start", "slg_stop", "vae", "vae_sha", "embeddings", "embedding_tokens", "embeddings_sha",
     "hires_scale", "hires_denoise", "hires_steps", "hires_upscaler",
 }
 MANIFEST_COLUMNS = [
@@ -42,7 +43,8 @@ MANIFEST_COLUMNS = [
     "slg_stop", "width", "height",
     "original_size", "target_size", "crops_coords_top_left", "negative_original_size", "negative_target_size",
     "negative_crops_coords_top_left", "mode", "strength", "hires_scale", "hires_denoise", "hires_steps", "hires_upscaler", "init_image", "mask_image", "init_image_sha", "mask_image_sha",
-    "prompt_template", "watermark", "safety_checker", "vae_tiling", "nsfw", "lora", "lora_scale", "lora_sha", "job_num", "overrides", "model_id", "model_revision",
+    "prompt_template", "watermark", "safety_checker", "vae_tiling", "nsfw", "lora", "lora_scale", "lora_sha", "vae", "vae_sha",
+    "embeddings", "embedding_tokens", "embeddings_sha", "job_num", "overrides", "model_id", "model_revision",
     "model_config", "refiner_id", "dtype", "device", "rank", "world_size", "batch_size", "batch_index", "attention",
     "channels_last", "fuse_qkv", "compile", "compile_mode", "vae_upcast", "offload", "vae_slicing", "base_steps", "refiner_steps", "hires_pass_steps", "seconds",
     "load_seconds", "warmup_seconds", "started_at", "finished_at", "host", "sweeper", "diffusers", "torch",
@@ -53,6 +55,7 @@ A1111 = {
     "Lora hashes": ("lora",), "Schedule type": ("sigmas",), "Clip skip": ("clip_skip",), "CFG Rescale": ("guidance_rescale",),
     "Hires upscale": ("hires_scale",), "Hires steps": ("hires_steps",), "Hires upscaler": ("hires_upscaler",),
     "Variation seed": ("subseed",), "Variation seed strength": ("subseed_strength",),
+    "VAE": ("vae",), "VAE hash": ("vae_sha",), "TI hashes": ("embedding_tokens", "embeddings_sha"),
 }
 
 

@@ -4,6 +4,7 @@
     python -m sweeper.replay IMAGE.png --init-image photos/      # img2img/inpaint: where its init images are
     python -m sweeper.replay IMAGE.png --model /models/mine.safetensors   # made with a local model
     python -m sweeper.replay IMAGE.png --lora loras/                   # with LoRA adapters: where they are
+    python -m sweeper.replay IMAGE.png --vae vaes/ --embeddings embeddings/   # with a VAE file, textual inversions
 
 The PNG's `sweeper` chunk holds the full spec and its pipeline call: the
 other images rendered with it (batched float math is not batch-invariant)
@@ -99,7 +100,11 @@ def checked(recorded: Recorded, args: argparse.Namespace) -> list[ImageSpec]:
             flag = "--" + name.removesuffix("_id").replace("_", "-")
             raise PlanError(f"the image was made with a local model {value!r}; pass {flag} PATH to say where it is")
     if spec.lora is not None:
-        spec = dataclasses.replace(spec, lora=_local_loras(spec.lora, args.lora or []))
+        spec = dataclasses.replace(spec, lora=_local_files("lora", "LoRA", spec.lora, args.lora or []))
+    if spec.vae is not None:
+        spec = dataclasses.replace(spec, vae=_local_files("vae", "VAE", (spec.vae,), args.vae or [])[0])
+    if spec.embeddings is not None:
+        spec = dataclasses.replace(spec, embeddings=_local_files("embeddings", "embedding", spec.embeddings, args.embeddings or [], hub=False))
     call = [dict(fields, **_local_images(fields, args)) for fields in recorded.call]
     specs = recorded_specs(spec, call, devices.auto_device())
     first = specs[0]
@@ -137,25 +142,25 @@ def _local_images(fields: dict[str, Any], args: argparse.Namespace) -> dict[str,
     return found
 
 
-def _local_loras(recorded: Any, given: list[Path]) -> tuple[str, ...]:
-    """Where the image's LoRA files are: each recorded base name in a folder given, or a file given
-    of that name (one file given for one adapter: that file). A recorded hub id stays one; the
-    files are then checked and hashed as a sweep's are (lora_files)."""
-    from sweeper import hub
+def _local_files(key: str, what: str, recorded: Any, given: list[Path], hub: bool = True) -> tuple[str, ...]:
+    """Where the image's LoRA files (VAE, embeddings) are: each recorded base name in a folder given, or
+    a file or folder given of that name (one given for one recorded: that one). A recorded hub id
+    stays one (not for embeddings); the files are then checked and hashed as a sweep's are."""
+    from sweeper import hub as hubs
 
     if not isinstance(recorded, tuple) or not recorded or not all(isinstance(name, str) and name for name in recorded):
-        raise PlanError(f"invalid lora={recorded!r}: recorded LoRA adapters must be a list of names")
+        raise PlanError(f"invalid {key}={recorded!r}: recorded {what} files must be a list of names")
     found = []
     for name in recorded:
         base = Path(name).name  # a base name: never a way out of a folder given
-        matches = [g for g in given if g.is_file() and (g.name == base or len(recorded) == len(given) == 1)]
+        matches = [g for g in given if g.exists() and (g.name == base or (len(recorded) == len(given) == 1 and g.is_file()))]
         matches += [g / base for g in given if g.is_dir() and (g / base).exists()]
         if matches:
             found.append(str(matches[0]))
-        elif hub.is_hub_or_tiny(name):
+        elif hub and hubs.is_hub_or_tiny(name):
             found.append(name)  # from the local Hugging Face cache unless --download
         else:
-            raise PlanError(f"the image was made with the LoRA {name!r}; pass --lora FILE_OR_FOLDER to say where it is")
+            raise PlanError(f"the image was made with the {what} {name!r}; pass --{key} FILE_OR_FOLDER to say where it is")
     return tuple(found)
 
 
@@ -184,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-config", type=Path, help="the local diffusers folder a single-file model's configs came from")
     parser.add_argument("--refiner", type=Path, help="the local refiner model the image was made with")
     parser.add_argument("--lora", type=Path, action="append", help="a LoRA file the image was made with, or a folder holding them by their recorded names (repeatable)")
+    parser.add_argument("--vae", type=Path, action="append", help="the VAE file or folder the image was made with, or a folder holding it by its recorded name")
+    parser.add_argument("--embeddings", type=Path, action="append", help="a textual-inversion file the image was made with, or a folder holding them by their recorded names (repeatable)")
     parser.add_argument("--download", action="store_true", help="let the hub model the PNG names be downloaded (default: only the local cache)")
     args = parser.parse_args(argv)
     if not args.download:

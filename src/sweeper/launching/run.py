@@ -202,7 +202,7 @@ AXES = (
     "hires_upscaler", "guidance", "true_cfg", "guidance_rescale", "steps", "max_sequence_length",
     "shift", "dynamic_shift", "sigmas", "clip_skip", "slg_layers", "slg_scale", "slg_start", "slg_stop", "width", "height",
     "original_size", "target_size", "crops_coords_top_left", "negative_original_size", "negative_target_size",
-    "negative_crops_coords_top_left", "dtype", "watermark", "safety_checker", "vae_tiling", "lora", "lora_scale", "subseed_strength", "subseed", "seed",
+    "negative_crops_coords_top_left", "dtype", "watermark", "safety_checker", "vae_tiling", "lora", "lora_scale", "vae", "embeddings", "subseed_strength", "subseed", "seed",
 )
 
 

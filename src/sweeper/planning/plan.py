@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-from sweeper.planning import hires, image_files, lora_files, schedulers, validate, variation_seeds
+from sweeper.planning import embedding_files, hires, image_files, lora_files, schedulers, validate, vae_files, variation_seeds
 from sweeper.storing.bounds import loads_json
 from sweeper.errors import PlanError, invalid, show
 from sweeper.planning.prompts import prompt_rows
@@ -223,6 +223,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
     adapters = lora_files.loras(c, lora_files.model_text_width(model) if c.get("lora") else None, f"model={model['name']}")
     if fuse_qkv and adapters["lora"]:  # the fused projection would bypass the adapters on to_q, to_k, to_v
         raise invalid("fuse_qkv", fuse_qkv, "LoRA adapters act on the separate Q/K/V projections; not with lora")
+    parts = _vae_and_embeddings(c, family, model, refiner, offload)
     return ImageSpec(
         model_id=model["id"],
         model_revision=model["revision"],
@@ -275,10 +276,29 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         vae_tiling=validate.flag(c, "vae_tiling"),
         gpu=gpu,
         **adapters,
+        **parts,
         **_conditioning(sizes, mode, width, height),
         **own,
         **second,
     )
+
+
+def _vae_and_embeddings(c: Mapping[str, Any], family: Any, model: Mapping[str, Any], refiner: Mapping[str, Any], offload: str) -> dict[str, Any]:
+    """The spec fields of `vae` and `embeddings` (families.check_keys refused them where the family takes none)."""
+    name = f"model={model['name']}"
+    found = dict.fromkeys(("vae", "vae_sha", "embeddings", "embedding_tokens", "embeddings_sha"))
+    if c.get("vae") is not None:
+        if offload != "none":  # the offload hooks sit on the model's own VAE
+            raise invalid("vae", c.get("vae"), f"not with offload={offload}; use offload=none")
+        found.update(vae_files.vae(c, family.latent_channels, name))
+    if c.get("embeddings") in (None, []):
+        return found
+    if refiner["id"] is not None:  # the refiner's own tokenizer would read the tokens as plain words
+        raise invalid("embeddings", c.get("embeddings"), "textual inversion works with refiner=none only")
+    if offload != "none":  # diffusers' loading removes the offload hooks and installs its own
+        raise invalid("embeddings", c.get("embeddings"), f"not with offload={offload}; use offload=none")
+    keys = tuple(key for key, _, _ in family.embedding_encoders)
+    return {**found, **embedding_files.embeddings(c, keys, family.encoder_widths(model))}
 
 
 def recorded_specs(spec: ImageSpec, call: Sequence[Mapping[str, Any]], auto_device: str = "cpu") -> list[ImageSpec]:
@@ -340,6 +360,8 @@ def config_of(spec: ImageSpec) -> dict[str, Any]:
         "slg_layers": None if spec.slg_layers is None else list(spec.slg_layers),
         "lora_scale": 1.0 if spec.lora_scale is None else list(spec.lora_scale),
         "hires": hires.config(spec),
+        "vae": spec.vae,
+        "embeddings": None if spec.embeddings is None else [f"{token}:{path}" for token, path in zip(spec.embedding_tokens, spec.embeddings)],
     }
 
 

@@ -124,6 +124,14 @@ class ImageSpec:
     lora: tuple[str, ...] | None = _f(LABEL, "strings", "Lora hashes", default=None)
     lora_scale: tuple[float, ...] | None = _f(IDENTITY, "floats", default=None, optional=True)
     lora_sha: tuple[str, ...] | None = _f(IDENTITY, "strings", default=None, optional=True)
+    # A VAE in place of the model's own: where it is (a file or folder by absolute path, or a hub id) and its
+    # content hash (as the LoRA's: a moved VAE keeps its images' ids, an edited one renders them again).
+    vae: str | None = _sparse(LABEL, "string", "VAE")
+    vae_sha: str | None = _sparse(IDENTITY, "string", "VAE hash")
+    # Textual-inversion embeddings: where they are, the tokens the prompts use them by, their content hashes.
+    embeddings: tuple[str, ...] | None = _sparse(LABEL, "strings")
+    embedding_tokens: tuple[str, ...] | None = _sparse(IDENTITY, "strings", "TI hashes")
+    embeddings_sha: tuple[str, ...] | None = _sparse(IDENTITY, "strings", "TI hashes")
     job_num: int = _f(LABEL, "int64")
     overrides: str = _f(LABEL, "string")
     model_id: str = _f(IDENTITY, "string", "Model")

@@ -40,7 +40,7 @@ CONFIG_KEYS = (
     "clip_skip", "slg_layers", "slg_scale", "slg_start", "slg_stop", "width", "height", "original_size", "target_size", "crops_coords_top_left",
     "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "mode", "init_image", "mask_image",
     "strength", "watermark", "safety_checker", "dtype", "device", "batch_size", "attention", "channels_last", "fuse_qkv",
-    "compile", "vae_upcast", "offload", "vae_slicing", "vae_tiling", "lora", "lora_scale", "max_images", "max_size", "max_steps", "dry_run",
+    "compile", "vae_upcast", "offload", "vae_slicing", "vae_tiling", "lora", "lora_scale", "vae", "embeddings", "max_images", "max_size", "max_steps", "dry_run",
     "hires",
     "score",
 )

@@ -100,6 +100,14 @@ def _check_loaded(pipe, path: str) -> None:
             raise RuntimeError(f"{path}: the checkpoint holds no weights for the pipeline's {name} (does model.config match it?)")
 
 
+def own_vae(runtime: Runtime, key: tuple) -> Any:
+    """The base model's own VAE, noted the first time it is asked (before the `vae` key swapped another in: vaes.py)."""
+    resident = runtime.residents[("base", key)]
+    if resident.own_vae is None:
+        resident.own_vae = resident.pipe.vae
+    return resident.own_vae
+
+
 def refiner_pipeline(runtime: Runtime, spec: ImageSpec, base: Any, device: str) -> Any:
     """The refiner for the resident base, sharing its text_encoder_2 and vae; another refiner is freed first."""
     key = ("refiner", base_key(spec, device), (spec.refiner_id, spec.refiner_revision))
@@ -110,7 +118,7 @@ def refiner_pipeline(runtime: Runtime, spec: ImageSpec, base: Any, device: str) 
             **source(spec.refiner_id, spec.refiner_revision),
             dtype=TORCH_DTYPES[spec.dtype],
             text_encoder_2=base.text_encoder_2,
-            vae=base.vae,
+            vae=own_vae(runtime, base_key(spec, device)),  # the model's own, whichever the base has swapped in (vaes.py)
             add_watermarker=spec.watermark,
         )
         scheduler_config = pipe.scheduler.config
@@ -131,25 +139,34 @@ def _ready(pipe, spec: ImageSpec, device: str):
         from diffusers.models.attention_processor import AttnProcessor
 
         denoiser.set_attn_processor(AttnProcessor())
-        pipe.vae.set_attn_processor(AttnProcessor())
     if spec.fuse_qkv:  # the SD pipelines fuse their UNet's and VAE's; where the pipeline cannot (Flux.2 Klein), the denoiser's
         (pipe if hasattr(pipe, "fuse_qkv_projections") else denoiser).fuse_qkv_projections()
     if spec.channels_last:
         denoiser.to(memory_format=torch.channels_last)
-        pipe.vae.to(memory_format=torch.channels_last)
-    if spec.vae_upcast is not None:
-        pipe.vae.register_to_config(force_upcast=spec.vae_upcast)
-    elif spec.dtype == "bfloat16":  # the upcast guards float16's range; bfloat16 has float32's (diffusers upcasts anyway)
-        pipe.vae.register_to_config(force_upcast=False)
-    if spec.vae_slicing:
-        pipe.vae.enable_slicing()
-    if spec.vae_tiling:
-        pipe.vae.enable_tiling()
+    ready_vae(pipe.vae, spec)
     if spec.offload == "none":
         pipe.to(device)
     if spec.compile is not None:
         denoiser.compile(mode=spec.compile)
     return pipe
+
+
+def ready_vae(vae: Any, spec: ImageSpec) -> None:
+    """The spec's VAE options, on the model's own VAE or on one the `vae` key swaps in (vaes.py)."""
+    if spec.attention == "eager":
+        from diffusers.models.attention_processor import AttnProcessor
+
+        vae.set_attn_processor(AttnProcessor())
+    if spec.channels_last:
+        vae.to(memory_format=torch.channels_last)
+    if spec.vae_upcast is not None:
+        vae.register_to_config(force_upcast=spec.vae_upcast)
+    elif spec.dtype == "bfloat16":  # the upcast guards float16's range; bfloat16 has float32's (diffusers upcasts anyway)
+        vae.register_to_config(force_upcast=False)
+    if spec.vae_slicing:
+        vae.enable_slicing()
+    if spec.vae_tiling:
+        vae.enable_tiling()
 
 
 def activate(runtime: Runtime, pipe: Any, spec: ImageSpec, device: str) -> Any:

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 
 from sweeper.planning import hires
-from sweeper.rendering import families, loras, pipelines, variation
+from sweeper.rendering import families, loras, pipelines, textual_inversion, vaes, variation
 from sweeper.storing.files import read_image_file
 from sweeper.planning.image_files import content_sha
 from sweeper.rendering.runtime import Runtime
@@ -69,9 +69,12 @@ def _render_batch(batch: Batch, device: str, runtime: Runtime) -> Output:
     loads = len(runtime.loads)
     tic = time.perf_counter()
     base = pipelines.base_pipeline(runtime, first, device)
-    loras.apply(runtime, pipelines.base_key(first, device), base, first)
+    key = pipelines.base_key(first, device)
+    loras.apply(runtime, key, base, first)
+    textual_inversion.apply(runtime, key, base, first, families.get(first.family))
     refiner = None if first.refiner_id is None else pipelines.refiner_pipeline(runtime, first, base, device)
     upscaled = None if first.hires_scale is None else pipelines.mode_pipeline(runtime, first, base, "img2img", device)
+    vaes.apply(runtime, key, [base, refiner, upscaled], first, device)
     load_seconds = time.perf_counter() - tic if len(runtime.loads) > loads else None
 
     # 2. A pipeline's first call at a shape pays one-time costs (allocations, kernel choice, compile):
@@ -233,7 +236,7 @@ def prompt_embeddings(
 
 
 # What an image's prompt embeddings depend on besides its prompts and the pipeline.
-_ENCODING_FIELDS = ("true_cfg", "max_sequence_length", "clip_skip")
+_ENCODING_FIELDS = ("true_cfg", "max_sequence_length", "clip_skip", "embedding_tokens", "embeddings_sha")
 
 
 def _encoded(runtime: Runtime, pipe: Any, family: Any, spec: ImageSpec, device: str, lora: bool) -> tuple[dict[str, torch.Tensor], str | None]:
@@ -244,6 +247,7 @@ def _encoded(runtime: Runtime, pipe: Any, family: Any, spec: ImageSpec, device: 
     cached = runtime.cached_embeddings(key)
     if cached is not None:
         return cached
+    spec = textual_inversion.with_tokens(spec)
     with torch.no_grad():
         encoded = family.encode(pipe, spec, device)
     return runtime.store_embeddings(key, (encoded, family.truncation(pipe, spec)))

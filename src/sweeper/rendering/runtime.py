@@ -31,6 +31,9 @@ class Resident:
     schedulers: dict[tuple, Any] = field(default_factory=dict)  # (class, kwargs) -> a scheduler to copy
     warmed: set[tuple] = field(default_factory=set)  # the shapes (width, height, images) it has been called at
     adapters: set[str] = field(default_factory=set)  # the LoRA adapters loaded into its modules (content hashes)
+    own_vae: Any = None  # a base model's own VAE, while another may be swapped in (vaes.py)
+    vaes: dict[str, Any] = field(default_factory=dict)  # the `vae` values loaded for a base model, by content hash
+    inversions: set[str] = field(default_factory=set)  # the textual-inversion embeddings loaded into its text encoders (content hashes)
 
 
 class Runtime:

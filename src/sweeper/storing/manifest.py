@@ -107,6 +107,10 @@ def row(spec, path: str, status: str, error: str | None, **run_facts: Any) -> di
             if cfg and getattr(spec, f"negative_prompt_{n}") is None:
                 values[f"negative_prompt_{n}"] = values["negative_prompt"]
     values.update(compile=spec.compile is not None, compile_mode=spec.compile, **lora_columns(spec))
+    if spec.vae is not None:  # by name, as grids and PNGs show them (plan.parquet keeps where they are)
+        values["vae"] = public_model_name(spec.vae)
+    if spec.embeddings is not None:
+        values["embeddings"] = [Path(value).name for value in spec.embeddings]
     for name in SPARSE_FIELDS:  # other families' keys: not in this row (nor in its PNG)
         if values[name] is None:
             del values[name]

@@ -41,10 +41,10 @@ def image_path(spec: ImageSpec) -> str:
 
 # The order A1111 writes its keys in; a key added to the field table (spec.py) and not named here goes last.
 A1111_ORDER = (
-    "Steps", "Sampler", "Schedule type", "CFG scale", "CFG Rescale", "Seed", "Size", "Model", "Variation seed", "Variation seed strength", "Denoising strength", "Model hash", "Clip skip", "Refiner",
-    "Refiner switch at",
+    "Steps", "Sampler", "Schedule type", "CFG scale", "CFG Rescale", "Seed", "Size", "Model", "Variation seed", "Variation seed strength", "Denoising strength", "Model hash",
+    "VAE hash", "VAE", "Clip skip", "Refiner", "Refiner switch at",
     "Hires upscale", "Hires steps", "Hires upscaler",
-    "Lora hashes",
+    "Lora hashes", "TI hashes",
 )
 
 
@@ -95,6 +95,12 @@ def _a1111_value(key: str, values: list[Any]) -> object | None:
         return _lora_hashes(values[0])
     if key == "Hires upscaler":
         return hires.UPSCALERS[values[0]]
+    if key == "VAE":
+        return public_model_name(values[0])  # A1111 names a VAE file with its suffix
+    if key == "VAE hash":
+        return values[0][:10]  # A1111's: the file's sha256, 10 hex digits
+    if key == "TI hashes":
+        return ", ".join(f"{token}: {sha[:12]}" for token, sha in zip(*values))  # A1111's: 12 hex digits
     return f"{values[0]:g}" if isinstance(values[0], float) else values[0]
 
 
@@ -233,6 +239,10 @@ def _public(fields: dict[str, Any]) -> dict[str, Any]:
             public[name] = public_model_name(public[name])
     if isinstance(public.get("lora"), (list, tuple)):  # a spec's: files and folders by base name, hub ids as they are (a row's are names)
         public["lora"] = [public_model_name(value) for value in public["lora"]]
+    if public.get("vae"):
+        public["vae"] = public_model_name(public["vae"])
+    if public.get("embeddings"):
+        public["embeddings"] = [Path(value).name for value in public["embeddings"]]
     if "overrides" in public:
         public["overrides"] = ""
     return public

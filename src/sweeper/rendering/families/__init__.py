@@ -26,7 +26,7 @@ from sweeper.planning.spec import CROP_KEYS, SIZE_KEYS
 FAMILY_KEYS = (
     "negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3", *SIZE_KEYS, *CROP_KEYS,
     "true_cfg", "guidance_rescale", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip",
-    "slg_layers", "slg_scale", "slg_start", "slg_stop", "refiner", "watermark", "hires", "subseed", "subseed_strength",
+    "slg_layers", "slg_scale", "slg_start", "slg_stop", "vae", "embeddings", "refiner", "watermark", "hires", "subseed", "subseed_strength",
 )
 DISCRETE, FLOW = "discrete", "flow"  # noise-prediction schedulers; flow-matching ones
 
@@ -179,7 +179,7 @@ def check_keys(family: Family, c: Mapping[str, Any], model_name: str) -> None:
     for key in FAMILY_KEYS:
         value = c.get(key)
         unset = (value is None or (key == "refiner" and (value or {}).get("name", "none") == "none") or (key == "watermark" and value is False)
-                 or (key == "hires" and isinstance(value, Mapping) and value.get("scale") is None))
+                 or (key == "hires" and isinstance(value, Mapping) and value.get("scale") is None) or value == [])
         if not unset and key not in family.keys:
             own = ", ".join(k for k in family.keys if k not in ("refiner", "watermark")) or "none"
             shown = f"hires.scale={_show(value.get('scale'))}" if key == "hires" and isinstance(value, Mapping) else f"{key}={_show(value)}"

@@ -17,6 +17,28 @@ class StableDiffusion(Family):
     default_scheduler = "euler"
     tiny_version = "v2"  # v2: text_encoder_2 wider than text_encoder (as in SDXL); tiny-sd has a safety checker
     text_widths: dict[str, int]  # each tiny UNet's cross_attention_dim
+    latent_channels = 4  # of every SD 1.x and SDXL VAE: the `vae` key takes another with as many
+    # Textual inversion: per text encoder, (its tensor in an embedding file (None: the file's one), tokenizer, encoder).
+    embedding_encoders: tuple[tuple[str | None, str, str], ...]
+    tiny_encoder_widths: dict[str, tuple[int, ...]]  # each tiny model's text encoders' widths
+
+    def encoder_widths(self, model: Mapping[str, Any]) -> tuple[int, ...] | None:
+        """The text encoders' widths (an embedding's vectors must match), from their configs where on this machine."""
+        from sweeper.model_files import model_json
+
+        if model["id"] in self.tiny_encoder_widths:
+            return self.tiny_encoder_widths[model["id"]]
+        source, revision = (model["config"], None) if model.get("config") else (model["id"], model.get("revision"))
+        widths = []
+        for _, _, encoder in self.embedding_encoders:
+            try:
+                width = (model_json(source, revision, f"{encoder}/config.json") or {}).get("hidden_size")
+            except (OSError, ValueError):
+                return None
+            if not isinstance(width, int) or isinstance(width, bool):
+                return None
+            widths.append(width)
+        return tuple(widths)
 
     def check(self, values: dict[str, Any], model: Mapping[str, Any]) -> None:
         """Bounds clip_skip; 1 (the model's own layer: SD 1.x's last, SDXL's penultimate) is unset, as A1111 writes no "Clip skip" for it (same image, same id).

@@ -17,10 +17,12 @@ class SD15(StableDiffusion):
         "inpaint": "StableDiffusionInpaintPipeline",
     }
     index_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline")
-    keys = ("negative_prompt", "guidance_rescale", "sigmas", "clip_skip", "hires", "subseed", "subseed_strength")
+    keys = ("negative_prompt", "guidance_rescale", "sigmas", "clip_skip", "vae", "embeddings", "hires", "subseed", "subseed_strength")
     safety_checker = True
     tiny = {"tiny-sd": "base"}
     text_widths = {"tiny-sd": 32}
+    embedding_encoders = ((None, "tokenizer", "text_encoder"),)
+    tiny_encoder_widths = {"tiny-sd": (32,)}
 
     def check(self, values: dict[str, Any], model: Mapping[str, Any]) -> None:
         """As SD's; and no CFG rescale with the hires fix, whose second pass diffusers' SD 1.x img2img pipeline runs without one."""
@@ -62,6 +64,7 @@ class SD15(StableDiffusion):
 def _clip_skipped(pipe: Any, text: str, clip_skip: int, device: str) -> Any:
     """A1111's clip skip: the text encoder's hidden state `clip_skip` from the end (1 = the last), final layer norm applied."""
     tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
+    text = pipe.maybe_convert_prompt(text, tokenizer)  # a textual inversion's token: all its vectors, as encode_prompt does
     tokens = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
     mask = tokens.attention_mask.to(device) if getattr(encoder.config, "use_attention_mask", False) else None
     states = encoder(tokens.input_ids.to(device), attention_mask=mask, output_hidden_states=True).hidden_states[-clip_skip]

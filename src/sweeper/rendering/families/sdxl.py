@@ -17,13 +17,15 @@ class SDXL(StableDiffusion):
         "inpaint": "StableDiffusionXLInpaintPipeline",
     }
     index_classes = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline")
-    keys = ("negative_prompt", "prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS, "guidance_rescale", "sigmas", "clip_skip", "refiner", "watermark", "hires",
-            "subseed", "subseed_strength")
+    keys = ("negative_prompt", "prompt_2", "negative_prompt_2", *SIZE_KEYS, *CROP_KEYS, "guidance_rescale", "sigmas", "clip_skip", "vae", "embeddings", "refiner", "watermark",
+            "hires", "subseed", "subseed_strength")
     # Not as "Clip skip" in the PNG text: A1111 counts SDXL's layers from the last one ("Clip skip SDXL"), diffusers
     # and sweeper from SDXL's own penultimate one, so A1111 would read another layer off the same number.
     a1111 = {"clip_skip": None}
     tiny = {"tiny-sdxl": "base", "tiny-sdxl-refiner": "refiner"}
     text_widths = {"tiny-sdxl": 32 + 48, "tiny-sdxl-refiner": 48}
+    embedding_encoders = (("clip_l", "tokenizer", "text_encoder"), ("clip_g", "tokenizer_2", "text_encoder_2"))
+    tiny_encoder_widths = {"tiny-sdxl": (32, 48)}
 
     def load_kwargs(self, spec: Any, from_pipe: bool) -> dict[str, Any]:
         return {"add_watermarker": spec.watermark}

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Mapping, Sequence
 
-from sweeper.planning import image_files, lora_files, schedulers, validate
+from sweeper.planning import image_files, lora_files, schedulers, validate, weighting
 from sweeper.storing.bounds import loads_json
 from sweeper.errors import PlanError, invalid, show
 from sweeper.planning.prompts import prompt_rows
@@ -49,6 +49,20 @@ class _SpecMaker:
         self._shared = shared_hash(template)
         self._values = template.to_dict()
         self.family, self.model = template.family, template.model
+        self.files = {"id": template.model_id, "revision": template.model_revision, "config": template.model_config}
+        self._with_tags: dict[tuple, _SpecMaker] = {}
+
+    def with_tags(self, c: Mapping[str, Any], tags: Sequence[Any]) -> _SpecMaker:
+        """The maker of images whose prompts add `<lora:name:weight>` adapters to the job's own."""
+        key = tuple(tags)
+        if key not in self._with_tags:
+            own = c.get("lora") or []
+            own = [own] if isinstance(own, str) else list(own)
+            weights = [*(lora_files.scales(c.get("lora_scale", 1.0), len(own)) if own else ()), *(tag.weight for tag in tags)]
+            width = lora_files.model_text_width(self.files)
+            found = lora_files.loras({"lora": [*own, *(tag.name for tag in tags)], "lora_scale": weights}, width, f"model={self.model}")
+            self._with_tags[key] = _SpecMaker(ImageSpec(**{**self._values, **found}))
+        return self._with_tags[key]
 
     def row(self, seeds: Sequence[int], **changes: Any) -> list[ImageSpec]:
         """One spec per seed, each with `changes` (the row's prompts, init image, labels)."""
@@ -138,8 +152,12 @@ def plan_job(
             prompt.update(negative_prompt=None, negative_prompt_2=None, negative_prompt_3=None)
         elif prompt["negative_prompt"] is None:
             prompt["negative_prompt"] = family.cfg_negative_prompt
+        said = {"prompt": row.prompt, **prompt}
+        syntax = weighting.row_syntax(weighting.syntax(rc), family, said, maker.files)
+        tags = weighting.adapters(said, rc.get("lora_dir")) if syntax else []
+        row_maker = maker.with_tags(rc, tags) if tags else maker
         for init in inits:
-            specs.extend(maker.row(seeds, prompt=row.prompt, prompt_template=row.template, **prompt, **init, **labels))
+            specs.extend(row_maker.row(seeds, prompt=row.prompt, prompt_template=row.template, prompt_syntax=syntax, **prompt, **init, **labels))
     return specs
 
 
@@ -237,6 +255,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         negative_prompt_2=None,
         prompt_3=None,
         negative_prompt_3=None,
+        prompt_syntax=None,
         seed=0,
         guidance=guidance,
         steps=steps,
@@ -303,7 +322,11 @@ def recorded_specs(spec: ImageSpec, call: Sequence[Mapping[str, Any]], auto_devi
             if images[name] != image.get(name):
                 raise invalid(name[:-4], images[name[:-4]], f"its content is not the recorded image's ({images[name]} != {show(image.get(name))})")
         template_text = image.get("prompt_template")
-        specs.append(replace(template, **row, **images, seed=seed, prompt_template=template_text if isinstance(template_text, str) else None))
+        chosen = "a1111" if image.get("prompt_syntax") == "a1111" else "plain"
+        syntax = weighting.row_syntax(chosen, families.get(template.family), row, {"id": spec.model_id, "revision": spec.model_revision, "config": spec.model_config})
+        if syntax != image.get("prompt_syntax"):
+            raise invalid("prompt_syntax", image.get("prompt_syntax"), f"not what planning makes of the recorded prompt ({show(syntax)})")
+        specs.append(replace(template, **row, **images, seed=seed, prompt_syntax=syntax, prompt_template=template_text if isinstance(template_text, str) else None))
     return specs
 
 

@@ -1,0 +1,135 @@
+"""prompt_syntax at planning: what an image's prompts ask of the encoder, checked before anything loads.
+
+`prompt_syntax=a1111` (the default) reads A1111's syntax (prompt_syntax.py) and
+encodes as A1111 does (rendering/weighting.py); `plain` encodes the text as it
+is. The spec's `prompt_syntax` is set only where A1111's encoding differs from
+the plain one: a prompt with syntax, a `<lora:...>` tag, or more than 75
+tokens (A1111 chunks it where the plain encoder cuts it). Any other prompt
+renders as before, with the id it had. No torch here.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Mapping
+
+from sweeper.errors import PlanError, invalid
+from sweeper.planning import prompt_syntax
+
+SYNTAXES = ("a1111", "plain")
+CHUNK = 75  # tokens of a CLIP chunk between its start and end tokens
+PROMPT_KEYS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3")
+
+
+def syntax(c: Mapping[str, Any]) -> str:
+    value = c.get("prompt_syntax", "a1111")
+    if value not in SYNTAXES:
+        raise invalid("prompt_syntax", value, f"allowed: {', '.join(SYNTAXES)}")
+    return value
+
+
+def row_syntax(chosen: str, family: Any, prompts: Mapping[str, str | None], model: Mapping[str, Any]) -> str | None:
+    """The spec's prompt_syntax for one image's prompts (`prompts`: key -> text): None where they
+    encode as plain text. PlanError (one line) for syntax that cannot be rendered as written."""
+    texts = {key: text for key, text in prompts.items() if text}
+    if chosen == "plain" or not texts:
+        return None
+    weighted = False
+    for key, text in texts.items():
+        construct = prompt_syntax.unsupported(text) or _tag_problem(key, text)
+        if construct:
+            raise invalid(key, text[:80], f"{construct} is not supported; prompt_syntax=plain renders the prompt as text")
+        try:
+            plain = prompt_syntax.is_plain(text)
+        except ValueError as error:
+            raise invalid(key, text[:80], str(error)) from None
+        if not plain and not family.weighting:
+            raise invalid(key, text[:80], f"{construct_of(text)} is A1111 prompt syntax, which {family.title} models do not weight; "
+                          "prompt_syntax=plain renders it as text")
+        weighted = weighted or not plain
+    if not family.weighting:
+        return None
+    if weighted or any(_over_one_chunk(model, text) for text in texts.values()):
+        return "a1111"
+    return None
+
+
+def _tag_problem(key: str, text: str) -> str | None:
+    try:
+        _, tags = prompt_syntax.lora_tags(text)
+    except ValueError as error:
+        return str(error)
+    if tags and key not in ("prompt", "prompt_2"):
+        return f"<lora:{tags[0].name}> in {key} (adapters are named in the prompt)"
+    return None
+
+
+def construct_of(text: str) -> str:
+    """The first piece of A1111 syntax in `text`, as a user would point at it."""
+    marks = {"<": "a <lora:...> tag", "(": "(...) emphasis", "[": "[...] de-emphasis", "BREAK": "BREAK", "\\": "a \\ escape"}
+    found = {text.find(mark): name for mark, name in marks.items() if mark in text}
+    return found[min(found)] if found else "its syntax"
+
+
+def adapters(prompts: Mapping[str, str | None], lora_dir: Any) -> list[prompt_syntax.Lora]:
+    """The `<lora:name:weight>` adapters of an image's prompts, each name a file of `lora_dir`."""
+    found = [tag for key in ("prompt", "prompt_2") if prompts.get(key) for tag in prompt_syntax.lora_tags(prompts[key])[1]]
+    return [prompt_syntax.Lora(str(lora_file(lora_dir, tag.name)), tag.weight) for tag in found]
+
+
+def lora_file(lora_dir: Any, name: str) -> Path:
+    """`<lora:name>`'s file, as A1111 finds it: `name.safetensors` in the LoRA folder (or below it)."""
+    if not isinstance(lora_dir, str) or not lora_dir:
+        raise invalid("lora_dir", lora_dir, f"<lora:{name}> in a prompt needs lora_dir=<the folder of your LoRA files>")
+    folder = Path(lora_dir).expanduser()
+    if not folder.is_dir():
+        raise invalid("lora_dir", lora_dir, "no such folder")
+    if not name or name.startswith(("/", "~")) or "\\" in name or ".." in Path(name).parts:
+        raise PlanError(f"invalid <lora:{name}>: a name inside lora_dir (no absolute path, no ..)")
+    path = folder / f"{name}.safetensors"
+    if not path.is_file():
+        raise PlanError(f"invalid <lora:{name}>: no {name}.safetensors in lora_dir={lora_dir}")
+    return path.absolute()
+
+
+def _over_one_chunk(model: Mapping[str, Any], text: str) -> bool:
+    """Whether `text` is over 75 tokens of the model's CLIP tokenizer. Each token holds one
+    character at least, so a short text needs no tokenizer; where the tokenizer is not on this
+    machine, a longer one counts as long (the A1111 path then encodes it, the same embedding if it is not)."""
+    if sum(not c.isspace() for c in text) <= CHUNK:
+        return False
+    tokenizer = _tokenizer(str(model.get("id")), model.get("revision"), model.get("config"))
+    return tokenizer is None or len(tokenizer(text, add_special_tokens=False, verbose=False).input_ids) > CHUNK
+
+
+@functools.lru_cache(maxsize=8)
+def _tokenizer(model_id: str, revision: str | None, config: str | None) -> Any:
+    """The model's CLIP tokenizer from its local files (transformers' tokenizer: no torch), or None."""
+    from sweeper.rendering.tiny import tiny_models
+
+    if model_id in tiny_models():
+        from sweeper.rendering.tiny import clip_tokenizer
+
+        return clip_tokenizer()[0]
+    from sweeper.model_files import model_json
+
+    source = config or model_id
+    try:
+        found = model_json(source, None if config else revision, "tokenizer/tokenizer_config.json")
+    except (OSError, ValueError):
+        return None
+    if found is None:
+        return None
+    folder = Path(source).expanduser() / "tokenizer"
+    if not folder.is_dir():
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(source, "tokenizer/tokenizer_config.json", revision=None if config else revision)
+        folder = Path(str(cached)).parent
+    from transformers import CLIPTokenizer
+
+    try:
+        return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
+    except (OSError, ValueError):
+        return None

@@ -88,16 +88,18 @@ def lora_file(lora_dir: Any, name: str) -> Path:
     if not name or name.startswith(("/", "~")) or "\\" in name or ".." in Path(name).parts:
         raise PlanError(f"invalid <lora:{name}>: a name inside lora_dir (no absolute path, no ..)")
     path = folder / f"{name}.safetensors"
+    if path.exists() and not path.resolve().is_relative_to(folder.resolve()):
+        raise PlanError(f"invalid <lora:{name}>: {name}.safetensors leads out of lora_dir={lora_dir}")
     if not path.is_file():
         raise PlanError(f"invalid <lora:{name}>: no {name}.safetensors in lora_dir={lora_dir}")
     return path.absolute()
 
 
 def _over_one_chunk(model: Mapping[str, Any], text: str) -> bool:
-    """Whether `text` is over 75 tokens of the model's CLIP tokenizer. Each token holds one
-    character at least, so a short text needs no tokenizer; where the tokenizer is not on this
+    """Whether `text` is over 75 tokens of the model's CLIP tokenizer. A byte-level BPE token holds
+    one byte at least, so a short text needs no tokenizer; where the tokenizer is not on this
     machine, a longer one counts as long (the A1111 path then encodes it, the same embedding if it is not)."""
-    if sum(not c.isspace() for c in text) <= CHUNK:
+    if sum(len(c.encode()) for c in text if not c.isspace()) <= CHUNK:
         return False
     tokenizer = _tokenizer(str(model.get("id")), model.get("revision"), model.get("config"))
     return tokenizer is None or len(tokenizer(text, add_special_tokens=False, verbose=False).input_ids) > CHUNK

@@ -95,7 +95,7 @@ def test_the_spec_field_is_set_only_where_the_encoding_changes():
     # Over 75 tokens (the tiny tokenizer has a token per character): A1111 chunks what diffusers cuts.
     assert _spec("model=tiny", "prompt=" + "ab " * 26).prompt_syntax is None  # 52 tokens
     assert _spec("model=tiny", "prompt=" + "abc " * 26).prompt_syntax == "a1111"  # 78 tokens
-    assert _spec("model=tiny", "prompt=" + "é" * 40).prompt_syntax == "a1111"  # 40 characters, 80 byte tokens
+    assert _spec("model=tiny", "prompt='" + "é" * 40 + "'").prompt_syntax == "a1111"  # 40 characters, 80 byte tokens
     assert _spec("model=tiny-sd", "prompt=" + "abc " * 26, "prompt_syntax=plain").prompt_syntax is None
     # Flow families: a prompt without syntax passes untouched.
     assert _spec("model=tiny-flux", "prompt=a red fox " + "abc " * 30).prompt_syntax is None

@@ -111,6 +111,8 @@ REFUSED = [
     (["model=tiny", "prompt='a fox <lora:style:0.8>'"], "<lora:style> in a prompt needs lora_dir="),
     (["model=tiny", "prompt='a fox <lora:../style:0.8>'", "lora_dir=."], "invalid <lora:../style>: a name inside lora_dir"),
     (["model=tiny", "prompt='a fox <lora:style:0.8>'", "lora_dir=."], "invalid <lora:style>: no style.safetensors in lora_dir=."),
+    (["model=tiny", "prompt='a fox <hypernet:x:1>'"], "<hypernet:...> (A1111's hypernet extra network) is not supported"),
+    (["model=tiny", "negative_prompt='<lora:x:1>'", "lora_dir=."], "invalid negative_prompt='<lora:x:1>': <lora:x> in negative_prompt (adapters are named in the prompt)"),
     (["model=tiny", "prompt_syntax=a1112"], "invalid prompt_syntax='a1112': allowed: a1111, plain"),
 ]
 
@@ -129,3 +131,15 @@ def test_a_lora_file_outside_lora_dir_is_refused(tmp_path):
     (tmp_path / "loras" / "style.safetensors").symlink_to(tmp_path / "elsewhere.safetensors")
     with pytest.raises(PlanError, match="leads out of lora_dir"):
         _spec("model=tiny", "prompt='a fox <lora:style:0.8>'", f"lora_dir={tmp_path / 'loras'}")
+
+
+def test_a_prompts_lora_tags_add_to_the_jobs_own_adapters(tmp_path):
+    from sweeper.make_lora import make_lora
+
+    style, detail = make_lora(tmp_path / "style.safetensors"), make_lora(tmp_path / "sub" / "detail.safetensors", seed=1)
+    spec = _spec("model=tiny", "prompt='a fox <lora:style:0.8> <lora:sub/detail>'", f"lora_dir={tmp_path}")
+    assert spec.lora == (str(style), str(detail)) and spec.lora_scale == (0.8, 1.0) and spec.prompt_syntax == "a1111"
+    both = _spec("model=tiny", "prompt='a fox <lora:style:0.8>'", f"lora_dir={tmp_path}", f"lora={detail}", "lora_scale=0.5")
+    assert both.lora == (str(detail), str(style)) and both.lora_scale == (0.5, 0.8)
+    # the adapters are part of the id: the same prompt without lora_dir's file is another image
+    assert spec.image_id != _spec("model=tiny", "prompt='a fox <lora:style:0.8> <lora:sub/detail>'", "prompt_syntax=plain").image_id

@@ -165,3 +165,35 @@ def test_the_weighted_embedding_is_a1111s_formula_computed_by_hand(tiny_models):
     assert torch.allclose(got["prompt_embeds"], torch.cat(expected, dim=-1), atol=1e-6)
     assert torch.equal(got["pooled_prompt_embeds"], pooled)
     assert got["prompt_embeds"].shape == unweighted.shape and not torch.allclose(got["prompt_embeds"], unweighted, atol=1e-3)
+
+
+@pytest.mark.parametrize("model, family", [("tiny", "sdxl"), ("tiny-sd", "sd15")])
+def test_clip_skip_acts_with_the_weights(tiny_models, model, family):
+    """Weights of 1.0 with clip_skip=2 are the plain prompt's clip-skipped embedding; other weights act on it."""
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from sweeper.planning.plan import plan
+    from sweeper.rendering import families
+
+    specs = plan([composed_job(0, f"model={model}", "clip_skip=2", *SMALL, quoted(["a red fox", "(a red fox:1.0)", "(a red fox:1.3)"]),
+                               "negative_prompt=blurry")], auto_device="cpu")
+    assert [spec.prompt_syntax for spec in specs] == [None, "a1111", "a1111"]
+    if family == "sdxl":
+        pipe = StableDiffusionXLPipeline.from_pretrained(tiny_models["tiny-sdxl"])
+    else:
+        pipe = StableDiffusionPipeline.from_pretrained(tiny_models["tiny-sd"], safety_checker=None, requires_safety_checker=False)
+    with torch.no_grad():
+        plain, ones, weighted = (families.get(family).encode(pipe, spec, "cpu") for spec in specs)
+    assert all(torch.equal(plain[name], ones[name]) for name in plain)
+    assert not torch.equal(plain["prompt_embeds"], weighted["prompt_embeds"])
+    no_skip = plan([composed_job(0, f"model={model}", *SMALL, "prompt='(a red fox:1.0)'", "negative_prompt=blurry")], auto_device="cpu")[0]
+    with torch.no_grad():
+        assert not torch.equal(families.get(family).encode(pipe, no_skip, "cpu")["prompt_embeds"], ones["prompt_embeds"])
+
+
+def test_a_batch_extends_shorter_sequences_by_their_last_vector_as_a1111():
+    from sweeper.rendering.weighting import same_length
+
+    short, long = torch.arange(6.0).reshape(1, 3, 2), torch.zeros(1, 5, 2)
+    (a, b) = same_length([{"prompt_embeds": short, "pooled_prompt_embeds": torch.ones(1, 2)}, {"prompt_embeds": long, "pooled_prompt_embeds": torch.ones(1, 2)}])
+    assert a["prompt_embeds"].tolist() == [[[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]]] and b["prompt_embeds"] is long

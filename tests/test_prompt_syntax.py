@@ -97,6 +97,10 @@ def test_the_spec_field_is_set_only_where_the_encoding_changes():
     assert _spec("model=tiny", "prompt=" + "abc " * 26).prompt_syntax == "a1111"  # 78 tokens
     assert _spec("model=tiny", "prompt='" + "é" * 40 + "'").prompt_syntax == "a1111"  # 40 characters, 80 byte tokens
     assert _spec("model=tiny-sd", "prompt=" + "abc " * 26, "prompt_syntax=plain").prompt_syntax is None
+    # compel: its syntax sets the field; plain text within 75 tokens does not (compel encodes it as diffusers does).
+    assert _spec("model=tiny", "prompt=a red++ fox", "prompt_syntax=compel").prompt_syntax == "compel"
+    assert _spec("model=tiny-sd", "prompt='a fox, in snow'", "prompt_syntax=compel").image_id == _spec("model=tiny-sd", "prompt='a fox, in snow'").image_id
+    assert _spec("model=tiny", "prompt=" + "abc " * 26, "prompt_syntax=compel").prompt_syntax == "compel"
     # Flow families: a prompt without syntax passes untouched.
     assert _spec("model=tiny-flux", "prompt=a red fox " + "abc " * 30).prompt_syntax is None
 
@@ -113,7 +117,11 @@ REFUSED = [
     (["model=tiny", "prompt='a fox <lora:style:0.8>'", "lora_dir=."], "invalid <lora:style>: no style.safetensors in lora_dir=."),
     (["model=tiny", "prompt='a fox <hypernet:x:1>'"], "<hypernet:...> (A1111's hypernet extra network) is not supported"),
     (["model=tiny", "negative_prompt='<lora:x:1>'", "lora_dir=."], "invalid negative_prompt='<lora:x:1>': <lora:x> in negative_prompt (adapters are named in the prompt)"),
-    (["model=tiny", "prompt_syntax=a1112"], "invalid prompt_syntax='a1112': allowed: a1111, plain"),
+    (["model=tiny", "prompt_syntax=a1112"], "invalid prompt_syntax='a1112': allowed: a1111, compel, plain"),
+    (["model=tiny-flux", "prompt_syntax=compel"], "invalid prompt_syntax='compel': compel weights the CLIP prompts of SD 1.x and SDXL; Flux.1 models take"),
+    (["model=tiny", "refiner=tiny", "prompt_syntax=compel"], "compel encodes for the base model only"),
+    (["model=tiny-sd", "clip_skip=2", "prompt_syntax=compel"], "compel has no clip skip"),
+    (["model=tiny", "prompt='a fox <lora:x:1>'", "prompt_syntax=compel"], "<lora:...> tags are A1111's syntax, not compel's"),
 ]
 
 

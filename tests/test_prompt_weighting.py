@@ -72,15 +72,23 @@ def test_weights_render_on_sdxl_ones_are_plain_lora_tags_are_adapters_and_replay
     assert capsys.readouterr().out.count(": identical (") == 2
 
 
-def test_weights_render_on_sd1(tmp_path, warm_cli):
-    weighted, ones, plain = "a (red:1.4) fox, [snow]", "a (red:1.0) fox", "a red fox"
-    result = warm_cli.run("-m", "model=tiny-sd", *SMALL, quoted([weighted, ones, plain]), "prompt_syntax=a1111,plain", "name=sd1", cwd=tmp_path)
+def test_weights_render_on_sd1_and_compel_on_both(tmp_path, warm_cli, capsys):
+    weighted, ones, plain, compel = "a (red:1.4) fox, [snow]", "a (red:1.0) fox", "a red fox", "a red++ fox"
+    jobs = [(weighted, "a1111"), (weighted, "plain"), (ones, "a1111"), (plain, "plain"), (compel, "compel"), (compel, "plain"), (plain, "compel")]
+    prompts = ",".join(f"'{prompt}'" for prompt, _ in jobs)
+    result = warm_cli.run("-m", "model=tiny,tiny-sd", *SMALL, f"prompt={prompts}", "prompt_syntax=" + ",".join(s for _, s in jobs),
+                          "hydra.sweeper.zip=[[prompt,prompt_syntax]]", "name=sd1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     sweep = tmp_path / "outputs" / "sweeps" / "sd1"
     df = pd.read_parquet(sweep / "manifest.parquet")
-    image = {(r.prompt, None if pd.isna(r.prompt_syntax) else r.prompt_syntax): pixels(sweep / r.path) for r in df.itertuples()}
-    assert len(image) == 5 and not np.array_equal(image[weighted, "a1111"], image[weighted, None])
-    assert np.array_equal(image[ones, "a1111"], image[plain, None])
+    assert set(df.status) == {"ok"} and len(df) == 2 * 6  # compel's plain text is the plain image (field unset)
+    image = {(r.model, r.prompt, None if pd.isna(r.prompt_syntax) else r.prompt_syntax): pixels(sweep / r.path) for r in df.itertuples()}
+    assert not np.array_equal(image["tiny-sd", weighted, "a1111"], image["tiny-sd", weighted, None])
+    assert np.array_equal(image["tiny-sd", ones, "a1111"], image["tiny-sd", plain, None])
+    for model in ("tiny", "tiny-sd"):  # compel's word++ weighs "red" up, on SDXL and SD 1.x
+        assert not np.array_equal(image[model, compel, "compel"], image[model, compel, None]), model
+    path = df[(df.model == "tiny") & (df.prompt_syntax == "compel")].path.iloc[0]
+    assert replay.main([str(sweep / path)]) == 0 and ": identical (" in capsys.readouterr().out
 
 
 class Spy:

@@ -49,7 +49,7 @@ class _SpecMaker:
         self._shared = shared_hash(template)
         self._values = template.to_dict()
         self.family, self.model = template.family, template.model
-        self.files = {"id": template.model_id, "revision": template.model_revision, "config": template.model_config}
+        self.files = model_files(template)
         self._with_tags: dict[tuple, _SpecMaker] = {}
 
     def with_tags(self, c: Mapping[str, Any], tags: Sequence[Any]) -> _SpecMaker:
@@ -322,8 +322,8 @@ def recorded_specs(spec: ImageSpec, call: Sequence[Mapping[str, Any]], auto_devi
             if images[name] != image.get(name):
                 raise invalid(name[:-4], images[name[:-4]], f"its content is not the recorded image's ({images[name]} != {show(image.get(name))})")
         template_text = image.get("prompt_template")
-        chosen = "a1111" if image.get("prompt_syntax") == "a1111" else "plain"
-        syntax = weighting.row_syntax(chosen, families.get(template.family), row, {"id": spec.model_id, "revision": spec.model_revision, "config": spec.model_config})
+        chosen = image.get("prompt_syntax") if image.get("prompt_syntax") in weighting.SYNTAXES else "plain"
+        syntax = weighting.row_syntax(chosen, families.get(template.family), row, model_files(template))
         if syntax != image.get("prompt_syntax"):
             raise invalid("prompt_syntax", image.get("prompt_syntax"), f"not what planning makes of the recorded prompt ({show(syntax)})")
         specs.append(replace(template, **row, **images, seed=seed, prompt_syntax=syntax, prompt_template=template_text if isinstance(template_text, str) else None))
@@ -354,6 +354,11 @@ def config_of(spec: ImageSpec) -> dict[str, Any]:
         "slg_layers": None if spec.slg_layers is None else list(spec.slg_layers),
         "lora_scale": 1.0 if spec.lora_scale is None else list(spec.lora_scale),
     }
+
+
+def model_files(spec: ImageSpec) -> dict[str, Any]:
+    """What prompt_syntax's checks read of a spec's model: where its tokenizer is, its refiner, its clip skip."""
+    return {"id": spec.model_id, "revision": spec.model_revision, "config": spec.model_config, "refiner": spec.refiner_id, "clip_skip": spec.clip_skip}
 
 
 def _overridden(job: Job, key: str) -> bool:

@@ -1,23 +1,28 @@
 """prompt_syntax at planning: what an image's prompts ask of the encoder, checked before anything loads.
 
 `prompt_syntax=a1111` (the default) reads A1111's syntax (prompt_syntax.py) and
-encodes as A1111 does (rendering/weighting.py); `plain` encodes the text as it
-is. The spec's `prompt_syntax` is set only where A1111's encoding differs from
-the plain one: a prompt with syntax, a `<lora:...>` tag, or more than 75
-tokens (A1111 chunks it where the plain encoder cuts it). Any other prompt
-renders as before, with the id it had. No torch here.
+encodes as A1111 does (rendering/weighting.py); `compel` hands the prompts to the
+compel library, in its own syntax; `plain` encodes the text as it is. The
+spec's `prompt_syntax` is set only where the encoding differs from the plain
+one: a prompt with syntax, a `<lora:...>` tag, or more than 75 tokens (both
+chunk it where the plain encoder cuts it). Any other prompt renders as before,
+with the id it had. No torch here.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
 from sweeper.errors import PlanError, invalid
 from sweeper.planning import prompt_syntax
 
-SYNTAXES = ("a1111", "plain")
+SYNTAXES = ("a1111", "compel", "plain")
+# Text compel reads as itself: no weights (word++, (word)1.2), no .blend()/.and(), quotes or escapes. compel
+# encodes such text as diffusers does (its no-weights bypass); anything else counts as compel's syntax.
+_COMPEL_PLAIN = re.compile(r"[\w\s,;:!?']*")
 CHUNK = 75  # tokens of a CLIP chunk between its start and end tokens
 PROMPT_KEYS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3")
 
@@ -31,10 +36,13 @@ def syntax(c: Mapping[str, Any]) -> str:
 
 def row_syntax(chosen: str, family: Any, prompts: Mapping[str, str | None], model: Mapping[str, Any]) -> str | None:
     """The spec's prompt_syntax for one image's prompts (`prompts`: key -> text): None where they
-    encode as plain text. PlanError (one line) for syntax that cannot be rendered as written."""
+    encode as plain text. PlanError (one line) for syntax that cannot be rendered as written.
+    `model`: the model's id, revision and config (its tokenizer), its refiner's id and clip_skip."""
     texts = {key: text for key, text in prompts.items() if text}
     if chosen == "plain" or not texts:
         return None
+    if chosen == "compel":
+        return _compel(family, texts, model)
     weighted = False
     for key, text in texts.items():
         construct = prompt_syntax.unsupported(text) or _tag_problem(key, text)
@@ -53,6 +61,20 @@ def row_syntax(chosen: str, family: Any, prompts: Mapping[str, str | None], mode
     if weighted or any(_over_one_chunk(model, text) for text in texts.values()):
         return "a1111"
     return None
+
+
+def _compel(family: Any, texts: Mapping[str, str], model: Mapping[str, Any]) -> str | None:
+    if not family.weighting:
+        raise invalid("prompt_syntax", "compel", f"compel weights the CLIP prompts of SD 1.x and SDXL; {family.title} models take prompt_syntax=a1111 or plain")
+    for key, text in texts.items():
+        if "<lora:" in text:
+            raise invalid(key, text[:80], "<lora:...> tags are A1111's syntax, not compel's; name adapters in lora= with prompt_syntax=compel")
+    if model.get("refiner") is not None:
+        raise invalid("prompt_syntax", "compel", "compel encodes for the base model only; use refiner=none or prompt_syntax=a1111")
+    if model.get("clip_skip") is not None:
+        raise invalid("prompt_syntax", "compel", "compel has no clip skip; leave clip_skip unset or use prompt_syntax=a1111")
+    plain = all(_COMPEL_PLAIN.fullmatch(text) and not _over_one_chunk(model, text) for text in texts.values())
+    return None if plain else "compel"
 
 
 def _tag_problem(key: str, text: str) -> str | None:

@@ -173,3 +173,29 @@ def same_length(per_image: list[dict[str, torch.Tensor]]) -> list[dict[str, torc
 def _extended(value: torch.Tensor, length: int) -> torch.Tensor:
     missing = length - value.shape[1]
     return value if missing == 0 else torch.cat([value, value[:, -1:].repeat(1, missing, 1)], dim=1)
+
+
+def compel_sd15(pipe: Any, spec: Any, cfg: bool) -> dict[str, torch.Tensor]:
+    """prompt_syntax=compel on SD 1.x: compel's own parser and weighting, long prompts in chunks."""
+    from compel import CompelForSD
+
+    found = CompelForSD(pipe, device=str(pipe.text_encoder.device))(spec.prompt, negative_prompt=(spec.negative_prompt or "") if cfg else None)
+    return {"prompt_embeds": found.embeds, **({"negative_prompt_embeds": found.negative_embeds} if cfg else {})}
+
+
+def compel_sdxl(pipe: Any, spec: Any, cfg: bool) -> dict[str, torch.Tensor]:
+    """prompt_syntax=compel on SDXL: both encoders (prompt_2 as compel's style prompt), the pooled embedding
+    compel's; an unset negative prompt is zeros where the model asks for them, as diffusers does."""
+    from compel import CompelForSDXL
+
+    zeros = spec.negative_prompt is None and pipe.config.force_zeros_for_empty_prompt
+    negative = (spec.negative_prompt or "", spec.negative_prompt_2 or spec.negative_prompt or "") if cfg and not zeros else (None, None)
+    found = CompelForSDXL(pipe, device=str(pipe.text_encoder.device))(
+        spec.prompt, style_prompt=spec.prompt_2 or spec.prompt, negative_prompt=negative[0], negative_style_prompt=negative[1],
+    )
+    result = {"prompt_embeds": found.embeds, "pooled_prompt_embeds": found.pooled_embeds}
+    if cfg and zeros:
+        result.update(negative_prompt_embeds=torch.zeros_like(found.embeds), negative_pooled_prompt_embeds=torch.zeros_like(found.pooled_embeds))
+    elif cfg:
+        result.update(negative_prompt_embeds=found.negative_embeds, negative_pooled_prompt_embeds=found.negative_pooled_embeds)
+    return result

@@ -47,8 +47,8 @@ class StableDiffusion(Family):
         return super().combine(same_length(per_image))
 
     def truncation(self, pipe: Any, spec: Any) -> str | None:
-        """Which of the image's prompts the CLIP tokenizer cuts (77 tokens); A1111's syntax chunks them instead."""
-        if spec.prompt_syntax == "a1111":
+        """Which of the image's prompts the CLIP tokenizer cuts (77 tokens); A1111's syntax and compel chunk them instead."""
+        if spec.prompt_syntax is not None:
             return None
         tokenizer = pipe.tokenizer or pipe.tokenizer_2
         limit = tokenizer.model_max_length

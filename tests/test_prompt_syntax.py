@@ -147,6 +147,11 @@ def test_a_prompts_lora_tags_add_to_the_jobs_own_adapters(tmp_path):
     style, detail = make_lora(tmp_path / "style.safetensors"), make_lora(tmp_path / "sub" / "detail.safetensors", seed=1)
     spec = _spec("model=tiny", "prompt='a fox <lora:style:0.8> <lora:sub/detail>'", f"lora_dir={tmp_path}")
     assert spec.lora == (str(style), str(detail)) and spec.lora_scale == (0.8, 1.0) and spec.prompt_syntax == "a1111"
+    assert _spec("model=tiny", "prompt='a fox <lora:detail:0.5>'", f"lora_dir={tmp_path}").lora == (str(detail),)  # found below, as A1111 does
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "detail.safetensors").write_bytes(detail.read_bytes())
+    with pytest.raises(PlanError, match="2 files of that name in lora_dir"):
+        _spec("model=tiny", "prompt='a fox <lora:detail:0.5>'", f"lora_dir={tmp_path}")
     both = _spec("model=tiny", "prompt='a fox <lora:style:0.8>'", f"lora_dir={tmp_path}", f"lora={detail}", "lora_scale=0.5")
     assert both.lora == (str(detail), str(style)) and both.lora_scale == (0.5, 0.8)
     # the adapters are part of the id: the same prompt without lora_dir's file is another image

@@ -205,3 +205,20 @@ def test_a_batch_extends_shorter_sequences_by_their_last_vector_as_a1111():
     short, long = torch.arange(6.0).reshape(1, 3, 2), torch.zeros(1, 5, 2)
     (a, b) = same_length([{"prompt_embeds": short, "pooled_prompt_embeds": torch.ones(1, 2)}, {"prompt_embeds": long, "pooled_prompt_embeds": torch.ones(1, 2)}])
     assert a["prompt_embeds"].tolist() == [[[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]]] and b["prompt_embeds"] is long
+
+
+def test_the_refiner_encodes_the_weighted_prompt_on_text_encoder_2(tiny_models):
+    """The SDXL refiner has text_encoder_2 only: weights of 1.0 are its plain embedding, other weights act."""
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from sweeper.planning.plan import plan
+    from sweeper.rendering import families
+
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(tiny_models["tiny-sdxl-refiner"])
+    ones, weighted = plan([composed_job(0, "model=tiny", *SMALL, quoted(["(a red fox:1.0)", "(a red fox:1.3)"]), "negative_prompt=blurry")], auto_device="cpu")
+    with torch.no_grad():
+        got, other = (families.get("sdxl").encode(pipe, spec, "cpu") for spec in (ones, weighted))
+        embeds, negative, pooled, negative_pooled = pipe.encode_prompt("a red fox", device="cpu", do_classifier_free_guidance=True, negative_prompt="blurry")
+    assert torch.equal(got["prompt_embeds"], embeds) and torch.equal(got["negative_prompt_embeds"], negative)
+    assert torch.equal(got["pooled_prompt_embeds"], pooled) and torch.equal(got["negative_pooled_prompt_embeds"], negative_pooled)
+    assert not torch.equal(other["prompt_embeds"], embeds)

@@ -12,6 +12,7 @@ with the id it had. No torch here.
 from __future__ import annotations
 
 import functools
+import os
 import re
 from pathlib import Path
 from typing import Any, Mapping
@@ -100,8 +101,12 @@ def adapters(prompts: Mapping[str, str | None], lora_dir: Any) -> list[prompt_sy
     return [prompt_syntax.Lora(str(lora_file(lora_dir, tag.name)), tag.weight) for tag in found]
 
 
+MAX_WALK = 10_000  # entries of lora_dir looked at for a name found below it
+
+
 def lora_file(lora_dir: Any, name: str) -> Path:
-    """`<lora:name>`'s file, as A1111 finds it: `name.safetensors` in the LoRA folder (or below it)."""
+    """`<lora:name>`'s file, as A1111 finds it: `name.safetensors` in the LoRA folder, or the one file of
+    that name below it (A1111's pickled .pt and .ckpt LoRAs are not loaded here)."""
     if not isinstance(lora_dir, str) or not lora_dir:
         raise invalid("lora_dir", lora_dir, f"<lora:{name}> in a prompt needs lora_dir=<the folder of your LoRA files>")
     folder = Path(lora_dir).expanduser()
@@ -110,11 +115,27 @@ def lora_file(lora_dir: Any, name: str) -> Path:
     if not name or name.startswith(("/", "~")) or "\\" in name or ".." in Path(name).parts:
         raise PlanError(f"invalid <lora:{name}>: a name inside lora_dir (no absolute path, no ..)")
     path = folder / f"{name}.safetensors"
+    if not path.exists() and "/" not in name:
+        below = _below(folder, f"{name}.safetensors")
+        if len(below) > 1:
+            raise PlanError(f"invalid <lora:{name}>: {len(below)} files of that name in lora_dir={lora_dir}; write <lora:folder/{name}>")
+        path = below[0] if below else path
     if path.exists() and not path.resolve().is_relative_to(folder.resolve()):
         raise PlanError(f"invalid <lora:{name}>: {name}.safetensors leads out of lora_dir={lora_dir}")
     if not path.is_file():
         raise PlanError(f"invalid <lora:{name}>: no {name}.safetensors in lora_dir={lora_dir}")
     return path.absolute()
+
+
+def _below(folder: Path, file_name: str) -> list[Path]:
+    """Files named `file_name` in the folders below `folder` (links to folders not followed; bounded)."""
+    found, seen = [], 0
+    for root, dirs, files in os.walk(folder):
+        seen += len(dirs) + len(files)
+        if seen > MAX_WALK:
+            break
+        found += [Path(root) / file_name] if file_name in files else []
+    return found
 
 
 def _over_one_chunk(model: Mapping[str, Any], text: str) -> bool:

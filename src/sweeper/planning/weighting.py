@@ -90,7 +90,7 @@ def _tag_problem(key: str, text: str) -> str | None:
 
 def construct_of(text: str) -> str:
     """The first piece of A1111 syntax in `text`, as a user would point at it."""
-    marks = {"<": "a <lora:...> tag", "(": "(...) emphasis", "[": "[...] de-emphasis", "BREAK": "BREAK", "\\": "a \\ escape"}
+    marks = {"<lora:": "a <lora:...> tag", "(": "(...) emphasis", "[": "[...] de-emphasis", "BREAK": "BREAK", "\\": "a \\ escape"}
     found = {text.find(mark): name for mark, name in marks.items() if mark in text}
     return found[min(found)] if found else "its syntax"
 

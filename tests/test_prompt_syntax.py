@@ -141,10 +141,18 @@ def test_a_lora_file_outside_lora_dir_is_refused(tmp_path):
         _spec("model=tiny", "prompt='a fox <lora:style:0.8>'", f"lora_dir={tmp_path / 'loras'}")
 
 
-def test_a_prompts_lora_tags_add_to_the_jobs_own_adapters(tmp_path):
-    from sweeper.make_lora import make_lora
+def _adapter(path, value: float):
+    """A file planning takes for an adapter (it hashes the file; no model loads while planning)."""
+    import numpy as np
+    from safetensors.numpy import save_file
 
-    style, detail = make_lora(tmp_path / "style.safetensors"), make_lora(tmp_path / "sub" / "detail.safetensors", seed=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"lora_unet_x.lora_down.weight": np.full((4, 8), value, dtype="float32")}, path)
+    return path
+
+
+def test_a_prompts_lora_tags_add_to_the_jobs_own_adapters(tmp_path):
+    style, detail = _adapter(tmp_path / "style.safetensors", 1), _adapter(tmp_path / "sub" / "detail.safetensors", 2)
     spec = _spec("model=tiny", "prompt='a fox <lora:style:0.8> <lora:sub/detail>'", f"lora_dir={tmp_path}")
     assert spec.lora == (str(style), str(detail)) and spec.lora_scale == (0.8, 1.0) and spec.prompt_syntax == "a1111"
     assert _spec("model=tiny", "prompt='a fox <lora:detail:0.5>'", f"lora_dir={tmp_path}").lora == (str(detail),)  # found below, as A1111 does

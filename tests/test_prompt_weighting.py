@@ -73,14 +73,14 @@ def test_weights_render_on_sdxl_ones_are_plain_lora_tags_are_adapters_and_replay
 
 def test_weights_render_on_sd1_and_compel_on_both(tmp_path, warm_cli, capsys):
     weighted, ones, plain, compel = "a (red:1.4) fox, [snow]", "a (red:1.0) fox", "a red fox", "a red++ fox"
-    jobs = [(weighted, "a1111"), (weighted, "plain"), (ones, "a1111"), (plain, "plain"), (compel, "compel"), (compel, "plain"), (plain, "compel")]
-    prompts = ",".join(f"'{prompt}'" for prompt, _ in jobs)
-    result = warm_cli.run("-m", "model=tiny,tiny-sd", *SMALL, f"prompt={prompts}", "prompt_syntax=" + ",".join(s for _, s in jobs),
-                          "hydra.sweeper.zip=[[prompt,prompt_syntax]]", "name=sd1", cwd=tmp_path)
+    sd1 = [(weighted, "a1111"), (weighted, "plain"), (ones, "a1111"), (plain, "plain"), (compel, "compel"), (compel, "plain"), (plain, "compel")]
+    jobs = [("tiny-sd", *job) for job in sd1] + [("tiny", compel, "compel"), ("tiny", compel, "plain")]
+    result = warm_cli.run("-m", *SMALL, "model=" + ",".join(m for m, _, _ in jobs), "prompt=" + ",".join(f"'{p}'" for _, p, _ in jobs),
+                          "prompt_syntax=" + ",".join(s for _, _, s in jobs), "hydra.sweeper.zip=[[model,prompt,prompt_syntax]]", "name=sd1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     sweep = tmp_path / "outputs" / "sweeps" / "sd1"
     df = pd.read_parquet(sweep / "manifest.parquet")
-    assert set(df.status) == {"ok"} and len(df) == 2 * 6  # compel's plain text is the plain image (field unset)
+    assert set(df.status) == {"ok"} and len(df) == 6 + 2  # compel's plain text is the plain image (field unset)
     image = {(r.model, r.prompt, None if pd.isna(r.prompt_syntax) else r.prompt_syntax): pixels(sweep / r.path) for r in df.itertuples()}
     assert not np.array_equal(image["tiny-sd", weighted, "a1111"], image["tiny-sd", weighted, None])
     assert np.array_equal(image["tiny-sd", ones, "a1111"], image["tiny-sd", plain, None])

@@ -63,7 +63,7 @@ def test_the_command_line_says_how_to_type_what_hydra_rejects_and_names_the_clos
         (["-m", "model=tiny", "+refiner.split=0.8,0.9"], "refiner=none has no split"),
     ]
     fine = [
-        (["-m", "model=tiny", *shlex.split(quoted_override("prompt", tricky)), "guidance=3,5", "dry_run=true"], "guidance (2) = 2 images from 2 jobs"),
+        (["-m", "model=tiny", *shlex.split(quoted_override("prompt", tricky)), "prompt_syntax=plain", "guidance=3,5", "dry_run=true"], "guidance (2) = 2 images from 2 jobs"),
         (["-m", "model=tiny", "prompt=a fox, in snow", "guidance=3,5", "seed=0,1,2", "dry_run=true"], "prompt (2) x guidance (2) x seed (3) = 12 images"),
         (["model=tiny", "dry_run=true"], "sweeper: 1 image from 1 job into"),
     ]

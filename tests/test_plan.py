@@ -32,7 +32,7 @@ PIXEL_FIELDS = {
 }
 # Pixel fields that are part of the id only when set (no LoRA: the ids of earlier sweeps).
 OPTIONAL_PIXEL_FIELDS = {
-    "lora_scale", "lora_sha", "prompt_3", "negative_prompt_3", "true_cfg", "guidance_rescale", "subseed", "subseed_strength", "max_sequence_length", "shift", "dynamic_shift", "sigmas",
+    "lora_scale", "lora_sha", "prompt_3", "negative_prompt_3", "prompt_syntax", "true_cfg", "guidance_rescale", "subseed", "subseed_strength", "max_sequence_length", "shift", "dynamic_shift", "sigmas",
     "clip_skip", "slg_layers", "slg_scale", "slg_start", "slg_stop", "hires_scale", "hires_denoise", "hires_steps", "hires_upscaler", "vae_sha", "embedding_tokens", "embeddings_sha",
 }
 NON_PIXEL_FIELDS = {

@@ -25,20 +25,20 @@ DEFAULTS = dict(
     strength=None, init_image_sha=None, mask_image_sha=None, watermark=False, safety_checker=False,
     model_config=None, prompt_template=None, init_image=None, mask_image=None, attention="sdpa", channels_last=False,
     fuse_qkv=False, compile=None, vae_upcast=None, offload="none", vae_slicing=False, vae_tiling=False, gpu=None,
-    lora=None, lora_scale=None, lora_sha=None, prompt_3=None, negative_prompt_3=None, subseed=None, subseed_strength=None, true_cfg=None, guidance_rescale=None, max_sequence_length=None, shift=None,
+    lora=None, lora_scale=None, lora_sha=None, prompt_3=None, negative_prompt_3=None, prompt_syntax=None, subseed=None, subseed_strength=None, true_cfg=None, guidance_rescale=None, max_sequence_length=None, shift=None,
     dynamic_shift=None, sigmas=None, clip_skip=None, slg_layers=None, slg_scale=None, slg_start=None, slg_stop=None,
     hires_scale=None, hires_denoise=None, hires_steps=None, hires_upscaler=None,
     vae=None, vae_sha=None, embeddings=None, embedding_tokens=None, embeddings_sha=None,
 )
 # Keys of some families only: left out of ids, PNGs and manifest files while unset.
 SPARSE = {
-    "prompt_3", "negative_prompt_3", "subseed", "subseed_strength", "true_cfg", "guidance_rescale", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip",
+    "prompt_3", "negative_prompt_3", "prompt_syntax", "subseed", "subseed_strength", "true_cfg", "guidance_rescale", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip",
     "slg_layers", "slg_scale", "slg_start", "slg_stop", "vae", "vae_sha", "embeddings", "embedding_tokens", "embeddings_sha",
     "hires_scale", "hires_denoise", "hires_steps", "hires_upscaler",
 }
 MANIFEST_COLUMNS = [
     "image_id", "path", "status", "error", "warning", "model", "refiner", "refiner_split", "refiner_mode", "scheduler",
-    "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3", "prompt_file", "seed", "subseed", "subseed_strength", "guidance",
+    "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3", "prompt_syntax", "prompt_file", "seed", "subseed", "subseed_strength", "guidance",
     "steps", "true_cfg", "guidance_rescale", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip", "slg_layers", "slg_scale", "slg_start",
     "slg_stop", "width", "height",
     "original_size", "target_size", "crops_coords_top_left", "negative_original_size", "negative_target_size",
@@ -72,7 +72,7 @@ def test_derived_lists_are_the_ones_ids_were_made_with():
     assert set(spec.LABEL_FIELDS) == LABEL
     assert spec.EXECUTION_FIELDS == EXECUTION
     assert spec.PER_IMAGE_FIELDS == PER_IMAGE  # in this order: the row hash lists their values
-    assert spec.SPARSE_FIELDS == SPARSE and set(spec.SPARSE_ROW_FIELDS) == {"prompt_3", "negative_prompt_3", "subseed"}
+    assert spec.SPARSE_FIELDS == SPARSE and set(spec.SPARSE_ROW_FIELDS) == {"prompt_3", "negative_prompt_3", "prompt_syntax", "subseed"}
     assert set(spec.ID_FIELDS) == set(spec.FIELD_NAMES) - LABEL - set(EXECUTION)
     assert spec.DEFAULTS == DEFAULTS
     assert set(spec.PAIR_FIELDS) == {*spec.SIZE_KEYS, *spec.CROP_KEYS}

@@ -14,7 +14,7 @@ they are, 1 when they differ, 2 when the file is not a sweeper PNG or what
 it says would not pass as a sweep's config.
 
 A PNG may come from anyone: what it says is checked as a sweep's config is
-(plan.recorded_specs), schedulers must be diffusers' own, and nothing is
+(planning/recorded.py), schedulers must be diffusers' own, and nothing is
 downloaded unless you add --download. A PNG names local files (models, init
 images, LoRA files) by their base names only; you say where they are.
 """
@@ -34,7 +34,7 @@ import numpy as np
 from sweeper.storing.bounds import loads_json
 from sweeper.errors import PlanError
 from sweeper.storing.files import MAX_IMAGE_PIXELS
-from sweeper.planning.plan import recorded_specs
+from sweeper.planning.recorded import recorded_specs
 from sweeper.rendering.runtime import Runtime, this_process
 from sweeper.planning.spec import ImageSpec
 from sweeper.rendering.tiny import tiny_models

@@ -197,7 +197,7 @@ def _check_writable(out_dir: Path) -> None:
 
 # The keys a sweep can vary, in the order the start line and the report's page name them (seed last).
 AXES = (
-    "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3", "init_image", "mask_image", "model",
+    "prompt", "negative_prompt", "prompt_2", "negative_prompt_2", "prompt_3", "negative_prompt_3", "prompt_syntax", "init_image", "mask_image", "model",
     "refiner", "refiner_split", "refiner_mode", "scheduler", "mode", "strength", "hires_scale", "hires_denoise", "hires_steps",
     "hires_upscaler", "guidance", "true_cfg", "guidance_rescale", "steps", "max_sequence_length",
     "shift", "dynamic_shift", "sigmas", "clip_skip", "slg_layers", "slg_scale", "slg_start", "slg_stop", "width", "height",

@@ -12,18 +12,16 @@ fields a job's images share are checked and hashed once (`_Settings`, `_SpecMake
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from sweeper.planning import embedding_files, hires, image_files, lora_files, schedulers, validate, vae_files, variation_seeds
-from sweeper.storing.bounds import loads_json
+from sweeper.planning import embedding_files, hires, image_files, lora_files, schedulers, validate, vae_files, variation_seeds, weighting
 from sweeper.errors import PlanError, invalid, show
 from sweeper.planning.prompts import prompt_rows
 from sweeper.planning.spec import (
-    CROP_KEYS, EXECUTION_FIELDS, SHARED_ID_FIELDS, SIZE_KEYS, ImageSpec, canonical_json, public_model_name,
+    CROP_KEYS, EXECUTION_FIELDS, SIZE_KEYS, ImageSpec, canonical_json, public_model_name,
     row_hash, row_id_values, seeded_id, shared_hash,
 )
-from sweeper.planning.templates import MAX_PROMPT_CHARS
 from sweeper.rendering import families
 
 
@@ -50,6 +48,20 @@ class _SpecMaker:
         self._values = template.to_dict()
         self.family, self.model = template.family, template.model
         self.subseed_strength = template.subseed_strength
+        self.files = model_files(template)
+        self._with_tags: dict[tuple, _SpecMaker] = {}
+
+    def with_tags(self, c: Mapping[str, Any], tags: Sequence[Any]) -> _SpecMaker:
+        """The maker of images whose prompts add `<lora:name:weight>` adapters to the job's own."""
+        key = tuple(tags)
+        if key not in self._with_tags:
+            own = c.get("lora") or []
+            own = [own] if isinstance(own, str) else list(own)
+            weights = [*(lora_files.scales(c.get("lora_scale", 1.0), len(own)) if own else ()), *(tag.weight for tag in tags)]
+            width = lora_files.model_text_width(self.files)
+            found = lora_files.loras({"lora": [*own, *(tag.name for tag in tags)], "lora_scale": weights}, width, f"model={self.model}")
+            self._with_tags[key] = _SpecMaker(ImageSpec(**{**self._values, **found}))
+        return self._with_tags[key]
 
     def row(self, seeds: Sequence[int], **changes: Any) -> list[ImageSpec]:
         """One spec per seed, each with `changes` (the row's prompts, init image, labels)."""
@@ -119,7 +131,7 @@ def plan_job(
 
         def checked() -> tuple[_SpecMaker, list[dict], bool]:
             validate.check_keys(c)
-            template = _template(rc, job, prompt_file, auto_device)
+            template = job_template(rc, job, prompt_file, auto_device)
             roots = image_files.csv_paths(c, rc, row.params, prompt_file)
             return _SpecMaker(template), image_files.init_images(rc, template.mode, roots), families.uses_cfg(template)
 
@@ -140,8 +152,12 @@ def plan_job(
             prompt.update(negative_prompt=None, negative_prompt_2=None, negative_prompt_3=None)
         elif prompt["negative_prompt"] is None:
             prompt["negative_prompt"] = family.cfg_negative_prompt
+        said = {"prompt": row.prompt, **prompt}
+        syntax = weighting.row_syntax(weighting.syntax(rc), family, said, maker.files)
+        tags = weighting.adapters(said, rc.get("lora_dir")) if syntax else []
+        row_maker = maker.with_tags(rc, tags) if tags else maker
         for init in inits:
-            specs.extend(maker.row(seeds, prompt=row.prompt, prompt_template=row.template, subseed=subseed, **prompt, **init, **labels))
+            specs.extend(row_maker.row(seeds, prompt=row.prompt, prompt_template=row.template, prompt_syntax=syntax, subseed=subseed, **prompt, **init, **labels))
     return specs
 
 
@@ -171,7 +187,7 @@ class _Settings:
         return known[1]
 
 
-def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_device: str) -> ImageSpec:
+def job_template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_device: str) -> ImageSpec:
     """A job's settings as a spec, with placeholders for the per-image fields."""
     model = c.get("model")
     if _overridden(job, "model.id") and not _overridden(job, "model.family") and isinstance(model, Mapping) and isinstance(model.get("id"), str):
@@ -244,6 +260,7 @@ def _template(c: Mapping[str, Any], job: Job, prompt_file: str | None, auto_devi
         negative_prompt_2=None,
         prompt_3=None,
         negative_prompt_3=None,
+        prompt_syntax=None,
         seed=0,
         subseed=None,
         guidance=guidance,
@@ -301,68 +318,9 @@ def _vae_and_embeddings(c: Mapping[str, Any], family: Any, model: Mapping[str, A
     return {**found, **embedding_files.embeddings(c, keys, family.encoder_widths(model))}
 
 
-def recorded_specs(spec: ImageSpec, call: Sequence[Mapping[str, Any]], auto_device: str = "cpu") -> list[ImageSpec]:
-    """The specs of a recorded pipeline call (a PNG's), through the checks a sweep's config gets.
-
-    A PNG may come from anyone, so what it says is data: its settings are
-    planned again as a config would be (any value planning would not produce
-    is refused), and each image of the call (`call`: prompts, seed, init
-    image paths and hashes) is checked field by field. `spec.init_image`
-    and `mask_image` must already name local files, which are hashed again.
-    Raises PlanError (one line).
-    """
-    c = config_of(spec)
-    template = _template(c, Job(spec.job_num, c), spec.prompt_file, auto_device)
-    for name in (*SHARED_ID_FIELDS, *EXECUTION_FIELDS):
-        if getattr(template, name) != getattr(spec, name):
-            raise invalid(name, getattr(spec, name), f"not what planning makes of the recorded settings ({show(getattr(template, name))})")
-    specs = []
-    for image in call:
-        row = {name: image.get(name) for name in ("prompt", *validate.PER_PROMPT_KEYS)}
-        if not isinstance(row["prompt"], str) or not all(v is None or isinstance(v, str) for v in row.values()):
-            raise invalid("prompt", row["prompt"], "recorded prompts must be strings")
-        if max(len(v or "") for v in row.values()) > MAX_PROMPT_CHARS:
-            raise invalid("prompt", row["prompt"][:80], f"a recorded prompt is over {MAX_PROMPT_CHARS} characters")
-        seed = image.get("seed")
-        if not validate.is_int(seed) or not 0 <= seed < validate.SEED_LIMIT:
-            raise invalid("seed", seed, f"must be an integer 0 .. {validate.SEED_LIMIT - 1}")
-        images = image_files.init_images({**c, "init_image": image.get("init_image"), "mask_image": image.get("mask_image")}, template.mode)[0]
-        for name in ("init_image_sha", "mask_image_sha"):
-            if images[name] != image.get(name):
-                raise invalid(name[:-4], images[name[:-4]], f"its content is not the recorded image's ({images[name]} != {show(image.get(name))})")
-        subseed = variation_seeds.checked({"subseed": image.get("subseed"), "subseed_strength": template.subseed_strength}, template.subseed_strength)
-        template_text = image.get("prompt_template")
-        specs.append(replace(template, **row, **images, seed=seed, subseed=subseed, prompt_template=template_text if isinstance(template_text, str) else None))
-    return specs
-
-
-def config_of(spec: ImageSpec) -> dict[str, Any]:
-    """The job config that plans `spec`'s shared settings (the inverse of `_template`)."""
-    refiner = {"name": "none"}
-    if spec.refiner_id is not None:
-        refiner = {"name": spec.refiner, "id": spec.refiner_id, "revision": spec.refiner_revision, "split": spec.refiner_split, "mode": spec.refiner_mode}
-    try:
-        kwargs = loads_json(spec.scheduler_kwargs)
-    except (TypeError, ValueError):
-        raise invalid("scheduler_kwargs", spec.scheduler_kwargs, "must be a JSON object of scheduler config values") from None
-    copied = ("guidance", "steps", "width", "height", *SIZE_KEYS, *CROP_KEYS, "mode", "strength", "watermark", "safety_checker",
-              "dtype", "device", "attention", "channels_last", "fuse_qkv", "offload", "vae_slicing", "vae_tiling",
-              "true_cfg", "guidance_rescale", "subseed_strength", "max_sequence_length", "shift", "dynamic_shift", "sigmas", "clip_skip", "slg_scale", "slg_start", "slg_stop")
-    return {
-        "model": {"name": spec.model, "id": spec.model_id, "revision": spec.model_revision, "family": spec.family, "config": spec.model_config},
-        "refiner": refiner,
-        "scheduler": {"name": spec.scheduler, "class_name": spec.scheduler_class, "kwargs": kwargs, "label": spec.scheduler_label},
-        **{name: getattr(spec, name) for name in copied},
-        "batch_size": "auto" if spec.batch_size is None else spec.batch_size,
-        "compile": False if spec.compile is None else spec.compile,
-        "vae_upcast": "auto" if spec.vae_upcast is None else spec.vae_upcast,
-        "lora": None if spec.lora is None else list(spec.lora),
-        "slg_layers": None if spec.slg_layers is None else list(spec.slg_layers),
-        "lora_scale": 1.0 if spec.lora_scale is None else list(spec.lora_scale),
-        "hires": hires.config(spec),
-        "vae": spec.vae,
-        "embeddings": None if spec.embeddings is None else [f"{token}:{path}" for token, path in zip(spec.embedding_tokens, spec.embeddings)],
-    }
+def model_files(spec: ImageSpec) -> dict[str, Any]:
+    """What prompt_syntax's checks read of a spec's model: where its tokenizer is, its refiner, its clip skip."""
+    return {"id": spec.model_id, "revision": spec.model_revision, "config": spec.model_config, "refiner": spec.refiner_id, "clip_skip": spec.clip_skip}
 
 
 def _overridden(job: Job, key: str) -> bool:

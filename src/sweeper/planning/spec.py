@@ -74,6 +74,8 @@ class ImageSpec:
     negative_prompt_2: str | None = _f(PER_IMAGE, "string")
     prompt_3: str | None = _sparse(PER_IMAGE, "string")  # SD 3.5's T5 prompt; null = the prompt
     negative_prompt_3: str | None = _sparse(PER_IMAGE, "string")
+    # a1111 where A1111's prompt syntax (weights, BREAK, <lora:...>, over 75 tokens) changes what is encoded; unset: the text as it is.
+    prompt_syntax: str | None = _sparse(PER_IMAGE, "string")
     prompt_file: str | None = _f(LABEL, "string")
     seed: int = _f(PER_IMAGE, "int64", "Seed")
     # A1111's variation seed: its noise blended into the seed's by the strength (set only when > 0; SD 1.x, SDXL).

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 from sweeper.cli_errors import unknown_key
 from sweeper.errors import PlanError, invalid
-from sweeper.planning.spec import CROP_KEYS, SINGLE_FILE_SUFFIXES, SIZE_KEYS
+from sweeper.planning.spec import SINGLE_FILE_SUFFIXES, SIZE_KEYS
 from sweeper.rendering import families
 from sweeper.rendering.tiny import recipe_version, tiny_models
 
@@ -36,11 +36,11 @@ _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 # The keys of conf/config.yaml (a test keeps the two equal) and of its groups: any other is a typo.
 CONFIG_KEYS = (
     "name", "prompt", "prompt_file", "prompt_file_paths", "wildcards", "negative_prompt", "prompt_2", "negative_prompt_2",
-    "prompt_3", "negative_prompt_3", "seed", "subseed", "subseed_strength", "guidance", "true_cfg", "guidance_rescale", "steps", "max_sequence_length", "shift", "dynamic_shift", "sigmas",
+    "prompt_3", "negative_prompt_3", "prompt_syntax", "seed", "subseed", "subseed_strength", "guidance", "true_cfg", "guidance_rescale", "steps", "max_sequence_length", "shift", "dynamic_shift", "sigmas",
     "clip_skip", "slg_layers", "slg_scale", "slg_start", "slg_stop", "width", "height", "original_size", "target_size", "crops_coords_top_left",
     "negative_original_size", "negative_target_size", "negative_crops_coords_top_left", "mode", "init_image", "mask_image",
     "strength", "watermark", "safety_checker", "dtype", "device", "batch_size", "attention", "channels_last", "fuse_qkv",
-    "compile", "vae_upcast", "offload", "vae_slicing", "vae_tiling", "lora", "lora_scale", "vae", "embeddings", "max_images", "max_size", "max_steps", "dry_run",
+    "compile", "vae_upcast", "offload", "vae_slicing", "vae_tiling", "lora", "lora_scale", "lora_dir", "vae", "embeddings", "max_images", "max_size", "max_steps", "dry_run",
     "hires",
     "score",
 )

@@ -236,7 +236,8 @@ def prompt_embeddings(
 
 
 # What an image's prompt embeddings depend on besides its prompts and the pipeline.
-_ENCODING_FIELDS = ("true_cfg", "max_sequence_length", "clip_skip", "embedding_tokens", "embeddings_sha")
+# prompt_syntax: prompts equal as text may be encoded as A1111's syntax or as the text itself.
+_ENCODING_FIELDS = ("true_cfg", "max_sequence_length", "clip_skip", "embedding_tokens", "embeddings_sha", "prompt_syntax")
 
 
 def _encoded(runtime: Runtime, pipe: Any, family: Any, spec: ImageSpec, device: str, lora: bool) -> tuple[dict[str, torch.Tensor], str | None]:

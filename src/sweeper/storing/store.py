@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from sweeper.planning import hires, lora_files
+from sweeper.planning.prompt_syntax import lora_tags
 from sweeper.errors import PlanError
 from sweeper.storing.files import write_atomic
 from sweeper.planning.spec import A1111_KEYS, PER_IMAGE_FIELDS, SINGLE_FILE_SUFFIXES, SPARSE_ROW_FIELDS, ImageSpec, public_model_name
@@ -51,8 +52,10 @@ A1111_ORDER = (
 def parameters_text(spec: ImageSpec, versions: dict[str, str]) -> str:
     """The A1111-style `parameters` text: prompt, negative prompt, then `Key: value` pairs
     (the fields with an A1111 key in the field table, and the model hash; unset ones left out).
-    LoRA adapters are named in the prompt line as A1111 writes them: `<lora:name:weight>`."""
-    lines = [" ".join([spec.prompt, *(f"<lora:{lora_files.a1111_name(v)}:{w:g}>" for v, w in zip(spec.lora or (), spec.lora_scale or ()))])]
+    LoRA adapters are named in the prompt line as A1111 writes them: `<lora:name:weight>` (once: a prompt's own tags stay as typed)."""
+    typed = {Path(tag.name).name for tag in lora_tags(spec.prompt)[1]} if spec.prompt_syntax == "a1111" else set()
+    tags = [f"<lora:{lora_files.a1111_name(v)}:{w:g}>" for v, w in zip(spec.lora or (), spec.lora_scale or ()) if lora_files.a1111_name(v) not in typed]
+    lines = [" ".join([spec.prompt, *tags])]
     if spec.negative_prompt:
         lines.append(f"Negative prompt: {spec.negative_prompt}")
     values = {key: _a1111_value(key, [getattr(spec, name) for name in names]) for key, names in a1111_keys(spec.family).items()}

@@ -46,6 +46,7 @@ class Family:
     tiny_version: str  # the tiny models' recipe: their revision, so part of their images' ids
     a1111: Mapping[str, str | None] = {}  # spec field -> the key its PNG text has for this family, where not A1111's (None: left out)
     lora: bool = True  # takes LoRA adapters (load_lora_weights)
+    weighting: bool = False  # encodes A1111's prompt weighting (prompt_syntax=a1111: rendering/weighting.py)
     eager_attention: bool = False  # attention=eager (diffusers' plain AttnProcessor) fits its denoiser
     safety_checker: bool = False  # its pipelines carry a safety checker (SD 1.x)
     sized_modes: tuple[str, ...] = ("txt2img", "img2img", "inpaint")  # modes whose call takes width and height

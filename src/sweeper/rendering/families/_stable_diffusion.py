@@ -13,6 +13,7 @@ CLIP_SKIP_LIMIT = 12  # CLIP-L's layers: A1111's clip skip 12 takes its first
 class StableDiffusion(Family):
     schedulers = DISCRETE
     eager_attention = True
+    weighting = True
     sized_modes = ("txt2img", "inpaint")  # img2img takes its size from the (resized) image
     default_scheduler = "euler"
     tiny_version = "v2"  # v2: text_encoder_2 wider than text_encoder (as in SDXL); tiny-sd has a safety checker
@@ -65,8 +66,16 @@ class StableDiffusion(Family):
         rescale = {} if spec.guidance_rescale is None else {"guidance_rescale": spec.guidance_rescale}
         return {"guidance_scale": spec.guidance, **rescale}
 
+    def combine(self, per_image: list[dict[str, Any]]) -> dict[str, Any]:
+        """Prompts of A1111's syntax may run to more 77-token chunks than their neighbours'."""
+        from sweeper.rendering.weighting import same_length
+
+        return super().combine(same_length(per_image))
+
     def truncation(self, pipe: Any, spec: Any) -> str | None:
-        """Which of the image's prompts the CLIP tokenizer cuts (77 tokens)."""
+        """Which of the image's prompts the CLIP tokenizer cuts (77 tokens); A1111's syntax and compel chunk them instead."""
+        if spec.prompt_syntax is not None:
+            return None
         tokenizer = pipe.tokenizer or pipe.tokenizer_2
         limit = tokenizer.model_max_length
         names = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")

@@ -36,6 +36,14 @@ class SD15(StableDiffusion):
 
     def encode(self, pipe: Any, spec: Any, device: str) -> dict[str, Any]:
         cfg = self.uses_cfg(spec)
+        if spec.prompt_syntax == "a1111":
+            from sweeper.rendering import weighting
+
+            return weighting.sd15(pipe, spec, spec.clip_skip, cfg, device)
+        if spec.prompt_syntax == "compel":
+            from sweeper.rendering import weighting
+
+            return weighting.compel_sd15(pipe, spec, cfg)
         if spec.clip_skip is None:
             embeds, negative = pipe.encode_prompt(spec.prompt, device, 1, cfg, negative_prompt=spec.negative_prompt)
         else:  # diffusers' own clip_skip fails on transformers 5's CLIPTextModel (no .text_model) and skips no layer of the negative

@@ -33,6 +33,14 @@ class SDXL(StableDiffusion):
     def encode(self, pipe: Any, spec: Any, device: str) -> dict[str, Any]:
         # The refiner encodes with the same clip skip on its text_encoder_2 (the base's), as A1111 does.
         cfg = self.uses_cfg(spec)
+        if spec.prompt_syntax == "a1111":
+            from sweeper.rendering import weighting
+
+            return weighting.sdxl(pipe, spec, diffusers_clip_skip(spec.clip_skip), cfg, device)
+        if spec.prompt_syntax == "compel":
+            from sweeper.rendering import weighting
+
+            return weighting.compel_sdxl(pipe, spec, cfg)
         embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
             spec.prompt, spec.prompt_2, device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
             negative_prompt=spec.negative_prompt, negative_prompt_2=spec.negative_prompt_2,

@@ -154,3 +154,23 @@ def test_the_refiner_encodes_with_the_same_clip_skip(tmp_path, warm_cli, tiny_mo
     df = pd.read_parquet(sweep / "manifest.parquet")
     assert len(df) == 4 and set(df.status) == {"ok"} and set(df.refiner) == {"tiny"}
     assert len({pixels(sweep, path).tobytes() for path in df.path}) == 4
+
+
+def test_the_readme_a1111_table_names_real_keys_and_a1111s_own_png_keys():
+    """Each sweeper key of the README's "A1111 users" table is a key the config takes, and each
+    quoted PNG text key is one sweeper writes."""
+    import re
+    from pathlib import Path
+
+    from sweeper.planning.validate import known_keys
+    from sweeper.storing.store import A1111_ORDER
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("### A1111 users") :].split("\n\n")[2]
+    rows = [re.split(r"(?<!\\)\|", line.strip()[1:-1]) for line in table.splitlines()[2:]]  # cells; `\|` is a literal bar
+    assert len(rows) >= 18
+    values = {"a {red\\|blue} car", "'range(0,8)'", "-1", "random:N", "latent", "lanczos", "a1111", "compel", "plain"}
+    keys = {re.split(r"[=.]", key)[0] for _, cell, _ in rows for key in re.findall(r"`([^`]+)`", cell) if key not in values}
+    assert keys and keys <= {"hydra", *(key.split(".")[0] for key in known_keys())}, keys - set(known_keys())
+    written = {name for axis, _, _ in rows for name in re.findall(r'"([^"]+)"', axis)}
+    assert written and written <= set(A1111_ORDER), written - set(A1111_ORDER)

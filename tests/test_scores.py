@@ -177,6 +177,13 @@ def test_scoring_later_and_after_a_kill_gives_the_same_scores_once(scored_sweep,
     wide = scores.scores_wide(sweep)
     assert list(wide.columns) == ["image_id", "aesthetic", f"clip[{other}]", "clip[tiny-clip]"]
     assert np.allclose(wide[f"clip[{other}]"], wide["clip[tiny-clip]"], atol=1e-4)
+    # PickScore: logit_scale * cos, here on the tiny CLIP, so clip / 100 * exp(logit_scale) (cos > 0).
+    assert score.main([str(sweep), "--metric", "pickscore", "--scorer", "tiny"]) == 0
+    from transformers import CLIPModel
+
+    scale = CLIPModel.from_pretrained(tiny_scorer_dir("tiny-clip")).logit_scale.exp().item()
+    wide = scores.scores_wide(sweep)
+    assert np.allclose(wide["pickscore"], wide["clip[tiny-clip]"] / 100 * scale, atol=1e-4) and (wide["pickscore"] > 0).all()
 
 
 def test_our_clip_score_is_torchmetrics_clip_score(scored_sweep):

@@ -240,6 +240,8 @@ def test_refusals_exit_2_in_one_line_and_write_nothing(tmp_path, capsys, tiny_mo
     pd.DataFrame({"image_id": IDS}).to_parquet(sweep / "manifest.parquet")
     for argv, said in [
         ([str(tmp_path / "nothing"), "--scorer", "tiny"], "no such sweep dir"),
+        ([str(sweep / "images"), "--scorer", "tiny"], "not a sweep dir (no manifest.parquet)"),
+        ([str(sweep), "--scorer", "tiny", "--device", "tpu"], "invalid --device='tpu': auto, cpu, cuda, cuda:N or mps"),
         ([str(sweep), "--metric", "clip,beauty", "--scorer", "tiny"], 'invalid --metric=["clip", "beauty"]: \'beauty\' is not a metric'),
         ([str(sweep), "--metric", "clip", "--clip-model", "openai/clip-vit-base-patch32"], "fetch it first (hf download openai/clip-vit-base-patch32)"),
         ([str(sweep), "--metric", "pickscore"], "scorer.pickscore_model='yuvalkirstain/PickScore_v1' is not in the local Hugging Face cache"),
@@ -247,7 +249,8 @@ def test_refusals_exit_2_in_one_line_and_write_nothing(tmp_path, capsys, tiny_mo
         assert score.main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, err
-    assert sorted(p.name for p in sweep.iterdir()) == ["images", "manifest.parquet"] and not (tmp_path / "nothing").exists()
+    assert sorted(p.name for p in sweep.iterdir()) == ["images", "manifest.parquet"] and not any((sweep / "images").iterdir())
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_fd_and_kid_on_clip_features_per_axis_value(scored_sweep, tmp_path, capsys):

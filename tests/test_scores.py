@@ -283,6 +283,9 @@ def test_fd_and_kid_on_clip_features_per_axis_value(scored_sweep, tmp_path, caps
     err = capsys.readouterr().err
     assert "guidance=1: 5 image(s) and 10 reference image(s); fd_clip needs more than 8 (the CLIP's feature dimensions) in each: skipped" in err
     assert "kid_clip needs at least 10 in each: skipped" in err and len(pd.read_parquet(sweep / sets.SET_SCORES)) == 6
+    (sweep / sets.SET_SCORES).write_bytes(b"PAR1 torn")  # a damaged file (or someone else's) is said and written anew
+    assert score.main([str(sweep), "--fid", str(noise), "--by", "model", "--scorer", "tiny"]) == 0
+    assert "is damaged" in capsys.readouterr().err and len(pd.read_parquet(sweep / sets.SET_SCORES)) == 3
     for argv, said in [
         (["--fid", str(noise)], "--fid and --by go together"),
         (["--fid", str(tmp_path / "nothing"), "--by", "guidance"], "not a folder"),

@@ -217,6 +217,15 @@ def test_our_clip_score_is_torchmetrics_clip_score(scored_sweep):
         pixels = torch.tensor(np.asarray(Image.open(sweep / "images" / f"{image_id}.png").convert("RGB"))).permute(2, 0, 1)
         theirs = clip_score(pixels, "a red fox", lambda: (Features(), processor)).item()
         assert abs(theirs - value) < 1e-4, (theirs, value)
+    # The scorer is loaded once per process; a prompt past CLIP's 77 tokens is cut, not refused.
+    from sweeper.scoring import models
+
+    tiny = models.Scoring(("clip",), "tiny-clip", "tiny-aesthetic", "tiny-clip", "tiny-clip")
+    scorer = models.load(tiny, "cpu")[0]
+    assert models.load(tiny, "cpu")[0] is scorer
+    image = [np.asarray(Image.open(sweep / "images" / f"{image_id}.png").convert("RGB"))]
+    long = "a red fox " * 40
+    assert scorer.score(image, [long])["clip"] == scorer.score(image, [long + "in the snow"])["clip"] != scorer.score(image, ["a red fox"])["clip"]
 
 
 def test_refusals_exit_2_in_one_line_and_write_nothing(tmp_path, capsys, tiny_models):

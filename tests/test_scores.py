@@ -177,6 +177,13 @@ def test_scoring_later_and_after_a_kill_gives_the_same_scores_once(scored_sweep,
     wide = scores.scores_wide(sweep)
     assert list(wide.columns) == ["image_id", "aesthetic", f"clip[{other}]", "clip[tiny-clip]"]
     assert np.allclose(wide[f"clip[{other}]"], wide["clip[tiny-clip]"], atol=1e-4)
+    # PickScore: logit_scale * cos, here on the tiny CLIP, so clip / 100 * exp(logit_scale) (cos > 0).
+    assert score.main([str(sweep), "--metric", "pickscore", "--scorer", "tiny"]) == 0
+    from transformers import CLIPModel
+
+    scale = CLIPModel.from_pretrained(tiny_scorer_dir("tiny-clip")).logit_scale.exp().item()
+    wide = scores.scores_wide(sweep)
+    assert np.allclose(wide["pickscore"], wide["clip[tiny-clip]"] / 100 * scale, atol=1e-4) and (wide["pickscore"] > 0).all()
 
 
 def test_our_clip_score_is_torchmetrics_clip_score(scored_sweep):
@@ -210,6 +217,15 @@ def test_our_clip_score_is_torchmetrics_clip_score(scored_sweep):
         pixels = torch.tensor(np.asarray(Image.open(sweep / "images" / f"{image_id}.png").convert("RGB"))).permute(2, 0, 1)
         theirs = clip_score(pixels, "a red fox", lambda: (Features(), processor)).item()
         assert abs(theirs - value) < 1e-4, (theirs, value)
+    # The scorer is loaded once per process; a prompt past CLIP's 77 tokens is cut, not refused.
+    from sweeper.scoring import models
+
+    tiny = models.Scoring(("clip",), "tiny-clip", "tiny-aesthetic", "tiny-clip", "tiny-clip")
+    scorer = models.load(tiny, "cpu")[0]
+    assert models.load(tiny, "cpu")[0] is scorer
+    image = [np.asarray(Image.open(sweep / "images" / f"{image_id}.png").convert("RGB"))]
+    long = "a red fox " * 40
+    assert scorer.score(image, [long])["clip"] == scorer.score(image, [long + "in the snow"])["clip"] != scorer.score(image, ["a red fox"])["clip"]
 
 
 def test_refusals_exit_2_in_one_line_and_write_nothing(tmp_path, capsys, tiny_models):
@@ -233,6 +249,8 @@ def test_refusals_exit_2_in_one_line_and_write_nothing(tmp_path, capsys, tiny_mo
     pd.DataFrame({"image_id": IDS}).to_parquet(sweep / "manifest.parquet")
     for argv, said in [
         ([str(tmp_path / "nothing"), "--scorer", "tiny"], "no such sweep dir"),
+        ([str(sweep / "images"), "--scorer", "tiny"], "not a sweep dir (no manifest.parquet)"),
+        ([str(sweep), "--scorer", "tiny", "--device", "tpu"], "invalid --device='tpu': auto, cpu, cuda, cuda:N or mps"),
         ([str(sweep), "--metric", "clip,beauty", "--scorer", "tiny"], 'invalid --metric=["clip", "beauty"]: \'beauty\' is not a metric'),
         ([str(sweep), "--metric", "clip", "--clip-model", "openai/clip-vit-base-patch32"], "fetch it first (hf download openai/clip-vit-base-patch32)"),
         ([str(sweep), "--metric", "pickscore"], "scorer.pickscore_model='yuvalkirstain/PickScore_v1' is not in the local Hugging Face cache"),
@@ -240,7 +258,8 @@ def test_refusals_exit_2_in_one_line_and_write_nothing(tmp_path, capsys, tiny_mo
         assert score.main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, err
-    assert sorted(p.name for p in sweep.iterdir()) == ["images", "manifest.parquet"] and not (tmp_path / "nothing").exists()
+    assert sorted(p.name for p in sweep.iterdir()) == ["images", "manifest.parquet"] and not any((sweep / "images").iterdir())
+    assert not (tmp_path / "nothing").exists()
 
 
 def test_fd_and_kid_on_clip_features_per_axis_value(scored_sweep, tmp_path, capsys):
@@ -273,6 +292,9 @@ def test_fd_and_kid_on_clip_features_per_axis_value(scored_sweep, tmp_path, caps
     err = capsys.readouterr().err
     assert "guidance=1: 5 image(s) and 10 reference image(s); fd_clip needs more than 8 (the CLIP's feature dimensions) in each: skipped" in err
     assert "kid_clip needs at least 10 in each: skipped" in err and len(pd.read_parquet(sweep / sets.SET_SCORES)) == 6
+    (sweep / sets.SET_SCORES).write_bytes(b"PAR1 torn")  # a damaged file (or someone else's) is said and written anew
+    assert score.main([str(sweep), "--fid", str(noise), "--by", "model", "--scorer", "tiny"]) == 0
+    assert "is damaged" in capsys.readouterr().err and len(pd.read_parquet(sweep / sets.SET_SCORES)) == 3
     for argv, said in [
         (["--fid", str(noise)], "--fid and --by go together"),
         (["--fid", str(tmp_path / "nothing"), "--by", "guidance"], "not a folder"),

@@ -372,13 +372,13 @@ def _drain(writer: Any, parts: Any, scorer: Any) -> None:
 
 class _Scoring:
     """`score=[...]` in the render loop: each call's good images scored right after they render, on
-    its device, with this process's scorer (loaded once). A scoring failure (out of memory, say) is
-    said and skipped: the images are stored apart from it, and the next run of the command scores them."""
+    its device, with this process's scorer (loaded once). A scoring failure (out of memory, a scorer
+    that does not load) is said once and ends scoring in the loop, not rendering: the images are
+    stored apart from their scores, and what is left is scored after the loop or by the next run."""
 
     def __init__(self, scoring: Any, out_dir: Path) -> None:
         self._scoring, self._out_dir = scoring, out_dir
         self._images: Any = None
-        self.failed = 0
 
     def add(self, done: Any, device: str, progress: Progress) -> None:
         good = [index for index, error in enumerate(done.errors) if error is None]
@@ -395,9 +395,8 @@ class _Scoring:
             pixels = [(np.asarray(done.arrays[index]) * 255).round().astype("uint8") for index in good]  # the PNG's (store.to_image)
             self._images.add([spec.image_id for spec in specs], pixels, [spec.prompt for spec in specs])
         except Exception as error:  # also a PlanError of a scorer that cannot be used: the images go on
-            self.failed += len(good)
-            if self.failed == len(good):
-                progress.write(f"sweeper: scoring failed, the images are kept ({type(error).__name__}: {' '.join(str(error).split())[:200]}); the same command scores them again")
+            self._scoring = None  # not retried per call (a scorer loaded again and again, out of memory again)
+            progress.write(f"sweeper: scoring failed, the images are kept ({type(error).__name__}: {' '.join(str(error).split())[:200]}); the same command scores them again")
 
     def close(self) -> None:
         if self._images is not None:
@@ -405,15 +404,17 @@ class _Scoring:
 
 
 def _score_the_rest(prepared: Prepared, out_dir: Path, rank: int, world_size: int, gpu: int, progress: Progress | None) -> None:
-    """After rendering: score this rank's share of the plan's images that are stored but lack a score
-    (rendered by a run killed before it scored them, or whose scoring failed), then merge the scores."""
+    """After rendering: score this rank's share of the plan's images that an earlier run stored without
+    their scores (killed before it scored them, or its scoring failed), then merge the scores. Not the
+    images of this run: the render loop scores those (other ranks may still be at it)."""
     if prepared.scoring is None or not out_dir.is_dir():
         return
     from sweeper.scoring import models, sweep
     from sweeper.storing import scores
 
     names = models.scorer_names(prepared.scoring, models.sources(prepared.scoring))
-    todo = sweep.missing(out_dir, names, {spec.image_id for spec in prepared.specs})[rank::world_size]
+    earlier = {spec.image_id for spec in prepared.specs} - {spec.image_id for spec in prepared.todo}
+    todo = sweep.missing(out_dir, names, earlier)[rank::world_size] if earlier else []
     if todo:
         say = progress.write if progress is not None else lambda text: print(text, file=sys.stderr, flush=True)
         say(f"sweeper: scoring {len(todo)} stored image(s) that have no {', '.join(prepared.scoring.metrics)} score yet")

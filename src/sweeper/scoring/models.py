@@ -1,8 +1,9 @@
 """Which scorer models a config names, whether they are on this machine, and loading them once per process.
 
-    scoring(config)        -> Scoring | None   `score` and `scorer.*` checked (PlanError, one line), None when off
-    locate(key, name)      -> Source           where the model is and its revision; PlanError when it is not here
-    load(scoring, device)  -> Scorer           the models, loaded once per process and device
+    scoring(config)           -> Scoring | None   `score` and `scorer.*` checked (PlanError, one line), None when off
+    check_available(scoring)                      PlanError (one line) for a model not on this machine; nothing loads
+    sources(scoring)          -> {key: Source}    where each model is and its revision (a tiny scorer is built)
+    load(scoring, device)     -> (Scorer, names)  the models, loaded once per process and device
 
 Sweeper downloads no scorer: a hub id must be in the local Hugging Face cache
 (`hf download <id>`); tiny-clip and tiny-aesthetic are built here (tiny.py).

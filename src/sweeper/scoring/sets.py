@@ -24,6 +24,7 @@ import hashlib
 import io
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -184,7 +185,12 @@ def write(sweep_dir: Path, rows: list[dict[str, Any]]) -> pa.Table:
 
     path = Path(sweep_dir) / SET_SCORES
     with merging(sweep_dir):
-        old = read_table(path, SCHEMA.names).cast(SCHEMA) if path.is_file() and not path.is_symlink() else SCHEMA.empty_table()
+        old = SCHEMA.empty_table()
+        if path.is_file() and not path.is_symlink():  # a link in its place is replaced, never followed
+            try:
+                old = read_table(path, SCHEMA.names).select(SCHEMA.names).cast(SCHEMA)  # bounded: it may come from someone else
+            except (pa.ArrowException, OSError, ValueError, KeyError) as error:
+                print(f"sweeper: warning: {path} is damaged ({' '.join(str(error).split())[:200]}): written anew", file=sys.stderr, flush=True)
         new = pa.Table.from_pylist(rows, schema=SCHEMA)
         replaced = set(zip(*(new.column(name).to_pylist() for name in _KEY)))
         keep = [index for index, key in enumerate(zip(*(old.column(name).to_pylist() for name in _KEY))) if key not in replaced]

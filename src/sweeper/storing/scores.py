@@ -172,7 +172,7 @@ def column_names(pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]
 
 
 def scores_wide(sweep_dir: Path):
-    """One row per image_id (the index is a column, so `manifest.merge(scores_wide(d), on="image_id")`
+    """One row per image_id (a column, not the index: `manifest_frame.merge(scores_wide(d), on="image_id")`
     works), one column per metric: `clip`, `aesthetic`; where several scorers gave one metric, one
     column each, named `<metric>[<scorer>]` (column_names). Two revisions of one scorer: the latest scored."""
     import pandas as pd

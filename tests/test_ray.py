@@ -346,12 +346,13 @@ def test_bad_settings_are_refused_in_one_line_before_ray_starts(tmp_path):
         "hydra.launcher.workers=0": "invalid hydra.launcher.workers=0: allowed: auto or an integer >= 1",
         "hydra.launcher.gpus_per_worker=-1": "invalid hydra.launcher.gpus_per_worker=-1: must be null or a number >= 0",
         "hydra.launcher.max_retries=-1": "invalid hydra.launcher.max_retries=-1: must be an integer >= 0",
+        "score=[clip] scorer=tiny": "score= is not done by Ray actors; leave it out and run `python -m sweeper.score <sweep dir>` when the sweep has rendered",
         f"hydra.launcher.workers={2 * os.cpu_count()}": (  # a local Ray could never place them
             f"{2 * os.cpu_count()} Ray actors x 1 CPU need {2 * os.cpu_count()} CPUs; this machine has {os.cpu_count()}: "
             "lower hydra.launcher.workers or hydra.launcher.cpus_per_worker"
         ),
     }
-    results = main_per_case([[*base, case, "hydra.launcher.cpus_per_worker=1", "batch_size=1"] for case in cases], tmp_path)
+    results = main_per_case([[*base, *case.split(), "hydra.launcher.cpus_per_worker=1", "batch_size=1"] for case in cases], tmp_path)
     for (case, line), (code, stderr) in zip(cases.items(), results["results"]):
         assert code == 2 and stderr.strip().splitlines()[-1] == f"sweeper: error: {line}", (case, stderr)
     assert not results["torch"]

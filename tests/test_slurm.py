@@ -19,7 +19,7 @@ import pytest
 from conftest import composed_job, main_per_case, plan_config, render_in_process, run_cli
 from PIL import Image
 
-from sweeper.storing import manifest, writers
+from sweeper.storing import manifest, scores, writers
 from sweeper import replay
 from sweeper.launching import run, slurm
 from sweeper.planning import schedule
@@ -79,7 +79,7 @@ def test_bad_launcher_settings_are_refused_in_one_line_before_anything_is_submit
 
 def test_cluster_slurm_submits_one_array_of_workers_whose_requeue_renders_only_what_is_missing(tmp_path, tiny_models, fake_slurm, monkeypatch, warm_cli):
     sweep, folder = tmp_path / "sweep", tmp_path / "submitit"
-    overrides = ["model=tiny", "steps=1", "batch_size=2", "device=cpu"]  # the nodes would have a GPU; here the workers run on this CPU
+    overrides = ["model=tiny", "steps=1", "batch_size=2", "device=cpu", "score=[clip,aesthetic]", "scorer=tiny"]  # the nodes would have a GPU; here the workers run on this CPU
     result = run_cli(
         "-m", *overrides, "seed=range(0,6)", "hydra/launcher=slurm", "hydra.launcher.workers=2", "hydra.launcher.partition=gpu",
         "hydra.launcher.account=lab", "hydra.launcher.timeout_min=90", "hydra.launcher.cpus_per_worker=8", "hydra.launcher.mem_gb=32",
@@ -119,6 +119,8 @@ def test_cluster_slurm_submits_one_array_of_workers_whose_requeue_renders_only_w
     df = pd.read_parquet(sweep / manifest.MANIFEST)
     assert sorted(df.seed) == list(range(6)) and set(df.status) == {"ok"} and (sweep / "report.html").exists()
     assert sorted(df.loc[df.world_size == 2, "rank"].unique()) == [0, 1]
+    scored = scores.read_scores(sweep)  # each worker scored the images it rendered
+    assert len(scored) == 12 and set(scored.image_id) == set(df.image_id) and set(scored.metric) == {"clip", "aesthetic"}
 
 
 def test_a_local_array_names_a_lost_worker_and_the_same_command_finishes_with_one_process_pixels(tmp_path, tiny_models):

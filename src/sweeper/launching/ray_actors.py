@@ -177,6 +177,8 @@ def check_plan(prepared: Any, conf: Mapping[str, Any]) -> Pool | None:
 
     if any(spec.gpu is not None for spec in prepared.todo):
         raise PlanError("device=cuda:N pins one GPU, but Ray gives each actor GPUs of its own; use device=cuda")
+    if prepared.scoring is not None:
+        raise PlanError("score= is not done by Ray actors; leave it out and run `python -m sweeper.score <sweep dir>` when the sweep has rendered")
     if not prepared.todo or conf.get("address") is not None or _running():
         return None
     batches = len(schedule.make_batches(prepared.todo))

@@ -199,7 +199,7 @@ def _submit(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> Array:
 
     workers, folder = int(conf["workers"]), submitit_folder(conf, sweep_dir)
     todo = [spec.image_id for spec in prepared.todo]
-    worker = Worker(str(sweep_dir), plan_digest(sweep_dir), workers, todo, threads=worker_threads(conf, workers, prepared.todo))
+    worker = Worker(str(sweep_dir), plan_digest(sweep_dir), workers, todo, threads=worker_threads(conf, workers, prepared.todo), scoring=prepared.scoring)
     if conf["cluster"] == "slurm":
         executor = submitit.AutoExecutor(folder=folder, cluster="slurm", slurm_max_num_timeout=conf["max_num_timeout"])
         executor.update_parameters(**parameters(conf))
@@ -316,8 +316,9 @@ class Worker:
     requeues it with the same share; the images stored meanwhile are left out.
     """
 
-    def __init__(self, sweep_dir: str, digest: str, world_size: int, todo: Sequence[str], threads: int | None = None) -> None:
+    def __init__(self, sweep_dir: str, digest: str, world_size: int, todo: Sequence[str], threads: int | None = None, scoring: Any = None) -> None:
         self.sweep_dir, self.digest, self.world_size, self.todo, self.threads = sweep_dir, digest, world_size, list(todo), threads
+        self.scoring = scoring  # `score=[...]`: each batch scored in the worker, right after it renders
 
     def __call__(self, rank: int) -> dict[str, int]:
         from sweeper.launching import run
@@ -332,7 +333,7 @@ class Worker:
         wanted = set(self.todo)
         todo = [spec for spec in specs if spec.image_id in wanted]
         _check_device(todo)
-        prepared = run.Prepared(jobs=len({spec.job_num for spec in specs}), specs=specs, todo=todo, dry_run=False)
+        prepared = run.Prepared(jobs=len({spec.job_num for spec in specs}), specs=specs, todo=todo, dry_run=False, scoring=self.scoring)
         with _last_time_limit() as stopped:
             try:
                 summary = run.execute(prepared, Path(self.sweep_dir), rank, self.world_size, gpu=0, progress=_Quiet(), stop=stopped, runtime=Runtime())

@@ -321,8 +321,8 @@ def sweeper_batch_size(args) -> int:
 
     from sweeper.planning.schedule import auto_batch_size
 
-    # auto_batch_size reads only the device and the size of a spec.
-    return auto_batch_size(SimpleNamespace(device=args.device, width=args.size, height=args.size))
+    # auto_batch_size reads only the device, the size, the family (its size multiple) and the hires fix of a spec.
+    return auto_batch_size(SimpleNamespace(device=args.device, width=args.size, height=args.size, family="sdxl", hires_scale=None))
 
 
 def run_batched_loop(args, model_dir: Path, work: Path) -> dict:

@@ -130,13 +130,17 @@ def test_what_the_readme_says_to_run_here_runs_as_written(tmp_path, tiny_models)
         (sweep,) = set((tmp_path / where / "outputs" / "sweeps").glob("*")) - before
         df = pd.read_parquet(sweep / "manifest.parquet")
         assert set(df.status) == {"ok"} and len(df) == (9 if line == demo else 8), line
+        if line == demo:  # scored as it rendered: its report has the Scores section
+            scored = pd.read_parquet(sweep / "scores.parquet")
+            assert set(scored.image_id) == set(df.image_id) and sorted(scored.metric.unique()) == ["aesthetic", "clip"]
+            assert 'id="scores"' in (sweep / "report.html").read_text(encoding="utf-8")
     demo_sweep, seeds_sweep = (next((tmp_path / "run0" / "outputs" / "sweeps").glob(name)).name for name in ("guidance_*", "model_seed-*"))
     image_id = pd.read_parquet(tmp_path / "run0" / "outputs" / "sweeps" / demo_sweep / "manifest.parquet").image_id.iloc[0]
 
     # Reports and replay on the demo's sweep: `<name>` is its dir, `a` and `b` the demo's and the seed sweep's.
     reports = [line for line in lines if line.startswith("python -m sweeper.report outputs/sweeps/")]
     replays = [line for line in lines if line.startswith("python -m sweeper.replay outputs/sweeps/<name>/")]
-    assert len(reports) == 5 and len(replays) == 1
+    assert len(reports) == 6 and len(replays) == 1
     for line in reports + replays:
         line = line.replace("<name>", demo_sweep).replace("<id>", image_id)
         line = line.replace("outputs/sweeps/a ", f"outputs/sweeps/{demo_sweep} ").replace("outputs/sweeps/b ", f"outputs/sweeps/{seeds_sweep} ")

@@ -17,8 +17,8 @@ from sweeper.planning.plan import Job, plan
 def test_jobs_that_differ_in_seeds_or_prompts_are_checked_and_hashed_once(monkeypatch):
     base = plan_config()
     calls = []
-    template = plan_module._template
-    monkeypatch.setattr(plan_module, "_template", lambda *a, **k: calls.append(1) or template(*a, **k))
+    template = plan_module.job_template
+    monkeypatch.setattr(plan_module, "job_template", lambda *a, **k: calls.append(1) or template(*a, **k))
     # As JobComposer makes them: each job a shallow copy sharing what it does not change.
     jobs = [Job(n, {**base, "seed": n, "prompt": f"p{n % 3}"}, (f"seed={n}",)) for n in range(2000)]
     specs = plan(jobs)

@@ -297,7 +297,7 @@ def execute(
     summary = Summary()
     batches = schedule.shard(schedule.make_batches(prepared.todo), rank, world_size)
     if not batches:
-        _score_the_rest(prepared, Path(out_dir), rank, world_size, gpu, progress)
+        _score_earlier(prepared, Path(out_dir), rank, world_size, gpu, progress)
         return summary
 
     import diffusers
@@ -306,6 +306,7 @@ def execute(
     from sweeper import __version__
     from sweeper.storing import manifest
     from sweeper.rendering import pipelines
+    from sweeper.scoring.sweep import AfterEachCall
     from sweeper.storing.store import BackgroundWriter
 
     pipelines.check_scheduler_classes(prepared.todo)
@@ -314,7 +315,7 @@ def execute(
     versions = {"sweeper": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
     facts = dict(rank=rank, world_size=world_size, host=socket.gethostname(), **versions)
     writer, parts, claims = BackgroundWriter(), manifest.PartWriter(out_dir), Claims(out_dir)
-    scorer = _Scoring(prepared.scoring, out_dir)
+    scorer = AfterEachCall(prepared.scoring, out_dir)
     threads = torch.get_num_threads()  # on the CPU, pixels depend on it (replay repeats it)
     total = sum(len(batch.specs) for batch in batches)
     left_out: list[ImageSpec] = []  # claimed by another writer
@@ -359,7 +360,7 @@ def execute(
                 f"sweeper: {len(holders)} image(s) were left to another writer that claims them ({holders[0]}) and are not stored yet; "
                 f"once it is done, or its claims are {CLAIM_STALE_SECONDS // 60} min old, the same command renders what is missing"
             )
-        _score_the_rest(prepared, out_dir, rank, world_size, gpu, progress)
+        _score_earlier(prepared, out_dir, rank, world_size, gpu, progress)
     return summary
 
 
@@ -370,64 +371,14 @@ def _drain(writer: Any, parts: Any, scorer: Any) -> None:
     scorer.close()
 
 
-class _Scoring:
-    """`score=[...]` in the render loop: each call's good images scored right after they render, on
-    its device, with this process's scorer (loaded once). A scoring failure (out of memory, a scorer
-    that does not load) is said once and ends scoring in the loop, not rendering: the images are
-    stored apart from their scores, and what is left is scored after the loop or by the next run."""
-
-    def __init__(self, scoring: Any, out_dir: Path) -> None:
-        self._scoring, self._out_dir = scoring, out_dir
-        self._images: Any = None
-
-    def add(self, done: Any, device: str, progress: Progress) -> None:
-        good = [index for index, error in enumerate(done.errors) if error is None]
-        if self._scoring is None or not good:
-            return
-        import numpy as np
-
-        try:
-            if self._images is None:
-                from sweeper.scoring.sweep import Images
-
-                self._images = Images(self._out_dir, self._scoring, device)
-            specs = [done.batch.specs[index] for index in good]
-            pixels = [(np.asarray(done.arrays[index]) * 255).round().astype("uint8") for index in good]  # the PNG's (store.to_image)
-            self._images.add([spec.image_id for spec in specs], pixels, [spec.prompt for spec in specs])
-        except Exception as error:  # also a PlanError of a scorer that cannot be used: the images go on
-            self._scoring = None  # not retried per call (a scorer loaded again and again, out of memory again)
-            progress.write(f"sweeper: scoring failed, the images are kept ({type(error).__name__}: {' '.join(str(error).split())[:200]}); the same command scores them again")
-
-    def close(self) -> None:
-        if self._images is not None:
-            self._images.close()
-
-
-def _score_the_rest(prepared: Prepared, out_dir: Path, rank: int, world_size: int, gpu: int, progress: Progress | None) -> None:
-    """After rendering: score this rank's share of the plan's images that an earlier run stored without
-    their scores (killed before it scored them, or its scoring failed), then merge the scores. Not the
-    images of this run: the render loop scores those (other ranks may still be at it)."""
+def _score_earlier(prepared: Prepared, out_dir: Path, rank: int, world_size: int, gpu: int, progress: Progress | None) -> None:
+    """After rendering, `score=[...]`: what earlier runs stored unscored (scoring/sweep.py), then merge the scores."""
     if prepared.scoring is None or not out_dir.is_dir():
         return
-    from sweeper.scoring import models, sweep
-    from sweeper.storing import scores
+    from sweeper.scoring.sweep import score_earlier
 
-    names = models.scorer_names(prepared.scoring, models.sources(prepared.scoring))
-    earlier = {spec.image_id for spec in prepared.specs} - {spec.image_id for spec in prepared.todo}
-    todo = sweep.missing(out_dir, names, earlier)[rank::world_size] if earlier else []
-    if todo:
-        say = progress.write if progress is not None else lambda text: print(text, file=sys.stderr, flush=True)
-        say(f"sweeper: scoring {len(todo)} stored image(s) that have no {', '.join(prepared.scoring.metrics)} score yet")
-        images = None
-        try:
-            images = sweep.Images(out_dir, prepared.scoring, render_device(prepared.specs[0], gpu))
-            sweep.score_stored(images, out_dir, todo, sweep.BATCH_SIZE, lambda n: None)
-        except Exception as error:  # the images are stored: scoring them waits for the next run
-            say(f"sweeper: scoring failed, the images are kept ({type(error).__name__}: {' '.join(str(error).split())[:200]}); the same command scores them again")
-        finally:
-            if images is not None:
-                images.close()
-    scores.merge(out_dir)
+    say = progress.write if progress is not None else lambda text: print(text, file=sys.stderr, flush=True)
+    score_earlier(prepared.scoring, prepared.specs, prepared.todo, out_dir, rank, world_size, render_device(prepared.specs[0], gpu), say)
 
 
 @contextlib.contextmanager

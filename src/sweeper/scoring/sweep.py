@@ -1,6 +1,8 @@
 """Scoring the images of a sweep dir: right after they render (run.execute), or stored ones later (python -m sweeper.score).
 
     Images(sweep_dir, scoring, device)   this process's scorer (loaded once) writing into the dir's score parts
+    AfterEachCall(scoring, sweep_dir)    the render loop's: each call's good images, right after they render
+    score_earlier(...)                   after the loop: what earlier runs stored unscored
     missing(sweep_dir, names, ids)       the ok images (with their prompts) that lack one of the metrics' scores
 
 An image is scored from the pixels of its PNG: those of the array it rendered
@@ -87,3 +89,62 @@ def score_stored(images: Images, sweep_dir: Path, todo: Sequence[tuple[str, str]
                 arrays.append(np.asarray(image.convert("RGB")))
         images.add([image_id for image_id, _ in chunk], arrays, [prompt or "" for _, prompt in chunk])
         progress(len(chunk))
+
+
+class AfterEachCall:
+    """`score=[...]` in the render loop: each call's good images scored right after they render, on
+    its device, with this process's scorer (loaded once). A scoring failure (out of memory, a scorer
+    that does not load) is said once and ends scoring in the loop, not rendering: the images are
+    stored apart from their scores, and what is left is scored after the loop or by the next run."""
+
+    def __init__(self, scoring: Any, out_dir: Path) -> None:
+        self._scoring, self._out_dir = scoring, out_dir
+        self._images: Any = None
+
+    def add(self, done: Any, device: str, progress: Any) -> None:
+        good = [index for index, error in enumerate(done.errors) if error is None]
+        if self._scoring is None or not good:
+            return
+        import numpy as np
+
+        try:
+            if self._images is None:
+                self._images = Images(self._out_dir, self._scoring, device)
+            specs = [done.batch.specs[index] for index in good]
+            pixels = [(np.asarray(done.arrays[index]) * 255).round().astype("uint8") for index in good]  # the PNG's (store.to_image)
+            self._images.add([spec.image_id for spec in specs], pixels, [spec.prompt for spec in specs])
+        except Exception as error:  # also a PlanError of a scorer that cannot be used: the images go on
+            self._scoring = None  # not retried per call (a scorer loaded again and again, out of memory again)
+            progress.write(_failed(error))
+
+    def close(self) -> None:
+        if self._images is not None:
+            self._images.close()
+
+
+def score_earlier(scoring: Scoring, specs: Sequence[Any], todo: Sequence[Any], out_dir: Path, rank: int, world_size: int, device: str,
+                  say: Callable[[str], Any]) -> None:
+    """After rendering: score this rank's share of the plan's images (`specs`) that an earlier run stored
+    without their scores (killed before it scored them, or its scoring failed), then merge the scores. Not
+    the images of this run (`todo`): the render loop scores those (other ranks may still be at it)."""
+    from sweeper.scoring import models
+
+    names = models.scorer_names(scoring, models.sources(scoring))
+    earlier = {spec.image_id for spec in specs} - {spec.image_id for spec in todo}
+    ids = missing(out_dir, names, earlier)[rank::world_size] if earlier else []
+    if ids:
+        say(f"sweeper: scoring {len(ids)} stored image(s) that have no {', '.join(scoring.metrics)} score yet")
+        images = None
+        try:
+            images = Images(out_dir, scoring, device)
+            score_stored(images, out_dir, ids, BATCH_SIZE, lambda n: None)
+        except Exception as error:  # the images are stored: scoring them waits for the next run
+            say(_failed(error))
+        finally:
+            if images is not None:
+                images.close()
+    scores.merge(out_dir)
+
+
+def _failed(error: Exception) -> str:
+    return f"sweeper: scoring failed, the images are kept ({type(error).__name__}: {' '.join(str(error).split())[:200]}); the same command scores them again"

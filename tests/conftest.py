@@ -316,9 +316,17 @@ class WarmCLI:
 WARM = WarmCLI()
 
 
+# Under `pytest -n 2 --dist loadgroup` (the README's test command) each file runs in one worker, so its
+# module fixtures (a family's tiny sweep) are made once; the files that start clusters, kill workers or
+# time them run one after another in one worker, never two clusters at once on two cores.
+ONE_AT_A_TIME = {"test_slurm.py", "test_slurm_real.py", "test_ray.py", "test_signals.py", "test_launcher.py", "test_writers.py", "test_crash_safety.py"}
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(items) -> None:
     """Start the warm interpreter now if a selected test will use it: its imports overlap the tiny models' build."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group("one_at_a_time" if item.path.name in ONE_AT_A_TIME else item.path.name))
     if any("warm_cli" in item.fixturenames for item in items):
         WARM.start()
 

@@ -317,8 +317,8 @@ WARM = WarmCLI()
 
 
 # Under `pytest -n 2 --dist loadgroup` (the README's test command) each file runs in one worker, so its
-# module fixtures (a family's tiny sweep) are made once; the files that start clusters, kill workers or
-# time them run one after another in one worker, never two clusters at once on two cores.
+# module fixtures (a family's tiny sweep) are made once; the SLURM, Ray, signal, launcher, writer and
+# crash tests, which share the one-node SLURM, kill workers or wait on them, run one after another in one worker.
 ONE_AT_A_TIME = {"test_slurm.py", "test_slurm_real.py", "test_ray.py", "test_signals.py", "test_launcher.py", "test_writers.py", "test_crash_safety.py"}
 
 

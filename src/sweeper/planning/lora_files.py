@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import math
 import os
 import threading
@@ -19,9 +18,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from sweeper.errors import PlanError, invalid, one_line
+from sweeper.planning import tensor_files
+from sweeper.planning.tensor_files import MAX_HEADER_BYTES
 
 SUFFIX = ".safetensors"  # pickled .pt/.ckpt LoRAs could run code when loaded
-MAX_HEADER_BYTES = 100_000_000  # what the safetensors library itself reads of a header
 DIFFUSERS_NAME = "pytorch_lora_weights.safetensors"  # what save_lora_weights writes
 
 
@@ -141,7 +141,6 @@ def file_hashes(path: Path) -> tuple[str, str]:
 
 # The text-embedding widths of the families people make LoRAs for.
 _FAMILY_WIDTHS = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
-_MAX_HEADER = 100_000_000  # safetensors' own bound on a header
 _DOWN = ("lora_A.", "lora_down.", "lora.down.")  # peft/diffusers, kohya, diffusers' older format
 
 
@@ -152,21 +151,9 @@ def _width_name(width: int) -> str:
 
 @functools.lru_cache(maxsize=64)
 def _header_width(path: str, size: int, mtime_ns: int) -> int | None:
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-        length = int.from_bytes(head, "little") if len(head) == 8 else 0
-        if not 0 < length <= min(_MAX_HEADER, size - 8):
-            return None
-        try:
-            header = json.loads(handle.read(length))
-        except (ValueError, RecursionError):  # a crafted header: no width to compare, hashing refuses it if it must
-            return None
-    widths = set()
-    for key, info in header.items() if isinstance(header, dict) else ():
-        shape = info.get("shape") if isinstance(info, dict) else None
-        if "attn2" in key and "to_k" in key and any(mark in key for mark in _DOWN) and isinstance(shape, list) and len(shape) == 2:
-            widths.add(shape[1])
-    return widths.pop() if len(widths) == 1 and isinstance(next(iter(widths)), int) else None
+    found = tensor_files.shapes(Path(path))  # None for a crafted header: no width to compare, hashing refuses it if it must
+    widths = {shape[1] for key, shape in (found or {}).items() if "attn2" in key and "to_k" in key and any(mark in key for mark in _DOWN) and len(shape) == 2}
+    return widths.pop() if len(widths) == 1 else None
 
 
 def text_width(path: Path) -> int | None:

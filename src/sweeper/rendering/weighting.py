@@ -104,6 +104,12 @@ def chunk_count(*found: Chunks) -> int:
     return max(len(c.ids) for c in found)
 
 
+def clip_skipped(encoder: Any, ids: torch.Tensor, mask: torch.Tensor | None, clip_skip: int) -> torch.Tensor:
+    """A1111's clip skip on SD 1.x: the encoder's hidden state `clip_skip` from the end (1 = the last), final layer norm applied."""
+    states = encoder(ids, attention_mask=mask, output_hidden_states=True).hidden_states[-clip_skip]
+    return getattr(encoder, "text_model", encoder).final_layer_norm(states).to(encoder.dtype)
+
+
 def sd15(pipe: Any, spec: Any, clip_skip: int | None, cfg: bool, device: str) -> dict[str, torch.Tensor]:
     """SD 1.x: the one CLIP encoder's last layer (or A1111's clip skip: that layer, final norm applied)."""
     tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
@@ -114,8 +120,7 @@ def sd15(pipe: Any, spec: Any, clip_skip: int | None, cfg: bool, device: str) ->
             mask = (torch.arange(ids.shape[1]) <= ids[0].tolist().index(tokenizer.eos_token_id))[None].long().to(device)
         if clip_skip is None:
             return encoder(ids.to(device), attention_mask=mask)[0].to(encoder.dtype), None
-        states = encoder(ids.to(device), attention_mask=mask, output_hidden_states=True).hidden_states[-clip_skip]
-        return getattr(encoder, "text_model", encoder).final_layer_norm(states).to(encoder.dtype), None
+        return clip_skipped(encoder, ids.to(device), mask, clip_skip), None
 
     texts = [spec.prompt, *([spec.negative_prompt or ""] if cfg else [])]
     found = [chunks(tokenizer, text) for text in texts]

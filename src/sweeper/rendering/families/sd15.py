@@ -70,13 +70,14 @@ class SD15(StableDiffusion):
 
 
 def _clip_skipped(pipe: Any, text: str, clip_skip: int, device: str) -> Any:
-    """A1111's clip skip: the text encoder's hidden state `clip_skip` from the end (1 = the last), final layer norm applied."""
+    """The plain prompt's embedding with A1111's clip skip (weighting.clip_skipped)."""
+    from sweeper.rendering.weighting import clip_skipped
+
     tokenizer, encoder = pipe.tokenizer, pipe.text_encoder
     text = pipe.maybe_convert_prompt(text, tokenizer)  # a textual inversion's token: all its vectors, as encode_prompt does
     tokens = tokenizer(text, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
     mask = tokens.attention_mask.to(device) if getattr(encoder.config, "use_attention_mask", False) else None
-    states = encoder(tokens.input_ids.to(device), attention_mask=mask, output_hidden_states=True).hidden_states[-clip_skip]
-    return getattr(encoder, "text_model", encoder).final_layer_norm(states).to(encoder.dtype)
+    return clip_skipped(encoder, tokens.input_ids.to(device), mask, clip_skip)
 
 
 def _safety_checker():

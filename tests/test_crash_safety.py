@@ -188,32 +188,33 @@ def test_stale_temp_files_of_a_killed_write_are_removed_but_never_a_live_writers
     assert not stale.exists() and live.exists() and keep.exists()
 
 
-def test_a_claims_temps_left_by_a_killed_writer_go_at_once_but_never_a_live_or_remote_writers(tmp_path):
-    """kill -9 between writing a claim's temp and linking it into place (a run of SWEEP in CI did), or
-    while a dead writer's claim is aside in a take-over: empty or whole, the temp's name says whose it is."""
-    import hashlib
+def test_temps_left_by_a_killed_writer_go_at_once_but_never_a_live_or_remote_writers(tmp_path):
+    """kill -9 between writing a temp and renaming or linking it into place (SWEEP's png=3 kill in CI left
+    a claim's temp: another thread was claiming the next batch), or while a dead claim is aside in a
+    take-over: empty or whole, a temp's name says whose it is. The age rule for the rest: the test above."""
     import socket
     import subprocess
     import sys
 
-    from sweeper.storing import writers
+    from sweeper.storing import files, writers
 
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
-    here = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-    claims = tmp_path / writers.CLAIMS_DIR
-    claims.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True).stdout.strip()
+    here = files.temp_name("x").split(".")[2].split("-")[0]
+    assert files.temp_name("x").startswith(f".x.{here}-{os.getpid()}.")
     temps = {
-        f".a.{here}-{gone.stdout.strip()}.0123456789ab.tmp": "",  # killed before its write
-        f".b.{here}-{gone.stdout.strip()}.0123456789ab.dead.tmp": "host 1",
-        f".c.{here}-{os.getpid()}.0123456789ab.tmp": "",  # live: between its create and its link
-        f".d.{'0' * 8}-{gone.stdout.strip()}.0123456789ab.tmp": "",  # another host's: its pids are not ours to check
-        ".e.0123456789ab.tmp": "",  # no writer in its name
+        f"images/.a.png.{here}-{gone}.0123456789ab.tmp": True,  # killed before its write
+        f".claims/.b.{here}-{gone}.0123456789ab.tmp": True,
+        f".claims/.b.{here}-{gone}.0123456789ab.dead.tmp": True,
+        f"images/.c.png.{here}-{os.getpid()}.0123456789ab.tmp": False,  # live: between its write and its rename
+        f".claims/.d.{'0' * 8}-{gone}.0123456789ab.tmp": False,  # another host's: its pids are not ours to check
+        "images/.e.png.0123456789abcdef.tmp": False,  # no writer in its name
     }
-    for name, text in temps.items():
-        (claims / name).write_text(text)
+    for name in temps:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("")
     writers.remove_stale_temps(tmp_path)
-    assert sorted(p.name for p in claims.iterdir()) == sorted(list(temps)[2:])
-    assert writers._temp_name("x").startswith(f".x.{here}-{os.getpid()}.")  # the names it judges are the names it writes
+    assert {name: not (tmp_path / name).exists() for name in temps} == temps
+    assert here == __import__("hashlib").sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def test_a_report_that_cannot_be_built_fails_the_command_in_one_line_and_keeps_the_images(tmp_path, warm_cli):

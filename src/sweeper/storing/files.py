@@ -22,14 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
+import re
 import secrets
+import socket
 import stat
 from pathlib import Path
 from typing import Iterator
 
 from sweeper import faults
 from sweeper.errors import UnsafePath
+
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]  # in temps' names (temp_name)
 
 # The process's umask, read once (reading it means setting it, which threads must not race).
 _UMASK = os.umask(0o022)
@@ -88,6 +93,26 @@ def _open_step(name: str, dir_fd: int | None, create: bool, shown: Path) -> int:
         raise
 
 
+def temp_name(name: str, kind: str = "") -> str:
+    """`.<name>.<host hash>-<pid>.<random><kind>.tmp`: a temp's name of its own, that says whose it is."""
+    return f".{name}.{_HOST}-{os.getpid()}.{secrets.token_hex(6)}{kind}.tmp"
+
+
+def made_by_a_gone_writer(name: str) -> bool:
+    """A temp named by temp_name in a process of this host that has ended (a kill -9 between its create
+    and its rename); another host's pids are not ours to check."""
+    match = re.fullmatch(r"\..+\.([0-9a-f]{8})-(\d{1,10})\.[0-9a-f]{12}(?:\.[a-z]+)?\.tmp", name)
+    if match is None or match[1] != _HOST:
+        return False
+    try:
+        os.kill(int(match[2]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # alive under another user, or no such pid at all
+        return False
+    return False
+
+
 def write_atomic(path: Path, data: bytes, durable: bool = True, root: Path | None = None) -> None:
     """Write `data` to `path` so that `path` is either absent or whole, never through a link.
 
@@ -99,7 +124,7 @@ def write_atomic(path: Path, data: bytes, durable: bool = True, root: Path | Non
     path = Path(path)
     root = path.parent if root is None else Path(root)
     with folder(root, *path.parent.relative_to(root).parts, create=True) as dir_fd:
-        tmp = f".{path.name}.{secrets.token_hex(8)}.tmp"  # a random name, made with O_EXCL
+        tmp = temp_name(path.name)  # made with O_EXCL
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
         try:
             os.fchmod(fd, 0o666 & ~_UMASK)  # the modes any program's file would get

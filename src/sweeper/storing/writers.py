@@ -17,9 +17,9 @@ covers the dir while they render; what keeps them apart:
 - the merge: folding part files into manifest.parquet (or scores.parquet)
   happens under a short lock file, made with an atomic create, so merges
   never interleave and whoever merges last leaves one complete file;
-- cleanup: only temp files older than TEMP_STALE_SECONDS are removed (a live
-  writer's temp lives for the length of one write), and a claim's temps at
-  once when their names say that their writer was on this host and is gone.
+- cleanup: a temp file goes when it is older than TEMP_STALE_SECONDS (a live
+  writer's temp lives for the length of one write), or at once when its name
+  says that its writer was on this host and is gone (files.temp_name).
 
 Others sharing the dir may swap a folder for a link at any moment: claims,
 locks and temps are made, renamed and removed through descriptors of their
@@ -31,10 +31,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
-import hashlib
 import io
 import os
-import re
 import secrets
 import socket
 import stat
@@ -46,7 +44,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from sweeper import faults
 from sweeper.errors import StorageError, UnsafePath
-from sweeper.storing.files import check_not_link, folder, write_atomic
+from sweeper.storing.files import check_not_link, folder, made_by_a_gone_writer, temp_name, write_atomic
 
 CLAIMS_DIR = ".claims"
 IMAGES_DIR = "images"
@@ -61,30 +59,10 @@ def _me() -> str:
     return f"{socket.gethostname()} {os.getpid()}"
 
 
-def _temp_name(name: str, kind: str = "") -> str:
-    """`.<name>.<host hash>-<pid>.<random><kind>.tmp`: a name of its own that says whose it is (_left_by_a_gone_writer)."""
-    host = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-    return f".{name}.{host}-{os.getpid()}.{secrets.token_hex(6)}{kind}.tmp"
-
-
-def _left_by_a_gone_writer(name: str) -> bool:
-    """A temp named by _temp_name in a process of this host that has ended (killed between its create and its unlink)."""
-    match = re.fullmatch(r"\..+\.([0-9a-f]{8})-(\d{1,10})\.[0-9a-f]{12}(?:\.dead)?\.tmp", name)
-    if match is None or match[1] != hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]:
-        return False
-    try:
-        os.kill(int(match[2]), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError):  # alive under another user, or no pid at all
-        return False
-    return False
-
-
 def _create(dir_fd: int, name: str, text: str) -> bool:
     """Create `name` in the folder `dir_fd` with `text` if nothing is there; False if something is. Written
     aside and linked into place (atomic, also on NFS), so a writer killed midway leaves no empty claim."""
-    temp = _temp_name(name)
+    temp = temp_name(name)
     _write_new(dir_fd, temp, text)
     try:
         os.link(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
@@ -167,7 +145,7 @@ def _take_over(dir_fd: int, name: str, dead: str) -> bool:
     While it is aside a third writer may create the path; then two believe they
     hold it: that needs three writers at one dead claim within microseconds.
     """
-    aside = _temp_name(name, ".dead")
+    aside = temp_name(name, ".dead")
     try:
         os.rename(name, aside, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
     except FileNotFoundError:
@@ -273,8 +251,8 @@ def merging(out_dir: Path, wait_seconds: float = MERGE_STALE_SECONDS) -> Iterato
 
 
 def remove_stale_temps(out_dir: Path) -> None:
-    """Temp files that a killed write left behind: old ones, and claims' temps of a writer
-    on this host that is gone; never a live writer's."""
+    """Temp files that a killed write left behind: old ones, and those of a writer on this
+    host that is gone; never a live writer's."""
     cutoff = time.time() - TEMP_STALE_SECONDS
     for names in ((), *((name,) for name in (IMAGES_DIR, ".manifest-parts", ".scores-parts", ".thumbs", CLAIMS_DIR))):
         with contextlib.suppress(OSError, UnsafePath), folder(out_dir, *names) as dir_fd:
@@ -282,7 +260,7 @@ def remove_stale_temps(out_dir: Path) -> None:
                 if fnmatch.fnmatchcase(name, ".*.tmp"):
                     with contextlib.suppress(OSError):
                         if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime < cutoff or (
-                            names == (CLAIMS_DIR,) and _left_by_a_gone_writer(name)
+                            made_by_a_gone_writer(name)
                         ):
                             os.unlink(name, dir_fd=dir_fd)
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import main_per_case, only_dir
+from conftest import main_per_case
 from PIL import Image
 
 from sweeper import replay
-from sweeper.planning.plan import Job, plan
+from sweeper.planning.plan import plan
 from sweeper.rendering import families
 
 SMALL = ("model=tiny-z-image", "width=32", "height=32", "steps=3", "seed=1", "prompt=[a red fox,a blue car in the rain]")

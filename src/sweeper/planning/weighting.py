@@ -53,15 +53,38 @@ def row_syntax(chosen: str, family: Any, prompts: Mapping[str, str | None], mode
             plain = prompt_syntax.is_plain(text)
         except ValueError as error:
             raise invalid(key, text[:80], str(error)) from None
+        edit = prompt_syntax.scheduled(text)
         if not plain and not family.weighting:
-            raise invalid(key, text[:80], f"{construct_of(text)} is A1111 prompt syntax, which {family.title} models do not weight; "
+            raise invalid(key, text[:80], f"{edit or construct_of(text)} is A1111 prompt syntax, which {family.title} models do not weight; "
                           "prompt_syntax=plain renders it as text")
+        if edit:
+            _check_edit(key, text, edit, model)
         weighted = weighted or not plain
     if not family.weighting:
         return None
     if weighted or any(_over_one_chunk(model, text) for text in texts.values()):
         return "a1111"
     return None
+
+
+# Schedulers that call the model twice in most steps: A1111 counts those calls as steps, so its
+# prompt editing would switch at another point of the schedule than the one written.
+SECOND_ORDER = frozenset({"HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "DPMSolverSDEScheduler"})
+
+
+def _check_edit(key: str, text: str, edit: str, model: Mapping[str, Any]) -> None:
+    """Prompt editing and alternation switch the prompt at steps of one txt2img denoising loop of the base model."""
+    why = None
+    if model.get("mode") != "txt2img":
+        why = f"not with mode={model.get('mode')} (its steps start part-way into the schedule)"
+    elif model.get("refiner") is not None:
+        why = "not with a refiner (the refiner's steps are not the prompt's)"
+    elif model.get("hires") is not None:
+        why = "not with the hires fix (its second pass has steps of its own)"
+    elif model.get("scheduler") in SECOND_ORDER:
+        why = f"not with {model['scheduler']}, which calls the model twice per step"
+    if why:
+        raise invalid(key, text[:80], f"{edit} switches the prompt during the denoising steps: {why}")
 
 
 def _compel(family: Any, texts: Mapping[str, str], model: Mapping[str, Any]) -> str | None:

@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageOps
 
 from sweeper.planning import hires
-from sweeper.rendering import families, loras, pipelines, textual_inversion, vaes, variation
+from sweeper.rendering import families, loras, pipelines, prompt_editing, textual_inversion, vaes, variation
 from sweeper.storing.files import read_image_file
 from sweeper.planning.image_files import content_sha
 from sweeper.rendering.runtime import Runtime
@@ -136,6 +136,10 @@ def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any, 
     # 4. Base: every step, or up to the refiner's split.
     pipelines.activate(runtime, base, first, device)
     embeddings, warnings = prompt_embeddings(runtime, base, specs, device)
+    switch = {}  # prompt editing: the embeddings of each step (txt2img on the base only, as planned)
+    if prompt_editing.edited(specs):
+        steps = [prompt_embeddings(runtime, base, at, device)[0] for at in prompt_editing.per_step(specs)]
+        embeddings, switch = steps[0], prompt_editing.switching(base, steps)
     start = {}  # the base's initial noise, where variation seeds blend it (the refiner's comes from its image)
     if first.subseed_strength is not None:
         start["latents"] = variation.initial_noise(base, specs, generators, embeddings["prompt_embeds"].dtype, base._execution_device)
@@ -146,7 +150,7 @@ def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any, 
         out = _hires_pass(runtime, upscaled, base, latents, specs, embeddings, device)
         return Output(out.images, _nsfw(out), base_steps, None, warnings, hires_steps=_steps_run(upscaled, first, "hires"))
     if refiner is None:
-        out = base(**size, output_type="np", **embeddings, **start, **kwargs)
+        out = base(**size, output_type="np", **embeddings, **start, **switch, **kwargs)
         return Output(out.images, _nsfw(out), _steps_run(base, first, "base"), None, warnings)
     if first.refiner_mode == "ensemble":
         latents = base(**size, denoising_end=first.refiner_split, output_type="latent", **embeddings, **start, **kwargs).images

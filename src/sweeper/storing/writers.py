@@ -33,7 +33,6 @@ import errno
 import fnmatch
 import io
 import os
-import secrets
 import socket
 import stat
 import threading

@@ -1,0 +1,59 @@
+"""A1111's prompt editing (`[a:b:0.5]`) and alternation (`[a|b]`): the prompt embeddings change
+between denoising steps.
+
+Each image's prompts are read at every step (planning/prompt_syntax.schedule);
+each text they take is encoded once, as any prompt is (render.prompt_embeddings
+and its cache), and diffusers' step-end callback hands the pipeline the next
+step's embeddings, in the layout its loop holds them: the negative half and
+the positive half of the batch joined for classifier-free guidance, SDXL's
+pooled embeddings too. Planning allows it only in txt2img on the base model
+with a first-order scheduler, where loop step i is sampler step i.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import torch
+
+from sweeper.planning import prompt_syntax
+from sweeper.planning.spec import ImageSpec
+
+PROMPTS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
+
+
+def edited(specs: Sequence[ImageSpec]) -> bool:
+    """Whether any prompt of the batch changes during the denoising steps."""
+    return any(spec.prompt_syntax == "a1111" and any(prompt_syntax.scheduled(getattr(spec, name) or "") for name in PROMPTS) for spec in specs)
+
+
+def per_step(specs: Sequence[ImageSpec]) -> list[tuple[ImageSpec, ...]]:
+    """The batch at each sampler step: its specs with their prompts as they read at that step."""
+    steps = specs[0].steps
+    each = []
+    for spec in specs:
+        schedules = {name: prompt_syntax.schedule(getattr(spec, name), steps) for name in PROMPTS if getattr(spec, name)}
+        each.append([dataclasses.replace(spec, **{name: prompt_syntax.at_step(found, step) for name, found in schedules.items()}) for step in range(steps)])
+    return list(zip(*each))
+
+
+def switching(pipe: Any, steps: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """The call's arguments that hand the pipeline `steps[i + 1]` (the embeddings as call arguments) after step i."""
+    names = [name for name in ("prompt_embeds", "add_text_embeds") if name in pipe._callback_tensor_inputs]
+    return {"callback_on_step_end": _callback(steps), "callback_on_step_end_tensor_inputs": names}
+
+
+def _callback(steps: list[dict[str, torch.Tensor]]) -> Callable[..., dict[str, torch.Tensor]]:
+    def on_step_end(pipe: Any, step: int, timestep: Any, held: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        following = steps[min(step + 1, len(steps) - 1)]
+        given = {"prompt_embeds": "prompt_embeds", "add_text_embeds": "pooled_prompt_embeds"}
+        out = {}
+        for name, tensor in held.items():
+            positive = following[given[name]]
+            cfg = tensor.shape[0] == 2 * positive.shape[0]  # the loop holds [negative; positive] for guidance
+            value = torch.cat([following[f"negative_{given[name]}"], positive]) if cfg else positive
+            out[name] = value.to(device=tensor.device, dtype=tensor.dtype)
+        return out
+
+    return on_step_end

@@ -100,19 +100,30 @@ def test_win_rates_of_a_constructed_example():
     assert rates[("7.5", "10")].wins + rates[("10", "7.5")].wins == rates[("7.5", "10")].n
 
 
-def test_a_key_that_follows_the_axis_is_part_of_it():
-    # Guidance 1 leaves the negative prompt unset ("null"), the others "": it varies, but one value per guidance.
+def test_a_negative_prompt_unset_at_guidance_1_is_part_of_the_guidance_axis():
+    """Planning leaves the negative prompt unset where guidance is 1 or less: one value per guidance is no
+    axis of its own (no grid split by it, no Scores block for it), and images pair across it."""
+    import pyarrow as pa
+
+    from sweeper.report.sweep import Sweep
+
+    def swept(guidance: list, negative: list) -> list[str]:
+        count = len(guidance)
+        table = pa.table({"prompt": ["a", "b"] * (count // 2), "guidance": guidance, "negative_prompt": negative, "seed": list(range(count))})
+        return Sweep.of(Path("."), table, None).swept
+
+    assert swept([1.0, 1.0, 5.0, 5.0, 9.0, 9.0], [None, None, "", "", "", ""]) == ["prompt", "guidance", "seed"]
+    # Swept for itself (two negatives at guidance 5), it is an axis, and guidance stays one (it follows the negative).
+    assert swept([1.0, 1.0, 5.0, 5.0], [None, None, "x", "y"]) == ["prompt", "negative_prompt", "guidance", "seed"]
     frame = synthetic(guidances=("1", "5", "9"), schedulers=("euler",))
     frame["negative_prompt"] = np.where(frame.guidance == "1", "null", "")
-    swept = ["negative_prompt", "prompt", "guidance", "seed"]
-    orders = {**ORDERS, "guidance": ["1", "5", "9"], "negative_prompt": ["", "null"]}
-    assert stats.axes_of(frame, swept) == ["prompt", "guidance"]  # negative_prompt: no axis of its own
-    assert [(key, value) for key, value, _ in stats.by_value(frame, "guidance", swept, orders)] == [((), "1"), ((), "5"), ((), "9")]
-    rates = stats.win_rates(frame, "guidance", swept, ["1", "5", "9"])
+    orders = {**ORDERS, "guidance": ["1", "5", "9"]}
+    assert [(key, value) for key, value, _ in stats.by_value(frame, "guidance", ["prompt", "guidance", "seed"], orders)] == [((), "1"), ((), "5"), ((), "9")]
+    rates = stats.win_rates(frame, "guidance", ["prompt", "guidance", "seed"], ["1", "5", "9"])
     assert rates[("5", "1")].n == 2 * 5  # paired on prompt and seed, though their negative prompts differ
-    # Keys zipped together follow each other: both stay axes.
+    # Keys zipped with the axis follow it: not keys its images share.
     frame["steps"] = frame.guidance.map({"1": "10", "5": "20", "9": "30"})
-    assert stats.axes_of(frame, [*swept, "steps"]) == ["prompt", "guidance", "steps"]
+    assert stats.within_of(frame, "guidance", ["prompt", "guidance", "steps", "seed"]) == []
 
 
 def test_paired_differences():

@@ -18,7 +18,7 @@ import pyarrow as pa
 from sweeper.report.charts import means_chart, number
 from sweeper.report.compare import Comparison
 from sweeper.report.markup import esc, table
-from sweeper.report.stats import MIN_INTERVAL, RESAMPLES, Mean, WinRate, axes_of, by_value, mean_interval, paired, win_rates, within_of
+from sweeper.report.stats import MIN_INTERVAL, RESAMPLES, Mean, WinRate, by_value, mean_interval, paired, win_rates, within_of
 from sweeper.errors import UnsafePath
 from sweeper.report.sweep import ReportError, Sweep
 from sweeper.scoring.sets import SCHEMA as SET_SCHEMA, SET_SCORES
@@ -163,7 +163,7 @@ def _series_block(sweep: Sweep, one: Series) -> str:
         f'<h3 id="score-{esc(one.id)}">{esc(one.id)} {by}</h3>'
         f'<p class="score-all">all {overall.n} scored images: mean {number(overall.mean)}, 95% interval {esc(_interval(overall))}</p>'
     )
-    axes = [_axis_block(sweep, one, frame, axis) for axis in axes_of(frame, sweep.swept)]
+    axes = [_axis_block(sweep, one, frame, axis) for axis in sweep.swept if axis != "seed"]
     return f'<div class="score" data-score="{esc(one.id)}">{head}{"".join(axes)}</div>'
 
 

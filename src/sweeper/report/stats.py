@@ -67,18 +67,11 @@ def mean_interval(values: np.ndarray, resamples: int = RESAMPLES, seed: int = SE
 
 
 def follows(frame: pd.DataFrame, name: str, leader: str) -> bool:
-    """Each value of `leader` comes with one value of `name` (guidance 1 leaves the negative prompt unset:
-    negative_prompt follows guidance); such a key is part of the leader's value, not another axis."""
+    """Each value of `leader` comes with one value of `name` (keys zipped with it): such a key is part of
+    the leader's value, not a key its images share."""
     return bool((frame.groupby(leader, sort=False)[name].nunique(dropna=False) <= 1).all())
 
 
-def axes_of(frame: pd.DataFrame, swept: list[str]) -> list[str]:
-    """The axes scores are summarised along: every swept key but the seed and those that follow
-    another key which does not follow them back (zipped keys follow each other: both stay)."""
-    return [
-        name for name in swept
-        if name != "seed" and not any(other != name and follows(frame, name, other) and not follows(frame, other, name) for other in swept)
-    ]
 
 
 def within_of(frame: pd.DataFrame, axis: str, swept: list[str]) -> list[str]:

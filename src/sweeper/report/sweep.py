@@ -23,6 +23,9 @@ from sweeper.launching.run import AXES, PLAN_FILE
 
 # Columns written as the key they follow when that key was left unset (manifest.row): an axis only where they differ from it.
 FOLLOWS = {"prompt_2": "prompt", "negative_prompt_2": "negative_prompt"}
+# Negative prompts that planning leaves unset where guidance is 1 or less (no classifier-free guidance):
+# with one value per guidance value, part of the guidance axis, not an axis of their own.
+WITH_GUIDANCE = ("negative_prompt", "negative_prompt_3")
 # Columns that say what an image is; two sweeps' images match when these agree.
 MATCH_COLUMNS = [name for name in manifest.SPEC_COLUMNS if name not in {"job_num", "overrides"}]
 ENVIRONMENT = ["sweeper", "diffusers", "torch", "device", "host", "dtype", "world_size", "batch_size", "model_id", "model_revision", "refiner_id"]
@@ -140,7 +143,14 @@ class Sweep:
 
     def _follows(self, name: str) -> bool:
         leader = FOLLOWS.get(name)
-        return leader is not None and all(text[name] == text[leader] for text in self.text)
+        if leader is not None and all(text[name] == text[leader] for text in self.text):
+            return True
+        return name in WITH_GUIDANCE and "guidance" in self._first and self._one_per(name, "guidance")
+
+    def _one_per(self, name: str, leader: str) -> bool:
+        """Whether each value of `leader` comes with one value of `name`."""
+        seen: dict[str, str] = {}
+        return all(seen.setdefault(text[leader], text[name]) == text[name] for text in self.text)
 
     def mean_seconds(self, indices: Iterable[int]) -> float | None:
         """Mean render seconds per image (loads and warm-up calls are apart: every image's call ran warm)."""

@@ -12,6 +12,7 @@ import io
 import os
 import shutil
 import signal
+import shlex
 import socket
 import subprocess
 import sys
@@ -184,9 +185,10 @@ def pixels(path: Path) -> np.ndarray:
 
 
 def test_two_actors_render_what_one_process_renders_quietly_and_a_rerun_renders_nothing(tmp_path, cluster):
-    """The real `python -m sweeper`, joining the running Ray (address=auto) as on a cluster."""
+    """The real `python -m sweeper`, joining the running Ray (address=auto) as on a cluster; the actors score what they render."""
     out = tmp_path / "sweep"
-    args = ["model=tiny", "steps=2", "guidance=3,7", "seed=range(0,4)", *ACTORS, "hydra.launcher.address=auto", f"hydra.sweep.dir={out}"]
+    args = ["model=tiny", "steps=2", "guidance=3,7", "seed=range(0,4)", *ACTORS, "hydra.launcher.address=auto", f"hydra.sweep.dir={out}",
+            "score=[clip]", "scorer=tiny"]
     done = run_cli("-m", *args, cwd=tmp_path, env={"RAY_ADDRESS": cluster.address})
     assert done.returncode == 0, done.stderr
     lines = [line for line in done.stderr.replace("\r", "\n").splitlines() if line.strip()]
@@ -208,14 +210,32 @@ def test_two_actors_render_what_one_process_renders_quietly_and_a_rerun_renders_
         torch.set_num_threads(threads)
     for path in df.path:  # the actors' batches are the one process's batches: bit-identical
         assert np.array_equal(pixels(out / path), pixels(alone / path)), path
+    # Each image scored once, by the actor that rendered it: the values this process gives its PNG.
+    from sweeper.scoring.models import Scoring
+    from sweeper.scoring.sweep import Images
+
+    scored = pd.read_parquet(out / "scores.parquet")
+    assert sorted(scored.image_id) == sorted(df.image_id) and set(scored.metric) == {"clip"} and set(scored.scorer) == {"tiny-clip"}
+    here = Images(None, Scoring(("clip",), "tiny-clip", "tiny-aesthetic", "tiny-clip", "tiny-clip"), "cpu")
+    here.add(list(df.image_id), [pixels(out / path).astype("uint8") for path in df.path], list(df.prompt))
+    assert dict(zip(scored.image_id, scored.value)) == pytest.approx({row["image_id"]: row["value"] for row in here.held}, abs=1e-4)
 
     kept = {path: (out / path).stat().st_mtime_ns for path in df.path}
     with pytest.MonkeyPatch.context() as patch:
         joins = lifecycle(patch)
         code, stderr = sweep(*args)
+        assert code == 0 and "nothing to render" in stderr and "lack a" not in stderr, stderr
+        code, stderr = sweep(*args[:-2], "score=[clip,aesthetic]", "scorer=tiny")  # stored unscored: said with the command that scores them
     assert code == 0 and "nothing to render" in stderr, stderr
+    (line,) = [line for line in stderr.splitlines() if "lack a clip or aesthetic score" in line]
+    command = line.split(": ", 2)[2].removesuffix(" scores them")
+    assert line.startswith("sweeper: 8 stored image(s) lack a clip or aesthetic score: python -m sweeper.score ") and "--aesthetic-model tiny-aesthetic" in command
+    from sweeper import score
+
+    assert score.main(shlex.split(command)[3:]) == 0
+    assert set(pd.read_parquet(out / "scores.parquet").metric) == {"clip", "aesthetic"}
     assert {path: (out / path).stat().st_mtime_ns for path in df.path} == kept
-    assert joins == ["init auto", "shutdown"]  # joined to learn the cluster's device, left with nothing to render
+    assert joins == ["init auto", "shutdown"] * 2  # joined to learn the cluster's device, left with nothing to render
 
 
 def test_an_actor_killed_mid_sweep_loses_nothing_and_renders_nothing_twice(tmp_path, cluster, monkeypatch):
@@ -346,7 +366,6 @@ def test_bad_settings_are_refused_in_one_line_before_ray_starts(tmp_path):
         "hydra.launcher.workers=0": "invalid hydra.launcher.workers=0: allowed: auto or an integer >= 1",
         "hydra.launcher.gpus_per_worker=-1": "invalid hydra.launcher.gpus_per_worker=-1: must be null or a number >= 0",
         "hydra.launcher.max_retries=-1": "invalid hydra.launcher.max_retries=-1: must be an integer >= 0",
-        "score=[clip] scorer=tiny": "score= is not done by Ray actors; leave it out and run `python -m sweeper.score <sweep dir>` when the sweep has rendered",
         f"hydra.launcher.workers={2 * os.cpu_count()}": (  # a local Ray could never place them
             f"{2 * os.cpu_count()} Ray actors x 1 CPU need {2 * os.cpu_count()} CPUs; this machine has {os.cpu_count()}: "
             "lower hydra.launcher.workers or hydra.launcher.cpus_per_worker"

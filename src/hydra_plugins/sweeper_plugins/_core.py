@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -49,6 +50,12 @@ def _render_elsewhere(launcher, job_overrides, initial_job_idx: int, sweep_dir: 
         failed = launcher.render_elsewhere(prepared, sweep_dir) if prepared.todo else []
     finally:
         launcher.release()
+    if prepared.scoring is not None:
+        from sweeper.scoring.sweep import left_unscored
+
+        line = left_unscored(prepared.scoring, prepared.specs, sweep_dir)
+        if line:
+            print(line, file=sys.stderr, flush=True)
     return _returns(launcher, composer, jobs, prepared, sweep_dir, [image_id for image_id, _ in failed])
 
 

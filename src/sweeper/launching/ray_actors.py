@@ -177,8 +177,6 @@ def check_plan(prepared: Any, conf: Mapping[str, Any]) -> Pool | None:
 
     if any(spec.gpu is not None for spec in prepared.todo):
         raise PlanError("device=cuda:N pins one GPU, but Ray gives each actor GPUs of its own; use device=cuda")
-    if prepared.scoring is not None:
-        raise PlanError("score= is not done by Ray actors; leave it out and run `python -m sweeper.score <sweep dir>` when the sweep has rendered")
     if not prepared.todo or conf.get("address") is not None or _running():
         return None
     batches = len(schedule.make_batches(prepared.todo))
@@ -188,12 +186,13 @@ def check_plan(prepared: Any, conf: Mapping[str, Any]) -> Pool | None:
 class Renderer:
     """One actor: pipelines loaded once in its runtime, batches rendered and encoded as PNG bytes and rows."""
 
-    def __init__(self, rank: int, world_size: int, threads: int | None, environment: dict[str, str]) -> None:
+    def __init__(self, rank: int, world_size: int, threads: int | None, environment: dict[str, str], scoring: Any = None) -> None:
         import diffusers
         import torch
 
         from sweeper import __version__
         from sweeper.rendering.runtime import Runtime
+        from sweeper.scoring.sweep import AfterEachCall
 
         os.environ.update(environment, SWEEPER_WORKER=str(rank))  # for the fault hook (tests)
         if threads:
@@ -201,13 +200,14 @@ class Renderer:
         self.runtime = Runtime()
         self.versions = {"sweeper": __version__, "diffusers": diffusers.__version__, "torch": torch.__version__}
         self.facts = dict(rank=rank, world_size=world_size, host=socket.gethostname(), **self.versions)
+        self.scored = AfterEachCall(scoring, None)  # score=[...]: on this actor's device, its rows sent back
 
     def ready(self) -> bool:
         return True
 
-    def render(self, specs: Sequence[Any]) -> tuple[list[Any], list[str], bool]:
-        """The batch's calls encoded (calls.Encoded), the messages to show, and whether a CUDA error
-        left this process unable to render on (then the driver has Ray restart it)."""
+    def render(self, specs: Sequence[Any]) -> tuple[list[Any], list[str], bool, list[dict[str, Any]]]:
+        """The batch's calls encoded (calls.Encoded), the messages to show, whether a CUDA error
+        left this process unable to render on (then the driver has Ray restart it), and the score rows."""
         import torch
 
         from sweeper.launching import run
@@ -222,7 +222,8 @@ class Renderer:
         for call in done:
             if call.batch_error:
                 messages.write(f"sweeper: a batch of {len(call.batch.specs)} failed: {call.batch_error}")
-        return encoded, messages.lines, any(call.fatal for call in done)
+            self.scored.add(call, device, messages)
+        return encoded, messages.lines, any(call.fatal for call in done), self.scored.take()
 
 
 class _Messages:
@@ -261,7 +262,7 @@ def render(prepared: Any, sweep_dir: Path, conf: Mapping[str, Any]) -> list[tupl
         threads = int(size.cpus) if device == "cpu" else None
         actors = [
             remote.options(num_gpus=size.gpus, num_cpus=size.cpus, name=f"sweeper-{os.getpid()}-{time.time_ns()}-{rank}").remote(
-                rank, size.workers, threads, faults.environment()
+                rank, size.workers, threads, faults.environment(), prepared.scoring
             )
             for rank in range(size.workers)
         ]

@@ -63,7 +63,10 @@ class Dispatch:
         from sweeper.storing.writers import Claims
 
         self.prepared, self.sweep_dir, self.actors, self.max_retries = prepared, sweep_dir, actors, max_retries
+        from sweeper.storing import scores
+
         self.writer, self.parts, self.claims = BackgroundWriter(), manifest.PartWriter(sweep_dir), Claims(sweep_dir)
+        self.scores = scores.PartWriter(sweep_dir)  # the rows of score=[...], scored by the actors
         self.queue = Queue(batches)
         self.loaded: dict[int, tuple | None] = dict.fromkeys(range(len(actors)))  # actor -> the models it last rendered with
         self.in_flight: dict[Any, tuple[int, Any]] = {}  # ref -> (actor, batch)
@@ -123,12 +126,10 @@ class Dispatch:
         import ray
         from ray.exceptions import RayActorError, RayTaskError
 
-        from sweeper.rendering.calls import write
-
         actor, batch = self.in_flight.pop(ref)
         self.busy[actor] = False
         try:
-            encoded, messages, fatal = ray.get(ref)
+            encoded, messages, fatal, scored = ray.get(ref)
         except RayActorError as error:
             self._lost(actor, batch, " ".join(str(error).split())[:300])
             return
@@ -138,14 +139,23 @@ class Dispatch:
         for message in messages:
             self.bar.write(message)
         for call in encoded:
-            self.writer.submit(lambda call=call: write(call, self.sweep_dir, self.parts, self.claims))
             self.failed.extend((row["image_id"], row["error"]) for row in call.rows if row["status"] != "ok")
+        self.writer.submit(lambda: self._store(encoded, scored))
         self.deaths.pop(id(batch), None)
         self.bar.update(len(batch.specs))
         if fatal:  # its CUDA context is unusable: a fresh process
             self.bar.write(f"sweeper: Ray actor {actor} hit a CUDA error; Ray restarts it")
             ray.kill(self.actors[actor], no_restart=False)
             self._restart(actor)
+
+    def _store(self, encoded: list[Any], scored: list[dict[str, Any]]) -> None:
+        """A batch's images and rows (calls.write), then their scores (on a writer thread)."""
+        from sweeper.rendering.calls import write
+
+        for call in encoded:
+            write(call, self.sweep_dir, self.parts, self.claims)
+        if scored:
+            self.scores.add(scored)
 
     def _lost(self, actor: int, batch: Any, reason: str) -> None:
         """An actor died with `batch` in flight: the batch goes to the next free actor, or becomes error rows."""
@@ -198,3 +208,4 @@ class Dispatch:
     def _drain(self) -> None:
         self.writer.close()
         self.parts.close()
+        self.scores.close()

@@ -2,6 +2,7 @@
 
     Images(sweep_dir, scoring, device)   this process's scorer (loaded once) writing into the dir's score parts
     AfterEachCall(scoring, sweep_dir)    the render loop's: each call's good images, right after they render
+                                         (sweep_dir None: a Ray actor's, whose rows the driver writes: take())
     score_earlier(...)                   after the loop: what earlier runs stored unscored
     missing(sweep_dir, names, ids)       the ok images (with their prompts) that lack one of the metrics' scores
 
@@ -11,6 +12,7 @@ from (store.to_image), so scoring in the sweep and scoring later agree.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any, Callable, Collection, Sequence
 
@@ -30,10 +32,11 @@ class Images:
     next run of the same command).
     """
 
-    def __init__(self, sweep_dir: Path, scoring: Scoring, device: str, per_part: bool = False) -> None:
+    def __init__(self, sweep_dir: Path | None, scoring: Scoring, device: str, per_part: bool = False) -> None:
         self.scorer, self.names = load(scoring, device)
-        self._sweep_dir = Path(sweep_dir)
-        self._parts = None if per_part else scores.PartWriter(sweep_dir)
+        self._sweep_dir = sweep_dir
+        self._parts = None if per_part or sweep_dir is None else scores.PartWriter(sweep_dir)
+        self.held: list[dict[str, Any]] = []  # with no sweep dir: the rows, for whoever writes them
 
     def add(self, image_ids: Sequence[str], images: Sequence[Any], prompts: Sequence[str]) -> None:
         """Score `images` ((H, W, 3) uint8 arrays) against their prompts; their rows go to a part."""
@@ -44,7 +47,9 @@ class Images:
             for metric, column in values.items()
             for image_id, value in zip(image_ids, column)
         ]
-        if self._parts is None:
+        if self._sweep_dir is None:
+            self.held.extend(rows)
+        elif self._parts is None:
             scores.write_part(self._sweep_dir, rows)
             faults.event("part")
         else:
@@ -97,9 +102,16 @@ class AfterEachCall:
     that does not load) is said once and ends scoring in the loop, not rendering: the images are
     stored apart from their scores, and what is left is scored after the loop or by the next run."""
 
-    def __init__(self, scoring: Any, out_dir: Path) -> None:
+    def __init__(self, scoring: Any, out_dir: Path | None) -> None:
         self._scoring, self._out_dir = scoring, out_dir
         self._images: Any = None
+
+    def take(self) -> list[dict[str, Any]]:
+        """The score rows held since the last take (with no out_dir)."""
+        if self._images is None:
+            return []
+        rows, self._images.held = self._images.held, []
+        return rows
 
     def add(self, done: Any, device: str, progress: Any) -> None:
         good = [index for index, error in enumerate(done.errors) if error is None]
@@ -144,6 +156,21 @@ def score_earlier(scoring: Scoring, specs: Sequence[Any], todo: Sequence[Any], o
             if images is not None:
                 images.close()
     scores.merge(out_dir)
+
+
+def left_unscored(scoring: Scoring, specs: Sequence[Any], out_dir: Path) -> str | None:
+    """After a launcher's workers scored what they rendered (their scores merged now): a line naming the
+    plan's stored images that still lack a score (stored by an earlier run, or their scoring failed), and
+    the command that scores them; None when none does."""
+    from sweeper.scoring import models
+
+    scores.merge(out_dir)
+    left = missing(out_dir, models.scorer_names(scoring, models.sources(scoring)), {spec.image_id for spec in specs})
+    if not left:
+        return None
+    models_given = " ".join(f"--{key.split('.')[-1].replace('_', '-')} {shlex.quote(name)}" for key, name in scoring.keys())
+    return (f"sweeper: {len(left)} stored image(s) lack a {' or '.join(scoring.metrics)} score: "
+            f"python -m sweeper.score {shlex.quote(str(out_dir))} --metric {','.join(scoring.metrics)} {models_given} scores them")
 
 
 def _failed(error: Exception) -> str:

@@ -5,7 +5,8 @@
 
 1. The tests marked `cuda` (tests/test_cuda.py): float16 and bfloat16 tiny
    renders, a real out-of-memory error from an oversized batch recovered by
-   halving, both offload modes, compile modes, two spawned workers on one GPU.
+   halving, both offload modes, compile modes, A1111 prompt editing in float16
+   (with and without offload), two spawned workers on one GPU.
 2. Dtype drift: the tiny model's float16 and bfloat16 images against its float32
    ones (and those against the CPU's), with SDPA and eager attention, measured
    against the distance between two seeds' images. On the first H200 run

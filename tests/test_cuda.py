@@ -1,6 +1,6 @@
 """What only a GPU can show, on the tiny models: half-precision renders, a real
-out-of-memory error recovered by halving, CPU offload, torch.compile modes, two
-spawned workers sharing one GPU.
+out-of-memory error recovered by halving, CPU offload, torch.compile modes,
+prompt editing's switched embeddings in float16, two spawned workers sharing one GPU.
 
 Marked `cuda` and skipped without CUDA. `scripts/gpu_check.py` runs them on a
 GPU; `SWEEPER_TEST_DEVICE=cpu` runs the ones that make sense on a CPU (what
@@ -107,6 +107,19 @@ def test_compile_modes_render_the_same_images(tmp_path, fresh, mode):
     compiled = render(tmp_path / mode, seed=[0, 1], batch_size=2, compile=mode)
     assert set(compiled.status) == {"ok"}
     assert np.abs(pixels(tmp_path / "plain", plain) - pixels(tmp_path / mode, compiled)).max() <= 3
+
+
+@gpu_only
+@pytest.mark.parametrize("offload", ["none", "model"])
+def test_prompt_editing_hands_the_loop_each_steps_embeddings_in_its_dtype_and_device(tmp_path, fresh, offload):
+    """A1111's prompt editing on CUDA in float16 (the step-end callback casts the next step's embeddings to the
+    loop's dtype and device, model offload's too): an edit after the last step renders the first prompt's image."""
+    settings = dict(dtype="float16", seed=[0], batch_size=1, offload=offload)
+    edited = render(tmp_path / "edited", prompt=["a [cat:dog:0.99] fox", "a [cat|dog] fox"], **settings)
+    plain = render(tmp_path / "plain", prompt=["a cat fox"], **settings)
+    assert set(edited.status) == {"ok"} and set(edited.prompt_syntax) == {"a1111"}
+    first = edited[edited.prompt == "a [cat:dog:0.99] fox"]
+    assert np.array_equal(pixels(tmp_path / "edited", first), pixels(tmp_path / "plain", plain))
 
 
 @pytest.mark.slow

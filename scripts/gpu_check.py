@@ -23,7 +23,7 @@
 5. Full-size random-weight FLUX.1-dev (scripts/flux_random.py: the real
    transformer and VAE configs, built on the GPU in bfloat16, in memory, never
    saved) at 1024x1024, 28 steps, batch 1/2/4, eager then compiled, called
-   through diffusers' FluxPipeline (sweeper has no Flux path yet): seconds per
+   through diffusers' FluxPipeline directly: seconds per
    image beside the goal (under 4 s on one H200) and xDiT's published H100
    anchor (6.7 s eager, 4.3 s compiled), peak memory, and the fraction of the
    measured matmul peak (2093 TFLOP per image: 74.4 TFLOP per transformer

@@ -6,7 +6,7 @@
 The sweep is planned and checked once, in the driver (where the command runs).
 Each actor loads the pipelines once; batches go out costliest first, the next
 one to whichever actor finishes (ray_dispatch.py). Actors send back PNG bytes
-and manifest rows, and the driver writes them into the sweep dir as every
+and manifest rows (and, with score=, the scores of what they rendered), and the driver writes them into the sweep dir as every
 launcher does (claims, part files): the nodes need no shared filesystem, and
 a re-run renders only what is missing. An actor that dies is restarted by Ray
 and its batch goes to the next free actor; a batch that has killed its actor

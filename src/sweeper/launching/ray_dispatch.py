@@ -2,8 +2,8 @@
 
 Batches go out costliest first, one at a time to whichever actor is free, an
 actor taking the batches of the models it has loaded first. What an actor sends
-back (calls.Encoded: PNG bytes and manifest rows) is written here, on writer
-threads, under this writer's claims. An actor that dies lost only the batch
+back (calls.Encoded: PNG bytes and manifest rows; score rows with score=) is
+written here, on writer threads, under this writer's claims. An actor that dies lost only the batch
 it was rendering: that batch goes to the next free actor, or becomes error
 rows once it has killed 1 + max_retries actors.
 """
@@ -58,13 +58,11 @@ class Dispatch:
     """The driver's loop: hand out batches, write what comes back, retry what an actor's death lost."""
 
     def __init__(self, prepared: Any, sweep_dir: Path, actors: list[Any], batches: Sequence[Any], max_retries: int) -> None:
-        from sweeper.storing import manifest
+        from sweeper.storing import manifest, scores
         from sweeper.storing.store import BackgroundWriter
         from sweeper.storing.writers import Claims
 
         self.prepared, self.sweep_dir, self.actors, self.max_retries = prepared, sweep_dir, actors, max_retries
-        from sweeper.storing import scores
-
         self.writer, self.parts, self.claims = BackgroundWriter(), manifest.PartWriter(sweep_dir), Claims(sweep_dir)
         self.scores = scores.PartWriter(sweep_dir)  # the rows of score=[...], scored by the actors
         self.queue = Queue(batches)

@@ -74,6 +74,7 @@ def test_edits_are_named_as_written(text, named):
 
 
 def test_the_second_order_schedulers_are_the_ones_diffusers_runs_twice_per_step():
+    """Their prompt-editing steps are twice the steps (A1111's total_steps); the loop's calls are 2 x steps - 1."""
     import diffusers
 
     from sweeper.planning import schedulers
@@ -157,18 +158,33 @@ def test_edited_prompts_render_replay_and_keep_their_text(tmp_path, warm_cli, ca
     assert replay.main([str(sweep / path)]) == 0 and ": identical (" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("mode, settings, expected", [
+    # Heun calls the model twice a step (2 x 4 - 1 = 7 calls): A1111's fractions are of 8, int(0.5 * 8) = 4.
+    ("heun", ("scheduler=heun", "steps=4"), ["cat"] * 5 + ["dog"] * 2),
+    # img2img at strength 0.5 runs 4 of 8 steps; A1111 counts them from the loop's first: the dog from its 4th.
+    ("img2img", ("mode=img2img", "strength=0.5", "steps=8", "init_image=photo.png"), ["cat"] * 3 + ["dog"]),
+])
+def test_steps_count_as_a1111_counts_them_with_a_second_order_scheduler_and_in_img2img(tmp_path, monkeypatch, tiny_models, mode, settings, expected):
+    edit = "a [cat:dog:0.5] fox" if mode == "heun" else "a [cat:dog:2] fox"
+    Image.fromarray((np.indices((64, 64)).sum(axis=0) * 4 % 256).astype("uint8")).convert("RGB").save(tmp_path / "photo.png")
+    spy = UNetSpy(monkeypatch)
+    monkeypatch.chdir(tmp_path)
+    render_in_process(tmp_path / "out", [composed_job(0, "model=tiny-sd", *settings, "width=64", "height=64", "seed=3", "batch_size=3", "guidance=5",
+                                                      "prompt=['" + edit + "','a cat fox','a dog fox']")])
+    assert set(pd.read_parquet(tmp_path / "out" / "manifest.parquet").status) == {"ok"}
+    calls = [states for states, _ in spy.calls[-len(expected):]]
+    drawn = [[name for n, name in ((1, "cat"), (2, "dog")) if torch.equal(states[3], states[3 + n])] for states in calls]
+    assert drawn == [[name] for name in expected]
+
+
 REFUSED = [
-    (["model=tiny-sd", "mode=img2img", "init_image=photo.png", "prompt='a [cat:dog:0.5] fox'"],
-     "invalid prompt='a [cat:dog:0.5] fox': [cat:dog:0.5] (prompt editing) switches the prompt during the denoising steps: not with mode=img2img"),
     (["model=tiny", "refiner=tiny", "prompt='a [cat|dog] fox'"], "[cat|dog] (alternation) switches the prompt during the denoising steps: not with a refiner"),
     (["model=tiny", "hires.scale=2", "negative_prompt='[a:b:3]'"], "invalid negative_prompt='[a:b:3]': [a:b:3] (prompt editing) switches the prompt during the denoising steps: not with the hires fix"),
-    (["model=tiny-sd", "scheduler=heun", "prompt='a [cat|dog] fox'"], "not with HeunDiscreteScheduler, which calls the model twice per step"),
     (["model=tiny-flux", "prompt='a [cat|dog] fox'"], "[cat|dog] (alternation) is A1111 prompt syntax, which Flux.1 models do not weight"),
 ]
 
 
 def test_what_cannot_switch_at_the_written_step_is_refused_in_one_line_before_anything_loads(tmp_path):
-    Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
     answers = main_per_case([["-m", "seed=0,1", *args] for args, _ in REFUSED], tmp_path)
     for (args, expected), (code, stderr) in zip(REFUSED, answers["results"]):
         lines = stderr.strip().splitlines()

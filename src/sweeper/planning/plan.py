@@ -320,9 +320,9 @@ def _vae_and_embeddings(c: Mapping[str, Any], family: Any, model: Mapping[str, A
 
 def model_files(spec: ImageSpec) -> dict[str, Any]:
     """What prompt_syntax's checks read of a spec's model: where its tokenizer is, its refiner, its clip skip,
-    and the denoising loop prompt editing switches in (mode, hires fix, scheduler)."""
+    its hires fix (prompt editing switches in one denoising loop)."""
     return {"id": spec.model_id, "revision": spec.model_revision, "config": spec.model_config, "refiner": spec.refiner_id, "clip_skip": spec.clip_skip,
-            "mode": spec.mode, "hires": spec.hires_scale, "scheduler": spec.scheduler_class}
+            "hires": spec.hires_scale}
 
 
 def _overridden(job: Job, key: str) -> bool:

@@ -67,22 +67,23 @@ def row_syntax(chosen: str, family: Any, prompts: Mapping[str, str | None], mode
     return None
 
 
-# Schedulers that call the model twice in most steps: A1111 counts those calls as steps, so its
-# prompt editing would switch at another point of the schedule than the one written.
+# Schedulers that call the model twice in most steps. A1111 counts prompt editing's steps in model calls:
+# twice the steps for its second-order samplers (SamplerData.total_steps), as diffusers' loop runs these.
 SECOND_ORDER = frozenset({"HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "DPMSolverSDEScheduler"})
 
 
+def edit_steps(steps: int, scheduler_class: str) -> int:
+    """The steps prompt editing's fractions are of: A1111's total steps, one per model call of the loop."""
+    return steps * 2 if scheduler_class in SECOND_ORDER else steps
+
+
 def _check_edit(key: str, text: str, edit: str, model: Mapping[str, Any]) -> None:
-    """Prompt editing and alternation switch the prompt at steps of one txt2img denoising loop of the base model."""
+    """Prompt editing and alternation switch the prompt at the steps of one denoising loop of the base model."""
     why = None
-    if model.get("mode") != "txt2img":
-        why = f"not with mode={model.get('mode')} (its steps start part-way into the schedule)"
-    elif model.get("refiner") is not None:
+    if model.get("refiner") is not None:
         why = "not with a refiner (the refiner's steps are not the prompt's)"
     elif model.get("hires") is not None:
         why = "not with the hires fix (its second pass has steps of its own)"
-    elif model.get("scheduler") in SECOND_ORDER:
-        why = f"not with {model['scheduler']}, which calls the model twice per step"
     if why:
         raise invalid(key, text[:80], f"{edit} switches the prompt during the denoising steps: {why}")
 

@@ -6,8 +6,11 @@ each text they take is encoded once, as any prompt is (render.prompt_embeddings
 and its cache), and diffusers' step-end callback hands the pipeline the next
 step's embeddings, in the layout its loop holds them: the negative half and
 the positive half of the batch joined for classifier-free guidance, SDXL's
-pooled embeddings too. Planning allows it only in txt2img on the base model
-with a first-order scheduler, where loop step i is sampler step i.
+pooled embeddings too. Steps are counted as A1111 counts them: from the
+loop's first model call (in img2img and inpaint too, whose loop starts part
+way into the noise schedule), one per model call (a second-order scheduler's
+fractions are of twice the steps). Planning refuses it with a refiner and
+the hires fix, whose loops are others.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from sweeper.planning import prompt_syntax
+from sweeper.planning.weighting import edit_steps
 from sweeper.planning.spec import ImageSpec
 
 PROMPTS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
@@ -29,8 +33,8 @@ def edited(specs: Sequence[ImageSpec]) -> bool:
 
 
 def per_step(specs: Sequence[ImageSpec]) -> list[tuple[ImageSpec, ...]]:
-    """The batch at each sampler step: its specs with their prompts as they read at that step."""
-    steps = specs[0].steps
+    """The batch at each model call of the loop: its specs with their prompts as they read then."""
+    steps = edit_steps(specs[0].steps, specs[0].scheduler_class)
     each = []
     for spec in specs:
         schedules = {name: prompt_syntax.schedule(getattr(spec, name), steps) for name in PROMPTS if getattr(spec, name)}

@@ -135,11 +135,12 @@ def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any, 
 
     # 4. Base: every step, or up to the refiner's split.
     pipelines.activate(runtime, base, first, device)
-    embeddings, warnings = prompt_embeddings(runtime, base, specs, device)
-    switch = {}  # prompt editing: the embeddings of each step (txt2img on the base only, as planned)
+    switch = {}  # prompt editing: the call's first embeddings, and the callback that hands it each next step's
     if prompt_editing.edited(specs):
-        steps = [prompt_embeddings(runtime, base, at, device)[0] for at in prompt_editing.per_step(specs)]
-        embeddings, switch = steps[0], prompt_editing.switching(base, steps)
+        steps = [prompt_embeddings(runtime, base, at, device) for at in prompt_editing.per_step(specs)]
+        (embeddings, warnings), switch = steps[0], prompt_editing.switching(base, [found for found, _ in steps])
+    else:
+        embeddings, warnings = prompt_embeddings(runtime, base, specs, device)
     start = {}  # the base's initial noise, where variation seeds blend it (the refiner's comes from its image)
     if first.subseed_strength is not None:
         start["latents"] = variation.initial_noise(base, specs, generators, embeddings["prompt_embeds"].dtype, base._execution_device)

@@ -153,6 +153,17 @@ def main_per_case(cases: list[list[str]], cwd: Path, env: dict | None = None) ->
     }
 
 
+def refused_in_one_line(cases: list[tuple[list[str], str]], cwd: Path) -> dict:
+    """Each case (`python -m sweeper` ARGS, a text its error holds) exits 2 with that one line on stderr,
+    before torch is imported or outputs/ made (main_per_case). Returns main_per_case's answers."""
+    answers = main_per_case([args for args, _ in cases], cwd)
+    for (args, expected), (code, stderr) in zip(cases, answers["results"]):
+        lines = stderr.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
+    assert not answers["outputs"] and not answers["torch"]
+    return answers
+
+
 INTERPRETERS = max(1, min(2, os.cpu_count() or 1))
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import composed_job, main_per_case
+from conftest import composed_job, refused_in_one_line
 from PIL import Image
 
 from sweeper import replay
@@ -121,11 +121,7 @@ REFUSED = [
 
 
 def test_what_cannot_act_is_refused_in_one_line_before_anything_loads(tmp_path):
-    answers = main_per_case([["-m", "steps=2", "seed=0,1", *args] for args, _ in REFUSED], tmp_path)
-    for (args, expected), (code, stderr) in zip(REFUSED, answers["results"]):
-        lines = stderr.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
-    assert not answers["outputs"] and not answers["torch"]
+    refused_in_one_line([(["-m", "steps=2", "seed=0,1", *args], expected) for args, expected in REFUSED], tmp_path)
 
 
 @pytest.mark.parametrize("value, expected", [("1", None), ("2", 2), ("12", 12)])

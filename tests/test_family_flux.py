@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import main_per_case, only_dir, run_cli
+from conftest import only_dir, refused_in_one_line, run_cli
 from sweeper import replay
 from sweeper.rendering import families
 
@@ -160,11 +160,7 @@ REFUSED = [
 
 
 def test_each_refusal_is_one_line_before_anything_loads(tmp_path):
-    answers = main_per_case([["-m", *args] for args, _ in REFUSED], tmp_path)
-    for (args, expected), (code, stderr) in zip(REFUSED, answers["results"]):
-        lines = stderr.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
-    assert not answers["torch"] and not answers["outputs"]
+    refused_in_one_line([(["-m", *args], expected) for args, expected in REFUSED], tmp_path)
 
 
 def test_the_variant_is_told_by_the_transformer_config_of_a_local_dir(tmp_path):

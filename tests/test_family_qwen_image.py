@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import composed_job, main_per_case
+from conftest import composed_job, refused_in_one_line
 from sweeper import replay
 from sweeper.errors import PlanError
 from sweeper.planning.plan import plan
@@ -230,12 +230,7 @@ REFUSED = [
 
 
 def test_what_it_cannot_honour_is_refused_in_one_line_before_anything_loads(tmp_path):
-    cases = [["-m", "model=tiny-qwen-image", "seed=0,1", *args] for args, _ in REFUSED]
-    answers = main_per_case(cases, tmp_path)
-    for (args, expected), (code, stderr) in zip(REFUSED, answers["results"]):
-        lines = stderr.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
-    assert not answers["outputs"] and not answers["torch"]
+    refused_in_one_line([(["-m", "model=tiny-qwen-image", "seed=0,1", *args], expected) for args, expected in REFUSED], tmp_path)
 
 
 def test_another_model_id_is_planned_as_qwen_image_from_its_model_index():

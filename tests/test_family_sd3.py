@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import composed_job, main_per_case, render_in_process, run_cli
+from conftest import composed_job, refused_in_one_line, render_in_process, run_cli
 from PIL import Image
 
 from sweeper import replay
@@ -94,12 +94,7 @@ REFUSED = [
 
 
 def test_what_sd35_cannot_honour_is_refused_in_one_line_before_anything_loads(tmp_path):
-    cases = [["-m", "model=tiny-sd35", "width=32", "height=32", "steps=4", *args] for args, _ in REFUSED]
-    answers = main_per_case(cases, tmp_path)
-    for (args, expected), (code, stderr) in zip(REFUSED, answers["results"]):
-        lines = stderr.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
-    assert not answers["torch"] and not answers["outputs"]
+    refused_in_one_line([(["-m", "model=tiny-sd35", "width=32", "height=32", "steps=4", *args], expected) for args, expected in REFUSED], tmp_path)
 
 
 def test_the_defaults_that_run_are_filled_in_and_unset_keys_stay_out_of_the_id():

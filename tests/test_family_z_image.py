@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import main_per_case
+from conftest import refused_in_one_line
 from PIL import Image
 
 from sweeper import replay
@@ -175,12 +175,7 @@ REFUSED = [
 
 
 def test_what_z_image_cannot_honour_is_refused_in_one_line_before_anything_loads(tmp_path):
-    cases = [["-m", "model=tiny-z-image", "steps=2", "seed=0,1", *args] for args, _ in REFUSED]
-    answers = main_per_case(cases, tmp_path)
-    for (args, expected), (code, stderr) in zip(REFUSED, answers["results"]):
-        lines = stderr.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
-    assert not answers["outputs"] and not answers["torch"]
+    refused_in_one_line([(["-m", "model=tiny-z-image", "steps=2", "seed=0,1", *args], expected) for args, expected in REFUSED], tmp_path)
 
 
 def _plan(*overrides: str):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from conftest import composed_job, main_per_case, render_in_process
+from conftest import composed_job, refused_in_one_line, render_in_process
 from PIL import Image
 
 from sweeper import replay
@@ -164,11 +164,7 @@ REFUSED = [
 
 
 def test_what_hires_cannot_do_is_refused_in_one_line_before_anything_loads(tmp_path):
-    answers = main_per_case([["-m", "steps=2", "seed=0,1", *args] for args, _ in REFUSED], tmp_path)
-    for (args, expected), (code, stderr) in zip(REFUSED, answers["results"]):
-        lines = stderr.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
-    assert not answers["outputs"] and not answers["torch"]
+    refused_in_one_line([(["-m", "steps=2", "seed=0,1", *args], expected) for args, expected in REFUSED], tmp_path)
 
 
 def test_hires_steps_null_or_0_is_steps_and_the_size_is_floored_to_a_multiple_of_8():

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import composed_job, main_per_case, render_in_process
+from conftest import composed_job, refused_in_one_line, render_in_process
 from PIL import Image
 
 from sweeper import replay
@@ -185,8 +185,4 @@ REFUSED = [
 
 
 def test_what_cannot_switch_at_the_written_step_is_refused_in_one_line_before_anything_loads(tmp_path):
-    answers = main_per_case([["-m", "seed=0,1", *args] for args, _ in REFUSED], tmp_path)
-    for (args, expected), (code, stderr) in zip(REFUSED, answers["results"]):
-        lines = stderr.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
-    assert not answers["outputs"] and not answers["torch"]
+    refused_in_one_line([(["-m", "seed=0,1", *args], expected) for args, expected in REFUSED], tmp_path)

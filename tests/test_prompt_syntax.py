@@ -6,7 +6,7 @@ and what cannot be rendered as written is refused in one line before anything lo
 from __future__ import annotations
 
 import pytest
-from conftest import composed_job, main_per_case
+from conftest import composed_job, refused_in_one_line
 
 from sweeper.errors import PlanError
 from sweeper.planning.plan import plan
@@ -119,11 +119,7 @@ REFUSED = [
 
 
 def test_what_cannot_be_rendered_as_written_is_refused_in_one_line_before_anything_loads(tmp_path):
-    answers = main_per_case([["-m", "seed=0,1", *args] for args, _ in REFUSED], tmp_path)
-    for (args, expected), (code, stderr) in zip(REFUSED, answers["results"]):
-        lines = stderr.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
-    assert not answers["outputs"] and not answers["torch"]
+    refused_in_one_line([(["-m", "seed=0,1", *args], expected) for args, expected in REFUSED], tmp_path)
 
 
 def test_a_lora_file_outside_lora_dir_is_refused(tmp_path):

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import composed_job, main_per_case, render_in_process
+from conftest import composed_job, refused_in_one_line, render_in_process
 from PIL import Image
 
 from sweeper import replay
@@ -129,12 +129,7 @@ REFUSED = [
 
 
 def test_what_cannot_act_is_refused_in_one_line_before_anything_loads(tmp_path, files):
-    cases = [["-m", "steps=2", "seed=0,1", *(arg.format(**files) for arg in args)] for args, _ in REFUSED]
-    answers = main_per_case(cases, tmp_path)
-    for (args, expected), (code, stderr) in zip(REFUSED, answers["results"]):
-        lines = stderr.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
-    assert not answers["outputs"] and not answers["torch"]
+    refused_in_one_line([(["-m", "steps=2", "seed=0,1", *(arg.format(**files) for arg in args)], expected) for args, expected in REFUSED], tmp_path)
 
 
 def test_tokens_are_matched_as_whole_words_in_any_case():

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import composed_job, main_per_case
+from conftest import composed_job, refused_in_one_line
 from PIL import Image
 from test_store import a1111_parse
 
@@ -120,11 +120,7 @@ REFUSED = [
 
 def test_what_cannot_act_is_refused_in_one_line_before_anything_loads(tmp_path):
     Image.new("RGB", (64, 64), "gray").save(tmp_path / "photo.png")
-    answers = main_per_case([["-m", "steps=2", "seed=0,1", *args] for args, _ in REFUSED], tmp_path)
-    for (args, expected), (code, stderr) in zip(REFUSED, answers["results"]):
-        lines = stderr.strip().splitlines()
-        assert code == 2 and len(lines) == 1 and expected in lines[0], (args, stderr)
-    assert not answers["outputs"] and not answers["torch"]
+    refused_in_one_line([(["-m", "steps=2", "seed=0,1", *args], expected) for args, expected in REFUSED], tmp_path)
 
 
 @pytest.mark.parametrize("strength", ["0", "0.0"])

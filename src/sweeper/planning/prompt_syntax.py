@@ -176,17 +176,17 @@ def _nodes(text: str, start: int, end: int, match: dict[int, int]) -> list:
 
 
 def _bracket(text: str, open_at: int, close: int, match: dict[int, int]) -> tuple:
-    """The node of the brackets at `open_at`..`close`: a `[...]` is alternation if it holds a `|`, prompt
-    editing if it holds one or two `:` and ends in a number (outside nested brackets), else emphasis."""
+    """The node of the brackets at `open_at`..`close`: a `[...]` is prompt editing if it holds one or two `:`
+    and ends in a number, else alternation if it holds a `|` (outside nested brackets, both), else emphasis."""
     if text[open_at] == "[":
         bars, colons = _top_level(text, open_at + 1, close, match)
-        if bars:
-            edges = [open_at, *bars, close]
-            return ("alternate", [_nodes(text, a + 1, b, match) for a, b in zip(edges, edges[1:])])
         when = _WHEN.fullmatch(text, colons[-1] + 1, close) if len(colons) in (1, 2) else None
         if when:
             before = _nodes(text, open_at + 1, colons[0], match) if len(colons) == 2 else None
             return ("edit", before, _nodes(text, colons[-2] + 1 if len(colons) == 2 else open_at + 1, colons[-1], match), when.group(1))
+        if bars:
+            edges = [open_at, *bars, close]
+            return ("alternate", [_nodes(text, a + 1, b, match) for a, b in zip(edges, edges[1:])])
     return ("wrap", text[open_at], _nodes(text, open_at + 1, close, match), text[close])
 
 

@@ -23,7 +23,7 @@ JOBS = [  # one job per row (zipped): no hires fix first, then one value changed
     (NULL, "latent", "0.7"),  # 0
     ("2", "latent", "0.7"),  # 1
     ("2", "lanczos", "0.7"),  # 2
-    ("2", "latent", "1.0"),  # 3
+    ("2", "latent", "0.3"),  # 3
 ]
 
 
@@ -55,9 +55,9 @@ def test_hires_renders_larger_is_recorded_as_a1111_does_and_replays(tmp_path, wa
     assert image[0, fox].shape == (64, 64, 3)
     assert all(image[job, fox].shape == (128, 128, 3) for job in (1, 2, 3))
     assert pd.isna(rows[0].hires_scale) and pd.isna(rows[0].hires_upscaler) and pd.isna(rows[0].hires_pass_steps)
-    # hires.steps null = steps; int(2 * 0.7) = 1 step of the second pass really ran, 2 at denoise 1.
+    # hires.steps null = steps; the second pass really ran them, as A1111 (the last 2 of int(2 / 0.7) = 2, of int(2 / 0.3) = 6).
     got = [(r.hires_scale, r.hires_upscaler, r.hires_denoise, r.hires_steps, r.base_steps, r.hires_pass_steps) for r in map(rows.get, (1, 2, 3))]
-    assert got == [(2.0, "latent", 0.7, 2, 2, 1), (2.0, "lanczos", 0.7, 2, 2, 1), (2.0, "latent", 1.0, 2, 2, 2)]
+    assert got == [(2.0, "latent", 0.7, 2, 2, 2), (2.0, "lanczos", 0.7, 2, 2, 2), (2.0, "latent", 0.3, 2, 2, 2)]
     # Latent and Lanczos differ, and the denoising strength acts; a hires image is no plain upscale of the first pass.
     for prompt in (fox, "a blue car in the rain"):
         assert not np.array_equal(image[1, prompt], image[2, prompt]) and not np.array_equal(image[1, prompt], image[3, prompt])
@@ -70,7 +70,7 @@ def test_hires_renders_larger_is_recorded_as_a1111_does_and_replays(tmp_path, wa
     assert not {"Hires upscale", "Hires steps", "Hires upscaler", "Denoising strength"} & set(text(0))
     assert {key: text(1)[key] for key in ("Size", "Denoising strength", "Hires upscale", "Hires steps", "Hires upscaler")} == {
         "Size": "64x64", "Denoising strength": "0.7", "Hires upscale": "2", "Hires steps": "2", "Hires upscaler": "Latent"}
-    assert (text(2)["Hires upscaler"], text(3)["Denoising strength"]) == ("Lanczos", "1")
+    assert (text(2)["Hires upscaler"], text(3)["Denoising strength"]) == ("Lanczos", "0.3")
 
     # Replay repeats both upscalers bit for bit.
     for job in (1, 2):
@@ -99,9 +99,10 @@ def test_sd1_hires_renders_larger_with_either_upscaler(tmp_path, warm_cli):
 
 
 def test_the_second_pass_runs_at_the_larger_size_for_hires_steps(tmp_path, monkeypatch, fresh_runtime):
-    """What really ran, seen from the UNet, the VAE and the scheduler: 2 steps at 8x8 latents, then
-    int(4 * 0.5) = 2 at 16x16 on the same model; Latent interpolates the latents as A1111's "Latent"
-    (bilinear, no antialiasing), Lanczos decodes the first pass and encodes 128 px."""
+    """What really ran, seen from the UNet, the VAE and the scheduler: 2 steps at 8x8 latents, then the
+    hires steps at 16x16 on the same model, as A1111 runs them: the last 4 of a schedule of int(4 / 0.5) = 8
+    steps; Latent interpolates the latents as A1111's "Latent" (bilinear, no antialiasing), Lanczos decodes
+    the first pass and encodes 128 px."""
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
 
@@ -137,12 +138,13 @@ def test_the_second_pass_runs_at_the_larger_size_for_hires_steps(tmp_path, monke
     common = ("model=tiny", *SMALL, "prompt=a red fox", "hires.scale=2", "hires.steps=4", "hires.denoise=0.5")
     render_in_process(tmp_path, [composed_job(0, *common, "hires.upscaler=latent"), composed_job(1, *common, "hires.upscaler=lanczos")])
     first = [("steps", 2), ("unet", 8, 8), ("unet", 8, 8)]
-    second = [("steps", 4), ("unet", 16, 16), ("unet", 16, 16), ("decode", 16, 16)]
+    second = [("steps", 8), *[("unet", 16, 16)] * 4, ("decode", 16, 16)]
     latent = [*first, ("interpolate", "bilinear", False, 16, 16), *second]  # A1111's "Latent"
     lanczos = [*first, ("decode", 8, 8), second[0], ("encode", 128, 128), *second[1:]]
-    assert events == latent + latent + lanczos  # the first call's warm-up is the same call (2 steps, 4 hires steps)
+    warm_up = [*first, latent[3], ("steps", 4), ("unet", 16, 16), ("unet", 16, 16), ("decode", 16, 16)]  # 2 hires steps, of 4
+    assert events == warm_up + latent + lanczos
     df = pd.read_parquet(tmp_path / "manifest.parquet")
-    assert set(df.hires_pass_steps) == {2} and set(df.base_steps) == {2}
+    assert set(df.hires_pass_steps) == {4} and set(df.base_steps) == {2}
 
 
 REFUSED = [
@@ -151,7 +153,6 @@ REFUSED = [
     (["model=tiny", "hires.scale=2", "hires.upscaler=R-ESRGAN"], "invalid hires.upscaler='R-ESRGAN': allowed: latent (A1111's Latent), lanczos (A1111's Lanczos)"),
     (["model=tiny", "hires.scale=0.5"], "invalid hires.scale=0.5: must be null (off) or a number 1 .. 16"),
     (["model=tiny", "hires.scale=2", "hires.denoise=0"], "invalid hires.denoise=0: must be a number in (0, 1]"),
-    (["model=tiny", "hires.scale=2", "hires.denoise=0.1"], "invalid hires.denoise=0.1: with hires.steps=2 it leaves the second pass no step"),
     (["model=tiny", "width=2048", "hires.scale=4"], "invalid hires.scale=4: width=2048 x 4 is over max_size=4096"),
     (["model=tiny-sd", "guidance_rescale=0.5", "hires.scale=2"], "invalid guidance_rescale=0.5: not with hires.scale on SD 1.x"),
     (["model=tiny-flux", "hires.scale=2"], "invalid hires.scale=2: model=tiny-flux is Flux.1 (flux), which ignores it"),

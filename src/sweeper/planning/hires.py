@@ -3,7 +3,8 @@
     hires.scale     "Hires upscale": null = off; the second pass renders at int(width * scale) x int(height * scale),
                     floored to the family's size multiple (A1111 interpolates its latents to size // 8)
     hires.denoise   "Denoising strength" of the second pass (img2img strength)
-    hires.steps     "Hires steps": the second pass's steps; null or 0 = steps, as A1111
+    hires.steps     "Hires steps": the steps the second pass runs (as A1111: of a schedule of
+                    hires.steps / denoise steps); null or 0 = steps
     hires.upscaler  "Hires upscaler": latent (A1111's "Latent": bilinear on the latents) or
                     lanczos (decode, PIL Lanczos, encode again)
 
@@ -56,9 +57,16 @@ def checked(c: Mapping[str, Any], mode: str, refiner: Mapping[str, Any], steps: 
     denoise = hires.get("denoise")
     if not _is_number(denoise) or not 0 < denoise <= 1:
         raise invalid("hires.denoise", denoise, "must be a number in (0, 1]: the second pass's denoising strength")
-    if int(second * denoise) < 1:  # diffusers' img2img runs int(steps * strength) steps
-        raise invalid("hires.denoise", denoise, f"with hires.steps={second} it leaves the second pass no step (int(steps * denoise) = 0); raise it or hires.steps")
     return {"hires_scale": float(scale), "hires_denoise": float(denoise), "hires_steps": second, "hires_upscaler": upscaler}
+
+
+def schedule(hires_steps: int, denoise: float) -> tuple[int, float]:
+    """(num_inference_steps, strength) for diffusers' img2img that run the second pass as A1111 runs it
+    (sd_samplers_common.setup_img2img_steps, given the hires steps): `hires_steps` steps, the last ones of
+    a schedule of int(hires_steps / min(denoise, 0.999)) steps. diffusers runs int(num_inference_steps *
+    strength) steps: the strength is put half a step above hires_steps so the float product floors to it."""
+    total = int(hires_steps / min(denoise, 0.999))
+    return total, min(1.0, (hires_steps + 0.5) / total)
 
 
 def hires_side(side: int, scale: float, multiple: int) -> int:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from sweeper.planning import hires
+from sweeper.planning.schedulers import TWO_CALLS_PER_STEP
 from sweeper.planning.spec import ALL_PER_IMAGE_FIELDS, EXECUTION_FIELDS, ID_FIELDS, ImageSpec
 from sweeper.rendering import families
 from sweeper.rendering.tiny import tiny_models
@@ -42,7 +43,6 @@ class Batch:
 
 
 # Schedulers that call the UNet twice per step (second order, or an SDE step with a midpoint).
-TWO_CALLS_PER_STEP = frozenset({"HeunDiscreteScheduler", "DPMSolverSDEScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"})
 
 
 def cost(spec: ImageSpec) -> float:
@@ -54,7 +54,7 @@ def cost(spec: ImageSpec) -> float:
     calls = (2 if spec.scheduler_class in TWO_CALLS_PER_STEP else 1) * (2 if families.uses_cfg(spec) else 1)
     if spec.hires_scale is not None:  # the second pass at the larger size (and the first's decode, encode for lanczos: ignored)
         width, height = hires.size(spec, families.get(spec.family).size_multiple)
-        return spec.width * spec.height * steps * calls + width * height * (int(spec.hires_steps * spec.hires_denoise) * calls + DECODE_FORWARDS)
+        return spec.width * spec.height * steps * calls + width * height * (spec.hires_steps * calls + DECODE_FORWARDS)
     return spec.width * spec.height * (steps * calls + DECODE_FORWARDS)
 
 

@@ -17,6 +17,9 @@ from sweeper.configs import config_dir
 from sweeper.errors import invalid
 from sweeper.rendering import families
 
+# Second-order schedulers: the model is called twice in most steps (diffusers' `order` 2).
+TWO_CALLS_PER_STEP = frozenset({"HeunDiscreteScheduler", "DPMSolverSDEScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"})
+
 
 def checked(scheduler: Any, family: families.Family) -> dict[str, Any]:
     """The scheduler config; without a class (scheduler=auto) the family's own, with the kwargs,

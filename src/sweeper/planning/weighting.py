@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 from sweeper.errors import PlanError, invalid
 from sweeper.planning import prompt_syntax
+from sweeper.planning.schedulers import TWO_CALLS_PER_STEP
 
 SYNTAXES = ("a1111", "compel", "plain")
 # Text compel reads as itself: no weights (word++, (word)1.2), no .blend()/.and(), quotes or escapes. compel
@@ -67,14 +68,10 @@ def row_syntax(chosen: str, family: Any, prompts: Mapping[str, str | None], mode
     return None
 
 
-# Schedulers that call the model twice in most steps. A1111 counts prompt editing's steps in model calls:
-# twice the steps for its second-order samplers (SamplerData.total_steps), as diffusers' loop runs these.
-SECOND_ORDER = frozenset({"HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "DPMSolverSDEScheduler"})
-
-
 def edit_steps(steps: int, scheduler_class: str) -> int:
-    """The steps prompt editing's fractions are of: A1111's total steps, one per model call of the loop."""
-    return steps * 2 if scheduler_class in SECOND_ORDER else steps
+    """The steps prompt editing's fractions are of: A1111's total steps (SamplerData.total_steps), one per
+    model call, so twice the steps for a second-order scheduler, as diffusers' loop runs them."""
+    return steps * 2 if scheduler_class in TWO_CALLS_PER_STEP else steps
 
 
 def _check_edit(key: str, text: str, edit: str, model: Mapping[str, Any]) -> None:

@@ -41,7 +41,7 @@ class Output:
     base_steps: int  # the denoising steps each model really ran (a refiner split cuts the
     refiner_steps: int | None  # noise schedule, not the steps; img2img runs int(steps * strength))
     warnings: list[str | None]  # per image: prompts the CLIP tokenizer cut at 77 tokens, as diffusers does silently
-    hires_steps: int | None = None  # the steps the hires fix's second pass really ran: int(hires_steps * hires_denoise)
+    hires_steps: int | None = None  # the steps the hires fix's second pass really ran (its hires_steps, as in A1111)
     load_seconds: float | None = None  # models loaded for this call (not render time)
     warmup_seconds: float | None = None  # the throwaway warm-up call made before this one (not render time)
 
@@ -104,7 +104,7 @@ def warm_up_spec(spec: ImageSpec) -> ImageSpec:
         return spec
     steps = 2 if spec.mode == "txt2img" else math.ceil(2 / spec.strength)
     if spec.hires_scale is not None:
-        return dataclasses.replace(spec, steps=min(spec.steps, steps), hires_steps=min(spec.hires_steps, math.ceil(2 / spec.hires_denoise)))
+        return dataclasses.replace(spec, steps=min(spec.steps, steps), hires_steps=min(spec.hires_steps, 2))
     return dataclasses.replace(spec, steps=min(spec.steps, steps))
 
 
@@ -171,7 +171,7 @@ def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any, 
 def _hires_pass(runtime: Runtime, pipe: Any, base: Any, latents: torch.Tensor, specs: tuple[ImageSpec, ...], embeddings: dict[str, Any], device: str) -> Any:
     """A1111's hires fix on the first pass's latents: upscaled as latents (its "Latent": bilinear, no
     antialiasing, decoded only at the end) or as images (decoded, PIL Lanczos, encoded again by img2img),
-    then img2img at the larger size for `hires_steps` at strength `hires_denoise`."""
+    then img2img at the larger size: `hires_steps` steps at denoising strength `hires_denoise`, as A1111 runs them (hires.schedule)."""
     first = specs[0]
     width, height = hires.size(first, families.get(first.family).size_multiple)
     if first.hires_upscaler == "latent":  # interpolated in float32, as A1111's samples are, then back to the pipeline's dtype
@@ -183,7 +183,8 @@ def _hires_pass(runtime: Runtime, pipe: Any, base: Any, latents: torch.Tensor, s
     pipelines.set_scheduler(runtime, pipe, first, seeds)
     pipelines.activate(runtime, pipe, first, device)
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]  # A1111 draws the second pass's noise from the seed anew
-    return pipe(image=image, strength=first.hires_denoise, num_inference_steps=first.hires_steps, generator=generators, output_type="np",
+    total, strength = hires.schedule(first.hires_steps, first.hires_denoise)
+    return pipe(image=image, strength=strength, num_inference_steps=total, generator=generators, output_type="np",
                 **embeddings, **families.get(first.family).call_kwargs(first))
 
 

@@ -58,7 +58,7 @@ _RUN_AFTER = {
 _RUN_TAIL = [
     ("base_steps", pa.int64()),
     ("refiner_steps", pa.int64()),
-    ("hires_pass_steps", pa.int64()),  # the hires fix's second pass: int(hires_steps * hires_denoise) for most schedulers
+    ("hires_pass_steps", pa.int64()),  # the steps the hires fix's second pass really ran: hires_steps, as in A1111
     ("seconds", pa.float64()),
     ("load_seconds", pa.float64()),
     ("warmup_seconds", pa.float64()),  # a throwaway warm-up call before the image's call (new pipeline or size)

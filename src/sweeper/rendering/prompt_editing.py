@@ -32,25 +32,35 @@ def edited(specs: Sequence[ImageSpec]) -> bool:
     return any(spec.prompt_syntax == "a1111" and any(prompt_syntax.scheduled(getattr(spec, name) or "") for name in PROMPTS) for spec in specs)
 
 
-def per_step(specs: Sequence[ImageSpec]) -> list[tuple[ImageSpec, ...]]:
-    """The batch at each model call of the loop: its specs with their prompts as they read then."""
+def per_step(specs: Sequence[ImageSpec]) -> tuple[list[tuple[ImageSpec, ...]], list[int]]:
+    """The batch as its prompts read during the loop: each distinct reading once (its specs with those
+    prompts), and per model call the index of its reading. A prompt takes few texts over many steps."""
     steps = edit_steps(specs[0].steps, specs[0].scheduler_class)
-    each = []
-    for spec in specs:
-        schedules = {name: prompt_syntax.schedule(getattr(spec, name), steps) for name in PROMPTS if getattr(spec, name)}
-        each.append([dataclasses.replace(spec, **{name: prompt_syntax.at_step(found, step) for name, found in schedules.items()}) for step in range(steps)])
-    return list(zip(*each))
+    schedules = [{name: prompt_syntax.schedule(getattr(spec, name), steps) for name in PROMPTS if getattr(spec, name)} for spec in specs]
+    readings: dict[tuple, int] = {}
+    batches, order = [], []
+    for step in range(steps):
+        texts = tuple(tuple((name, prompt_syntax.at_step(found, step)) for name, found in schedule.items()) for schedule in schedules)
+        if texts not in readings:
+            readings[texts] = len(batches)
+            batches.append(tuple(dataclasses.replace(spec, **dict(read)) for spec, read in zip(specs, texts)))
+        order.append(readings[texts])
+    return batches, order
 
 
-def switching(pipe: Any, steps: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
-    """The call's arguments that hand the pipeline `steps[i + 1]` (the embeddings as call arguments) after step i."""
+def switching(pipe: Any, readings: list[dict[str, torch.Tensor]], order: list[int]) -> dict[str, Any]:
+    """The call's arguments that hand the pipeline, after model call i, the embeddings (as call arguments)
+    of reading `order[i + 1]`, where it differs from call i's."""
     names = [name for name in ("prompt_embeds", "add_text_embeds") if name in pipe._callback_tensor_inputs]
-    return {"callback_on_step_end": _callback(steps), "callback_on_step_end_tensor_inputs": names}
+    return {"callback_on_step_end": _callback(readings, order), "callback_on_step_end_tensor_inputs": names}
 
 
-def _callback(steps: list[dict[str, torch.Tensor]]) -> Callable[..., dict[str, torch.Tensor]]:
+def _callback(readings: list[dict[str, torch.Tensor]], order: list[int]) -> Callable[..., dict[str, torch.Tensor]]:
     def on_step_end(pipe: Any, step: int, timestep: Any, held: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        following = steps[min(step + 1, len(steps) - 1)]
+        now, after = (order[min(n, len(order) - 1)] for n in (step, step + 1))
+        if after == now:
+            return {}  # the loop holds them already
+        following = readings[after]
         given = {"prompt_embeds": "prompt_embeds", "add_text_embeds": "pooled_prompt_embeds"}
         out = {}
         for name, tensor in held.items():

@@ -137,8 +137,9 @@ def _call(batch: Batch, device: str, runtime: Runtime, base: Any, refiner: Any, 
     pipelines.activate(runtime, base, first, device)
     switch = {}  # prompt editing: the call's first embeddings, and the callback that hands it each next step's
     if prompt_editing.edited(specs):
-        steps = [prompt_embeddings(runtime, base, at, device) for at in prompt_editing.per_step(specs)]
-        (embeddings, warnings), switch = steps[0], prompt_editing.switching(base, [found for found, _ in steps])
+        batches, order = prompt_editing.per_step(specs)
+        readings = [prompt_embeddings(runtime, base, batch, device) for batch in batches]
+        (embeddings, warnings), switch = readings[order[0]], prompt_editing.switching(base, [found for found, _ in readings], order)
     else:
         embeddings, warnings = prompt_embeddings(runtime, base, specs, device)
     start = {}  # the base's initial noise, where variation seeds blend it (the refiner's comes from its image)

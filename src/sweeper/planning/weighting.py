@@ -76,13 +76,9 @@ def edit_steps(steps: int, scheduler_class: str) -> int:
 
 def _check_edit(key: str, text: str, edit: str, model: Mapping[str, Any]) -> None:
     """Prompt editing and alternation switch the prompt at the steps of one denoising loop of the base model."""
-    why = None
-    if model.get("refiner") is not None:
-        why = "not with a refiner (the refiner's steps are not the prompt's)"
-    elif model.get("hires") is not None:
-        why = "not with the hires fix (its second pass has steps of its own)"
-    if why:
-        raise invalid(key, text[:80], f"{edit} switches the prompt during the denoising steps: {why}")
+    for setting, why in (("refiner", "a refiner (the refiner's steps are not the prompt's)"), ("hires", "the hires fix (its second pass has steps of its own)")):
+        if model.get(setting) is not None:
+            raise invalid(key, text[:80], f"{edit} switches the prompt during the denoising steps: not with {why}")
 
 
 def _compel(family: Any, texts: Mapping[str, str], model: Mapping[str, Any]) -> str | None:

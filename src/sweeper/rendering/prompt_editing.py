@@ -23,8 +23,8 @@ import torch
 from sweeper.planning import prompt_syntax
 from sweeper.planning.weighting import edit_steps
 from sweeper.planning.spec import ImageSpec
+from sweeper.rendering.families._stable_diffusion import PROMPTS
 
-PROMPTS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
 
 
 def edited(specs: Sequence[ImageSpec]) -> bool:

@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from sweeper.planning import embedding_files, tensor_files
 from sweeper.planning.spec import ImageSpec
+from sweeper.rendering.families._stable_diffusion import PROMPTS
 
 if TYPE_CHECKING:
     from sweeper.rendering.runtime import Runtime
 
-PROMPTS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
 
 
 class EmbeddingMismatch(RuntimeError):

@@ -8,6 +8,7 @@ from sweeper.errors import invalid
 from sweeper.rendering.families import DISCRETE, Family
 
 CLIP_SKIP_LIMIT = 12  # CLIP-L's layers: A1111's clip skip 12 takes its first
+PROMPTS = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")  # an SD 1.x or SDXL image's prompts
 
 
 class StableDiffusion(Family):
@@ -78,8 +79,7 @@ class StableDiffusion(Family):
             return None
         tokenizer = pipe.tokenizer or pipe.tokenizer_2
         limit = tokenizer.model_max_length
-        names = ("prompt", "negative_prompt", "prompt_2", "negative_prompt_2")
-        cut = [name for name in names if getattr(spec, name) and len(tokenizer(getattr(spec, name)).input_ids) > limit]
+        cut = [name for name in PROMPTS if getattr(spec, name) and len(tokenizer(getattr(spec, name)).input_ids) > limit]
         return f"{' and '.join(cut)} truncated to {limit} tokens" if cut else None
 
 
